@@ -1,0 +1,138 @@
+"""`fieldlink-agent`: the command line on a site machine.
+
+    fieldlink-agent enroll TOKEN --config-dir DIR
+    fieldlink-agent run --config-dir DIR [--interval SECONDS]
+    fieldlink-agent status --config-dir DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.config import ConfigDir, ConfigError
+from agent.enroll import EnrollError, enroll
+from shared import logs
+from shared.version import __version__
+
+DEFAULT_CONFIG_DIR = "/etc/fieldlink-agent"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fieldlink-agent",
+        description="Fieldlink site agent: reports this machine's health to HQ over an "
+        "outbound SSH connection and runs what HQ is authorised to ask.",
+    )
+    parser.add_argument("--version", action="version", version=f"fieldlink-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.add_argument(
+            "--config-dir",
+            default=DEFAULT_CONFIG_DIR,
+            help=f"the agent's config directory (default {DEFAULT_CONFIG_DIR})",
+        )
+        cmd.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+        return cmd
+
+    e = add("enroll", "enroll this machine with HQ using a token from an HQ admin")
+    e.add_argument("token", metavar="TOKEN", help="the enrollment token (fl1....)")
+    e.add_argument("--force", action="store_true", help="replace an existing enrollment")
+
+    r = add("run", "run the agent: sample health and keep the link to HQ up")
+    r.add_argument(
+        "--interval", type=float, default=None, metavar="SECONDS",
+        help="seconds between health reports (default: from config, 15)",
+    )
+
+    s = add("status", "show this agent's identity, link state and spool")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _fmt_time(value: str | None) -> str:
+    if not value:
+        return "never"
+    return datetime.fromtimestamp(float(value), UTC).isoformat(timespec="seconds")
+
+
+def _status(config_dir: ConfigDir, as_json: bool) -> int:
+    from agent.spool import Spool
+
+    config = config_dir.load()
+    spool = Spool(config_dir.spool_file, config.spool_max_frames)
+    try:
+        stats = spool.stats()
+    finally:
+        spool.close()
+    state = stats.values
+    connected = state.get("state:connected") == "1"
+    info: dict[str, Any] = {
+        "agent_id": config.agent_id,
+        "site": config.site,
+        "hq": config.hq_url,
+        "ssh": f"{config.ssh_host}:{config.ssh_port}",
+        "link": "connected" if connected else "disconnected",
+        "link_since": _fmt_time(state.get("state:since")),
+        "last_ack": _fmt_time(state.get("last_ack_at")),
+        "last_seq": stats.last_seq,
+        "spool_pending": stats.pending,
+        "spool_dropped": stats.dropped,
+        "interval": config.interval,
+        "version": __version__,
+    }
+    if as_json:
+        print(json.dumps(info, indent=2))
+    else:
+        width = max(len(k) for k in info)
+        for key, value in info.items():
+            print(f"{key.replace('_', ' '):<{width}}  {value}")
+        if stats.dropped:
+            print(
+                f"warning: {stats.dropped} health reports were dropped because the spool was full "
+                "while HQ was unreachable",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    fmt = {"auto": None, "json": True, "console": False}[args.log_format]
+    logs.configure(json=fmt)
+    config_dir = ConfigDir(args.config_dir)
+    try:
+        if args.command == "enroll":
+            config = enroll(args.token, config_dir, force=args.force)
+            print(f"enrolled as agent {config.agent_id} at site {config.site}")
+            print(f"start it with: fieldlink-agent run --config-dir {config_dir.path}")
+            return 0
+        if args.command == "run":
+            from agent.daemon import Daemon
+
+            if args.interval is not None and args.interval <= 0:
+                print("fieldlink-agent: --interval must be positive", file=sys.stderr)
+                return 2
+            daemon = Daemon(config_dir, interval=args.interval)
+            asyncio.run(daemon.run())
+            return 0
+        if args.command == "status":
+            return _status(config_dir, args.json)
+    except (ConfigError, EnrollError) as exc:
+        print(f"fieldlink-agent: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

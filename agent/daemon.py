@@ -1,0 +1,116 @@
+"""The agent daemon: samples health on a schedule into the spool and keeps
+the link to HQ up. `fieldlink-agent run` runs `Daemon.run()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from datetime import UTC, datetime
+
+import asyncssh
+import structlog
+
+from agent.config import AgentConfig, ConfigDir
+from agent.link import Link, Telemetry
+from agent.sampler import Sampler, collect_facts
+from agent.spool import Spool
+from shared import protocol as p
+from shared.version import PROTOCOL_VERSION, __version__
+
+log = structlog.get_logger(__name__)
+
+
+class Daemon:
+    def __init__(self, config_dir: ConfigDir, *, interval: float | None = None) -> None:
+        self.dir = config_dir
+        self.config: AgentConfig = config_dir.load()
+        self.interval = interval if interval is not None else self.config.interval
+        self.spool = Spool(config_dir.spool_file, self.config.spool_max_frames)
+        self.telemetry = Telemetry(self.spool, self._hello)
+        self.link = Link(
+            host=self.config.ssh_host,
+            port=self.config.ssh_port,
+            host_key=asyncssh.read_private_key(config_dir.key_file),
+            hq_key=asyncssh.import_public_key(self.config.hq_public_key),
+            keepalive_interval=self.config.keepalive_interval,
+            backoff_cap=self.config.backoff_cap,
+            telemetry=self.telemetry,
+            spool=self.spool,
+        )
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def _hello(self) -> p.Hello:
+        facts = await asyncio.to_thread(collect_facts)
+        return p.Hello(
+            protocol=PROTOCOL_VERSION,
+            agent_id=self.config.agent_id,
+            version=__version__,
+            facts=facts,
+            spool_dropped=self.spool.dropped,
+        )
+
+    async def _sample_loop(self) -> None:
+        sampler = await asyncio.to_thread(Sampler)
+        next_at = time.monotonic() + min(self.interval, 1.0)
+        while True:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += self.interval
+            if next_at < time.monotonic():  # we fell behind (suspend): skip, don't burst
+                next_at = time.monotonic() + self.interval
+            try:
+                report = await asyncio.to_thread(sampler.sample)
+            except Exception:
+                log.exception("sample_failed")
+                continue
+            sampled_at = datetime.now(UTC)
+
+            def build(seq: int, dropped: int, report: p.HealthReport = report) -> bytes:
+                frame = p.Health(
+                    seq=seq, sampled_at=sampled_at, spool_dropped=dropped, report=report
+                )
+                return p.encode(frame)
+
+            await asyncio.to_thread(self.spool.append, "health", build)
+            self.telemetry.notify()
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task_failed", error=repr(task.exception()))
+            self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, install_signals: bool = True) -> None:
+        if install_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, self.stop)
+        log.info(
+            "agent_started",
+            agent_id=self.config.agent_id,
+            hq=f"{self.config.ssh_host}:{self.config.ssh_port}",
+            interval=self.interval,
+        )
+        self._spawn(self._sample_loop())
+        self._spawn(self.link.run())
+        try:
+            await self._stop.wait()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.link.close()
+            self.spool.close()
+            log.info("agent_stopped", agent_id=self.config.agent_id)

@@ -1,0 +1,228 @@
+"""The agent's one connection to HQ: a reverse-direction SSH connection.
+
+The agent dials out (`asyncssh.connect_reverse`) and plays the SSH *server*;
+HQ is the SSH client and opens every channel. The agent accepts HQ only with
+the client key pinned at enrollment, and refuses port forwarding, agent
+forwarding and anything it does not offer.
+
+`Link.run()` keeps the connection up: exponential backoff with jitter between
+attempts, capped, reset after a connection that stayed up a while.
+
+The `telemetry` subsystem session sends a hello, then every spooled frame
+(oldest first) and every new one, and applies HQ's acks to the spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncssh
+import structlog
+
+from agent.spool import Spool
+from shared import protocol as p
+
+log = structlog.get_logger(__name__)
+
+_STABLE_AFTER = 30.0  # a connection up this long resets the backoff
+_BATCH = 200
+
+
+class Backoff:
+    """Exponential backoff with jitter: 1, 2, 4 ... capped; each wait is drawn
+    from [d/2, d] so a fleet reconnecting after an HQ restart spreads out."""
+
+    def __init__(self, cap: float, base: float = 1.0) -> None:
+        self.cap = cap
+        self.base = base
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap, self.base * (2**self.attempt))
+        self.attempt = min(self.attempt + 1, 32)
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class _AgentSSHServer(asyncssh.SSHServer):
+    """Auth policy of the agent's SSH server role: only the pinned HQ key."""
+
+    def __init__(self, pinned: asyncssh.SSHKey) -> None:
+        self._pinned = pinned
+        self._peer = "?"
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        peer = conn.get_extra_info("peername")
+        self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        if key.public_data == self._pinned.public_data:
+            return True
+        log.warning(
+            "hq_key_refused",
+            peer=self._peer,
+            key_fingerprint=key.get_fingerprint("sha256"),
+            pinned_fingerprint=self._pinned.get_fingerprint("sha256"),
+        )
+        return False
+
+
+class Telemetry:
+    """Sends spooled frames to HQ and applies acks. One live session at a time."""
+
+    def __init__(self, spool: Spool, hello: Callable[[], Awaitable[p.Hello]]) -> None:
+        self._spool = spool
+        self._hello = hello
+        self._new = asyncio.Event()
+        self._current: asyncssh.SSHServerProcess[bytes] | None = None
+
+    def notify(self) -> None:
+        """A frame was appended to the spool."""
+        self._new.set()
+
+    async def serve(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        if self._current is not None:
+            self._current.close()
+        self._current = process
+        sender = asyncio.create_task(self._send(process))
+        try:
+            await self._receive(process)
+        except (asyncssh.Error, OSError, p.FrameError) as exc:
+            log.warning("telemetry_receive_failed", error=str(exc))
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            if self._current is process:
+                self._current = None
+            process.exit(0)
+
+    async def _send(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        try:
+            process.stdout.write(p.encode(await self._hello()))
+            cursor = 0
+            while True:
+                self._new.clear()
+                batch = await asyncio.to_thread(self._spool.pending, cursor, _BATCH)
+                if not batch:
+                    await self._new.wait()
+                    continue
+                process.stdout.write(b"".join(item.data for item in batch))
+                cursor = batch[-1].id
+                await process.stdout.drain()
+        except (asyncssh.Error, OSError, BrokenPipeError) as exc:
+            log.info("telemetry_send_stopped", error=str(exc))
+
+    async def _receive(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        decoder = p.FrameDecoder(limit=64 * 1024)
+        while True:
+            data = await process.stdin.read(65536)
+            if not data:
+                return
+            for line in decoder.feed(data):
+                frame = p.decode_hq_frame(line)
+                await asyncio.to_thread(self._spool.ack, frame.kind, frame.seqs)
+
+
+class Link:
+    """Keeps one reverse SSH connection to HQ up, with backoff between tries."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        host_key: asyncssh.SSHKey,
+        hq_key: asyncssh.SSHKey,
+        keepalive_interval: float,
+        backoff_cap: float,
+        telemetry: Telemetry,
+        spool: Spool,
+        process_handlers: dict[str, Callable[[Any], Awaitable[None]]] | None = None,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._host_key = host_key
+        self._hq_key = hq_key
+        self._keepalive = keepalive_interval
+        self._backoff = Backoff(backoff_cap)
+        self._telemetry = telemetry
+        self._spool = spool
+        self._handlers = process_handlers or {}
+        self.connected = asyncio.Event()
+        self._conn: asyncssh.SSHServerConnection | None = None
+
+    async def _process(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        if process.subsystem == p.TELEMETRY_SUBSYSTEM:
+            await self._telemetry.serve(process)
+            return
+        handler = self._handlers.get(process.subsystem or "")
+        if handler is not None:
+            await handler(process)
+            return
+        what = process.subsystem or process.command or "shell"
+        log.warning("request_refused", what=what)
+        process.stderr.write(f"fieldlink-agent: {what!r} is not offered\n".encode())
+        process.exit(127)
+
+    async def connect_once(self) -> asyncssh.SSHServerConnection:
+        return await asyncssh.connect_reverse(
+            self._host,
+            self._port,
+            server_factory=lambda: _AgentSSHServer(self._hq_key),
+            server_host_keys=[self._host_key],
+            process_factory=self._process,
+            encoding=None,
+            allow_pty=False,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            keepalive_interval=self._keepalive,
+            keepalive_count_max=2,
+            login_timeout=30,
+            config=None,
+        )
+
+    async def run(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                conn = await asyncio.wait_for(self.connect_once(), timeout=60)
+            except (OSError, asyncssh.Error, TimeoutError) as exc:
+                delay = self._backoff.next_delay()
+                log.info("hq_connect_failed", error=str(exc) or type(exc).__name__, retry_in=round(delay, 1))
+                await asyncio.sleep(delay)
+                continue
+            self._conn = conn
+            self.connected.set()
+            await asyncio.to_thread(
+                self._spool.set_state, connected=1, since=f"{time.time():.3f}"
+            )
+            log.info("hq_connected", host=self._host, port=self._port)
+            try:
+                await conn.wait_closed()
+            finally:
+                self._conn = None
+                self.connected.clear()
+            await asyncio.to_thread(
+                self._spool.set_state, connected=0, since=f"{time.time():.3f}"
+            )
+            if time.monotonic() - started > _STABLE_AFTER:
+                self._backoff.reset()
+            delay = self._backoff.next_delay()
+            log.info("hq_disconnected", retry_in=round(delay, 1))
+            await asyncio.sleep(delay)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()

@@ -1,0 +1,1 @@
+"""The HTTPS API: routes declared with their permission, one error shape."""

@@ -1,0 +1,188 @@
+"""Agents: list, facts and latest health, health history, revoke."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from server.api.authn import principal
+from server.api.routing import ApiRouter, json_response, query
+from server.context import services
+from server.ops import enrollment
+from server.store import fleet, people
+from server.store.models import Agent
+from shared.errors import NotFound
+
+routes = ApiRouter("agents")
+
+
+class HealthSummary(BaseModel):
+    cpu_percent: float | None
+    memory_percent: float | None
+    disk_percent: float | None = Field(description="the fullest disk's percent used")
+    sampled_at: datetime | None
+
+
+class AgentItem(BaseModel):
+    id: str
+    site: str
+    site_id: str
+    hostname: str
+    status: str = Field(description="online, offline or revoked")
+    last_seen: datetime | None
+    connected_at: datetime | None
+    version: str | None
+    tags: list[str]
+    spool_dropped: int = Field(description="reports the agent had to drop while HQ was away")
+    health: HealthSummary
+
+
+class AgentList(BaseModel):
+    items: list[AgentItem]
+    next: str | None = None
+
+
+class AgentDetail(AgentItem):
+    enrolled_at: datetime
+    key_fingerprint: str
+    facts: dict[str, Any] | None
+    latest_health: dict[str, Any] | None
+    latest_seq: int
+
+
+class AgentListQuery(BaseModel):
+    site: str | None = None
+    tag: str | None = None
+    status: str | None = Field(None, pattern="^(online|offline|revoked)$")
+
+
+def status_of(agent: Agent) -> str:
+    if agent.revoked_at is not None:
+        return "revoked"
+    return "online" if agent.online else "offline"
+
+
+def item(agent: Agent, site: str) -> dict[str, Any]:
+    return {
+        "id": agent.id,
+        "site": site,
+        "site_id": agent.site_id,
+        "hostname": agent.hostname,
+        "status": status_of(agent),
+        "last_seen": agent.last_seen,
+        "connected_at": agent.connected_at,
+        "version": agent.version,
+        "tags": agent.tags or [],
+        "spool_dropped": agent.spool_dropped,
+        "health": HealthSummary(
+            cpu_percent=agent.cpu_percent,
+            memory_percent=agent.memory_percent,
+            disk_percent=agent.disk_percent,
+            sampled_at=agent.latest_sampled_at,
+        ),
+    }
+
+
+@routes.route("GET", "/api/v1/agents", permission="agents:read", query=AgentListQuery,
+              response=AgentList, summary="Agents visible to the caller, with a health summary")
+async def list_agents(request: web.Request) -> web.Response:
+    svc = services(request)
+    who = principal(request)
+    q = query(request, AgentListQuery)
+    async with svc.sessions() as session:
+        site_id = None
+        if q.site is not None:
+            site = await people.site_by_name(session, q.site)
+            if site is None or not who.allowed("agents:read", site.id):
+                return json_response(AgentList(items=[]))
+            site_id = site.id
+        rows = await fleet.list_agents(session, who.sites("agents:read"), site_id=site_id, tag=q.tag)
+    items = [AgentItem(**item(a, s)) for a, s in rows]
+    if q.status:
+        items = [i for i in items if i.status == q.status]
+    return json_response(AgentList(items=items))
+
+
+async def load_agent(request: web.Request, permission: str) -> tuple[Agent, str]:
+    svc = services(request)
+    async with svc.sessions() as session:
+        found = await fleet.get_agent(session, request.match_info["agent_id"])
+    if found is None:
+        raise NotFound("agent not found")
+    principal(request).require(permission, found[0].site_id)
+    return found
+
+
+@routes.route("GET", "/api/v1/agents/{agent_id}", permission="agents:read", response=AgentDetail,
+              summary="One agent: facts and latest full health report")
+async def get_agent(request: web.Request) -> web.Response:
+    agent, site = await load_agent(request, "agents:read")
+    who = principal(request)
+    health = agent.latest_health if who.allowed("health:read", agent.site_id) else None
+    return json_response(
+        AgentDetail(
+            **item(agent, site),
+            enrolled_at=agent.enrolled_at,
+            key_fingerprint=agent.key_fingerprint,
+            facts=agent.facts,
+            latest_health=health,
+            latest_seq=agent.latest_seq,
+        )
+    )
+
+
+class HealthQuery(BaseModel):
+    since: datetime | None = Field(None, description="reports sampled at or after (RFC 3339)")
+    until: datetime | None = Field(None, description="reports sampled before (RFC 3339)")
+    after: int = Field(0, ge=0, description="cursor: only reports with seq greater than this")
+    limit: int = Field(500, ge=1, le=5000)
+
+
+class HealthItem(BaseModel):
+    seq: int
+    sampled_at: datetime
+    received_at: datetime
+    report: dict[str, Any]
+
+
+class HealthList(BaseModel):
+    items: list[HealthItem]
+    next: str | None = Field(None, description="pass as `after` for the next page")
+
+
+@routes.route("GET", "/api/v1/agents/{agent_id}/health", permission="health:read",
+              query=HealthQuery, response=HealthList,
+              summary="Stored health reports, oldest first, each with seq and sampled_at")
+async def health(request: web.Request) -> web.Response:
+    agent, _ = await load_agent(request, "health:read")
+    q = query(request, HealthQuery)
+    async with services(request).sessions() as session:
+        rows = await fleet.health_page(
+            session, agent.id, since=q.since, until=q.until, after_seq=q.after, limit=q.limit
+        )
+    items = [
+        HealthItem(seq=r.seq, sampled_at=r.sampled_at, received_at=r.received_at, report=r.report)
+        for r in rows
+    ]
+    nxt = str(rows[-1].seq) if len(rows) == q.limit else None
+    return json_response(HealthList(items=items, next=nxt))
+
+
+@routes.route("POST", "/api/v1/agents/{agent_id}/revoke", permission="agents:revoke",
+              response=AgentItem, summary="Revoke an agent: its connection drops at once and "
+              "it is refused from then on")
+async def revoke(request: web.Request) -> web.Response:
+    svc = services(request)
+    who = principal(request)
+    async with svc.sessions.begin() as session:
+        found = await fleet.get_agent(session, request.match_info["agent_id"])
+        if found is None:
+            raise NotFound("agent not found")
+        who.require("agents:revoke", found[0].site_id)
+        agent = await enrollment.revoke_agent(session, found[0].id, who.actor())
+        site = found[1]
+    svc.gateway.agent_revoked(agent.id)
+    return json_response(AgentItem(**item(agent, site)))

@@ -1,0 +1,131 @@
+"""Enrollment: agents trade a token for an identity; admins make tokens."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from urllib.parse import urlsplit
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, Field, field_validator
+
+from server.api.authn import principal, source_of
+from server.api.routing import ApiRouter, body, json_response
+from server.audit import Actor, Event
+from server.context import Services, services
+from server.ops import enrollment
+from server.store import auditlog, people
+from shared.durations import parse_duration
+from shared.errors import FieldlinkError, Invalid, NotFound
+
+routes = ApiRouter("enrollment")
+log = structlog.get_logger(__name__)
+
+
+class EnrollRequest(BaseModel):
+    token: str = Field(min_length=10, max_length=2000)
+    public_key: str = Field(min_length=20, max_length=2000)
+    hostname: str = Field(min_length=1, max_length=255)
+
+
+class EnrollResponse(BaseModel):
+    agent_id: str
+    site: str
+    ssh_host: str | None
+    ssh_port: int
+    hq_public_key: str
+    interval: float
+
+
+@routes.route("POST", "/api/v1/enroll", public=True, body=EnrollRequest, response=EnrollResponse,
+              status=201, summary="Enroll an agent with an enrollment token (what "
+              "`fieldlink-agent enroll` calls); the token authenticates")
+async def enroll(request: web.Request) -> web.Response:
+    svc = services(request)
+    req = body(request, EnrollRequest)
+    source = source_of(request)
+    try:
+        async with svc.sessions.begin() as session:
+            agent = await enrollment.enroll_agent(
+                session, token_text=req.token, public_key=req.public_key,
+                hostname=req.hostname, source=source,
+            )
+            names = await people.site_names(session, {agent.site_id})
+    except FieldlinkError as exc:
+        async with svc.sessions.begin() as session:
+            await auditlog.append(
+                session, Actor("agent", None, req.hostname[:200], source),
+                Event("agent.enroll", outcome="denied", details={"reason": exc.code}),
+            )
+        log.warning("enroll_refused", source=source, hostname=req.hostname, reason=exc.code)
+        raise
+    svc.gateway.key_enrolled(agent.key_fingerprint, agent.id)
+    log.info("agent_enrolled", agent_id=agent.id, site=names[agent.site_id], source=source)
+    ssh_host, ssh_port = svc.public_ssh()
+    return json_response(
+        EnrollResponse(
+            agent_id=agent.id,
+            site=names[agent.site_id],
+            ssh_host=ssh_host,
+            ssh_port=ssh_port,
+            hq_public_key=svc.hq_public_key,
+            interval=svc.settings.report_interval,
+        ),
+        status=201,
+    )
+
+
+class EnrollTokenRequest(BaseModel):
+    site: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")
+    uses: int = Field(1, ge=1, le=enrollment.MAX_USES)
+    ttl: str = "1h"
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
+class EnrollTokenResponse(BaseModel):
+    token: str
+    id: str
+    site: str
+    uses: int
+    expires_at: datetime
+
+
+def public_url(svc: Services, request: web.Request | None = None) -> str:
+    """The URL that goes into tokens: the setting, else how the caller reached us."""
+    if svc.settings.public_url:
+        return svc.settings.public_url.rstrip("/")
+    if request is not None and request.host:
+        host = urlsplit(f"//{request.host}")
+        return f"https://{host.netloc}"
+    return f"https://127.0.0.1:{svc.http_port}"
+
+
+@routes.route("POST", "/api/v1/enroll-tokens", permission="agents:enroll",
+              body=EnrollTokenRequest, response=EnrollTokenResponse, status=201,
+              summary="Make an enrollment token for a site (the secret is shown once)")
+async def create_enroll_token(request: web.Request) -> web.Response:
+    svc = services(request)
+    who = principal(request)
+    req = body(request, EnrollTokenRequest)
+    async with svc.sessions.begin() as session:
+        site = await people.site_by_name(session, req.site)
+        if site is not None:
+            who.require("agents:enroll", site.id)
+        elif not who.allowed("agents:enroll", None):
+            raise NotFound("site not found", fields={"site": "no such site"})
+        elif not who.allowed("users:admin", None):
+            raise Invalid("unknown site", fields={"site": "no such site; an admin creates sites"})
+        made = await enrollment.make_enroll_token(
+            session, site_name=req.site, uses=req.uses, ttl=parse_duration(req.ttl),
+            url=public_url(svc, request), fingerprint=svc.fingerprint, actor=who.actor(),
+        )
+    return json_response(
+        EnrollTokenResponse(token=made.token, id=made.token_id, site=made.site, uses=made.uses,
+                            expires_at=datetime.fromisoformat(made.expires_at)),
+        status=201,
+    )

@@ -1,0 +1,120 @@
+"""Route declarations: every API route states its method, path, permission,
+request and response models next to its handler. The same declarations
+drive enforcement (middleware), validation and the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+M = TypeVar("M", bound=BaseModel)
+
+ROUTE_ATTR = "__fieldlink_route__"
+BODY_KEY = web.RequestKey("body", BaseModel)
+QUERY_KEY = web.RequestKey("query", BaseModel)
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    permission: str | None  # None with public=True: no authentication
+    public: bool = False
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    tag: str = "api"
+    content_type: str = "application/json"
+    websocket: bool = False
+    # Where the permission is decided per object (site scope), for the docs.
+    scoped: bool = True
+
+
+class ApiRouter:
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.specs: list[RouteSpec] = []
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        permission: str | None = None,
+        public: bool = False,
+        body: type[BaseModel] | None = None,
+        query: type[BaseModel] | None = None,
+        response: type[BaseModel] | None = None,
+        status: int = 200,
+        content_type: str = "application/json",
+        websocket: bool = False,
+        scoped: bool = True,
+    ) -> Callable[[Handler], Handler]:
+        if permission is None and not public:
+            raise ValueError(f"{method} {path}: declare a permission or public=True")
+
+        def deco(handler: Handler) -> Handler:
+            spec = RouteSpec(
+                method=method,
+                path=path,
+                handler=handler,
+                summary=summary,
+                permission=permission,
+                public=public,
+                body=body,
+                query=query,
+                response=response,
+                status=status,
+                tag=self.tag,
+                content_type=content_type,
+                websocket=websocket,
+                scoped=scoped,
+            )
+            setattr(handler, ROUTE_ATTR, spec)
+            self.specs.append(spec)
+            return handler
+
+        return deco
+
+    def install(self, app: web.Application) -> None:
+        for spec in self.specs:
+            app.router.add_route(spec.method, spec.path, spec.handler)
+
+
+def spec_of(request: web.Request) -> RouteSpec | None:
+    handler: Any = request.match_info.route.handler
+    spec = getattr(handler, ROUTE_ATTR, None)
+    return spec if isinstance(spec, RouteSpec) else None
+
+
+def body(request: web.Request, model: type[M]) -> M:
+    """The request body, already validated by the middleware against the route's model."""
+    value = request[BODY_KEY]
+    assert isinstance(value, model)
+    return value
+
+
+def query(request: web.Request, model: type[M]) -> M:
+    value = request[QUERY_KEY]
+    assert isinstance(value, model)
+    return value
+
+
+def json_response(data: BaseModel | dict[str, Any], status: int = 200) -> web.Response:
+    if isinstance(data, BaseModel):
+        text = data.model_dump_json(by_alias=True)
+    else:
+        import json
+
+        text = json.dumps(data, default=str)
+    return web.Response(text=text, status=status, content_type="application/json")

@@ -1,0 +1,59 @@
+"""Liveness, Prometheus metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import BaseModel
+from sqlalchemy import text
+
+from server.api.authn import authenticate
+from server.api.routing import ApiRouter, json_response
+from server.auth import rbac
+from server.context import services
+from shared.errors import Forbidden, Unavailable
+from shared.version import __version__
+
+routes = ApiRouter("system")
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    database: str
+    agents_connected: int
+
+
+@routes.route("GET", "/healthz", public=True, summary="Liveness and database check",
+              response=Health)
+async def healthz(request: web.Request) -> web.Response:
+    svc = services(request)
+    try:
+        async with svc.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        raise Unavailable("database unreachable") from exc
+    return json_response(
+        Health(status="ok", version=__version__, database="ok",
+               agents_connected=len(svc.gateway.registry))
+    )
+
+
+@routes.route("GET", "/metrics", public=True, content_type="text/plain",
+              summary="Prometheus metrics (bearer token with kpi:read unless metrics_public)")
+async def metrics(request: web.Request) -> web.Response:
+    svc = services(request)
+    if not svc.settings.metrics_public:
+        who = await authenticate(request)
+        if not rbac.holds_anywhere(who.rights, "kpi:read"):
+            raise Forbidden("this needs the kpi:read permission")
+    return web.Response(
+        body=svc.metrics.render(),
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
+
+
+@routes.route("GET", "/api/openapi.json", public=True, summary="This API as OpenAPI 3.1")
+async def openapi(request: web.Request) -> web.Response:
+    from server.api.openapi import document
+
+    return web.json_response(document(request.app))

@@ -1,0 +1,22 @@
+"""Wires the aiohttp application: middlewares and every route module."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from server.api import agents, enroll, system
+from server.api.middleware import enforce, errors
+from server.api.routing import ApiRouter
+from server.context import SERVICES, Services
+
+ROUTERS: list[ApiRouter] = [system.routes, enroll.routes, agents.routes]
+
+MAX_BODY = 1024 * 1024
+
+
+def make_app(svc: Services) -> web.Application:
+    app = web.Application(middlewares=[errors, enforce], client_max_size=MAX_BODY)
+    app[SERVICES] = svc
+    for router in ROUTERS:
+        router.install(app)
+    return app

@@ -1,0 +1,1 @@
+"""Who may do what: permissions, roles, bindings (pure), passwords, tokens."""

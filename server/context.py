@@ -1,0 +1,40 @@
+"""What HQ's handlers and background tasks share, built once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from server.datadir import DataDir
+from server.gateway.listener import Gateway
+from server.metrics import Metrics
+from server.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    datadir: DataDir
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    metrics: Metrics
+    gateway: Gateway
+    fingerprint: str
+    hq_public_key: str
+    master_key: bytes
+    ssh_port: int = 0
+    http_port: int = 0
+    extras: dict[str, object] = field(default_factory=dict)
+
+    def public_ssh(self) -> tuple[str | None, int]:
+        """What agents dial: (host or None for "the host in HQ's URL", port)."""
+        return self.settings.ssh_public_host, self.settings.ssh_public_port or self.ssh_port
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]

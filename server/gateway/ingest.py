@@ -1,0 +1,84 @@
+"""Health ingest: telemetry readers hand frames to one writer that commits
+them in batches and then acks them, so an ack always means "stored".
+
+The queue is bounded: a slow database slows the readers, which slows the SSH
+channels (flow control), which makes agents keep frames in their spools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from server.metrics import Metrics
+from server.store import fleet
+from shared import protocol as p
+
+log = structlog.get_logger(__name__)
+
+AckSink = Callable[[list[int]], None]
+
+
+@dataclass(frozen=True)
+class _Item:
+    agent_id: str
+    frame: p.Health
+    ack: AckSink
+
+
+class Ingestor:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        metrics: Metrics,
+        *,
+        batch: int = 500,
+        queue_size: int = 5000,
+    ) -> None:
+        self._sessions = sessions
+        self._metrics = metrics
+        self._batch = batch
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
+        self.listeners: list[Callable[[list[fleet.Ingest]], None]] = []
+
+    async def submit(self, agent_id: str, frame: p.Health, ack: AckSink) -> None:
+        await self._queue.put(_Item(agent_id, frame, ack))
+
+    async def run(self) -> None:
+        while True:
+            items = [await self._queue.get()]
+            while len(items) < self._batch and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            await self._commit(items)
+
+    async def _commit(self, items: list[_Item]) -> None:
+        batch = [fleet.Ingest(it.agent_id, it.frame) for it in items]
+        delay = 0.5
+        while True:
+            try:
+                async with self._sessions.begin() as session:
+                    inserted = await fleet.store_health(session, batch)
+                break
+            except Exception as exc:  # database down: keep the frames, retry
+                log.warning("ingest_commit_failed", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        now = time.time()
+        for it in items:
+            self._metrics.ingest_lag.observe(max(0.0, now - it.frame.sampled_at.timestamp()))
+        self._metrics.reports_ingested.inc(inserted)
+        by_sink: dict[int, tuple[AckSink, list[int]]] = {}
+        for it in items:
+            by_sink.setdefault(id(it.ack), (it.ack, []))[1].append(it.frame.seq)
+        for sink, seqs in by_sink.values():
+            sink(seqs)
+        for listener in self.listeners:
+            try:
+                listener(batch)
+            except Exception:
+                log.exception("ingest_listener_failed")

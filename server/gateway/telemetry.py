@@ -1,0 +1,60 @@
+"""HQ's end of an agent's `telemetry` channel: read frames, hand health to
+the ingestor, ack what it committed. A malformed or oversized frame closes
+the agent's connection; HQ carries on."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import asyncssh
+import structlog
+
+from server.store import fleet
+from shared import protocol as p
+
+if TYPE_CHECKING:
+    from server.gateway.listener import Gateway
+    from server.gateway.registry import AgentLink
+
+log = structlog.get_logger(__name__)
+
+
+async def run_telemetry(link: AgentLink, gw: Gateway) -> None:
+    writer, reader, _ = await link.conn.open_session(
+        subsystem=p.TELEMETRY_SUBSYSTEM, encoding=None
+    )
+
+    def ack(seqs: list[int]) -> None:
+        try:
+            writer.write(p.encode(p.Ack(kind="health", seqs=seqs)))
+        except (OSError, asyncssh.Error):
+            pass  # the link went away; the agent re-sends after reconnecting
+
+    decoder = p.FrameDecoder()
+    hello: p.Hello | None = None
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            return
+        try:
+            for line in decoder.feed(data):
+                frame = p.decode_agent_frame(line)
+                if isinstance(frame, p.Hello):
+                    if frame.agent_id != link.agent_id:
+                        raise p.FrameError(
+                            f"hello names agent {frame.agent_id}, but the key is {link.agent_id}'s"
+                        )
+                    hello = frame
+                    link.info["hello"] = frame
+                    async with gw.sessions.begin() as session:
+                        await fleet.record_hello(session, link.agent_id, frame)
+                    log.info("agent_hello", version=frame.version, dropped=frame.spool_dropped)
+                elif hello is None:
+                    raise p.FrameError(f"{frame.type} frame before hello")
+                else:
+                    await gw.ingestor.submit(link.agent_id, frame, ack)
+        except p.FrameError as exc:
+            gw.metrics.bad_frames.inc()
+            log.warning("agent_frame_rejected", peer=link.peer, error=str(exc))
+            link.close()
+            return

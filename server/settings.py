@@ -1,0 +1,100 @@
+"""HQ settings: one frozen object read once at start-up and passed in.
+
+Sources, strongest first: command-line overrides, `FIELDLINK_*` environment
+variables, `DATA_DIR/config.toml` (written by `fieldlink init`), defaults.
+Nothing else in HQ reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def parse_hostport(value: str, default_host: str = "0.0.0.0") -> tuple[str, int]:  # noqa: S104 - HQ serves the network by default
+    """`HOST:PORT`, `:PORT` or `[v6]:PORT` -> (host, port)."""
+    text = value.strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    host = host.strip("[]") or default_host
+    return host, int(port)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FIELDLINK_", frozen=True, extra="ignore")
+
+    data_dir: Path
+    http: str = Field("0.0.0.0:8443", description="HTTPS API and console listen address")  # noqa: S104
+    ssh: str = Field("0.0.0.0:8022", description="SSH listen address agents dial into")  # noqa: S104
+    db: SecretStr | None = Field(None, description="database URL; default SQLite in the data dir")
+    public_url: str | None = Field(
+        None, description="HTTPS URL agents and engineers use to reach HQ (goes into tokens)"
+    )
+    ssh_public_host: str | None = Field(
+        None, description="host agents dial for SSH; default the public URL's host"
+    )
+    ssh_public_port: int | None = Field(
+        None, description="port agents dial for SSH; default the --ssh port"
+    )
+    report_interval: float = Field(15.0, gt=0, description="seconds between agent health reports")
+    keepalive_interval: float = Field(
+        10.0, gt=0, description="SSH keepalive interval; a dead link is noticed within 3 of them"
+    )
+    health_retention_days: float = Field(7.0, gt=0, description="raw health kept this long")
+    max_pending_handshakes: int = Field(
+        500, ge=1, description="unauthenticated SSH connections in progress before refusing"
+    )
+    metrics_public: bool = Field(True, description="serve /metrics without a token")
+    log_level: str = Field("info", description="debug, info, warning or error")
+    node_id: str = Field("hq-1", description="this HQ replica's name (several share PostgreSQL)")
+
+    @field_validator("http", "ssh")
+    @classmethod
+    def _check_hostport(cls, value: str) -> str:
+        parse_hostport(value)
+        return value
+
+    @property
+    def http_addr(self) -> tuple[str, int]:
+        return parse_hostport(self.http)
+
+    @property
+    def ssh_addr(self) -> tuple[str, int]:
+        return parse_hostport(self.ssh)
+
+    def db_url(self) -> str:
+        if self.db is not None:
+            return self.db.get_secret_value()
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'fieldlink.db').resolve()}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for HQ with this data dir; `overrides` (from the command line)
+    win over the environment, which wins over `DATA_DIR/config.toml`."""
+    toml = data_dir / "config.toml"
+
+    class _FromDir(Settings):
+        model_config = SettingsConfigDict(toml_file=toml if toml.exists() else None)
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return _FromDir(data_dir=data_dir, **given)

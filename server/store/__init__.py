@@ -1,0 +1,1 @@
+"""Storage: engine set-up, tables, migrations and queries. Decides nothing."""

@@ -1,0 +1,246 @@
+"""Agents, enrollment tokens and health reports in the database."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server.store.models import Agent, EnrollToken, HealthRecord, Site, utcnow
+from shared import protocol as p
+
+# --- enrollment tokens -----------------------------------------------------------
+
+
+async def create_enroll_token(
+    session: AsyncSession,
+    *,
+    site_id: str,
+    secret_hash: str,
+    uses: int,
+    expires_at: datetime,
+    created_by: str,
+) -> EnrollToken:
+    token = EnrollToken(
+        site_id=site_id,
+        secret_hash=secret_hash,
+        uses_max=uses,
+        expires_at=expires_at,
+        created_by=created_by,
+    )
+    session.add(token)
+    await session.flush()
+    return token
+
+
+async def consume_enroll_token(session: AsyncSession, secret_hash: str) -> EnrollToken | str:
+    """Use the token once if it is valid; else a reason: unknown, expired,
+    used_up or revoked. Atomic: two agents racing for the last use cannot
+    both win."""
+    now = utcnow()
+    res = await session.execute(
+        update(EnrollToken)
+        .where(
+            EnrollToken.secret_hash == secret_hash,
+            EnrollToken.uses < EnrollToken.uses_max,
+            EnrollToken.expires_at > now,
+            EnrollToken.revoked_at.is_(None),
+        )
+        .values(uses=EnrollToken.uses + 1)
+        .returning(EnrollToken.id)
+    )
+    token_id = res.scalar_one_or_none()
+    token = await session.scalar(
+        select(EnrollToken).where(EnrollToken.secret_hash == secret_hash)
+    )
+    if token is None:
+        return "unknown"
+    if token_id is not None:
+        await session.refresh(token)
+        return token
+    if token.revoked_at is not None:
+        return "revoked"
+    if token.expires_at <= now:
+        return "expired"
+    return "used_up"
+
+
+# --- agents ------------------------------------------------------------------------
+
+
+async def agent_by_fingerprint(session: AsyncSession, fingerprint: str) -> Agent | None:
+    return await session.scalar(select(Agent).where(Agent.key_fingerprint == fingerprint))
+
+
+async def active_keys(session: AsyncSession) -> dict[str, str]:
+    """fingerprint -> agent id for every agent that is not revoked."""
+    rows = await session.execute(
+        select(Agent.key_fingerprint, Agent.id).where(Agent.revoked_at.is_(None))
+    )
+    return {fp: agent_id for fp, agent_id in rows}
+
+
+async def list_agents(
+    session: AsyncSession,
+    site_ids: frozenset[str] | None,
+    *,
+    site_id: str | None = None,
+    tag: str | None = None,
+) -> Sequence[tuple[Agent, str]]:
+    stmt = select(Agent, Site.name).join(Site, Site.id == Agent.site_id)
+    if site_ids is not None:
+        stmt = stmt.where(Agent.site_id.in_(site_ids))
+    if site_id is not None:
+        stmt = stmt.where(Agent.site_id == site_id)
+    rows = [(a, n) for a, n in (await session.execute(stmt.order_by(Site.name, Agent.hostname)))]
+    if tag is not None:
+        rows = [(a, n) for a, n in rows if tag in (a.tags or [])]
+    return rows
+
+
+async def get_agent(session: AsyncSession, agent_id: str) -> tuple[Agent, str] | None:
+    row = (
+        await session.execute(
+            select(Agent, Site.name).join(Site, Site.id == Agent.site_id).where(Agent.id == agent_id)
+        )
+    ).one_or_none()
+    return (row[0], row[1]) if row else None
+
+
+async def set_online(session: AsyncSession, agent_id: str, node: str) -> None:
+    now = utcnow()
+    await session.execute(
+        update(Agent)
+        .where(Agent.id == agent_id)
+        .values(online=True, hq_node=node, connected_at=now, last_seen=now)
+    )
+
+
+async def set_offline(session: AsyncSession, agent_id: str, node: str) -> None:
+    """Offline, unless another HQ replica holds the agent by now."""
+    await session.execute(
+        update(Agent)
+        .where(Agent.id == agent_id, Agent.hq_node == node)
+        .values(online=False, last_seen=utcnow())
+    )
+
+
+async def mark_node_offline(session: AsyncSession, node: str) -> int:
+    """At start-up: nothing this replica held before is still connected."""
+    res = await session.execute(
+        update(Agent).where(Agent.hq_node == node, Agent.online.is_(True)).values(online=False)
+    )
+    return int(res.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def record_hello(session: AsyncSession, agent_id: str, hello: p.Hello) -> None:
+    await session.execute(
+        update(Agent)
+        .where(Agent.id == agent_id)
+        .values(
+            version=hello.version,
+            hostname=hello.facts.hostname,
+            facts=hello.facts.model_dump(mode="json"),
+            spool_dropped=func.max(Agent.spool_dropped, hello.spool_dropped)
+            if session.bind.dialect.name == "sqlite"
+            else func.greatest(Agent.spool_dropped, hello.spool_dropped),
+            last_seen=utcnow(),
+        )
+    )
+
+
+# --- health -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ingest:
+    agent_id: str
+    frame: p.Health
+
+
+def _insert(session: AsyncSession) -> Any:
+    return sqlite_insert if session.bind.dialect.name == "sqlite" else pg_insert
+
+
+async def store_health(session: AsyncSession, items: Sequence[Ingest]) -> int:
+    """Store a batch of reports; each (agent, seq) once. Returns how many were new."""
+    if not items:
+        return 0
+    now = utcnow()
+    rows = [
+        {
+            "agent_id": it.agent_id,
+            "seq": it.frame.seq,
+            "sampled_at": it.frame.sampled_at,
+            "received_at": now,
+            "report": it.frame.report.model_dump(mode="json", by_alias=True),
+        }
+        for it in items
+    ]
+    inserted = 0
+    insert = _insert(session)
+    for i in range(0, len(rows), 400):
+        stmt = insert(HealthRecord).values(rows[i : i + 400])
+        stmt = stmt.on_conflict_do_nothing(index_elements=["agent_id", "seq"])
+        res = await session.execute(stmt)
+        inserted += max(int(res.rowcount or 0), 0)
+    newest: dict[str, Ingest] = {}
+    for it in items:
+        best = newest.get(it.agent_id)
+        if best is None or it.frame.seq > best.frame.seq:
+            newest[it.agent_id] = it
+    for agent_id, it in newest.items():
+        report = it.frame.report
+        worst = report.worst_disk_percent()
+        await session.execute(
+            update(Agent)
+            .where(Agent.id == agent_id, Agent.latest_seq < it.frame.seq)
+            .values(
+                latest_seq=it.frame.seq,
+                latest_sampled_at=it.frame.sampled_at,
+                latest_health=report.model_dump(mode="json", by_alias=True),
+                cpu_percent=report.cpu.percent,
+                memory_percent=report.memory.percent,
+                disk_percent=worst,
+            )
+        )
+    dropped = {it.agent_id: it.frame.spool_dropped for it in items}
+    for agent_id, count in dropped.items():
+        await session.execute(
+            update(Agent)
+            .where(Agent.id == agent_id)
+            .values(last_seen=now, spool_dropped=count)
+            if count
+            else update(Agent).where(Agent.id == agent_id).values(last_seen=now)
+        )
+    return inserted
+
+
+async def health_page(
+    session: AsyncSession,
+    agent_id: str,
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    after_seq: int,
+    limit: int,
+) -> list[HealthRecord]:
+    stmt = select(HealthRecord).where(HealthRecord.agent_id == agent_id, HealthRecord.seq > after_seq)
+    if since is not None:
+        stmt = stmt.where(HealthRecord.sampled_at >= since)
+    if until is not None:
+        stmt = stmt.where(HealthRecord.sampled_at < until)
+    stmt = stmt.order_by(HealthRecord.seq).limit(limit)
+    return list((await session.scalars(stmt)).all())
+
+
+async def prune_health(session: AsyncSession, before: datetime, batch: int = 5000) -> int:
+    ids = select(HealthRecord.id).where(HealthRecord.sampled_at < before).limit(batch)
+    res = await session.execute(delete(HealthRecord).where(HealthRecord.id.in_(ids)))
+    return int(res.rowcount or 0)  # type: ignore[attr-defined]

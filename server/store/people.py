@@ -1,0 +1,116 @@
+"""Sites, users, roles, bindings and API tokens in the database."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server.auth.rbac import BUILTIN_ROLES, Grant, Rights
+from server.store.models import ApiToken, Binding, Role, Site, User, utcnow
+
+
+async def ensure_builtin_roles(session: AsyncSession) -> None:
+    """Insert or refresh the built-in roles (their permissions are code)."""
+    existing = {r.name: r for r in (await session.scalars(select(Role))).all()}
+    for name, (description, perms) in BUILTIN_ROLES.items():
+        role = existing.get(name)
+        if role is None:
+            session.add(
+                Role(name=name, description=description, permissions=sorted(perms), builtin=True)
+            )
+        else:
+            role.permissions = sorted(perms)
+            role.description = description
+            role.builtin = True
+
+
+async def site_by_name(session: AsyncSession, name: str) -> Site | None:
+    return await session.scalar(select(Site).where(Site.name == name))
+
+
+async def get_or_create_site(session: AsyncSession, name: str) -> tuple[Site, bool]:
+    site = await site_by_name(session, name)
+    if site is not None:
+        return site, False
+    site = Site(name=name)
+    session.add(site)
+    await session.flush()
+    return site, True
+
+
+async def site_names(session: AsyncSession, ids: set[str]) -> dict[str, str]:
+    if not ids:
+        return {}
+    rows = await session.execute(select(Site.id, Site.name).where(Site.id.in_(ids)))
+    return {r[0]: r[1] for r in rows}
+
+
+async def user_by_name(session: AsyncSession, username: str) -> User | None:
+    return await session.scalar(select(User).where(User.username == username))
+
+
+async def rights_for(
+    session: AsyncSession, user_id: str, token_permissions: list[str] | None = None
+) -> Rights:
+    rows = await session.execute(
+        select(Binding.role, Binding.site_id, Role.permissions)
+        .join(Role, Role.name == Binding.role)
+        .where(Binding.user_id == user_id)
+    )
+    grants = tuple(Grant(role, frozenset(perms), site_id) for role, site_id, perms in rows)
+    return Rights(
+        grants, frozenset(token_permissions) if token_permissions is not None else None
+    )
+
+
+async def add_binding(
+    session: AsyncSession, user_id: str, role: str, site_id: str | None
+) -> Binding:
+    binding = Binding(user_id=user_id, role=role, site_id=site_id)
+    session.add(binding)
+    await session.flush()
+    return binding
+
+
+async def create_token(
+    session: AsyncSession,
+    *,
+    user_id: str,
+    name: str,
+    token_hash: str,
+    expires_at: datetime,
+    origin: str,
+    permissions: list[str] | None = None,
+    mfa_at: datetime | None = None,
+) -> ApiToken:
+    token = ApiToken(
+        user_id=user_id,
+        name=name,
+        token_hash=token_hash,
+        expires_at=expires_at,
+        origin=origin,
+        permissions=permissions,
+        mfa_at=mfa_at,
+    )
+    session.add(token)
+    await session.flush()
+    return token
+
+
+async def token_by_hash(session: AsyncSession, token_hash: str) -> tuple[ApiToken, User] | None:
+    row = (
+        await session.execute(
+            select(ApiToken, User)
+            .join(User, User.id == ApiToken.user_id)
+            .where(ApiToken.token_hash == token_hash)
+        )
+    ).one_or_none()
+    return (row[0], row[1]) if row else None
+
+
+async def touch_token(session: AsyncSession, token_id: str) -> None:
+    await session.execute(
+        update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=utcnow())
+    )

@@ -1,0 +1,247 @@
+"""The wire format between agent and HQ on the `telemetry` channel.
+
+Frames are newline-delimited JSON objects with a `type` field. Every frame is a
+pydantic model with `extra="forbid"`, so a frame either matches this module
+exactly or is rejected. Both sides import this module and nothing else
+describes the format.
+
+Agent -> HQ: `hello` (once, first), `health` (every interval, spooled).
+HQ -> agent: `ack` (after the frames it names are committed).
+
+`FrameDecoder` turns a byte stream into frames and refuses a line longer than
+its limit, so a misbehaving peer cannot make the reader buffer without bound.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+MAX_FRAME_BYTES = 1024 * 1024
+TELEMETRY_SUBSYSTEM = "telemetry"
+
+
+class Model(BaseModel):
+    """Base for every wire model: unknown fields are an error, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --- facts (sent once per connection in the hello) ---------------------------
+
+
+class Facts(Model):
+    hostname: str
+    os: str
+    os_family: str
+    kernel: str
+    arch: str
+    cpu_model: str
+    cpu_cores: int
+    cpu_physical_cores: int | None = None
+    memory_total: int
+    ips: list[str]
+    boot_time: datetime
+    agent_version: str
+    python_version: str
+
+
+# --- health report -----------------------------------------------------------
+
+
+class Cpu(Model):
+    percent: float
+    per_core: list[float]
+    count: int
+
+
+class Load(Model):
+    m1: float = Field(alias="1m")
+    m5: float = Field(alias="5m")
+    m15: float = Field(alias="15m")
+
+
+class Memory(Model):
+    total: int
+    available: int
+    used: int
+    percent: float
+
+
+class Swap(Model):
+    total: int
+    used: int
+    percent: float
+
+
+class Disk(Model):
+    mount: str
+    device: str
+    fstype: str
+    total: int
+    used: int
+    free: int
+    percent: float
+    inodes_total: int | None = None
+    inodes_used: int | None = None
+    inodes_percent: float | None = None
+
+
+class DiskIO(Model):
+    read_bytes_per_s: float
+    write_bytes_per_s: float
+    read_ops_per_s: float
+    write_ops_per_s: float
+
+
+class NetIO(Model):
+    rx_bytes_per_s: float
+    tx_bytes_per_s: float
+    rx_packets_per_s: float
+    tx_packets_per_s: float
+    errors_in: int
+    errors_out: int
+    drops_in: int
+    drops_out: int
+
+
+class Interface(Model):
+    name: str
+    up: bool
+    speed_mbps: int
+    mtu: int
+    rx_bytes_per_s: float
+    tx_bytes_per_s: float
+
+
+class Process(Model):
+    pid: int
+    name: str
+    user: str | None = None
+    cpu_percent: float
+    memory_percent: float
+    rss: int
+
+
+class Temperature(Model):
+    sensor: str
+    label: str
+    current: float
+    high: float | None = None
+    critical: float | None = None
+
+
+class HealthReport(Model):
+    cpu: Cpu
+    load: Load
+    memory: Memory
+    swap: Swap
+    disks: list[Disk]
+    disk_io: DiskIO
+    net_io: NetIO
+    interfaces: list[Interface]
+    uptime_seconds: float
+    process_count: int
+    top_cpu: list[Process]
+    top_memory: list[Process]
+    temperatures: list[Temperature]
+
+    def worst_disk_percent(self) -> float | None:
+        return max((d.percent for d in self.disks), default=None)
+
+
+# --- frames --------------------------------------------------------------------
+
+
+class Hello(Model):
+    type: Literal["hello"] = "hello"
+    protocol: int
+    agent_id: str
+    version: str
+    facts: Facts
+    spool_dropped: int = Field(ge=0)
+
+
+class Health(Model):
+    type: Literal["health"] = "health"
+    seq: int = Field(ge=1)
+    sampled_at: datetime
+    spool_dropped: int = Field(ge=0)
+    report: HealthReport
+
+
+class Ack(Model):
+    """HQ has committed these frames; the agent may forget them."""
+
+    type: Literal["ack"] = "ack"
+    kind: Literal["health"]
+    seqs: list[int]
+
+
+AgentFrame = Annotated[Hello | Health, Field(discriminator="type")]
+HQFrame = Annotated[Ack, Field(discriminator="type")]
+
+_agent_frames: TypeAdapter[Hello | Health] = TypeAdapter(AgentFrame)
+_hq_frames: TypeAdapter[Ack] = TypeAdapter(HQFrame)
+
+
+class FrameError(ValueError):
+    """A frame that is not valid JSON, not a known frame, or too large."""
+
+
+def encode(frame: Model) -> bytes:
+    """One frame as a JSON line."""
+    return frame.model_dump_json(by_alias=True).encode() + b"\n"
+
+
+def _decode(adapter: TypeAdapter[Any], line: bytes) -> Any:
+    if len(line) > MAX_FRAME_BYTES:
+        raise FrameError(f"frame of {len(line)} bytes exceeds {MAX_FRAME_BYTES}")
+    try:
+        return adapter.validate_json(line)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "frame"
+        raise FrameError(f"invalid frame at {where}: {first['msg']}") from None
+
+
+def decode_agent_frame(line: bytes) -> Hello | Health:
+    frame: Hello | Health = _decode(_agent_frames, line)
+    return frame
+
+
+def decode_hq_frame(line: bytes) -> Ack:
+    frame: Ack = _decode(_hq_frames, line)
+    return frame
+
+
+class FrameDecoder:
+    """Splits a byte stream into lines, refusing any line over `limit` bytes.
+
+    Pure: `feed` takes bytes and returns the complete lines seen so far.
+    """
+
+    def __init__(self, limit: int = MAX_FRAME_BYTES) -> None:
+        self._limit = limit
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        lines: list[bytes] = []
+        start = 0
+        while True:
+            end = self._buf.find(b"\n", start)
+            if end < 0:
+                break
+            if end - start > self._limit:
+                raise FrameError(f"frame exceeds {self._limit} bytes")
+            line = bytes(self._buf[start:end]).strip()
+            if line:
+                lines.append(line)
+            start = end + 1
+        del self._buf[:start]
+        if len(self._buf) > self._limit:
+            raise FrameError(f"frame exceeds {self._limit} bytes")
+        return lines

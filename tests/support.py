@@ -1,0 +1,206 @@
+"""Test support: start real HQs and agents, talk to the API over real HTTPS.
+
+Everything here drives the real components; nothing is faked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from agent.config import ConfigDir
+from agent.daemon import Daemon
+from agent.enroll import enroll
+from server import admin
+from server.hq import HQ
+from server.ops import accounts, enrollment
+from server.settings import Settings, load_settings
+from shared.durations import parse_duration
+
+ADMIN_PASSWORD = "admin-password-for-tests"
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[Any]] | Callable[[], Any],
+    timeout: float = 15.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> Any:
+    """Poll until `check()` returns something truthy; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class ApiClient:
+    """HTTPS client pinned to HQ's certificate fingerprint."""
+
+    def __init__(self, base: str, fingerprint: str, token: str | None) -> None:
+        self.base = base
+        self.token = token
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=aiohttp.Fingerprint(bytes.fromhex(fingerprint)))
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        out = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        out.update(extra or {})
+        return out
+
+    async def request(
+        self, method: str, path: str, *, json: Any = None, data: bytes | None = None,
+        headers: dict[str, str] | None = None, params: dict[str, Any] | None = None,
+    ) -> tuple[int, Any]:
+        async with self._session.request(
+            method, self.base + path, json=json, data=data, params=params,
+            headers=self.headers(headers),
+        ) as resp:
+            text = await resp.text()
+            try:
+                import json as _json
+
+                body = _json.loads(text) if text else None
+            except ValueError:
+                body = text
+            return resp.status, body
+
+    async def get(self, path: str, **kw: Any) -> tuple[int, Any]:
+        return await self.request("GET", path, **kw)
+
+    async def post(self, path: str, json: Any = None, **kw: Any) -> tuple[int, Any]:
+        return await self.request("POST", path, json=json, **kw)
+
+    async def ok(self, method: str, path: str, **kw: Any) -> Any:
+        status, body = await self.request(method, path, **kw)
+        assert 200 <= status < 300, f"{method} {path} -> {status}: {body}"
+        return body
+
+
+@dataclass
+class HQHandle:
+    settings: Settings
+    hq: HQ
+    admin_token: str
+    admin_password: str = ADMIN_PASSWORD
+    running: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.hq.url
+
+    @property
+    def fingerprint(self) -> str:
+        return self.hq.svc.fingerprint
+
+    @property
+    def sessions(self) -> Any:
+        return self.hq.svc.sessions
+
+    @asynccontextmanager
+    async def client(self, token: str | None = None) -> AsyncIterator[ApiClient]:
+        client = ApiClient(self.url, self.fingerprint, token)
+        try:
+            yield client
+        finally:
+            await client.close()
+
+    async def enroll_token(self, site: str = "shop-1", uses: int = 1, ttl: str = "1h") -> str:
+        async with self.sessions.begin() as session:
+            made = await enrollment.make_enroll_token(
+                session, site_name=site, uses=uses, ttl=parse_duration(ttl), url=self.url,
+                fingerprint=self.fingerprint, actor=admin.local_actor(),
+            )
+        return made.token
+
+    async def api_token(self, username: str, ttl: str = "1h", **kw: Any) -> str:
+        async with self.sessions.begin() as session:
+            made = await accounts.make_api_token(
+                session, username=username, name="test", ttl=parse_duration(ttl),
+                origin="api", actor=admin.local_actor(), **kw,
+            )
+        return made.token
+
+    async def stop(self) -> None:
+        if self.running:
+            self.running = False
+            await self.hq.stop()
+
+    async def restart(self) -> None:
+        """Stop and start again on the same ports and data."""
+        http_port, ssh_port = self.hq.svc.http_port, self.hq.svc.ssh_port
+        await self.stop()
+        self.settings = self.settings.model_copy(
+            update={"http": f"127.0.0.1:{http_port}", "ssh": f"127.0.0.1:{ssh_port}"}
+        )
+        self.hq = HQ(self.settings)
+        await self.hq.start()
+        self.running = True
+
+
+async def start_hq(data_dir: Path, db: str, **settings: Any) -> HQHandle:
+    settings.setdefault("keepalive_interval", 1.0)
+    cfg = load_settings(data_dir, http="127.0.0.1:0", ssh="127.0.0.1:0", db=db, **settings)
+    await admin.init(cfg, admin_password=ADMIN_PASSWORD)
+    hq = HQ(cfg)
+    await hq.start()
+    handle = HQHandle(cfg, hq, admin_token="")
+    handle.admin_token = await handle.api_token("admin")
+    return handle
+
+
+@dataclass
+class AgentHandle:
+    dir: ConfigDir
+    agent_id: str
+    daemon: Daemon | None = None
+    task: asyncio.Task[None] | None = None
+
+    async def start(self, interval: float = 0.2) -> None:
+        self.daemon = Daemon(self.dir, interval=interval)
+        self.task = asyncio.create_task(self.daemon.run(install_signals=False))
+
+    async def stop(self) -> None:
+        if self.daemon is not None and self.task is not None:
+            self.daemon.stop()
+            await asyncio.wait_for(self.task, timeout=15)
+            self.daemon = None
+            self.task = None
+
+
+async def start_agent(
+    hq: HQHandle,
+    path: Path,
+    *,
+    site: str = "shop-1",
+    interval: float = 0.2,
+    run: bool = True,
+    **config: Any,
+) -> AgentHandle:
+    token = await hq.enroll_token(site)
+    cdir = ConfigDir(path)
+    cfg = await asyncio.to_thread(enroll, token, cdir)
+    config.setdefault("keepalive_interval", 1.0)
+    config.setdefault("backoff_cap", 1.0)
+    cdir.save(cfg.model_copy(update=config))
+    handle = AgentHandle(cdir, cfg.agent_id)
+    if run:
+        await handle.start(interval)
+    return handle
