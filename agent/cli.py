@@ -1,8 +1,8 @@
 """`fieldlink-agent`: the command line on a site machine.
 
-    fieldlink-agent enroll TOKEN --config-dir DIR
-    fieldlink-agent run --config-dir DIR [--interval SECONDS]
-    fieldlink-agent status --config-dir DIR
+fieldlink-agent enroll TOKEN --config-dir DIR
+fieldlink-agent run --config-dir DIR [--interval SECONDS]
+fieldlink-agent status --config-dir DIR
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -49,7 +48,10 @@ def _parser() -> argparse.ArgumentParser:
 
     r = add("run", "run the agent: sample health and keep the link to HQ up")
     r.add_argument(
-        "--interval", type=float, default=None, metavar="SECONDS",
+        "--interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
         help="seconds between health reports (default: from config, 15)",
     )
 

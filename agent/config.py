@@ -1,8 +1,8 @@
 """The agent's config directory: what enrollment writes and the daemon reads.
 
-    DIR/config.toml   identity, HQ endpoints, pinned HQ key, tuning (0600)
-    DIR/agent_key     the agent's ed25519 host key, made on this machine (0600)
-    DIR/spool.db      unacknowledged frames (see agent.spool)
+DIR/config.toml   identity, HQ endpoints, pinned HQ key, tuning (0600)
+DIR/agent_key     the agent's ed25519 host key, made on this machine (0600)
+DIR/spool.db      unacknowledged frames (see agent.spool)
 """
 
 from __future__ import annotations

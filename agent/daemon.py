@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncssh
 import structlog
@@ -68,7 +70,12 @@ class Daemon:
                 continue
             sampled_at = datetime.now(UTC)
 
-            def build(seq: int, dropped: int, report: p.HealthReport = report) -> bytes:
+            def build(
+                seq: int,
+                dropped: int,
+                report: p.HealthReport = report,
+                sampled_at: datetime = sampled_at,
+            ) -> bytes:
                 frame = p.Health(
                     seq=seq, sampled_at=sampled_at, spool_dropped=dropped, report=report
                 )
@@ -77,8 +84,8 @@ class Daemon:
             await asyncio.to_thread(self.spool.append, "health", build)
             self.telemetry.notify()
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 

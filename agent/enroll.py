@@ -55,7 +55,10 @@ def _post_pinned(token: EnrollToken, path: str, body: dict[str, Any], timeout: f
             "POST",
             (parts.path.rstrip("/") + path),
             body=payload,
-            headers={"Content-Type": "application/json", "User-Agent": f"fieldlink-agent/{__version__}"},
+            headers={
+                "Content-Type": "application/json",
+                "User-Agent": f"fieldlink-agent/{__version__}",
+            },
         )
         resp = conn.getresponse()
         raw = resp.read(1024 * 1024)
@@ -69,7 +72,9 @@ def _post_pinned(token: EnrollToken, path: str, body: dict[str, Any], timeout: f
         raise EnrollError(f"HQ answered {resp.status} with a body that is not JSON") from None
     if resp.status >= 400:
         err = data.get("error", {}) if isinstance(data, dict) else {}
-        raise EnrollError(f"HQ refused enrollment ({resp.status}): {err.get('message', 'no reason given')}")
+        raise EnrollError(
+            f"HQ refused enrollment ({resp.status}): {err.get('message', 'no reason given')}"
+        )
     return data
 
 

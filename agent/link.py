@@ -200,23 +200,23 @@ class Link:
                 conn = await asyncio.wait_for(self.connect_once(), timeout=60)
             except (OSError, asyncssh.Error, TimeoutError) as exc:
                 delay = self._backoff.next_delay()
-                log.info("hq_connect_failed", error=str(exc) or type(exc).__name__, retry_in=round(delay, 1))
+                log.info(
+                    "hq_connect_failed",
+                    error=str(exc) or type(exc).__name__,
+                    retry_in=round(delay, 1),
+                )
                 await asyncio.sleep(delay)
                 continue
             self._conn = conn
             self.connected.set()
-            await asyncio.to_thread(
-                self._spool.set_state, connected=1, since=f"{time.time():.3f}"
-            )
+            await asyncio.to_thread(self._spool.set_state, connected=1, since=f"{time.time():.3f}")
             log.info("hq_connected", host=self._host, port=self._port)
             try:
                 await conn.wait_closed()
             finally:
                 self._conn = None
                 self.connected.clear()
-            await asyncio.to_thread(
-                self._spool.set_state, connected=0, since=f"{time.time():.3f}"
-            )
+            await asyncio.to_thread(self._spool.set_state, connected=0, since=f"{time.time():.3f}")
             if time.monotonic() - started > _STABLE_AFTER:
                 self._backoff.reset()
             delay = self._backoff.next_delay()

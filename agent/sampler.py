@@ -189,9 +189,7 @@ class Sampler:
         net = psutil.net_io_counters(pernic=True)
         stats = psutil.net_if_stats()
         interfaces: list[p.Interface] = []
-        totals = dict.fromkeys(
-            ("rx", "tx", "rxp", "txp", "ein", "eout", "din", "dout"), 0.0
-        )
+        totals = dict.fromkeys(("rx", "tx", "rxp", "txp", "ein", "eout", "din", "dout"), 0.0)
         for name, counters in net.items():
             before = self._net.get(name, counters)
             st = stats.get(name)
@@ -254,7 +252,9 @@ class Sampler:
                 count=len(per_core),
             ),
             load=p.Load(m1=load[0], m5=load[1], m15=load[2]),
-            memory=p.Memory(total=vm.total, available=vm.available, used=vm.used, percent=vm.percent),
+            memory=p.Memory(
+                total=vm.total, available=vm.available, used=vm.used, percent=vm.percent
+            ),
             swap=p.Swap(total=sw.total, used=sw.used, percent=sw.percent),
             disks=self._disks(),
             disk_io=disk_io,

@@ -73,7 +73,9 @@ async def init(settings: Settings, *, admin_password: str | None = None) -> Init
     password = admin_password or new_password()
     actor = local_actor()
     async with open_db(settings) as db, db.sessions.begin() as session:
-        await auditlog.append(session, actor, Event("hq.init", details={"data_dir": str(datadir.path)}))
+        await auditlog.append(
+            session, actor, Event("hq.init", details={"data_dir": str(datadir.path)})
+        )
         user = await accounts.create_user(
             session, username="admin", password=password, actor=actor, display_name="Administrator"
         )
@@ -105,8 +107,12 @@ async def enroll_token(settings: Settings, *, site: str, uses: int, ttl: str) ->
         raise Invalid(str(exc), fields={"ttl": str(exc)}) from None
     async with open_db(settings) as db, db.sessions.begin() as session:
         made = await enrollment.make_enroll_token(
-            session, site_name=site, uses=uses, ttl=delta,
-            url=token_url(settings, datadir), fingerprint=datadir.fingerprint(),
+            session,
+            site_name=site,
+            uses=uses,
+            ttl=delta,
+            url=token_url(settings, datadir),
+            fingerprint=datadir.fingerprint(),
             actor=local_actor(),
         )
     return made.token
@@ -120,8 +126,12 @@ async def api_token(settings: Settings, *, user: str, ttl: str) -> str:
         raise Invalid(str(exc), fields={"ttl": str(exc)}) from None
     async with open_db(settings) as db, db.sessions.begin() as session:
         made = await accounts.make_api_token(
-            session, username=user, name="break-glass (fieldlink admin api-token)", ttl=delta,
-            origin="break-glass", actor=local_actor(),
+            session,
+            username=user,
+            name="break-glass (fieldlink admin api-token)",
+            ttl=delta,
+            origin="break-glass",
+            actor=local_actor(),
         )
     return made.token
 
@@ -146,7 +156,9 @@ async def add_user(
         generated = password = new_password()
     actor = local_actor()
     async with open_db(settings) as db, db.sessions.begin() as session:
-        user = await accounts.create_user(session, username=username, password=password, actor=actor)
+        user = await accounts.create_user(
+            session, username=username, password=password, actor=actor
+        )
         await accounts.bind_role(session, user=user, role=role, site_name=site, actor=actor)
     return generated
 

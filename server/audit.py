@@ -80,7 +80,9 @@ class ChainBreak:
     reason: str
 
 
-def verify(rows: Iterable[tuple[dict[str, Any], str]], start_prev: str = GENESIS) -> ChainBreak | None:
+def verify(
+    rows: Iterable[tuple[dict[str, Any], str]], start_prev: str = GENESIS
+) -> ChainBreak | None:
     """Walk (fields, stored_hash) pairs in sequence order; the first break or None."""
     prev = start_prev
     expected_seq: int | None = 1 if start_prev == GENESIS else None

@@ -28,23 +28,39 @@ DEFAULT_DATA_DIR = "/var/lib/fieldlink"
 
 def _hq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     def data_dir(p: argparse.ArgumentParser, default: str = DEFAULT_DATA_DIR) -> None:
-        p.add_argument("--data-dir", default=default, type=Path,
-                       help=f"HQ's data directory (default {default})")
+        p.add_argument(
+            "--data-dir",
+            default=default,
+            type=Path,
+            help=f"HQ's data directory (default {default})",
+        )
 
-    init = sub.add_parser("init", help="create HQ's data directory, keys, database and admin user",
-                          description="Create the data directory: TLS key and self-signed "
-                          "certificate, HQ's SSH key, the database (migrated) and the first "
-                          "admin user `admin`, whose password is printed once.")
+    init = sub.add_parser(
+        "init",
+        help="create HQ's data directory, keys, database and admin user",
+        description="Create the data directory: TLS key and self-signed "
+        "certificate, HQ's SSH key, the database (migrated) and the first "
+        "admin user `admin`, whose password is printed once.",
+    )
     data_dir(init)
-    init.add_argument("--db", help="database URL (default: SQLite in the data dir); e.g. "
-                      "postgresql+asyncpg://user@host/db")
+    init.add_argument(
+        "--db",
+        help="database URL (default: SQLite in the data dir); e.g. "
+        "postgresql+asyncpg://user@host/db",
+    )
     init.add_argument("--public-url", help="the HTTPS URL agents and engineers use to reach HQ")
 
     serve = sub.add_parser("serve", help="run HQ: HTTPS API and the SSH gateway for agents")
     data_dir(serve)
-    serve.add_argument("--http", metavar="HOST:PORT", help="HTTPS listen address (default 0.0.0.0:8443)")
-    serve.add_argument("--ssh", metavar="HOST:PORT", help="SSH listen address for agents (default 0.0.0.0:8022)")
-    serve.add_argument("--db", help="database URL (or FIELDLINK_DB); default SQLite in the data dir")
+    serve.add_argument(
+        "--http", metavar="HOST:PORT", help="HTTPS listen address (default 0.0.0.0:8443)"
+    )
+    serve.add_argument(
+        "--ssh", metavar="HOST:PORT", help="SSH listen address for agents (default 0.0.0.0:8022)"
+    )
+    serve.add_argument(
+        "--db", help="database URL (or FIELDLINK_DB); default SQLite in the data dir"
+    )
     serve.add_argument("--public-url", help="the HTTPS URL that goes into enrollment tokens")
 
     adm = sub.add_parser("admin", help="administer HQ from the HQ machine (no login needed)")
@@ -54,8 +70,9 @@ def _hq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     et.add_argument("--site", required=True, help="the site the agent joins (created if new)")
     et.add_argument("--uses", type=int, default=1, help="how many agents may use it (default 1)")
     et.add_argument("--ttl", default="1h", help="how long it stays valid (default 1h)")
-    at = asub.add_parser("api-token", help="make a bearer token for a user (break-glass); "
-                         "prints it alone on stdout")
+    at = asub.add_parser(
+        "api-token", help="make a bearer token for a user (break-glass); prints it alone on stdout"
+    )
     at.add_argument("--user", required=True)
     at.add_argument("--ttl", default="30d", help="how long it stays valid (default 30d)")
     ag = asub.add_parser("agent", help="manage agents")
@@ -65,21 +82,31 @@ def _hq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     asub.add_parser("fingerprint", help="print the SHA-256 fingerprint of HQ's TLS certificate")
     us = asub.add_parser("user", help="manage users")
     ussub = us.add_subparsers(dest="user_command", required=True, metavar="COMMAND")
-    ua = ussub.add_parser("add", help="add a user with a role; prints a generated password "
-                          "unless --password-stdin")
+    ua = ussub.add_parser(
+        "add", help="add a user with a role; prints a generated password unless --password-stdin"
+    )
     ua.add_argument("name", metavar="NAME")
-    ua.add_argument("--role", required=True, help="admin, hq_engineer, site_tech, site_staff, "
-                    "auditor or a custom role")
+    ua.add_argument(
+        "--role",
+        required=True,
+        help="admin, hq_engineer, site_tech, site_staff, auditor or a custom role",
+    )
     ua.add_argument("--site", help="scope the role to this site (default: global)")
     ua.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     au = asub.add_parser("audit", help="the audit trail")
     ausub = au.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
-    ausub.add_parser("verify", help="walk the hash chain; non-zero exit naming the first broken entry")
+    ausub.add_parser(
+        "verify", help="walk the hash chain; non-zero exit naming the first broken entry"
+    )
 
     demo = sub.add_parser("demo", help="HQ plus one local agent on SQLite (what `make run` runs)")
     data_dir(demo, ".demo")
-    demo.add_argument("--http", metavar="HOST:PORT", help="HTTPS listen address (default 0.0.0.0:8443)")
-    demo.add_argument("--ssh", metavar="HOST:PORT", help="SSH listen address (default 0.0.0.0:8022)")
+    demo.add_argument(
+        "--http", metavar="HOST:PORT", help="HTTPS listen address (default 0.0.0.0:8443)"
+    )
+    demo.add_argument(
+        "--ssh", metavar="HOST:PORT", help="SSH listen address (default 0.0.0.0:8022)"
+    )
     demo.add_argument("--interval", type=float, help="agent report interval (default 15)")
 
 
@@ -149,7 +176,9 @@ def _admin(args: argparse.Namespace, settings: object) -> int:
     assert isinstance(settings, Settings)
     cmd = args.admin_command
     if cmd == "enroll-token":
-        print(asyncio.run(admin.enroll_token(settings, site=args.site, uses=args.uses, ttl=args.ttl)))
+        print(
+            asyncio.run(admin.enroll_token(settings, site=args.site, uses=args.uses, ttl=args.ttl))
+        )
         return 0
     if cmd == "api-token":
         print(asyncio.run(admin.api_token(settings, user=args.user, ttl=args.ttl)))
@@ -161,7 +190,11 @@ def _admin(args: argparse.Namespace, settings: object) -> int:
         return 0
     if cmd == "agent" and args.agent_command == "revoke":
         told = asyncio.run(admin.revoke_agent(settings, args.agent_id))
-        note = "its connection was closed" if told else "no running HQ was reached; it is refused on its next connection"
+        note = (
+            "its connection was closed"
+            if told
+            else "no running HQ was reached; it is refused on its next connection"
+        )
         print(f"agent {args.agent_id} revoked; {note}", file=sys.stderr)
         return 0
     if cmd == "user" and args.user_command == "add":
@@ -169,7 +202,9 @@ def _admin(args: argparse.Namespace, settings: object) -> int:
         if args.password_stdin:
             password = sys.stdin.readline().rstrip("\n")
         generated = asyncio.run(
-            admin.add_user(settings, username=args.name, role=args.role, site=args.site, password=password)
+            admin.add_user(
+                settings, username=args.name, role=args.role, site=args.site, password=password
+            )
         )
         scope = f"site {args.site}" if args.site else "global"
         print(f"user {args.name} added with role {args.role} ({scope})", file=sys.stderr)

@@ -5,6 +5,7 @@ server about changes it must act on at once (an agent revoked)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -44,10 +45,8 @@ class ControlServer:
         except (ValueError, TimeoutError) as exc:
             writer.write(json.dumps({"ok": False, "error": str(exc)}).encode() + b"\n")
         finally:
-            try:
+            with contextlib.suppress(ConnectionError):
                 await writer.drain()
-            except ConnectionError:
-                pass
             writer.close()
 
     async def stop(self) -> None:
@@ -59,13 +58,11 @@ class ControlServer:
 
 async def notify(path: Path, message: dict[str, Any], timeout: float = 5.0) -> bool:
     """Tell the running server; False if none is running on this data dir."""
-    if not path.exists():
-        return False
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_unix_connection(str(path)), timeout=timeout
         )
-    except (OSError, TimeoutError):
+    except (OSError, TimeoutError):  # no server on this data dir
         return False
     try:
         writer.write(json.dumps(message).encode() + b"\n")

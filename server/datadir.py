@@ -1,12 +1,12 @@
 """HQ's data directory: keys, certificate, config and (by default) the database.
 
-    DIR/config.toml        settings written by `fieldlink init`
-    DIR/tls/cert.pem       HQ's self-signed TLS certificate
-    DIR/tls/key.pem        its private key (0600)
-    DIR/keys/hq_ssh_key    HQ's SSH client key, pinned by every agent (0600)
-    DIR/keys/master.key    32 random bytes that encrypt secrets at rest (0600)
-    DIR/fieldlink.db       the SQLite database, unless --db names another
-    DIR/run/               the running server's control socket and address
+DIR/config.toml        settings written by `fieldlink init`
+DIR/tls/cert.pem       HQ's self-signed TLS certificate
+DIR/tls/key.pem        its private key (0600)
+DIR/keys/hq_ssh_key    HQ's SSH client key, pinned by every agent (0600)
+DIR/keys/master.key    32 random bytes that encrypt secrets at rest (0600)
+DIR/fieldlink.db       the SQLite database, unless --db names another
+DIR/run/               the running server's control socket and address
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ class DataDir:
         return str(key.export_public_key("openssh").decode().strip())
 
     def master_key(self) -> bytes:
-        data = self.master_key_file.read_bytes()
+        data = bytes(self.master_key_file.read_bytes())
         if len(data) != 32:
             raise DataDirError(f"{self.master_key_file} is damaged (expected 32 bytes)")
         return data

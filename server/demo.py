@@ -33,11 +33,22 @@ async def _enroll_local_agent(hq: HQ, agent_dir: Path) -> str:
     if not config.exists():
         async with hq.svc.sessions.begin() as session:
             made = await enrollment.make_enroll_token(
-                session, site_name="demo", uses=1, ttl=parse_duration("10m"), url=hq.url,
-                fingerprint=hq.svc.fingerprint, actor=admin.local_actor(),
+                session,
+                site_name="demo",
+                uses=1,
+                ttl=parse_duration("10m"),
+                url=hq.url,
+                fingerprint=hq.svc.fingerprint,
+                actor=admin.local_actor(),
             )
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agent.cli", "enroll", made.token, "--config-dir", str(agent_dir),
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "enroll",
+            made.token,
+            "--config-dir",
+            str(agent_dir),
             "--force",
         )
         if await proc.wait() != 0:
@@ -53,7 +64,11 @@ async def run_demo(settings: Settings) -> int:
         fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(result.admin_password + "\n")
-    password = pw_file.read_text().strip() if pw_file.exists() else "(set when this data dir was initialised)"
+    password = (
+        pw_file.read_text().strip()
+        if pw_file.exists()
+        else "(set when this data dir was initialised)"
+    )
 
     hq = HQ(settings)
     await hq.start()
@@ -67,8 +82,14 @@ async def run_demo(settings: Settings) -> int:
     try:
         agent_id = await _enroll_local_agent(hq, agent_dir)
         agent_proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agent.cli", "run", "--config-dir", str(agent_dir),
-            "--interval", str(settings.report_interval),
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "run",
+            "--config-dir",
+            str(agent_dir),
+            "--interval",
+            str(settings.report_interval),
         )
         print(
             "\n"
@@ -81,8 +102,9 @@ async def run_demo(settings: Settings) -> int:
             f"    agent config:     {agent_dir}\n"
             "\n"
             "  Try:\n"
-            f"    TOKEN=$(.venv/bin/fieldlink admin --data-dir {datadir.path} api-token --user admin)\n"
-            f"    curl -sk -H \"Authorization: Bearer $TOKEN\" {hq.url}/api/v1/agents\n"
+            f"    TOKEN=$(.venv/bin/fieldlink admin --data-dir {datadir.path} "
+            "api-token --user admin)\n"
+            f'    curl -sk -H "Authorization: Bearer $TOKEN" {hq.url}/api/v1/agents\n'
             "\n"
             "  Ctrl-C stops HQ and the agent.\n",
             flush=True,

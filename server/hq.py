@@ -102,8 +102,9 @@ class HQ:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         host, port = self.settings.http_addr
-        site = web.TCPSite(self._runner, host, port, ssl_context=self.datadir.ssl_context(),
-                           reuse_address=True)
+        site = web.TCPSite(
+            self._runner, host, port, ssl_context=self.datadir.ssl_context(), reuse_address=True
+        )
         await site.start()
         svc.http_port = self._runner.addresses[0][1]
 
@@ -112,11 +113,21 @@ class HQ:
         self._control = ControlServer(self.datadir.control_socket, self._on_control)
         await self._control.start()
         self.datadir.write_serve_info(
-            {"pid": os.getpid(), "url": self.url, "http_port": svc.http_port,
-             "ssh_port": svc.ssh_port, "node_id": self.settings.node_id}
+            {
+                "pid": os.getpid(),
+                "url": self.url,
+                "http_port": svc.http_port,
+                "ssh_port": svc.ssh_port,
+                "node_id": self.settings.node_id,
+            }
         )
-        log.info("hq_started", url=self.url, ssh_port=svc.ssh_port,
-                 db=engine.url.get_backend_name(), fingerprint=svc.fingerprint)
+        log.info(
+            "hq_started",
+            url=self.url,
+            ssh_port=svc.ssh_port,
+            db=engine.url.get_backend_name(),
+            fingerprint=svc.fingerprint,
+        )
 
     async def _on_control(self, message: dict[str, Any]) -> None:
         op = message.get("op")

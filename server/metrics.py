@@ -10,7 +10,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.agents_connected = Gauge(
-            "fieldlink_agents_connected", "Agents with a live SSH connection", registry=self.registry
+            "fieldlink_agents_connected",
+            "Agents with a live SSH connection",
+            registry=self.registry,
         )
         self.reports_ingested = Counter(
             "fieldlink_health_reports_ingested",
@@ -36,7 +38,9 @@ class Metrics:
             registry=self.registry,
         )
         self.bad_frames = Counter(
-            "fieldlink_bad_frames", "Malformed or oversized frames from agents", registry=self.registry
+            "fieldlink_bad_frames",
+            "Malformed or oversized frames from agents",
+            registry=self.registry,
         )
 
     def render(self) -> bytes:

@@ -33,8 +33,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FIELDLINK_", frozen=True, extra="ignore")
 
     data_dir: Path
-    http: str = Field("0.0.0.0:8443", description="HTTPS API and console listen address")  # noqa: S104
-    ssh: str = Field("0.0.0.0:8022", description="SSH listen address agents dial into")  # noqa: S104
+    http: str = Field("0.0.0.0:8443", description="HTTPS API and console listen address")
+    ssh: str = Field("0.0.0.0:8022", description="SSH listen address agents dial into")
     db: SecretStr | None = Field(None, description="database URL; default SQLite in the data dir")
     public_url: str | None = Field(
         None, description="HTTPS URL agents and engineers use to reach HQ (goes into tokens)"

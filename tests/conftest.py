@@ -19,9 +19,7 @@ from tests.support import (
     start_hq,
 )
 
-PG_URL = os.environ.get(
-    "FIELDLINK_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
+PG_URL = os.environ.get("FIELDLINK_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 

@@ -65,11 +65,21 @@ class ApiClient:
         return out
 
     async def request(
-        self, method: str, path: str, *, json: Any = None, data: bytes | None = None,
-        headers: dict[str, str] | None = None, params: dict[str, Any] | None = None,
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
     ) -> tuple[int, Any]:
         async with self._session.request(
-            method, self.base + path, json=json, data=data, params=params,
+            method,
+            self.base + path,
+            json=json,
+            data=data,
+            params=params,
             headers=self.headers(headers),
         ) as resp:
             text = await resp.text()
@@ -125,16 +135,26 @@ class HQHandle:
     async def enroll_token(self, site: str = "shop-1", uses: int = 1, ttl: str = "1h") -> str:
         async with self.sessions.begin() as session:
             made = await enrollment.make_enroll_token(
-                session, site_name=site, uses=uses, ttl=parse_duration(ttl), url=self.url,
-                fingerprint=self.fingerprint, actor=admin.local_actor(),
+                session,
+                site_name=site,
+                uses=uses,
+                ttl=parse_duration(ttl),
+                url=self.url,
+                fingerprint=self.fingerprint,
+                actor=admin.local_actor(),
             )
         return made.token
 
     async def api_token(self, username: str, ttl: str = "1h", **kw: Any) -> str:
         async with self.sessions.begin() as session:
             made = await accounts.make_api_token(
-                session, username=username, name="test", ttl=parse_duration(ttl),
-                origin="api", actor=admin.local_actor(), **kw,
+                session,
+                username=username,
+                name="test",
+                ttl=parse_duration(ttl),
+                origin="api",
+                actor=admin.local_actor(),
+                **kw,
             )
         return made.token
 

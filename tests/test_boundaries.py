@@ -12,8 +12,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 HQ_ONLY = {
-    "aiohttp", "sqlalchemy", "alembic", "aiosqlite", "asyncpg", "argon2", "pyotp",
-    "prometheus_client", "pydantic_settings", "rich", "jinja2", "aiohttp_jinja2",
+    "aiohttp",
+    "sqlalchemy",
+    "alembic",
+    "aiosqlite",
+    "asyncpg",
+    "argon2",
+    "pyotp",
+    "prometheus_client",
+    "pydantic_settings",
+    "rich",
+    "jinja2",
+    "aiohttp_jinja2",
 }
 
 
@@ -41,8 +51,11 @@ def imports_of(package: str) -> dict[str, set[str]]:
 )
 def test_package_imports_stay_inside_their_boundary(package, forbidden):
     """No module of a package imports across its boundary."""
-    bad = {path: sorted(names & forbidden) for path, names in imports_of(package).items()
-           if names & forbidden}
+    bad = {
+        path: sorted(names & forbidden)
+        for path, names in imports_of(package).items()
+        if names & forbidden
+    }
     assert not bad, f"forbidden imports: {bad}"
 
 

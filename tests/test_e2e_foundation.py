@@ -26,7 +26,9 @@ async def agent_status(hq: HQHandle, agent_id: str) -> dict:
 async def stored_seqs(hq: HQHandle, agent_id: str) -> list[int]:
     async with hq.sessions() as session:
         rows = await session.scalars(
-            select(HealthRecord.seq).where(HealthRecord.agent_id == agent_id).order_by(HealthRecord.seq)
+            select(HealthRecord.seq)
+            .where(HealthRecord.agent_id == agent_id)
+            .order_by(HealthRecord.seq)
         )
         return list(rows)
 
@@ -38,7 +40,11 @@ async def test_enrolled_agent_comes_online_with_health(hq, agent_factory, admin_
     async def online():
         _, body = await admin_api.get("/api/v1/agents")
         items = [a for a in body["items"] if a["id"] == agent.agent_id]
-        return items and items[0]["status"] == "online" and items[0]["health"]["cpu_percent"] is not None
+        return (
+            items
+            and items[0]["status"] == "online"
+            and items[0]["health"]["cpu_percent"] is not None
+        )
 
     await wait_until(online, what="agent online with health")
     _, body = await admin_api.get("/api/v1/agents")
@@ -50,8 +56,16 @@ async def test_enrolled_agent_comes_online_with_health(hq, agent_factory, admin_
 
     detail = await admin_api.ok("GET", f"/api/v1/agents/{agent.agent_id}")
     facts = detail["facts"]
-    for key in ("os", "kernel", "cpu_model", "cpu_cores", "memory_total", "ips", "boot_time",
-                "agent_version"):
+    for key in (
+        "os",
+        "kernel",
+        "cpu_model",
+        "cpu_cores",
+        "memory_total",
+        "ips",
+        "boot_time",
+        "agent_version",
+    ):
         assert key in facts
     report = detail["latest_health"]
     assert report["cpu"]["count"] == len(report["cpu"]["per_core"])
@@ -62,17 +76,22 @@ async def test_enrolled_agent_comes_online_with_health(hq, agent_factory, admin_
 
     await wait_until(lambda: stored_seqs(hq, agent.agent_id), what="stored reports")
     await asyncio.sleep(0.5)
-    page = await admin_api.ok("GET", f"/api/v1/agents/{agent.agent_id}/health",
-                              params={"limit": 1000})
+    page = await admin_api.ok(
+        "GET", f"/api/v1/agents/{agent.agent_id}/health", params={"limit": 1000}
+    )
     seqs = [i["seq"] for i in page["items"]]
     assert seqs[0] == 1
     assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
     assert all(i["sampled_at"] for i in page["items"])
-    first = await admin_api.ok("GET", f"/api/v1/agents/{agent.agent_id}/health",
-                               params={"limit": 1})
+    first = await admin_api.ok(
+        "GET", f"/api/v1/agents/{agent.agent_id}/health", params={"limit": 1}
+    )
     assert first["next"] == "1"
-    rest = await admin_api.ok("GET", f"/api/v1/agents/{agent.agent_id}/health",
-                              params={"after": first["next"], "limit": 1000})
+    rest = await admin_api.ok(
+        "GET",
+        f"/api/v1/agents/{agent.agent_id}/health",
+        params={"after": first["next"], "limit": 1000},
+    )
     assert rest["items"][0]["seq"] == 2
 
 
@@ -86,8 +105,11 @@ async def test_metrics_and_healthz(sqlite_hq, agent_factory):
 
         async def ingested():
             _, text = await api.get("/metrics")
-            return "fieldlink_health_reports_ingested_total" in text and \
-                "fieldlink_agents_connected 1.0" in text and text
+            return (
+                "fieldlink_health_reports_ingested_total" in text
+                and "fieldlink_agents_connected 1.0" in text
+                and text
+            )
 
         text = await wait_until(ingested, what="metrics")
     assert "fieldlink_ingest_lag_seconds_bucket" in text
@@ -241,7 +263,9 @@ async def test_enroll_api_rejects_bad_keys(sqlite_hq):
     assert (await _counts(sqlite_hq))[1] == [0]
 
 
-async def test_enroll_refuses_hq_with_other_certificate(sqlite_hq, hq_factory, sqlite_url, tmp_path):
+async def test_enroll_refuses_hq_with_other_certificate(
+    sqlite_hq, hq_factory, sqlite_url, tmp_path
+):
     """`enroll` refuses an HQ whose TLS certificate does not match the token's pin."""
     other = await hq_factory(f"sqlite+aiosqlite:///{tmp_path / 'other.db'}", name="other")
     token = await sqlite_hq.enroll_token()

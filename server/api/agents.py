@@ -86,8 +86,14 @@ def item(agent: Agent, site: str) -> dict[str, Any]:
     }
 
 
-@routes.route("GET", "/api/v1/agents", permission="agents:read", query=AgentListQuery,
-              response=AgentList, summary="Agents visible to the caller, with a health summary")
+@routes.route(
+    "GET",
+    "/api/v1/agents",
+    permission="agents:read",
+    query=AgentListQuery,
+    response=AgentList,
+    summary="Agents visible to the caller, with a health summary",
+)
 async def list_agents(request: web.Request) -> web.Response:
     svc = services(request)
     who = principal(request)
@@ -99,7 +105,9 @@ async def list_agents(request: web.Request) -> web.Response:
             if site is None or not who.allowed("agents:read", site.id):
                 return json_response(AgentList(items=[]))
             site_id = site.id
-        rows = await fleet.list_agents(session, who.sites("agents:read"), site_id=site_id, tag=q.tag)
+        rows = await fleet.list_agents(
+            session, who.sites("agents:read"), site_id=site_id, tag=q.tag
+        )
     items = [AgentItem(**item(a, s)) for a, s in rows]
     if q.status:
         items = [i for i in items if i.status == q.status]
@@ -116,8 +124,13 @@ async def load_agent(request: web.Request, permission: str) -> tuple[Agent, str]
     return found
 
 
-@routes.route("GET", "/api/v1/agents/{agent_id}", permission="agents:read", response=AgentDetail,
-              summary="One agent: facts and latest full health report")
+@routes.route(
+    "GET",
+    "/api/v1/agents/{agent_id}",
+    permission="agents:read",
+    response=AgentDetail,
+    summary="One agent: facts and latest full health report",
+)
 async def get_agent(request: web.Request) -> web.Response:
     agent, site = await load_agent(request, "agents:read")
     who = principal(request)
@@ -153,9 +166,14 @@ class HealthList(BaseModel):
     next: str | None = Field(None, description="pass as `after` for the next page")
 
 
-@routes.route("GET", "/api/v1/agents/{agent_id}/health", permission="health:read",
-              query=HealthQuery, response=HealthList,
-              summary="Stored health reports, oldest first, each with seq and sampled_at")
+@routes.route(
+    "GET",
+    "/api/v1/agents/{agent_id}/health",
+    permission="health:read",
+    query=HealthQuery,
+    response=HealthList,
+    summary="Stored health reports, oldest first, each with seq and sampled_at",
+)
 async def health(request: web.Request) -> web.Response:
     agent, _ = await load_agent(request, "health:read")
     q = query(request, HealthQuery)
@@ -171,9 +189,13 @@ async def health(request: web.Request) -> web.Response:
     return json_response(HealthList(items=items, next=nxt))
 
 
-@routes.route("POST", "/api/v1/agents/{agent_id}/revoke", permission="agents:revoke",
-              response=AgentItem, summary="Revoke an agent: its connection drops at once and "
-              "it is refused from then on")
+@routes.route(
+    "POST",
+    "/api/v1/agents/{agent_id}/revoke",
+    permission="agents:revoke",
+    response=AgentItem,
+    summary="Revoke an agent: its connection drops at once and it is refused from then on",
+)
 async def revoke(request: web.Request) -> web.Response:
     svc = services(request)
     who = principal(request)

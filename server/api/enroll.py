@@ -37,9 +37,16 @@ class EnrollResponse(BaseModel):
     interval: float
 
 
-@routes.route("POST", "/api/v1/enroll", public=True, body=EnrollRequest, response=EnrollResponse,
-              status=201, summary="Enroll an agent with an enrollment token (what "
-              "`fieldlink-agent enroll` calls); the token authenticates")
+@routes.route(
+    "POST",
+    "/api/v1/enroll",
+    public=True,
+    body=EnrollRequest,
+    response=EnrollResponse,
+    status=201,
+    summary="Enroll an agent with an enrollment token (what "
+    "`fieldlink-agent enroll` calls); the token authenticates",
+)
 async def enroll(request: web.Request) -> web.Response:
     svc = services(request)
     req = body(request, EnrollRequest)
@@ -47,14 +54,18 @@ async def enroll(request: web.Request) -> web.Response:
     try:
         async with svc.sessions.begin() as session:
             agent = await enrollment.enroll_agent(
-                session, token_text=req.token, public_key=req.public_key,
-                hostname=req.hostname, source=source,
+                session,
+                token_text=req.token,
+                public_key=req.public_key,
+                hostname=req.hostname,
+                source=source,
             )
             names = await people.site_names(session, {agent.site_id})
     except FieldlinkError as exc:
         async with svc.sessions.begin() as session:
             await auditlog.append(
-                session, Actor("agent", None, req.hostname[:200], source),
+                session,
+                Actor("agent", None, req.hostname[:200], source),
                 Event("agent.enroll", outcome="denied", details={"reason": exc.code}),
             )
         log.warning("enroll_refused", source=source, hostname=req.hostname, reason=exc.code)
@@ -105,9 +116,15 @@ def public_url(svc: Services, request: web.Request | None = None) -> str:
     return f"https://127.0.0.1:{svc.http_port}"
 
 
-@routes.route("POST", "/api/v1/enroll-tokens", permission="agents:enroll",
-              body=EnrollTokenRequest, response=EnrollTokenResponse, status=201,
-              summary="Make an enrollment token for a site (the secret is shown once)")
+@routes.route(
+    "POST",
+    "/api/v1/enroll-tokens",
+    permission="agents:enroll",
+    body=EnrollTokenRequest,
+    response=EnrollTokenResponse,
+    status=201,
+    summary="Make an enrollment token for a site (the secret is shown once)",
+)
 async def create_enroll_token(request: web.Request) -> web.Response:
     svc = services(request)
     who = principal(request)
@@ -121,11 +138,21 @@ async def create_enroll_token(request: web.Request) -> web.Response:
         elif not who.allowed("users:admin", None):
             raise Invalid("unknown site", fields={"site": "no such site; an admin creates sites"})
         made = await enrollment.make_enroll_token(
-            session, site_name=req.site, uses=req.uses, ttl=parse_duration(req.ttl),
-            url=public_url(svc, request), fingerprint=svc.fingerprint, actor=who.actor(),
+            session,
+            site_name=req.site,
+            uses=req.uses,
+            ttl=parse_duration(req.ttl),
+            url=public_url(svc, request),
+            fingerprint=svc.fingerprint,
+            actor=who.actor(),
         )
     return json_response(
-        EnrollTokenResponse(token=made.token, id=made.token_id, site=made.site, uses=made.uses,
-                            expires_at=datetime.fromisoformat(made.expires_at)),
+        EnrollTokenResponse(
+            token=made.token,
+            id=made.token_id,
+            site=made.site,
+            uses=made.uses,
+            expires_at=datetime.fromisoformat(made.expires_at),
+        ),
         status=201,
     )

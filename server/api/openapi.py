@@ -71,7 +71,10 @@ def document(app: web.Application) -> dict[str, Any]:
             required = set(schema.get("required", []))
             for name, prop in schema.get("properties", {}).items():
                 param: dict[str, Any] = {
-                    "name": name, "in": "query", "required": name in required, "schema": prop
+                    "name": name,
+                    "in": "query",
+                    "required": name in required,
+                    "schema": prop,
                 }
                 if "description" in prop:
                     param["description"] = prop["description"]
@@ -89,7 +92,10 @@ def document(app: web.Application) -> dict[str, Any]:
         elif spec.content_type != "application/json":
             ok["content"] = {spec.content_type: {"schema": {"type": "string"}}}
         op["responses"][str(101 if spec.websocket else spec.status)] = ok
-        err = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        err = {
+            "description": "error",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
         codes = ["400", "422"] if spec.body or spec.query else []
         if not spec.public:
             codes += ["401", "403"]
@@ -107,7 +113,7 @@ def document(app: web.Application) -> dict[str, Any]:
             "title": "Fieldlink HQ API",
             "version": __version__,
             "description": "Every operation notes its permission in `x-permission`. "
-            "Errors share one shape: `{\"error\": {\"code\", \"message\", \"fields\"?}}`.",
+            'Errors share one shape: `{"error": {"code", "message", "fields"?}}`.',
         },
         "paths": paths,
         "components": {

@@ -23,8 +23,9 @@ class Health(BaseModel):
     agents_connected: int
 
 
-@routes.route("GET", "/healthz", public=True, summary="Liveness and database check",
-              response=Health)
+@routes.route(
+    "GET", "/healthz", public=True, summary="Liveness and database check", response=Health
+)
 async def healthz(request: web.Request) -> web.Response:
     svc = services(request)
     try:
@@ -33,13 +34,22 @@ async def healthz(request: web.Request) -> web.Response:
     except Exception as exc:
         raise Unavailable("database unreachable") from exc
     return json_response(
-        Health(status="ok", version=__version__, database="ok",
-               agents_connected=len(svc.gateway.registry))
+        Health(
+            status="ok",
+            version=__version__,
+            database="ok",
+            agents_connected=len(svc.gateway.registry),
+        )
     )
 
 
-@routes.route("GET", "/metrics", public=True, content_type="text/plain",
-              summary="Prometheus metrics (bearer token with kpi:read unless metrics_public)")
+@routes.route(
+    "GET",
+    "/metrics",
+    public=True,
+    content_type="text/plain",
+    summary="Prometheus metrics (bearer token with kpi:read unless metrics_public)",
+)
 async def metrics(request: web.Request) -> web.Response:
     svc = services(request)
     if not svc.settings.metrics_public:

@@ -5,6 +5,7 @@ hashes; only passwords, chosen by people, need a slow hash.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -12,7 +13,7 @@ import secrets
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-TOKEN_PREFIX = "flk_"
+TOKEN_PREFIX = "flk_"  # noqa: S105 - a public prefix, not a secret
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
 
 
@@ -39,10 +40,8 @@ _DUMMY = _hasher.hash("fieldlink-no-such-user")
 
 def burn_password_time(password: str) -> None:
     """Verify against a dummy hash: unknown users cost the same as known ones."""
-    try:
+    with contextlib.suppress(VerifyMismatchError, VerificationError, InvalidHashError):
         _hasher.verify(_DUMMY, password)
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
-        pass
 
 
 def new_token() -> str:

@@ -68,8 +68,12 @@ class _HQClient(asyncssh.SSHClient):
         if fp in self._gw.keys:
             return True
         self._gw.metrics.agent_refusals.labels("unknown_key").inc()
-        log.warning("agent_key_refused", peer=self.peer, key_fingerprint=fp,
-                    reason="not an enrolled, non-revoked agent")
+        log.warning(
+            "agent_key_refused",
+            peer=self.peer,
+            key_fingerprint=fp,
+            reason="not an enrolled, non-revoked agent",
+        )
         return False
 
 
@@ -162,7 +166,9 @@ class Gateway:
             agent = await fleet.agent_by_fingerprint(session, fp)
         if agent is None or agent.revoked_at is not None:
             self.metrics.agent_refusals.labels("revoked").inc()
-            log.warning("agent_key_refused", peer=peer, key_fingerprint=fp, reason="revoked or unknown")
+            log.warning(
+                "agent_key_refused", peer=peer, key_fingerprint=fp, reason="revoked or unknown"
+            )
             conn.close()
             return
         link = AgentLink(agent.id, conn, peer)

@@ -4,6 +4,7 @@ the agent's connection; HQ carries on."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 import asyncssh
@@ -20,15 +21,12 @@ log = structlog.get_logger(__name__)
 
 
 async def run_telemetry(link: AgentLink, gw: Gateway) -> None:
-    writer, reader, _ = await link.conn.open_session(
-        subsystem=p.TELEMETRY_SUBSYSTEM, encoding=None
-    )
+    writer, reader, _ = await link.conn.open_session(subsystem=p.TELEMETRY_SUBSYSTEM, encoding=None)
 
     def ack(seqs: list[int]) -> None:
-        try:
+        # If the link went away the agent re-sends after reconnecting.
+        with contextlib.suppress(OSError, asyncssh.Error):
             writer.write(p.encode(p.Ack(kind="health", seqs=seqs)))
-        except (OSError, asyncssh.Error):
-            pass  # the link went away; the agent re-sends after reconnecting
 
     decoder = p.FrameDecoder()
     hello: p.Hello | None = None

@@ -57,14 +57,20 @@ async def create_user(
     session.add(user)
     await session.flush()
     await auditlog.append(
-        session, actor,
+        session,
+        actor,
         Event("user.create", target_type="user", target_id=user.id, details={"username": username}),
     )
     return user
 
 
 async def bind_role(
-    session: AsyncSession, *, user: User, role: str, site_name: str | None, actor: Actor,
+    session: AsyncSession,
+    *,
+    user: User,
+    role: str,
+    site_name: str | None,
+    actor: Actor,
     create_site: bool = False,
 ) -> None:
     if await session.get(Role, role) is None:
@@ -80,9 +86,19 @@ async def bind_role(
         site_id = site.id
     binding = await people.add_binding(session, user.id, role, site_id)
     await auditlog.append(
-        session, actor,
-        Event("binding.create", target_type="binding", target_id=binding.id, site_id=site_id,
-              details={"user": user.username, "role": role, "scope": f"site:{site_name}" if site_name else "global"}),
+        session,
+        actor,
+        Event(
+            "binding.create",
+            target_type="binding",
+            target_id=binding.id,
+            site_id=site_id,
+            details={
+                "user": user.username,
+                "role": role,
+                "scope": f"site:{site_name}" if site_name else "global",
+            },
+        ),
     )
 
 
@@ -120,9 +136,19 @@ async def make_api_token(
         mfa_at=mfa_at,
     )
     await auditlog.append(
-        session, actor,
-        Event("token.create", target_type="token", target_id=row.id,
-              details={"user": username, "name": name, "origin": origin,
-                       "expires_at": expires.isoformat(), "permissions": permissions}),
+        session,
+        actor,
+        Event(
+            "token.create",
+            target_type="token",
+            target_id=row.id,
+            details={
+                "user": username,
+                "name": name,
+                "origin": origin,
+                "expires_at": expires.isoformat(),
+                "permissions": permissions,
+            },
+        ),
     )
     return NewApiToken(secret, row.id, expires)

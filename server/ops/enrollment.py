@@ -47,9 +47,15 @@ async def make_enroll_token(
         site, created = await people.get_or_create_site(session, site_name)
         if created:
             await auditlog.append(
-                session, actor,
-                Event("site.create", target_type="site", target_id=site.id, site_id=site.id,
-                      details={"name": site_name}),
+                session,
+                actor,
+                Event(
+                    "site.create",
+                    target_type="site",
+                    target_id=site.id,
+                    site_id=site.id,
+                    details={"name": site_name},
+                ),
             )
     else:
         found = await people.site_by_name(session, site_name)
@@ -67,9 +73,15 @@ async def make_enroll_token(
         created_by=actor.name or actor.type,
     )
     await auditlog.append(
-        session, actor,
-        Event("enroll_token.create", target_type="enroll_token", target_id=row.id,
-              site_id=site.id, details={"uses": uses, "expires_at": expires.isoformat()}),
+        session,
+        actor,
+        Event(
+            "enroll_token.create",
+            target_type="enroll_token",
+            target_id=row.id,
+            site_id=site.id,
+            details={"uses": uses, "expires_at": expires.isoformat()},
+        ),
     )
     return NewEnrollToken(token.encode(), row.id, site.id, site.name, uses, expires.isoformat())
 
@@ -86,7 +98,9 @@ def parse_agent_key(public_key: str) -> tuple[asyncssh.SSHKey, str]:
     try:
         key = asyncssh.import_public_key(public_key)
     except (asyncssh.KeyImportError, ValueError):
-        raise Invalid("invalid public key", fields={"public_key": "not an OpenSSH public key"}) from None
+        raise Invalid(
+            "invalid public key", fields={"public_key": "not an OpenSSH public key"}
+        ) from None
     if key.algorithm != b"ssh-ed25519":
         raise Invalid("invalid public key", fields={"public_key": "must be an ssh-ed25519 key"})
     return key, key.get_fingerprint("sha256")
@@ -119,9 +133,17 @@ async def enroll_agent(
     await auditlog.append(
         session,
         Actor("agent", agent.id, hostname[:200], source),
-        Event("agent.enroll", target_type="agent", target_id=agent.id, site_id=agent.site_id,
-              details={"hostname": hostname[:255], "key_fingerprint": fingerprint,
-                       "enroll_token_id": used.id}),
+        Event(
+            "agent.enroll",
+            target_type="agent",
+            target_id=agent.id,
+            site_id=agent.site_id,
+            details={
+                "hostname": hostname[:255],
+                "key_fingerprint": fingerprint,
+                "enroll_token_id": used.id,
+            },
+        ),
     )
     return agent
 
@@ -135,7 +157,8 @@ async def revoke_agent(session: AsyncSession, agent_id: str, actor: Actor) -> Ag
         agent.revoked_at = utcnow()
         agent.online = False
         await auditlog.append(
-            session, actor,
+            session,
+            actor,
             Event("agent.revoke", target_type="agent", target_id=agent.id, site_id=agent.site_id),
         )
     return agent

@@ -80,7 +80,10 @@ async def _walk(session: AsyncSession, batch: int = 2000) -> AsyncIterator[Audit
     while True:
         rows = (
             await session.scalars(
-                select(AuditEntry).where(AuditEntry.seq > after).order_by(AuditEntry.seq).limit(batch)
+                select(AuditEntry)
+                .where(AuditEntry.seq > after)
+                .order_by(AuditEntry.seq)
+                .limit(batch)
             )
         ).all()
         if not rows:
@@ -105,7 +108,9 @@ async def verify_chain(session: AsyncSession) -> tuple[int, ChainBreak | None]:
         return count, broken
     head = await session.get(AuditHead, 1)
     if head is not None and (head.seq != last_seq or head.hash != last_hash):
-        return count, ChainBreak(last_seq + 1, f"entries after {last_seq} are missing (head is at {head.seq})")
+        return count, ChainBreak(
+            last_seq + 1, f"entries after {last_seq} are missing (head is at {head.seq})"
+        )
     return count, None
 
 

@@ -15,6 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from server.store.models import Agent, EnrollToken, HealthRecord, Site, utcnow
 from shared import protocol as p
 
+
+def _dialect(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 # --- enrollment tokens -----------------------------------------------------------
 
 
@@ -56,9 +65,7 @@ async def consume_enroll_token(session: AsyncSession, secret_hash: str) -> Enrol
         .returning(EnrollToken.id)
     )
     token_id = res.scalar_one_or_none()
-    token = await session.scalar(
-        select(EnrollToken).where(EnrollToken.secret_hash == secret_hash)
-    )
+    token = await session.scalar(select(EnrollToken).where(EnrollToken.secret_hash == secret_hash))
     if token is None:
         return "unknown"
     if token_id is not None:
@@ -83,7 +90,7 @@ async def active_keys(session: AsyncSession) -> dict[str, str]:
     rows = await session.execute(
         select(Agent.key_fingerprint, Agent.id).where(Agent.revoked_at.is_(None))
     )
-    return {fp: agent_id for fp, agent_id in rows}
+    return dict(rows.tuples().all())
 
 
 async def list_agents(
@@ -107,7 +114,9 @@ async def list_agents(
 async def get_agent(session: AsyncSession, agent_id: str) -> tuple[Agent, str] | None:
     row = (
         await session.execute(
-            select(Agent, Site.name).join(Site, Site.id == Agent.site_id).where(Agent.id == agent_id)
+            select(Agent, Site.name)
+            .join(Site, Site.id == Agent.site_id)
+            .where(Agent.id == agent_id)
         )
     ).one_or_none()
     return (row[0], row[1]) if row else None
@@ -136,7 +145,7 @@ async def mark_node_offline(session: AsyncSession, node: str) -> int:
     res = await session.execute(
         update(Agent).where(Agent.hq_node == node, Agent.online.is_(True)).values(online=False)
     )
-    return int(res.rowcount or 0)  # type: ignore[attr-defined]
+    return _rowcount(res)
 
 
 async def record_hello(session: AsyncSession, agent_id: str, hello: p.Hello) -> None:
@@ -148,7 +157,7 @@ async def record_hello(session: AsyncSession, agent_id: str, hello: p.Hello) -> 
             hostname=hello.facts.hostname,
             facts=hello.facts.model_dump(mode="json"),
             spool_dropped=func.max(Agent.spool_dropped, hello.spool_dropped)
-            if session.bind.dialect.name == "sqlite"
+            if _dialect(session) == "sqlite"
             else func.greatest(Agent.spool_dropped, hello.spool_dropped),
             last_seen=utcnow(),
         )
@@ -165,7 +174,7 @@ class Ingest:
 
 
 def _insert(session: AsyncSession) -> Any:
-    return sqlite_insert if session.bind.dialect.name == "sqlite" else pg_insert
+    return sqlite_insert if _dialect(session) == "sqlite" else pg_insert
 
 
 async def store_health(session: AsyncSession, items: Sequence[Ingest]) -> int:
@@ -189,7 +198,7 @@ async def store_health(session: AsyncSession, items: Sequence[Ingest]) -> int:
         stmt = insert(HealthRecord).values(rows[i : i + 400])
         stmt = stmt.on_conflict_do_nothing(index_elements=["agent_id", "seq"])
         res = await session.execute(stmt)
-        inserted += max(int(res.rowcount or 0), 0)
+        inserted += max(_rowcount(res), 0)
     newest: dict[str, Ingest] = {}
     for it in items:
         best = newest.get(it.agent_id)
@@ -213,9 +222,7 @@ async def store_health(session: AsyncSession, items: Sequence[Ingest]) -> int:
     dropped = {it.agent_id: it.frame.spool_dropped for it in items}
     for agent_id, count in dropped.items():
         await session.execute(
-            update(Agent)
-            .where(Agent.id == agent_id)
-            .values(last_seen=now, spool_dropped=count)
+            update(Agent).where(Agent.id == agent_id).values(last_seen=now, spool_dropped=count)
             if count
             else update(Agent).where(Agent.id == agent_id).values(last_seen=now)
         )
@@ -231,7 +238,9 @@ async def health_page(
     after_seq: int,
     limit: int,
 ) -> list[HealthRecord]:
-    stmt = select(HealthRecord).where(HealthRecord.agent_id == agent_id, HealthRecord.seq > after_seq)
+    stmt = select(HealthRecord).where(
+        HealthRecord.agent_id == agent_id, HealthRecord.seq > after_seq
+    )
     if since is not None:
         stmt = stmt.where(HealthRecord.sampled_at >= since)
     if until is not None:
@@ -243,4 +252,4 @@ async def health_page(
 async def prune_health(session: AsyncSession, before: datetime, batch: int = 5000) -> int:
     ids = select(HealthRecord.id).where(HealthRecord.sampled_at < before).limit(batch)
     res = await session.execute(delete(HealthRecord).where(HealthRecord.id.in_(ids)))
-    return int(res.rowcount or 0)  # type: ignore[attr-defined]
+    return _rowcount(res)

@@ -60,9 +60,7 @@ async def rights_for(
         .where(Binding.user_id == user_id)
     )
     grants = tuple(Grant(role, frozenset(perms), site_id) for role, site_id, perms in rows)
-    return Rights(
-        grants, frozenset(token_permissions) if token_permissions is not None else None
-    )
+    return Rights(grants, frozenset(token_permissions) if token_permissions is not None else None)
 
 
 async def add_binding(
