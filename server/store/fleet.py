@@ -90,7 +90,7 @@ async def active_keys(session: AsyncSession) -> dict[str, str]:
     rows = await session.execute(
         select(Agent.key_fingerprint, Agent.id).where(Agent.revoked_at.is_(None))
     )
-    return dict(rows.tuples().all())
+    return {row[0]: row[1] for row in rows}
 
 
 async def list_agents(
