@@ -152,6 +152,35 @@ class HealthReport(Model):
         return max((d.percent for d in self.disks), default=None)
 
 
+# --- what the agent offers (advertised in its hello) --------------------------------
+
+Tier = Literal["diagnostic", "action", "exec"]
+
+
+class CatalogEntry(Model):
+    """One named diagnostic or action, as the agent advertises it."""
+
+    name: str
+    description: str
+    tier: Tier
+    params_schema: dict[str, Any]
+    timeout: float
+    output_cap: int
+
+
+class PolicySummary(Model):
+    """The parts of the agent's local policy HQ needs to know (it cannot change them)."""
+
+    allow_actions: bool
+    allow_exec: bool
+    allow_shell: bool
+    require_consent: bool
+    file_roots: list[str]
+    max_output_bytes: int
+    max_runtime_seconds: float
+    max_concurrent: int
+
+
 # --- frames --------------------------------------------------------------------
 
 
@@ -162,6 +191,8 @@ class Hello(Model):
     version: str
     facts: Facts
     spool_dropped: int = Field(ge=0)
+    catalog: list[CatalogEntry] = Field(default_factory=list)
+    policy: PolicySummary | None = None
 
 
 class Health(Model):
@@ -178,6 +209,46 @@ class Ack(Model):
     type: Literal["ack"] = "ack"
     kind: Literal["health"]
     seqs: list[int]
+
+
+# --- the `fieldlink-run` subsystem: one run per channel ---------------------------------
+#
+# HQ opens a session on subsystem RUN_SUBSYSTEM and writes one RunRequest line.
+# The agent answers with RunOutput frames as output arrives and ends with one
+# RunResult, then closes the channel. HQ closing the channel early cancels the
+# run (the agent kills the whole process group).
+
+RUN_SUBSYSTEM = "fieldlink-run"
+
+RunStatus = Literal["ok", "failed", "timeout", "refused", "interrupted"]
+
+
+class RunRequest(Model):
+    type: Literal["run"] = "run"
+    id: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=100)  # a catalog entry, or "exec"
+    params: dict[str, Any] = Field(default_factory=dict)
+    timeout: float | None = Field(None, gt=0)
+    ticket_id: str | None = None
+    engineer: str | None = None
+    session_id: str | None = None
+
+
+class RunOutput(Model):
+    type: Literal["output"] = "output"
+    stream: Literal["stdout", "stderr"]
+    data: str
+
+
+class RunResult(Model):
+    type: Literal["result"] = "result"
+    status: RunStatus
+    exit_code: int | None = None
+    truncated: bool = False
+    data: Any = None  # structured result (rows, objects) where the entry has one
+    reason: str | None = None  # why it was refused or failed, for a person
+    started_at: datetime
+    finished_at: datetime
 
 
 AgentFrame = Annotated[Hello | Health, Field(discriminator="type")]
@@ -214,6 +285,22 @@ def decode_agent_frame(line: bytes) -> Hello | Health:
 
 def decode_hq_frame(line: bytes) -> Ack:
     frame: Ack = _decode(_hq_frames, line)
+    return frame
+
+
+_run_request: TypeAdapter[RunRequest] = TypeAdapter(RunRequest)
+_run_reply: TypeAdapter[RunOutput | RunResult] = TypeAdapter(
+    Annotated[RunOutput | RunResult, Field(discriminator="type")]
+)
+
+
+def decode_run_request(line: bytes) -> RunRequest:
+    frame: RunRequest = _decode(_run_request, line)
+    return frame
+
+
+def decode_run_reply(line: bytes) -> RunOutput | RunResult:
+    frame: RunOutput | RunResult = _decode(_run_reply, line)
     return frame
 
 
