@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.api import agents, enroll, system
+from server.api import admin, agents, audit, auth, enroll, system
 from server.api.middleware import enforce, errors
 from server.api.routing import ApiRouter
 from server.context import SERVICES, Services
 
-ROUTERS: list[ApiRouter] = [system.routes, enroll.routes, agents.routes]
+ROUTERS: list[ApiRouter] = [
+    system.routes,
+    auth.routes,
+    admin.routes,
+    audit.routes,
+    enroll.routes,
+    agents.routes,
+]
 
 MAX_BODY = 1024 * 1024
 

@@ -56,6 +56,17 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(True, description="serve /metrics without a token")
     log_level: str = Field("info", description="debug, info, warning or error")
     node_id: str = Field("hq-1", description="this HQ replica's name (several share PostgreSQL)")
+    require_2fa: bool = Field(
+        True,
+        description="users holding shell:open, exec:run, action:run or users:admin must use TOTP",
+    )
+    session_idle_minutes: float = Field(30.0, gt=0, description="console session idle expiry")
+    session_max_hours: float = Field(12.0, gt=0, description="console session absolute expiry")
+    login_token_ttl: str = Field("12h", description="lifetime of a token from POST /auth/login")
+    max_token_ttl: str = Field("90d", description="longest lifetime of an API token")
+    step_up_minutes: float = Field(
+        10.0, gt=0, description="how recent a TOTP code must be for sessions on machines"
+    )
 
     @field_validator("http", "ssh")
     @classmethod

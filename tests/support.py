@@ -145,14 +145,17 @@ class HQHandle:
             )
         return made.token
 
-    async def api_token(self, username: str, ttl: str = "1h", **kw: Any) -> str:
+    async def api_token(
+        self, username: str, ttl: str = "1h", origin: str = "break-glass", **kw: Any
+    ) -> str:
+        """A token made as `fieldlink admin api-token` makes one, unless `origin` says."""
         async with self.sessions.begin() as session:
             made = await accounts.make_api_token(
                 session,
                 username=username,
                 name="test",
                 ttl=parse_duration(ttl),
-                origin="api",
+                origin=origin,
                 actor=admin.local_actor(),
                 **kw,
             )

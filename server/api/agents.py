@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from server.api.authn import principal
-from server.api.routing import ApiRouter, json_response, query
+from server.api.routing import ApiRouter, body, json_response, query
+from server.audit import Event
 from server.context import services
 from server.ops import enrollment
-from server.store import fleet, people
+from server.store import auditlog, fleet, people
 from server.store.models import Agent
 from shared.errors import NotFound
 
@@ -207,4 +209,49 @@ async def revoke(request: web.Request) -> web.Response:
         agent = await enrollment.revoke_agent(session, found[0].id, who.actor())
         site = found[1]
     svc.gateway.agent_revoked(agent.id)
+    return json_response(AgentItem(**item(agent, site)))
+
+
+class TagsRequest(BaseModel):
+    tags: list[str] = Field(max_length=50)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        for tag in value:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}", tag):
+                raise ValueError(f"invalid tag {tag!r}: letters, digits and . _ : - only")
+        return sorted(set(value))
+
+
+@routes.route(
+    "PUT",
+    "/api/v1/agents/{agent_id}/tags",
+    permission="agents:enroll",
+    body=TagsRequest,
+    response=AgentItem,
+    summary="Replace an agent's tags",
+)
+async def set_tags(request: web.Request) -> web.Response:
+    svc = services(request)
+    who = principal(request)
+    req = body(request, TagsRequest)
+    async with svc.sessions.begin() as session:
+        found = await fleet.get_agent(session, request.match_info["agent_id"])
+        if found is None:
+            raise NotFound("agent not found")
+        agent, site = found
+        who.require("agents:enroll", agent.site_id)
+        agent.tags = req.tags
+        await auditlog.append(
+            session,
+            who.actor(),
+            Event(
+                "agent.tags",
+                target_type="agent",
+                target_id=agent.id,
+                site_id=agent.site_id,
+                details={"tags": req.tags},
+            ),
+        )
     return json_response(AgentItem(**item(agent, site)))

@@ -1,20 +1,35 @@
-"""Who is calling: resolve a bearer token (or, from the access-control
-issue on, a console session cookie) to a Principal with its rights."""
+"""Who is calling: a bearer token or a console session cookie, resolved to a
+Principal with its rights.
+
+- Bearer tokens: `Authorization: Bearer flk_...`; stored as SHA-256 hashes;
+  rights are the owner's current rights narrowed to the token's list.
+- Console sessions: cookie `fl_session` (HttpOnly, Secure, SameSite=Strict),
+  server-side, with idle and absolute expiry. Writes made with the cookie
+  must carry the session's CSRF token in `X-CSRF-Token` (or a form field
+  `csrf_token`).
+- 2FA: where the setting requires it, a user holding a sensitive permission
+  without TOTP may only enroll TOTP (and log out) until it is on. The
+  break-glass token from `fieldlink admin api-token` is exempt.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from aiohttp import web
 
 from server.audit import Actor
 from server.auth import rbac
-from server.auth.secrets import digest
+from server.auth.secrets import digest, same
 from server.context import services
 from server.store import people
-from server.store.models import utcnow
-from shared.errors import NotFound, Unauthorized
+from server.store.models import User, utcnow
+from shared.errors import Forbidden, NotFound, Unauthorized
+
+SESSION_COOKIE = "fl_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True)
@@ -25,9 +40,12 @@ class Principal:
     via: str  # token | session
     token_id: str | None
     source: str
+    origin: str = "session"  # token origin: api | login | break-glass; or "session"
     mfa_at: datetime | None = None
     session_key: str | None = None
     csrf: str | None = None
+    totp_enabled: bool = False
+    needs_2fa: bool = False
 
     def actor(self) -> Actor:
         if self.via == "token":
@@ -45,9 +63,30 @@ class Principal:
     def sites(self, permission: str) -> frozenset[str] | None:
         return rbac.sites_with(self.rights, permission)
 
+    def holds(self, permission: str) -> bool:
+        return rbac.holds_anywhere(self.rights, permission)
+
+    def explicitly(self, permission: str) -> bool:
+        """For tokens: the permission is listed on the token itself (or it is
+        the break-glass token). Sessions hold what they hold."""
+        if self.via != "token" or self.origin == "break-glass":
+            return self.holds(permission)
+        tp = self.rights.token_permissions
+        return tp is not None and permission in tp and self.holds(permission)
+
+    def mfa_within(self, minutes: float) -> bool:
+        return self.mfa_at is not None and utcnow() - self.mfa_at <= timedelta(minutes=minutes)
+
 
 def source_of(request: web.Request) -> str:
     return request.remote or "?"
+
+
+def needs_2fa(request: web.Request, user: User, rights: rbac.Rights, origin: str) -> bool:
+    if not services(request).settings.require_2fa or user.totp_enabled or origin == "break-glass":
+        return False
+    held = {perm for grant in rights.grants for perm in grant.permissions}
+    return bool(held & rbac.SENSITIVE)
 
 
 async def from_bearer(request: web.Request, token: str) -> Principal:
@@ -70,8 +109,51 @@ async def from_bearer(request: web.Request, token: str) -> Principal:
         via="token",
         token_id=api_token.id,
         source=source_of(request),
+        origin=api_token.origin,
         mfa_at=api_token.mfa_at,
+        totp_enabled=user.totp_enabled,
+        needs_2fa=needs_2fa(request, user, rights, api_token.origin),
     )
+
+
+async def from_cookie(request: web.Request, cookie: str) -> Principal:
+    svc = services(request)
+    key = digest(cookie)
+    async with svc.sessions.begin() as session:
+        found = await people.web_session(session, key)
+        if found is None:
+            raise Unauthorized("session expired; log in again", code="session_expired")
+        ws, user = found
+        now = utcnow()
+        idle = timedelta(minutes=svc.settings.session_idle_minutes)
+        if ws.expires_at <= now or now - ws.last_seen_at > idle or user.disabled:
+            await people.delete_web_session(session, key)
+            raise Unauthorized("session expired; log in again", code="session_expired")
+        if (now - ws.last_seen_at).total_seconds() > 30:
+            ws.last_seen_at = now
+        rights = await people.rights_for(session, user.id)
+    return Principal(
+        user_id=user.id,
+        username=user.username,
+        rights=rights,
+        via="session",
+        token_id=None,
+        source=source_of(request),
+        origin="session",
+        mfa_at=ws.mfa_at,
+        session_key=key,
+        csrf=ws.csrf_token,
+        totp_enabled=user.totp_enabled,
+        needs_2fa=needs_2fa(request, user, rights, "session"),
+    )
+
+
+def check_csrf(request: web.Request, who: Principal, form_token: str | None = None) -> None:
+    if who.via != "session" or request.method in SAFE_METHODS:
+        return
+    sent = request.headers.get(CSRF_HEADER) or form_token or ""
+    if not who.csrf or not sent or not same(sent, who.csrf):
+        raise Forbidden("missing or wrong CSRF token", code="csrf_failed")
 
 
 async def authenticate(request: web.Request) -> Principal:
@@ -79,7 +161,10 @@ async def authenticate(request: web.Request) -> Principal:
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return await from_bearer(request, value.strip())
-    raise Unauthorized("authentication required: send a bearer token")
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        return await from_cookie(request, cookie)
+    raise Unauthorized("authentication required: log in or send a bearer token")
 
 
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)

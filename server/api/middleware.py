@@ -17,8 +17,8 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from server.api.authn import PRINCIPAL_KEY, authenticate
-from server.api.routing import BODY_KEY, QUERY_KEY, Handler, spec_of
+from server.api.authn import PRINCIPAL_KEY, authenticate, check_csrf
+from server.api.routing import BODY_KEY, QUERY_KEY, SELF, Handler, spec_of
 from server.auth import rbac
 from server.context import services
 from shared.errors import (
@@ -128,9 +128,18 @@ async def enforce(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not spec.public:
         who = await authenticate(request)
         request[PRINCIPAL_KEY] = who
-        if spec.permission is not None and not rbac.holds_anywhere(who.rights, spec.permission):
-            raise Forbidden(f"this needs the {spec.permission} permission")
         structlog.contextvars.bind_contextvars(user=who.username)
+        if who.needs_2fa and not spec.before_2fa:
+            raise Forbidden(
+                "your roles require two-factor authentication: enroll TOTP first "
+                "(POST /api/v1/me/totp)",
+                code="2fa_required",
+            )
+        if spec.permission not in (None, SELF) and not rbac.holds_anywhere(
+            who.rights, spec.permission
+        ):
+            raise Forbidden(f"this needs the {spec.permission} permission")
+        check_csrf(request, who)
     if spec.query is not None:
         request[QUERY_KEY] = validate(spec.query, dict(request.query), "query parameters")
     if spec.body is not None:

@@ -16,6 +16,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
 
 ROUTE_ATTR = "__fieldlink_route__"
+# Any authenticated caller, acting on its own account (login, /me, own tokens).
+SELF = "self"
 BODY_KEY = web.RequestKey("body", BaseModel)
 QUERY_KEY = web.RequestKey("query", BaseModel)
 
@@ -37,6 +39,8 @@ class RouteSpec:
     websocket: bool = False
     # Where the permission is decided per object (site scope), for the docs.
     scoped: bool = True
+    # May a user who must still enroll TOTP call it?
+    before_2fa: bool = False
 
 
 class ApiRouter:
@@ -59,6 +63,7 @@ class ApiRouter:
         content_type: str = "application/json",
         websocket: bool = False,
         scoped: bool = True,
+        before_2fa: bool = False,
     ) -> Callable[[Handler], Handler]:
         if permission is None and not public:
             raise ValueError(f"{method} {path}: declare a permission or public=True")
@@ -79,6 +84,7 @@ class ApiRouter:
                 content_type=content_type,
                 websocket=websocket,
                 scoped=scoped,
+                before_2fa=before_2fa,
             )
             setattr(handler, ROUTE_ATTR, spec)
             self.specs.append(spec)

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.rbac import BUILTIN_ROLES, Grant, Rights
-from server.store.models import ApiToken, Binding, Role, Site, User, utcnow
+from server.store.models import (
+    ApiToken,
+    Binding,
+    LoginThrottle,
+    Role,
+    Site,
+    User,
+    WebSession,
+    utcnow,
+)
 
 
 async def ensure_builtin_roles(session: AsyncSession) -> None:
@@ -112,3 +121,95 @@ async def touch_token(session: AsyncSession, token_id: str) -> None:
     await session.execute(
         update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=utcnow())
     )
+
+
+# --- console sessions ---------------------------------------------------------------
+
+
+async def web_session(session: AsyncSession, id_hash: str) -> tuple[WebSession, User] | None:
+    row = (
+        await session.execute(
+            select(WebSession, User)
+            .join(User, User.id == WebSession.user_id)
+            .where(WebSession.id_hash == id_hash)
+        )
+    ).one_or_none()
+    return (row[0], row[1]) if row else None
+
+
+async def delete_web_session(session: AsyncSession, id_hash: str) -> None:
+    await session.execute(delete(WebSession).where(WebSession.id_hash == id_hash))
+
+
+async def drop_user_sessions(session: AsyncSession, user_id: str) -> None:
+    await session.execute(delete(WebSession).where(WebSession.user_id == user_id))
+
+
+async def prune_web_sessions(session: AsyncSession, now: datetime) -> None:
+    await session.execute(delete(WebSession).where(WebSession.expires_at < now))
+
+
+# --- login throttling -----------------------------------------------------------------
+
+
+async def throttle_state(session: AsyncSession, key: str) -> LoginThrottle | None:
+    return await session.get(LoginThrottle, key)
+
+
+async def save_throttle(
+    session: AsyncSession, key: str, failures: int, last: datetime | None, locked: datetime | None
+) -> None:
+    row = await session.get(LoginThrottle, key)
+    if row is None:
+        session.add(
+            LoginThrottle(
+                key=key, failures=failures, last_failure_at=last or utcnow(), locked_until=locked
+            )
+        )
+    else:
+        row.failures = failures
+        row.last_failure_at = last or row.last_failure_at
+        row.locked_until = locked
+
+
+async def clear_throttle(session: AsyncSession, key: str) -> None:
+    await session.execute(delete(LoginThrottle).where(LoginThrottle.key == key))
+
+
+# --- administration ---------------------------------------------------------------------
+
+
+async def list_users(session: AsyncSession) -> list[User]:
+    return list((await session.scalars(select(User).order_by(User.username))).all())
+
+
+async def bindings_of(session: AsyncSession, user_ids: list[str] | None = None) -> list[Binding]:
+    stmt = select(Binding).order_by(Binding.created_at)
+    if user_ids is not None:
+        stmt = stmt.where(Binding.user_id.in_(user_ids))
+    return list((await session.scalars(stmt)).all())
+
+
+async def list_roles(session: AsyncSession) -> list[Role]:
+    return list((await session.scalars(select(Role).order_by(Role.name))).all())
+
+
+async def list_sites(session: AsyncSession) -> list[Site]:
+    return list((await session.scalars(select(Site).order_by(Site.name))).all())
+
+
+async def global_admins(session: AsyncSession) -> set[str]:
+    """Ids of enabled users holding the admin role globally."""
+    rows = await session.execute(
+        select(Binding.user_id)
+        .join(User, User.id == Binding.user_id)
+        .where(Binding.role == "admin", Binding.site_id.is_(None), User.disabled.is_(False))
+    )
+    return {r[0] for r in rows}
+
+
+async def list_tokens(session: AsyncSession, user_id: str | None) -> list[ApiToken]:
+    stmt = select(ApiToken).order_by(ApiToken.created_at.desc())
+    if user_id is not None:
+        stmt = stmt.where(ApiToken.user_id == user_id)
+    return list((await session.scalars(stmt)).all())
