@@ -53,7 +53,9 @@ class ApiClient:
         self.base = base
         self.token = token
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=aiohttp.Fingerprint(bytes.fromhex(fingerprint)))
+            connector=aiohttp.TCPConnector(ssl=aiohttp.Fingerprint(bytes.fromhex(fingerprint))),
+            # HQ is reached by IP address in tests; keep its cookies like a browser does.
+            cookie_jar=aiohttp.CookieJar(unsafe=True),
         )
 
     async def close(self) -> None:
@@ -227,3 +229,58 @@ async def start_agent(
     if run:
         await handle.start(interval)
     return handle
+
+
+@dataclass
+class TestUser:
+    """A user made for a test, with what a test needs to act as it."""
+
+    id: str
+    username: str
+    password: str
+    token: str
+    totp_secret: str | None = None
+
+
+async def make_user(
+    hq: HQHandle,
+    role: str | None = None,
+    site: str | None = None,
+    *,
+    username: str | None = None,
+    totp: bool = False,
+) -> TestUser:
+    """Create a user with one binding (role on a site, or global), optionally
+    with TOTP on, and a bearer token as if it had logged in with TOTP."""
+    import secrets as _secrets
+
+    from server.auth import totp as totp_mod
+    from server.auth.crypto import seal
+    from server.store.models import User, utcnow
+
+    name = username or f"{role or 'user'}-{_secrets.token_hex(3)}".replace("_", "-")
+    password = "pw-" + _secrets.token_urlsafe(12)
+    secret = totp_mod.new_secret() if totp else None
+    async with hq.sessions.begin() as session:
+        user = await accounts.create_user(
+            session, username=name, password=password, actor=admin.local_actor()
+        )
+        if role is not None:
+            await accounts.bind_role(
+                session,
+                user=user,
+                role=role,
+                site_name=site,
+                actor=admin.local_actor(),
+                create_site=True,
+            )
+        if secret is not None:
+            row = await session.get(User, user.id)
+            assert row is not None
+            row.totp_secret_enc = seal(
+                hq.hq.svc.master_key, secret.encode(), f"totp:{user.id}".encode()
+            )
+            row.totp_enabled = True
+        user_id = user.id
+    token = await hq.api_token(name, origin="login", mfa_at=utcnow() if totp else None)
+    return TestUser(user_id, name, password, token, secret)

@@ -138,7 +138,7 @@ async def create_user(request: web.Request) -> web.Response:
 async def _load_user(session: AsyncSession, request: web.Request) -> User:
     user = await session.get(User, request.match_info["user_id"])
     if user is None:
-        raise NotFound("user not found")
+        raise NotFound("not found")
     return user
 
 
@@ -355,7 +355,7 @@ async def create_role(request: web.Request) -> web.Response:
 async def _custom_role(session: AsyncSession, request: web.Request) -> Role:
     role = await session.get(Role, request.match_info["name"])
     if role is None:
-        raise NotFound("role not found")
+        raise NotFound("not found")
     if role.builtin:
         raise Conflict("built-in roles cannot be changed; create a custom role")
     return role
@@ -535,7 +535,7 @@ async def delete_binding(request: web.Request) -> web.Response:
     async with svc.sessions.begin() as session:
         binding = await session.get(Binding, request.match_info["binding_id"])
         if binding is None:
-            raise NotFound("binding not found")
+            raise NotFound("not found")
         who.require("users:admin", binding.site_id)
         role = await session.get(Role, binding.role)
         if role is not None and not rbac.can_grant(who.rights, role.permissions, binding.site_id):
@@ -645,7 +645,7 @@ async def create_site(request: web.Request) -> web.Response:
 async def _load_site(session: AsyncSession, request: web.Request, who: Principal) -> Site:
     site = await session.get(Site, request.match_info["site_id"])
     if site is None:
-        raise NotFound("site not found")
+        raise NotFound("not found")
     who.require("users:admin", site.id)
     return site
 

@@ -121,7 +121,7 @@ async def load_agent(request: web.Request, permission: str) -> tuple[Agent, str]
     async with svc.sessions() as session:
         found = await fleet.get_agent(session, request.match_info["agent_id"])
     if found is None:
-        raise NotFound("agent not found")
+        raise NotFound("not found")
     principal(request).require(permission, found[0].site_id)
     return found
 
@@ -204,7 +204,7 @@ async def revoke(request: web.Request) -> web.Response:
     async with svc.sessions.begin() as session:
         found = await fleet.get_agent(session, request.match_info["agent_id"])
         if found is None:
-            raise NotFound("agent not found")
+            raise NotFound("not found")
         who.require("agents:revoke", found[0].site_id)
         agent = await enrollment.revoke_agent(session, found[0].id, who.actor())
         site = found[1]
@@ -239,7 +239,7 @@ async def set_tags(request: web.Request) -> web.Response:
     async with svc.sessions.begin() as session:
         found = await fleet.get_agent(session, request.match_info["agent_id"])
         if found is None:
-            raise NotFound("agent not found")
+            raise NotFound("not found")
         agent, site = found
         who.require("agents:enroll", agent.site_id)
         agent.tags = req.tags

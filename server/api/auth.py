@@ -406,8 +406,6 @@ async def create_token(request: web.Request) -> web.Response:
     svc = services(request)
     who = principal(request)
     req = body(request, TokenRequest)
-    if who.via == "token" and not who.explicitly("users:admin"):
-        raise Forbidden("a token can make tokens only if it holds users:admin explicitly")
     ttl = parse_duration(req.ttl)
     if ttl > parse_duration(svc.settings.max_token_ttl):
         raise Invalid("ttl too long", fields={"ttl": f"at most {svc.settings.max_token_ttl}"})
@@ -421,6 +419,8 @@ async def create_token(request: web.Request) -> web.Response:
                 "a token cannot hold permissions its owner lacks",
                 fields={"permissions": ", ".join(missing)},
             )
+    if who.via == "token" and not who.explicitly("users:admin"):
+        raise Forbidden("a token can make tokens only if it holds users:admin explicitly")
     async with svc.sessions.begin() as session:
         made = await accounts.make_api_token(
             session,
@@ -474,7 +474,7 @@ async def revoke_token(request: web.Request) -> web.Response:
     async with svc.sessions.begin() as session:
         token = await session.get(ApiToken, request.match_info["token_id"])
         if token is None:
-            raise NotFound("token not found")
+            raise NotFound("not found")
         if token.user_id != who.user_id:
             who.require("users:admin", None)
         if token.revoked_at is None:

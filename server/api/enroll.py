@@ -132,7 +132,8 @@ async def create_enroll_token(request: web.Request) -> web.Response:
     async with svc.sessions.begin() as session:
         site = await people.site_by_name(session, req.site)
         if site is not None:
-            who.require("agents:enroll", site.id)
+            if not who.allowed("agents:enroll", site.id):
+                raise NotFound("site not found", fields={"site": "no such site"})
         elif not who.allowed("agents:enroll", None):
             raise NotFound("site not found", fields={"site": "no such site"})
         elif not who.allowed("users:admin", None):

@@ -1,0 +1,320 @@
+"""The access grid: every built-in role x scope (own site, other site,
+global) x every API route -> the expected status, against one real HQ.
+
+Every route of the app must have an entry here (a test walks the router), so
+the grid grows with every later feature. Kinds of route:
+
+- public: no authentication (not in the grid)
+- self: any authenticated caller, on its own account
+- list: needs the permission on some scope; answers 200 (filtered)
+- object: needs the permission on the object's site (site A): other site -> 404
+- global: needs the permission on the global scope: site-scoped -> 404
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from server.api.openapi import route_specs
+from server.app import make_app
+from server.auth.rbac import BUILTIN_ROLES
+from server.ops import accounts
+from shared.durations import parse_duration
+from tests.support import HQHandle, make_user, start_agent, start_hq
+
+ROLES = list(BUILTIN_ROLES)
+SCOPES = ["own", "other", "global"]
+SITE_A, SITE_B = "site-a", "site-b"
+
+
+@dataclass
+class World:
+    hq: HQHandle
+    agent_id: str
+    site_a_id: str
+    users: dict[tuple[str, str], Any] = field(default_factory=dict)
+    tokens: dict[tuple[str, str], str] = field(default_factory=dict)
+    tmp: Any = None
+
+
+Build = Callable[[World, tuple[str, str]], Awaitable[tuple[str, str, Any]]]
+
+
+@dataclass(frozen=True)
+class Cell:
+    kind: str
+    permission: str | None
+    build: Build
+    ok: int = 200
+
+
+def fixed(method: str, path: str, body: Any = None) -> Build:
+    async def build(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+        return method, path.format(agent=world.agent_id, site=world.site_a_id), body
+
+    return build
+
+
+async def _fresh_agent(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+    handle = await start_agent(
+        world.hq, world.tmp / f"ag-{secrets.token_hex(4)}", site=SITE_A, run=False
+    )
+    return "POST", f"/api/v1/agents/{handle.agent_id}/revoke", None
+
+
+async def _fresh_user(world: World, who: tuple[str, str]) -> str:
+    return (await make_user(world.hq, None)).id
+
+
+async def _patch_user(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+    return "PATCH", f"/api/v1/users/{await _fresh_user(world, who)}", {"display_name": "X"}
+
+
+async def _delete_user(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+    return "DELETE", f"/api/v1/users/{await _fresh_user(world, who)}", None
+
+
+async def _get_user(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+    return "GET", f"/api/v1/users/{await _fresh_user(world, who)}", None
+
+
+async def _new_user(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+    return "POST", "/api/v1/users", {"username": f"u-{secrets.token_hex(4)}"}
+
+
+async def _custom_role(world: World) -> str:
+    name = f"r_{secrets.token_hex(4)}"
+    async with world.hq.client(world.hq.admin_token) as api:
+        await api.ok("POST", "/api/v1/roles", json={"name": name, "permissions": ["agents:read"]})
+    return name
+
+
+async def _new_role(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+    return (
+        "POST",
+        "/api/v1/roles",
+        {"name": f"r_{secrets.token_hex(4)}", "permissions": ["agents:read"]},
+    )
+
+
+async def _patch_role(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+    return "PATCH", f"/api/v1/roles/{await _custom_role(world)}", {"description": "d"}
+
+
+async def _delete_role(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+    return "DELETE", f"/api/v1/roles/{await _custom_role(world)}", None
+
+
+async def _new_binding(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+    user_id = await _fresh_user(world, who)
+    return (
+        "POST",
+        "/api/v1/bindings",
+        {"user_id": user_id, "role": "site_staff", "scope": f"site:{SITE_A}"},
+    )
+
+
+async def _delete_binding(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+    user = await make_user(world.hq, "site_staff", SITE_A)
+    async with world.hq.client(world.hq.admin_token) as api:
+        info = await api.ok("GET", f"/api/v1/users/{user.id}")
+    return "DELETE", f"/api/v1/bindings/{info['bindings'][0]['id']}", None
+
+
+async def _new_site(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+    return "POST", "/api/v1/sites", {"name": f"s-{secrets.token_hex(4)}"}
+
+
+async def _delete_site(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+    async with world.hq.client(world.hq.admin_token) as api:
+        site = await api.ok("POST", "/api/v1/sites", json={"name": f"s-{secrets.token_hex(4)}"})
+    return "DELETE", f"/api/v1/sites/{site['id']}", None
+
+
+async def _own_token(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+    async with world.hq.sessions.begin() as session:
+        made = await accounts.make_api_token(
+            session,
+            username=world.users[who].username,
+            name="grid",
+            origin="api",
+            ttl=parse_duration("1h"),
+            actor=accounts_actor(),
+        )
+    return "DELETE", f"/api/v1/tokens/{made.token_id}", None
+
+
+def accounts_actor() -> Any:
+    from server import admin
+
+    return admin.local_actor()
+
+
+async def _logout(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+    return "POST", "/api/v1/auth/logout", None
+
+
+GRID: dict[tuple[str, str], Cell] = {
+    ("POST", "/api/v1/auth/logout"): Cell("self", None, _logout),
+    ("GET", "/api/v1/me"): Cell("self", None, fixed("GET", "/api/v1/me")),
+    ("POST", "/api/v1/me/totp"): Cell("self", None, fixed("POST", "/api/v1/me/totp"), ok=409),
+    ("POST", "/api/v1/me/totp/confirm"): Cell(
+        "self", None, fixed("POST", "/api/v1/me/totp/confirm", {"code": "000000"}), ok=409
+    ),
+    ("POST", "/api/v1/auth/step-up"): Cell(
+        "self", None, fixed("POST", "/api/v1/auth/step-up", {"code": "000000"}), ok=422
+    ),
+    ("POST", "/api/v1/tokens"): Cell(
+        "list", "users:admin", fixed("POST", "/api/v1/tokens", {"name": "t"}), ok=201
+    ),
+    ("GET", "/api/v1/tokens"): Cell("self", None, fixed("GET", "/api/v1/tokens")),
+    ("DELETE", "/api/v1/tokens/{token_id}"): Cell("self", None, _own_token),
+    ("GET", "/api/v1/users"): Cell("list", "users:admin", fixed("GET", "/api/v1/users")),
+    ("POST", "/api/v1/users"): Cell("list", "users:admin", _new_user, ok=201),
+    ("GET", "/api/v1/users/{user_id}"): Cell("list", "users:admin", _get_user),
+    ("PATCH", "/api/v1/users/{user_id}"): Cell("global", "users:admin", _patch_user),
+    ("DELETE", "/api/v1/users/{user_id}"): Cell("global", "users:admin", _delete_user),
+    ("GET", "/api/v1/permissions"): Cell(
+        "list", "users:admin", fixed("GET", "/api/v1/permissions")
+    ),
+    ("GET", "/api/v1/roles"): Cell("list", "users:admin", fixed("GET", "/api/v1/roles")),
+    ("POST", "/api/v1/roles"): Cell("global", "users:admin", _new_role, ok=201),
+    ("PATCH", "/api/v1/roles/{name}"): Cell("global", "users:admin", _patch_role),
+    ("DELETE", "/api/v1/roles/{name}"): Cell("global", "users:admin", _delete_role),
+    ("GET", "/api/v1/bindings"): Cell("list", "users:admin", fixed("GET", "/api/v1/bindings")),
+    ("POST", "/api/v1/bindings"): Cell("object", "users:admin", _new_binding, ok=201),
+    ("DELETE", "/api/v1/bindings/{binding_id}"): Cell("object", "users:admin", _delete_binding),
+    ("GET", "/api/v1/sites"): Cell("list", "users:admin", fixed("GET", "/api/v1/sites")),
+    ("POST", "/api/v1/sites"): Cell("global", "users:admin", _new_site, ok=201),
+    ("GET", "/api/v1/sites/{site_id}"): Cell(
+        "object", "users:admin", fixed("GET", "/api/v1/sites/{site}")
+    ),
+    ("PATCH", "/api/v1/sites/{site_id}"): Cell(
+        "object", "users:admin", fixed("PATCH", "/api/v1/sites/{site}", {"description": "d"})
+    ),
+    ("DELETE", "/api/v1/sites/{site_id}"): Cell("global", "users:admin", _delete_site),
+    ("GET", "/api/v1/audit"): Cell("list", "audit:read", fixed("GET", "/api/v1/audit")),
+    ("GET", "/api/v1/audit/export"): Cell(
+        "list", "audit:read", fixed("GET", "/api/v1/audit/export")
+    ),
+    ("GET", "/api/v1/audit/verify"): Cell(
+        "global", "audit:read", fixed("GET", "/api/v1/audit/verify")
+    ),
+    ("POST", "/api/v1/enroll-tokens"): Cell(
+        "object", "agents:enroll", fixed("POST", "/api/v1/enroll-tokens", {"site": SITE_A}), ok=201
+    ),
+    ("GET", "/api/v1/agents"): Cell("list", "agents:read", fixed("GET", "/api/v1/agents")),
+    ("GET", "/api/v1/agents/{agent_id}"): Cell(
+        "object", "agents:read", fixed("GET", "/api/v1/agents/{agent}")
+    ),
+    ("GET", "/api/v1/agents/{agent_id}/health"): Cell(
+        "object", "health:read", fixed("GET", "/api/v1/agents/{agent}/health")
+    ),
+    ("POST", "/api/v1/agents/{agent_id}/revoke"): Cell("object", "agents:revoke", _fresh_agent),
+    ("PUT", "/api/v1/agents/{agent_id}/tags"): Cell(
+        "object", "agents:enroll", fixed("PUT", "/api/v1/agents/{agent}/tags", {"tags": ["till"]})
+    ),
+}
+
+
+def expected(cell: Cell, role: str, scope: str) -> int:
+    perms = BUILTIN_ROLES[role][1]
+    if cell.kind == "self":
+        return cell.ok
+    assert cell.permission is not None
+    if cell.permission not in perms:
+        return 403
+    if cell.kind == "list" or scope == "global":
+        return cell.ok
+    if cell.kind == "global":
+        return 404
+    return cell.ok if scope == "own" else 404
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    tmp = tmp_path_factory.mktemp("grid")
+    hq = await start_hq(tmp / "hq", f"sqlite+aiosqlite:///{tmp / 'grid.db'}")
+    agent = await start_agent(hq, tmp / "agent", site=SITE_A, run=False)
+    await start_agent(hq, tmp / "agent-b", site=SITE_B, run=False)
+    async with hq.client(hq.admin_token) as api:
+        sites = await api.ok("GET", "/api/v1/sites")
+    site_a = next(s["id"] for s in sites["items"] if s["name"] == SITE_A)
+    w = World(hq, agent.agent_id, site_a, tmp=tmp)
+    for role in ROLES:
+        for scope in SCOPES:
+            site = {"own": SITE_A, "other": SITE_B, "global": None}[scope]
+            user = await make_user(hq, role, site, totp=True)
+            w.users[(role, scope)] = user
+            # A token that lists its role's permissions explicitly.
+            async with hq.sessions.begin() as session:
+                from server.store.models import utcnow
+
+                made = await accounts.make_api_token(
+                    session,
+                    username=user.username,
+                    name="grid",
+                    origin="login",
+                    ttl=parse_duration("1h"),
+                    actor=accounts_actor(),
+                    permissions=sorted(BUILTIN_ROLES[role][1]),
+                    mfa_at=utcnow(),
+                )
+            w.tokens[(role, scope)] = made.token
+    yield w
+    await hq.stop()
+
+
+def test_every_route_is_in_the_grid_and_declared(tmp_path):
+    """Every non-public route of the app has a grid entry, and none is stale."""
+    from tests.support import ADMIN_PASSWORD  # noqa: F401 - the import checks the module loads
+
+    routes = {(s.method, s.path) for s in route_specs(_app()) if not s.public}
+    assert routes == set(GRID), f"missing: {routes - set(GRID)}; stale: {set(GRID) - routes}"
+
+
+def _app() -> Any:
+    from types import SimpleNamespace
+
+    return make_app(SimpleNamespace())  # type: ignore[arg-type]
+
+
+CELLS = [
+    (role, scope, method, path) for (method, path) in GRID for role in ROLES for scope in SCOPES
+]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize(
+    ("role", "scope", "method", "path"), CELLS, ids=[f"{r}-{s}-{m}-{p}" for r, s, m, p in CELLS]
+)
+async def test_grid(world: World, role: str, scope: str, method: str, path: str) -> None:
+    """Role x scope x route answers the expected status."""
+    cell = GRID[(method, path)]
+    who = (role, scope)
+    token = world.tokens[who]
+    if path == "/api/v1/auth/logout":  # logging out revokes the token used: use a spare
+        async with world.hq.sessions.begin() as session:
+            made = await accounts.make_api_token(
+                session,
+                username=world.users[who].username,
+                name="spare",
+                origin="login",
+                ttl=parse_duration("1h"),
+                actor=accounts_actor(),
+                permissions=sorted(BUILTIN_ROLES[role][1]),
+            )
+        token = made.token
+    m, p, body = await cell.build(world, who)
+    async with world.hq.client(token) as api:
+        status, answer = await api.request(m, p, json=body)
+    want = expected(cell, role, scope)
+    assert status == want, f"{role}@{scope} {m} {p}: {status} {answer}"
+    if status >= 400:
+        assert set(answer) == {"error"} and {"code", "message"} <= set(answer["error"])
