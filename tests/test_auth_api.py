@@ -227,11 +227,11 @@ async def test_nobody_grants_themselves_more(sqlite_hq):
     """A site admin cannot grant itself global admin; the last admin stays."""
     site_admin = await make_user(sqlite_hq, "admin", "shop-a", totp=True)
     async with sqlite_hq.client(site_admin.token) as api:
-        status, err = await api.post(
+        status, _ = await api.post(
             "/api/v1/bindings", {"user_id": site_admin.id, "role": "admin", "scope": "global"}
         )
         assert status == 404  # no users:admin on the global scope
-        status, err = await api.post(
+        status, _ = await api.post(
             "/api/v1/bindings",
             {"user_id": site_admin.id, "role": "site_tech", "scope": "site:shop-a"},
         )
@@ -239,13 +239,13 @@ async def test_nobody_grants_themselves_more(sqlite_hq):
     async with sqlite_hq.client(sqlite_hq.admin_token) as api:
         users = await api.ok("GET", "/api/v1/users")
         root = next(u for u in users["items"] if u["username"] == "admin")
-        status, err = await api.request("DELETE", f"/api/v1/users/{root['id']}")
+        status, _ = await api.request("DELETE", f"/api/v1/users/{root['id']}")
         assert status == 409
-        status, err = await api.request(
+        status, _ = await api.request(
             "PATCH", f"/api/v1/users/{root['id']}", json={"disabled": True}
         )
         assert status == 409
-        status, err = await api.request("DELETE", f"/api/v1/bindings/{root['bindings'][0]['id']}")
+        status, _ = await api.request("DELETE", f"/api/v1/bindings/{root['bindings'][0]['id']}")
         assert status == 409
         # a custom role, bound and used
         await api.ok(
@@ -259,7 +259,7 @@ async def test_nobody_grants_themselves_more(sqlite_hq):
         )
         status, _ = await api.post("/api/v1/roles", {"name": "tier2", "permissions": []})
         assert status == 409
-        status, err = await api.request("PATCH", "/api/v1/roles/admin", json={"permissions": []})
+        status, _err = await api.request("PATCH", "/api/v1/roles/admin", json={"permissions": []})
         assert status == 409
 
 
