@@ -284,3 +284,27 @@ async def make_user(
         user_id = user.id
     token = await hq.api_token(name, origin="login", mfa_at=utcnow() if totp else None)
     return TestUser(user_id, name, password, token, secret)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def spawn(log: Path, *argv: str) -> asyncio.subprocess.Process:
+    """Start one of our command lines (`fieldlink ...` or `fieldlink-agent ...`)
+    as a separate process, its output appended to `log`."""
+    import os
+    import sys
+
+    module = "server.cli" if argv[0] == "fieldlink" else "agent.cli"
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", module, *argv[1:], stdout=fd, stderr=fd
+        )
+    finally:
+        os.close(fd)

@@ -1,0 +1,58 @@
+"""The agent's spool: sequence numbers persist, acks forget, the bound drops
+the oldest and counts them."""
+
+from __future__ import annotations
+
+from agent.link import Backoff
+from agent.spool import Spool
+
+
+def build(seq: int, dropped: int) -> bytes:
+    return f"{seq}:{dropped}\n".encode()
+
+
+def test_sequence_numbers_survive_reopening(tmp_path):
+    """Seq numbers continue after the spool is closed and opened again."""
+    spool = Spool(tmp_path / "s.db", 100)
+    assert [spool.append("health", build).seq for _ in range(3)] == [1, 2, 3]
+    spool.close()
+    spool = Spool(tmp_path / "s.db", 100)
+    assert spool.append("health", build).seq == 4
+    assert [f.seq for f in spool.pending()] == [1, 2, 3, 4]
+    spool.close()
+    assert (tmp_path / "s.db").stat().st_mode & 0o077 == 0
+
+
+def test_ack_forgets_only_what_was_acked(tmp_path):
+    """Acked frames leave the spool; others stay, oldest first."""
+    spool = Spool(tmp_path / "s.db", 100)
+    for _ in range(5):
+        spool.append("health", build)
+    assert spool.ack("health", [2, 4, 99]) == 2
+    assert [f.seq for f in spool.pending()] == [1, 3, 5]
+    first = spool.pending(limit=1)[0]
+    assert [f.seq for f in spool.pending(after_id=first.id)] == [3, 5]
+    assert spool.stats().pending == 3
+
+
+def test_bound_drops_oldest_and_counts(tmp_path):
+    """Past the bound the oldest frames go, and the drop count is kept and reported."""
+    spool = Spool(tmp_path / "s.db", 10)
+    for _ in range(15):
+        spool.append("health", build)
+    stats = spool.stats()
+    assert stats.pending == 10 and stats.dropped == 5 and stats.last_seq == 15
+    assert [f.seq for f in spool.pending()] == list(range(6, 16))
+    assert spool.pending()[-1].data == b"15:5\n"  # the frame carries the count
+    spool.close()
+    assert Spool(tmp_path / "s.db", 10).dropped == 5
+
+
+def test_backoff_grows_with_jitter_to_the_cap_and_resets():
+    """Delays double up to the cap, each drawn from [d/2, d]; reset starts over."""
+    b = Backoff(cap=8)
+    delays = [b.next_delay() for _ in range(6)]
+    for delay, ceiling in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
+        assert ceiling / 2 <= delay <= ceiling
+    b.reset()
+    assert b.next_delay() <= 1
