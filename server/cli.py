@@ -24,6 +24,7 @@ from shared import logs
 from shared.version import __version__
 
 DEFAULT_DATA_DIR = "/var/lib/fieldlink"
+LOG_FORMATS: dict[str, bool | None] = {"auto": None, "json": True, "console": False}
 
 
 def _hq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -137,6 +138,7 @@ def _run_hq_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"fieldlink: invalid settings: {exc}", file=sys.stderr)
         return 2
+    logs.configure(json=LOG_FORMATS[args.log_format], level=settings.log_level)
 
     try:
         if args.command == "init":
@@ -224,8 +226,7 @@ def _admin(args: argparse.Namespace, settings: object) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    fmt = {"auto": None, "json": True, "console": False}[args.log_format]
-    logs.configure(json=fmt)
+    logs.configure(json=LOG_FORMATS[args.log_format])
     return _run_hq_command(args)
 
 

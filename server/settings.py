@@ -54,7 +54,9 @@ class Settings(BaseSettings):
         500, ge=1, description="unauthenticated SSH connections in progress before refusing"
     )
     metrics_public: bool = Field(True, description="serve /metrics without a token")
-    log_level: str = Field("info", description="debug, info, warning or error")
+    log_level: str = Field(
+        "info", pattern="^(debug|info|warning|error)$", description="debug, info, warning or error"
+    )
     node_id: str = Field("hq-1", description="this HQ replica's name (several share PostgreSQL)")
     require_2fa: bool = Field(
         True,
