@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.api import admin, agents, audit, auth, enroll, system
+from server.api import admin, agents, audit, auth, enroll, jobs, runs, system
 from server.api.middleware import enforce, errors
 from server.api.routing import ApiRouter
 from server.context import SERVICES, Services
@@ -16,6 +16,8 @@ ROUTERS: list[ApiRouter] = [
     audit.routes,
     enroll.routes,
     agents.routes,
+    runs.routes,
+    jobs.routes,
 ]
 
 MAX_BODY = 1024 * 1024

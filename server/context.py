@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -11,6 +12,9 @@ from server.datadir import DataDir
 from server.gateway.listener import Gateway
 from server.metrics import Metrics
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.jobs import Jobs
 
 
 @dataclass
@@ -27,6 +31,12 @@ class Services:
     ssh_port: int = 0
     http_port: int = 0
     extras: dict[str, object] = field(default_factory=dict)
+    _jobs: Jobs | None = None
+
+    @property
+    def jobs(self) -> Jobs:
+        assert self._jobs is not None, "jobs not started"
+        return self._jobs
 
     def public_ssh(self) -> tuple[str | None, int]:
         """What agents dial: (host or None for "the host in HQ's URL", port)."""

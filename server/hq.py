@@ -20,6 +20,7 @@ from server.control import ControlServer
 from server.datadir import DataDir
 from server.gateway.ingest import Ingestor
 from server.gateway.listener import Gateway
+from server.jobs import Jobs
 from server.metrics import Metrics
 from server.settings import Settings
 from server.store import fleet, people
@@ -96,6 +97,9 @@ class HQ:
             master_key=self.datadir.master_key(),
         )
         self._spawn(ingestor.run(), "ingest")
+        svc._jobs = jobs = Jobs(svc)
+        await jobs.recover()
+        gateway.on_connect.append(jobs.on_agent_connected)
         _, svc.ssh_port = await gateway.start(*self.settings.ssh_addr)
 
         app = make_app(svc)
@@ -110,6 +114,7 @@ class HQ:
 
         self._spawn(self._refresh_keys_loop(), "key-refresh")
         self._spawn(self._prune_loop(), "prune")
+        self._spawn(jobs.sweep_loop(), "job-sweep")
         self._control = ControlServer(self.datadir.control_socket, self._on_control)
         await self._control.start()
         self.datadir.write_serve_info(
@@ -174,6 +179,7 @@ class HQ:
         if self._control is not None:
             await self._control.stop()
         await self.svc.gateway.stop()
+        await self.svc.jobs.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         for task in list(self._tasks):

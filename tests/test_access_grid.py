@@ -217,6 +217,35 @@ GRID: dict[tuple[str, str], Cell] = {
         "object", "health:read", fixed("GET", "/api/v1/agents/{agent}/health")
     ),
     ("POST", "/api/v1/agents/{agent_id}/revoke"): Cell("object", "agents:revoke", _fresh_agent),
+    ("GET", "/api/v1/agents/{agent_id}/catalog"): Cell(
+        "object", "agents:read", fixed("GET", "/api/v1/agents/{agent}/catalog")
+    ),
+    # The grid's agent never connected, so it offers nothing: allowed callers get 422.
+    ("POST", "/api/v1/agents/{agent_id}/run"): Cell(
+        "object",
+        "diag:run",
+        fixed("POST", "/api/v1/agents/{agent}/run", {"name": "system.summary"}),
+        ok=422,
+    ),
+    ("GET", "/api/v1/agents/{agent_id}/results"): Cell(
+        "object", "diag:run", fixed("GET", "/api/v1/agents/{agent}/results")
+    ),
+    ("GET", "/api/v1/results/{result_id}"): Cell(
+        "object", "diag:run", fixed("GET", "/api/v1/results/rn_grid")
+    ),
+    ("POST", "/api/v1/jobs"): Cell(
+        "object",
+        "diag:run",
+        fixed("POST", "/api/v1/jobs", {"target": {"site": SITE_A}, "name": "system.summary"}),
+        ok=422,
+    ),
+    ("GET", "/api/v1/jobs"): Cell("list", "diag:run", fixed("GET", "/api/v1/jobs")),
+    ("GET", "/api/v1/jobs/{job_id}"): Cell(
+        "object", "diag:run", fixed("GET", "/api/v1/jobs/jb_grid")
+    ),
+    ("GET", "/api/v1/jobs/{job_id}/events"): Cell(
+        "object", "diag:run", fixed("GET", "/api/v1/jobs/jb_grid/events")
+    ),
     ("PUT", "/api/v1/agents/{agent_id}/tags"): Cell(
         "object", "agents:enroll", fixed("PUT", "/api/v1/agents/{agent}/tags", {"tags": ["till"]})
     ),
@@ -247,6 +276,41 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
         sites = await api.ok("GET", "/api/v1/sites")
     site_a = next(s["id"] for s in sites["items"] if s["name"] == SITE_A)
     w = World(hq, agent.agent_id, site_a, tmp=tmp)
+    async with hq.sessions.begin() as session:
+        from server.store.models import Job, JobItem, RunRecord, utcnow
+
+        session.add(
+            RunRecord(
+                id="rn_grid",
+                agent_id=agent.agent_id,
+                site_id=site_a,
+                name="system.summary",
+                tier="diagnostic",
+                params={},
+                status="ok",
+            )
+        )
+        session.add(
+            Job(
+                id="jb_grid",
+                name="system.summary",
+                tier="diagnostic",
+                params={},
+                target={"site": SITE_A},
+                expires_at=utcnow(),
+                finished_at=utcnow(),
+            )
+        )
+        await session.flush()
+        session.add(
+            JobItem(
+                job_id="jb_grid",
+                agent_id=agent.agent_id,
+                site_id=site_a,
+                status="ok",
+                result_id="rn_grid",
+            )
+        )
     for role in ROLES:
         for scope in SCOPES:
             site = {"own": SITE_A, "other": SITE_B, "global": None}[scope]

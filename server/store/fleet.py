@@ -156,6 +156,8 @@ async def record_hello(session: AsyncSession, agent_id: str, hello: p.Hello) -> 
             version=hello.version,
             hostname=hello.facts.hostname,
             facts=hello.facts.model_dump(mode="json"),
+            catalog=[entry.model_dump(mode="json") for entry in hello.catalog],
+            policy=hello.policy.model_dump(mode="json") if hello.policy else None,
             spool_dropped=func.max(Agent.spool_dropped, hello.spool_dropped)
             if _dialect(session) == "sqlite"
             else func.greatest(Agent.spool_dropped, hello.spool_dropped),

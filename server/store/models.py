@@ -192,6 +192,8 @@ class Agent(Base):
     latest_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     latest_sampled_at: Mapped[datetime | None]
     latest_health: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    catalog: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+    policy: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     cpu_percent: Mapped[float | None]
     memory_percent: Mapped[float | None]
     disk_percent: Mapped[float | None]
@@ -250,3 +252,163 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+# --- runs, jobs (remote diagnostics, actions, commands) ------------------------------
+
+
+class RunRecord(Base):
+    """One diagnostic, action or command run on one agent, and its result."""
+
+    __tablename__ = "run_results"
+    __table_args__ = (
+        Index("ix_run_agent_created", "agent_id", "created_at"),
+        Index("ix_run_ticket", "ticket_id"),
+        Index("ix_run_job", "job_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("rn"))
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"))
+    site_id: Mapped[str] = mapped_column(String(40))
+    name: Mapped[str] = mapped_column(String(100))
+    tier: Mapped[str] = mapped_column(String(20))
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    status: Mapped[str] = mapped_column(String(20))
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    stdout: Mapped[str] = mapped_column(Text, default="")
+    stderr: Mapped[str] = mapped_column(Text, default="")
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    data: Mapped[Any | None] = mapped_column(JSONType)
+    reason: Mapped[str | None] = mapped_column(Text)
+    requested_by: Mapped[str | None] = mapped_column(String(40))
+    requested_by_name: Mapped[str | None] = mapped_column(String(200))
+    ticket_id: Mapped[str | None] = mapped_column(String(40))
+    job_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("jb"))
+    name: Mapped[str] = mapped_column(String(100))
+    tier: Mapped[str] = mapped_column(String(20))
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    target: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    timeout: Mapped[float] = mapped_column(default=60.0)
+    ticket_id: Mapped[str | None] = mapped_column(String(40))
+    created_by: Mapped[str | None] = mapped_column(String(40))
+    created_by_name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class JobItem(Base):
+    __tablename__ = "job_items"
+    __table_args__ = (
+        UniqueConstraint("job_id", "agent_id", name="uq_job_item"),
+        Index("ix_job_item_agent_status", "agent_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"))
+    site_id: Mapped[str] = mapped_column(String(40))
+    # queued | running | ok | failed | timeout | refused | interrupted | expired
+    status: Mapped[str] = mapped_column(String(20))
+    result_id: Mapped[str | None] = mapped_column(String(40))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- tickets ---------------------------------------------------------------------------
+
+
+class Counter(Base):
+    """Named counters (ticket numbers). Incremented under the row's lock."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+class Ticket(Base):
+    __tablename__ = "tickets"
+    __table_args__ = (
+        Index("ix_ticket_site_status", "site_id", "status"),
+        Index("ix_ticket_requester", "requester_id"),
+        Index("ix_ticket_assignee", "assignee_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ti"))
+    number: Mapped[int] = mapped_column(BigInteger, unique=True)
+    title: Mapped[str] = mapped_column(String(300))
+    description: Mapped[str] = mapped_column(Text, default="")
+    type: Mapped[str] = mapped_column(String(20))  # incident|service_request|problem|change
+    impact: Mapped[int] = mapped_column(Integer, default=3)
+    urgency: Mapped[int] = mapped_column(Integer, default=3)
+    priority: Mapped[str] = mapped_column(String(2))  # P1..P4
+    status: Mapped[str] = mapped_column(String(20))
+    waiting_reason: Mapped[str | None] = mapped_column(String(20))
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"))
+    requester_id: Mapped[str | None] = mapped_column(String(40))
+    requester_name: Mapped[str] = mapped_column(String(200), default="")
+    assignee_id: Mapped[str | None] = mapped_column(String(40))
+    tier: Mapped[str] = mapped_column(String(10))  # site | hq
+    source: Mapped[str] = mapped_column(String(10))  # alert | help | console | api
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    acknowledged_at: Mapped[datetime | None]
+    first_response_at: Mapped[datetime | None]
+    resolved_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]
+    ack_due: Mapped[datetime | None]
+    response_due: Mapped[datetime | None]
+    resolve_due: Mapped[datetime | None]
+    paused_seconds: Mapped[float] = mapped_column(default=0.0)
+    paused_since: Mapped[datetime | None]
+    reopen_count: Mapped[int] = mapped_column(Integer, default=0)
+    escalation_count: Mapped[int] = mapped_column(Integer, default=0)
+    resolution_code: Mapped[str | None] = mapped_column(String(40))
+    resolution_text: Mapped[str | None] = mapped_column(Text)
+    resolved_tier: Mapped[str | None] = mapped_column(String(10))
+    human_touched: Mapped[bool] = mapped_column(Boolean, default=False)
+    sla_warned: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    sla_breached: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    rating: Mapped[int | None] = mapped_column(Integer)
+    rating_comment: Mapped[str | None] = mapped_column(Text)
+    rated_at: Mapped[datetime | None]
+
+
+class TicketAgent(Base):
+    __tablename__ = "ticket_agents"
+
+    ticket_id: Mapped[str] = mapped_column(
+        ForeignKey("tickets.id", ondelete="CASCADE"), primary_key=True
+    )
+    agent_id: Mapped[str] = mapped_column(
+        ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class TicketEvent(Base):
+    """The ticket's timeline: append-only."""
+
+    __tablename__ = "ticket_events"
+    __table_args__ = (Index("ix_ticket_event_ticket", "ticket_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    ticket_id: Mapped[str] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor_type: Mapped[str] = mapped_column(String(20))
+    actor_id: Mapped[str | None] = mapped_column(String(100))
+    actor_name: Mapped[str | None] = mapped_column(String(200))
+    # comment | state | assignment | escalation | sla_warning | sla_breach | run | alert_fired
+    # | alert_recovered | session | agent_linked | priority | rating
+    kind: Mapped[str] = mapped_column(String(30))
+    internal: Mapped[bool] = mapped_column(Boolean, default=False)
+    body: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
