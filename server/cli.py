@@ -25,6 +25,7 @@ from shared.version import __version__
 
 DEFAULT_DATA_DIR = "/var/lib/fieldlink"
 LOG_FORMATS: dict[str, bool | None] = {"auto": None, "json": True, "console": False}
+HQ_COMMANDS = frozenset({"init", "serve", "admin", "demo"})
 
 
 def _hq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -120,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _hq_parser(sub)
+    from server.client import commands
+
+    commands.register(sub)
     return parser
 
 
@@ -227,6 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.configure(json=LOG_FORMATS[args.log_format])
+    if args.command not in HQ_COMMANDS:
+        from server.client import commands
+
+        return commands.run(args)
     return _run_hq_command(args)
 
 
