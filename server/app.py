@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.api import admin, agents, audit, auth, enroll, jobs, runs, system
+from server.api import admin, agents, audit, auth, enroll, jobs, runs, system, tickets
 from server.api.middleware import enforce, errors
 from server.api.routing import ApiRouter
 from server.context import SERVICES, Services
@@ -18,6 +18,7 @@ ROUTERS: list[ApiRouter] = [
     agents.routes,
     runs.routes,
     jobs.routes,
+    tickets.routes,
 ]
 
 MAX_BODY = 1024 * 1024

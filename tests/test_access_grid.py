@@ -41,6 +41,7 @@ class World:
     users: dict[tuple[str, str], Any] = field(default_factory=dict)
     tokens: dict[tuple[str, str], str] = field(default_factory=dict)
     tmp: Any = None
+    ticket: str = ""
 
 
 Build = Callable[[World, tuple[str, str]], Awaitable[tuple[str, str, Any]]]
@@ -52,6 +53,41 @@ class Cell:
     permission: str | None
     build: Build
     ok: int = 200
+    # for rules beyond the kinds: (role, scope) -> status
+    expect: Callable[[str, str], int] | None = None
+
+
+def ticket_rule(
+    permission: str, ok: int, *, requester_only: bool = False
+) -> Callable[[str, str], int]:
+    """Tickets: the route's permission, and reading the ticket (tickets:read with
+    agents:read on its site, or being its requester: grid users are not)."""
+
+    def rule(role: str, scope: str) -> int:
+        perms = BUILTIN_ROLES[role][1]
+        if permission not in perms:
+            return 403
+        if "tickets:read" not in perms or "agents:read" not in perms or scope == "other":
+            return 404
+        return 403 if requester_only else ok
+
+    return rule
+
+
+async def _ticket(world: World) -> str:
+    async with world.hq.client(world.hq.admin_token) as api:
+        made = await api.ok(
+            "POST", "/api/v1/tickets", json={"title": "grid", "site": SITE_A, "tier": "site"}
+        )
+    return str(made["number"])
+
+
+def on_ticket(method: str, suffix: str, body: Any = None, fresh: bool = False) -> Build:
+    async def build(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+        number = await _ticket(world) if fresh else world.ticket
+        return method, f"/api/v1/tickets/{number}{suffix}", body
+
+    return build
 
 
 def fixed(method: str, path: str, body: Any = None) -> Build:
@@ -246,6 +282,64 @@ GRID: dict[tuple[str, str], Cell] = {
     ("GET", "/api/v1/jobs/{job_id}/events"): Cell(
         "object", "diag:run", fixed("GET", "/api/v1/jobs/jb_grid/events")
     ),
+    ("GET", "/api/v1/tickets"): Cell("list", "tickets:read", fixed("GET", "/api/v1/tickets")),
+    ("POST", "/api/v1/tickets"): Cell(
+        "object",
+        "tickets:write",
+        fixed("POST", "/api/v1/tickets", {"title": "t", "site": SITE_A}),
+        ok=201,
+    ),
+    ("GET", "/api/v1/tickets/{ticket_id}"): Cell(
+        "ticket", "tickets:read", on_ticket("GET", ""), expect=ticket_rule("tickets:read", 200)
+    ),
+    ("PATCH", "/api/v1/tickets/{ticket_id}"): Cell(
+        "ticket",
+        "tickets:write",
+        on_ticket("PATCH", "", {"title": "renamed"}),
+        expect=ticket_rule("tickets:write", 200),
+    ),
+    ("POST", "/api/v1/tickets/{ticket_id}/transition"): Cell(
+        "ticket",
+        "tickets:write",
+        on_ticket("POST", "/transition", {"action": "ack"}, fresh=True),
+        expect=ticket_rule("tickets:write", 200),
+    ),
+    ("POST", "/api/v1/tickets/{ticket_id}/comments"): Cell(
+        "ticket",
+        "tickets:write",
+        on_ticket("POST", "/comments", {"body": "hi"}),
+        expect=ticket_rule("tickets:write", 201),
+    ),
+    ("POST", "/api/v1/tickets/{ticket_id}/assign"): Cell(
+        "ticket",
+        "tickets:assign",
+        on_ticket("POST", "/assign", {"assignee": None}),
+        expect=ticket_rule("tickets:assign", 200),
+    ),
+    ("POST", "/api/v1/tickets/{ticket_id}/escalate"): Cell(
+        "ticket",
+        "tickets:assign",
+        on_ticket("POST", "/escalate", {"reason": "r"}, fresh=True),
+        expect=ticket_rule("tickets:assign", 200),
+    ),
+    ("POST", "/api/v1/tickets/{ticket_id}/agents"): Cell(
+        "ticket",
+        "tickets:write",
+        on_ticket("POST", "/agents", {"agent_id": "{agent}"}),
+        expect=ticket_rule("tickets:write", 200),
+    ),
+    ("POST", "/api/v1/tickets/{ticket_id}/results"): Cell(
+        "ticket",
+        "tickets:write",
+        on_ticket("POST", "/results", {"result_id": "rn_grid"}),
+        expect=ticket_rule("tickets:write", 200),
+    ),
+    ("POST", "/api/v1/tickets/{ticket_id}/rating"): Cell(
+        "ticket",
+        "tickets:write",
+        on_ticket("POST", "/rating", {"score": 5}),
+        expect=ticket_rule("tickets:write", 200, requester_only=True),
+    ),
     ("PUT", "/api/v1/agents/{agent_id}/tags"): Cell(
         "object", "agents:enroll", fixed("PUT", "/api/v1/agents/{agent}/tags", {"tags": ["till"]})
     ),
@@ -253,6 +347,8 @@ GRID: dict[tuple[str, str], Cell] = {
 
 
 def expected(cell: Cell, role: str, scope: str) -> int:
+    if cell.expect is not None:
+        return cell.expect(role, scope)
     perms = BUILTIN_ROLES[role][1]
     if cell.kind == "self":
         return cell.ok
@@ -311,6 +407,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
                 result_id="rn_grid",
             )
         )
+    w.ticket = await _ticket(w)
     for role in ROLES:
         for scope in SCOPES:
             site = {"own": SITE_A, "other": SITE_B, "global": None}[scope]
@@ -376,6 +473,8 @@ async def test_grid(world: World, role: str, scope: str, method: str, path: str)
             )
         token = made.token
     m, p, body = await cell.build(world, who)
+    if isinstance(body, dict) and body.get("agent_id") == "{agent}":
+        body = {**body, "agent_id": world.agent_id}
     async with world.hq.client(token) as api:
         status, answer = await api.request(m, p, json=body)
     want = expected(cell, role, scope)

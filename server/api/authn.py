@@ -74,6 +74,20 @@ class Principal:
         tp = self.rights.token_permissions
         return tp is not None and permission in tp and self.holds(permission)
 
+    def sees_all_tickets(self, site_id: str) -> bool:
+        """Every ticket of a site needs tickets:read with agents:read there; with
+        tickets:read alone (site staff) a user sees only the requests it opened."""
+        return self.allowed("tickets:read", site_id) and self.allowed("agents:read", site_id)
+
+    def can_read_ticket(self, site_id: str, requester_id: str | None) -> bool:
+        if self.sees_all_tickets(site_id):
+            return True
+        return self.allowed("tickets:read", site_id) and requester_id == self.user_id
+
+    def works_tickets(self, site_id: str) -> bool:
+        """Changing a ticket's state, assignment or links (not just commenting)."""
+        return self.allowed("tickets:write", site_id) and self.sees_all_tickets(site_id)
+
     def mfa_within(self, minutes: float) -> bool:
         return self.mfa_at is not None and utcnow() - self.mfa_at <= timedelta(minutes=minutes)
 

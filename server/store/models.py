@@ -75,6 +75,12 @@ class Site(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # business calendar for SLA clocks
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    work_days: Mapped[list[int]] = mapped_column(JSONType, default=lambda: [0, 1, 2, 3, 4])
+    work_start: Mapped[str] = mapped_column(String(5), default="09:00")
+    work_end: Mapped[str] = mapped_column(String(5), default="18:00")
+    holidays: Mapped[list[str]] = mapped_column(JSONType, default=list)
 
 
 class User(Base):
@@ -381,6 +387,9 @@ class Ticket(Base):
     rating: Mapped[int | None] = mapped_column(Integer)
     rating_comment: Mapped[str | None] = mapped_column(Text)
     rated_at: Mapped[datetime | None]
+    auto_resolved: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the machine-local person who asked for help (from `fieldlink-agent help`)
+    requester_agent_id: Mapped[str | None] = mapped_column(String(40))
 
 
 class TicketAgent(Base):
@@ -412,3 +421,89 @@ class TicketEvent(Base):
     internal: Mapped[bool] = mapped_column(Boolean, default=False)
     body: Mapped[str] = mapped_column(Text, default="")
     data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+# --- SLA, alerts, webhooks ------------------------------------------------------------
+
+
+class SlaPolicy(Base):
+    """Targets per priority (seconds of calendar time); absent rows use defaults."""
+
+    __tablename__ = "sla_policies"
+
+    priority: Mapped[str] = mapped_column(String(2), primary_key=True)
+    ack_seconds: Mapped[float]
+    response_seconds: Mapped[float]
+    resolve_seconds: Mapped[float]
+    warn_at: Mapped[float] = mapped_column(default=0.8)
+    business_hours: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class AlertRule(Base):
+    __tablename__ = "alert_rules"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ar"))
+    name: Mapped[str] = mapped_column(String(200))
+    metric: Mapped[str] = mapped_column(String(100))
+    op: Mapped[str] = mapped_column(String(2))
+    threshold: Mapped[float]
+    clear_threshold: Mapped[float | None]
+    for_seconds: Mapped[float] = mapped_column(default=0.0)
+    priority: Mapped[str] = mapped_column(String(2))
+    diagnostics: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    site_id: Mapped[str | None] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
+    tags: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    auto_resolve: Mapped[bool] = mapped_column(Boolean, default=True)
+    reopen_window_seconds: Mapped[float] = mapped_column(default=86400.0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Alert(Base):
+    """One (rule, agent) pair's alert state: the dedup key."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (UniqueConstraint("rule_id", "agent_id", name="uq_alert_dedup"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("al"))
+    rule_id: Mapped[str] = mapped_column(ForeignKey("alert_rules.id", ondelete="CASCADE"))
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"), index=True)
+    site_id: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(10), default="ok")  # ok | pending | firing
+    pending_since: Mapped[datetime | None]
+    first_seen: Mapped[datetime | None]
+    last_seen: Mapped[datetime | None]
+    fired_at: Mapped[datetime | None]
+    resolved_at: Mapped[datetime | None]
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    ticket_id: Mapped[str | None] = mapped_column(String(40))
+    last_value: Mapped[float | None]
+
+
+class Webhook(Base):
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("wh"))
+    url: Mapped[str] = mapped_column(String(2000))
+    secret_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    events: Mapped[list[str]] = mapped_column(JSONType, default=list)  # empty = all
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OutboxItem(Base):
+    """A webhook delivery, written in the transaction of the event it reports."""
+
+    __tablename__ = "webhook_outbox"
+    __table_args__ = (Index("ix_outbox_due", "delivered_at", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(60))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

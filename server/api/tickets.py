@@ -1,0 +1,611 @@
+"""Tickets: list, create, read with timeline, lifecycle, comments, assignment,
+escalation, linked agents, attached results, rating. `{ticket_id}` is an id
+or a number (`FL-42`). Site staff see and comment on their own requests only.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server.api.authn import Principal, principal
+from server.api.routing import ApiRouter, body, json_response, query
+from server.auth import rbac
+from server.context import services
+from server.itsm.tickets import OPEN, allowed_actions, number_text, priority_of
+from server.ops import ticketing
+from server.store import fleet, people, tickets
+from server.store.models import Agent, RunRecord, Site, Ticket, TicketAgent, TicketEvent, User
+from shared.errors import Forbidden, Invalid, NotFound
+
+routes = ApiRouter("tickets")
+
+TicketType = Literal["incident", "service_request", "problem", "change"]
+Priority = Literal["P1", "P2", "P3", "P4"]
+
+
+class ClockOut(BaseModel):
+    state: str = Field(description="running, warning, breached, met, missed or paused")
+    due: datetime | None
+    target_seconds: float
+    elapsed_seconds: float
+
+
+class TicketOut(BaseModel):
+    id: str
+    number: str
+    title: str
+    description: str
+    type: str
+    impact: int
+    urgency: int
+    priority: str
+    status: str
+    waiting_reason: str | None
+    site: str
+    site_id: str
+    requester: str
+    requester_id: str | None
+    assignee: str | None
+    assignee_id: str | None
+    tier: str
+    source: str
+    agents: list[str]
+    created_at: datetime
+    updated_at: datetime
+    acknowledged_at: datetime | None
+    first_response_at: datetime | None
+    resolved_at: datetime | None
+    closed_at: datetime | None
+    paused_seconds: float
+    reopen_count: int
+    escalation_count: int
+    resolution_code: str | None
+    resolution_text: str | None
+    rating: int | None
+    rating_comment: str | None
+    sla: dict[str, ClockOut]
+    allowed_actions: list[str]
+
+
+class EventOut(BaseModel):
+    id: int
+    at: datetime
+    kind: str
+    actor: str | None
+    actor_type: str
+    internal: bool
+    body: str
+    data: dict[str, Any]
+
+
+class TicketDetail(TicketOut):
+    timeline: list[EventOut]
+
+
+class TicketList(BaseModel):
+    items: list[TicketOut]
+    next: str | None = None
+
+
+async def ticket_out(session: AsyncSession, t: Ticket, who: Principal) -> TicketOut:
+    site = await session.get(Site, t.site_id)
+    assignee = await session.get(User, t.assignee_id) if t.assignee_id else None
+    clocks = await ticketing.clocks(session, t)
+    return TicketOut(
+        id=t.id,
+        number=number_text(t.number),
+        title=t.title,
+        description=t.description,
+        type=t.type,
+        impact=t.impact,
+        urgency=t.urgency,
+        priority=t.priority,
+        status=t.status,
+        waiting_reason=t.waiting_reason,
+        site=site.name if site else "?",
+        site_id=t.site_id,
+        requester=t.requester_name,
+        requester_id=t.requester_id,
+        assignee=assignee.username if assignee else None,
+        assignee_id=t.assignee_id,
+        tier=t.tier,
+        source=t.source,
+        agents=await ticketing.agents_of(session, t.id),
+        created_at=t.created_at,
+        updated_at=t.updated_at,
+        acknowledged_at=t.acknowledged_at,
+        first_response_at=t.first_response_at,
+        resolved_at=t.resolved_at,
+        closed_at=t.closed_at,
+        paused_seconds=t.paused_seconds,
+        reopen_count=t.reopen_count,
+        escalation_count=t.escalation_count,
+        resolution_code=t.resolution_code,
+        resolution_text=t.resolution_text,
+        rating=t.rating,
+        rating_comment=t.rating_comment,
+        sla={
+            k: ClockOut(
+                state=c.state,
+                due=c.due,
+                target_seconds=c.target,
+                elapsed_seconds=round(c.elapsed, 1),
+            )
+            for k, c in clocks.items()
+        },
+        allowed_actions=allowed_actions(t.status) if who.works_tickets(t.site_id) else [],
+    )
+
+
+async def load_ticket(session: AsyncSession, request: web.Request) -> Ticket:
+    who = principal(request)
+    ticket = await tickets.find(session, request.match_info["ticket_id"])
+    if ticket is None or not who.can_read_ticket(ticket.site_id, ticket.requester_id):
+        raise NotFound("not found")
+    return ticket
+
+
+class ListQuery(BaseModel):
+    site: str | None = None
+    status: str | None = Field(None, description='a status, comma-separated statuses, or "open"')
+    priority: Priority | None = None
+    assignee: str | None = Field(None, description='a user name, or "me"')
+    mine: bool = Field(False, description="assigned to me or requested by me")
+    source: str | None = None
+    type: TicketType | None = None
+    tier: Literal["site", "hq"] | None = None
+    q: str | None = Field(None, max_length=200, description="text in the title")
+    agent_id: str | None = None
+    after: int = Field(0, ge=0, description="cursor: tickets numbered below this (newest first)")
+    limit: int = Field(50, ge=1, le=500)
+
+
+@routes.route(
+    "GET",
+    "/api/v1/tickets",
+    permission="tickets:read",
+    query=ListQuery,
+    response=TicketList,
+    summary="Tickets you can see, newest first, with filters",
+)
+async def list_tickets(request: web.Request) -> web.Response:
+    who = principal(request)
+    q = query(request, ListQuery)
+    scope = who.sites("tickets:read")
+    full = who.sites("agents:read")
+    stmt = select(Ticket)
+    if scope is not None:
+        stmt = stmt.where(Ticket.site_id.in_(scope))
+    # Where the caller cannot see every ticket, only its own requests.
+    if full is not None:
+        stmt = stmt.where(or_(Ticket.site_id.in_(full), Ticket.requester_id == who.user_id))
+    async with services(request).sessions() as session:
+        if q.site:
+            site = await people.site_by_name(session, q.site)
+            if site is None:
+                return json_response(TicketList(items=[]))
+            stmt = stmt.where(Ticket.site_id == site.id)
+        if q.status:
+            wanted = sorted(OPEN) if q.status == "open" else q.status.split(",")
+            stmt = stmt.where(Ticket.status.in_(wanted))
+        if q.priority:
+            stmt = stmt.where(Ticket.priority == q.priority)
+        if q.assignee:
+            if q.assignee == "me":
+                stmt = stmt.where(Ticket.assignee_id == who.user_id)
+            else:
+                user = await people.user_by_name(session, q.assignee)
+                stmt = stmt.where(Ticket.assignee_id == (user.id if user else "-"))
+        if q.mine:
+            stmt = stmt.where(
+                or_(Ticket.assignee_id == who.user_id, Ticket.requester_id == who.user_id)
+            )
+        if q.source:
+            stmt = stmt.where(Ticket.source == q.source)
+        if q.type:
+            stmt = stmt.where(Ticket.type == q.type)
+        if q.tier:
+            stmt = stmt.where(Ticket.tier == q.tier)
+        if q.q:
+            stmt = stmt.where(Ticket.title.ilike(f"%{q.q}%"))
+        if q.agent_id:
+            stmt = stmt.where(
+                Ticket.id.in_(
+                    select(TicketAgent.ticket_id).where(TicketAgent.agent_id == q.agent_id)
+                )
+            )
+        if q.after:
+            stmt = stmt.where(Ticket.number < q.after)
+        rows = (await session.scalars(stmt.order_by(Ticket.number.desc()).limit(q.limit))).all()
+        items = [await ticket_out(session, t, who) for t in rows]
+    nxt = str(rows[-1].number) if len(rows) == q.limit else None
+    return json_response(TicketList(items=items, next=nxt))
+
+
+class NewTicket(BaseModel):
+    title: str = Field(min_length=1, max_length=300)
+    description: str = Field("", max_length=20000)
+    type: TicketType = "incident"
+    site: str = Field(min_length=1, max_length=100)
+    impact: int = Field(3, ge=1, le=3)
+    urgency: int = Field(3, ge=1, le=3)
+    priority: Priority | None = Field(None, description="override impact x urgency")
+    agent_ids: list[str] = Field(default_factory=list, max_length=100)
+    tier: Literal["site", "hq"] | None = Field(
+        None, description="default: site when opened by site people, else hq"
+    )
+
+
+@routes.route(
+    "POST",
+    "/api/v1/tickets",
+    permission="tickets:write",
+    body=NewTicket,
+    response=TicketDetail,
+    status=201,
+    summary="Open a ticket",
+)
+async def create_ticket(request: web.Request) -> web.Response:
+    svc = services(request)
+    who = principal(request)
+    req = body(request, NewTicket)
+    async with svc.sessions.begin() as session:
+        site = await people.site_by_name(session, req.site)
+        if site is None or not who.allowed("tickets:write", site.id):
+            raise NotFound("site not found", fields={"site": "no such site"})
+        for agent_id in req.agent_ids:
+            found = await fleet.get_agent(session, agent_id)
+            if (
+                found is None
+                or found[0].site_id != site.id
+                or not who.allowed("agents:read", site.id)
+            ):
+                raise Invalid(
+                    "unknown agent", fields={"agent_ids": f"{agent_id}: not on this site"}
+                )
+        staff = not who.sees_all_tickets(site.id)
+        if staff and req.priority is not None:
+            raise Forbidden("site staff cannot set a priority", fields={"priority": "not allowed"})
+        hq_side = who.allowed("tickets:write", None)
+        ticket = await ticketing.create(
+            session,
+            site_id=site.id,
+            title=req.title,
+            description=req.description,
+            type=req.type,
+            impact=req.impact,
+            urgency=req.urgency,
+            priority=req.priority,
+            source="console" if who.via == "session" else "api",
+            tier=req.tier or ("hq" if hq_side and not staff else "site"),
+            requester_id=who.user_id,
+            requester_name=who.username,
+            agent_ids=req.agent_ids,
+            actor=who.actor(),
+        )
+        out = await detail(session, ticket, who)
+    return json_response(out, status=201)
+
+
+async def detail(session: AsyncSession, ticket: Ticket, who: Principal) -> TicketDetail:
+    base = await ticket_out(session, ticket, who)
+    stmt = select(TicketEvent).where(TicketEvent.ticket_id == ticket.id).order_by(TicketEvent.id)
+    if not who.sees_all_tickets(ticket.site_id):
+        stmt = stmt.where(TicketEvent.internal.is_(False))
+    events = (await session.scalars(stmt)).all()
+    return TicketDetail(
+        **base.model_dump(),
+        timeline=[
+            EventOut(
+                id=e.id,
+                at=e.at,
+                kind=e.kind,
+                actor=e.actor_name,
+                actor_type=e.actor_type,
+                internal=e.internal,
+                body=e.body,
+                data=e.data,
+            )
+            for e in events
+        ],
+    )
+
+
+@routes.route(
+    "GET",
+    "/api/v1/tickets/{ticket_id}",
+    permission="tickets:read",
+    response=TicketDetail,
+    summary="A ticket with its timeline and SLA clocks",
+)
+async def get_ticket(request: web.Request) -> web.Response:
+    async with services(request).sessions() as session:
+        ticket = await load_ticket(session, request)
+        out = await detail(session, ticket, principal(request))
+    return json_response(out)
+
+
+class TicketPatch(BaseModel):
+    title: str | None = Field(None, min_length=1, max_length=300)
+    description: str | None = Field(None, max_length=20000)
+    type: TicketType | None = None
+    impact: int | None = Field(None, ge=1, le=3)
+    urgency: int | None = Field(None, ge=1, le=3)
+    priority: Priority | None = None
+
+
+async def _workable(session: AsyncSession, request: web.Request) -> tuple[Ticket, Principal]:
+    who = principal(request)
+    ticket = await load_ticket(session, request)
+    if not who.works_tickets(ticket.site_id):
+        raise Forbidden("working this ticket needs tickets:write with agents:read on its site")
+    return ticket, who
+
+
+@routes.route(
+    "PATCH",
+    "/api/v1/tickets/{ticket_id}",
+    permission="tickets:write",
+    body=TicketPatch,
+    response=TicketDetail,
+    summary="Change title, description, type, impact, urgency or priority",
+)
+async def patch_ticket(request: web.Request) -> web.Response:
+    req = body(request, TicketPatch)
+    async with services(request).sessions.begin() as session:
+        ticket, who = await _workable(session, request)
+        changed = req.model_dump(exclude_none=True)
+        for key, value in changed.items():
+            setattr(ticket, key, value)
+        if ("impact" in changed or "urgency" in changed) and "priority" not in changed:
+            ticket.priority = priority_of(ticket.impact, ticket.urgency)
+        await ticketing.refresh_dues(session, ticket)
+        await ticketing.record_event(
+            session,
+            ticket,
+            who.actor(),
+            "update",
+            "update",
+            data={"changed": sorted(changed), "priority": ticket.priority},
+        )
+        out = await detail(session, ticket, who)
+    return json_response(out)
+
+
+class TransitionRequest(BaseModel):
+    action: Literal["ack", "start", "wait", "resolve", "close", "reopen", "cancel"]
+    reason: Literal["on_site", "on_requester", "on_vendor"] | None = Field(
+        None, description="why it waits (action wait)"
+    )
+    note: str | None = Field(None, max_length=20000)
+    resolution_code: str | None = Field(None, max_length=40)
+    resolution_text: str | None = Field(None, max_length=20000)
+
+
+@routes.route(
+    "POST",
+    "/api/v1/tickets/{ticket_id}/transition",
+    permission="tickets:write",
+    body=TransitionRequest,
+    response=TicketDetail,
+    summary="Move a ticket through its lifecycle; 409 names the allowed actions",
+)
+async def transition_ticket(request: web.Request) -> web.Response:
+    req = body(request, TransitionRequest)
+    async with services(request).sessions.begin() as session:
+        ticket, who = await _workable(session, request)
+        await ticketing.act(
+            session,
+            ticket,
+            req.action,
+            who.actor(),
+            reason=req.reason,
+            note=req.note,
+            resolution_code=req.resolution_code,
+            resolution_text=req.resolution_text,
+        )
+        out = await detail(session, ticket, who)
+    return json_response(out)
+
+
+class CommentRequest(BaseModel):
+    body: str = Field(min_length=1, max_length=20000)
+    internal: bool = Field(False, description="visible to IT only")
+
+
+@routes.route(
+    "POST",
+    "/api/v1/tickets/{ticket_id}/comments",
+    permission="tickets:write",
+    body=CommentRequest,
+    response=TicketDetail,
+    status=201,
+    summary="Comment (public, or internal for IT)",
+)
+async def comment(request: web.Request) -> web.Response:
+    req = body(request, CommentRequest)
+    async with services(request).sessions.begin() as session:
+        who = principal(request)
+        ticket = await load_ticket(session, request)
+        if not who.allowed("tickets:write", ticket.site_id):
+            raise Forbidden("commenting needs tickets:write on this site")
+        staff = not who.sees_all_tickets(ticket.site_id)
+        if staff and req.internal:
+            raise Forbidden("site staff cannot write internal notes", fields={"internal": "no"})
+        await ticketing.comment(
+            session,
+            ticket,
+            who.actor(),
+            req.body,
+            internal=req.internal,
+            by_requester=ticket.requester_id == who.user_id,
+        )
+        out = await detail(session, ticket, who)
+    return json_response(out, status=201)
+
+
+class AssignRequest(BaseModel):
+    assignee: str | None = Field(description="user name or id; null to unassign")
+
+
+@routes.route(
+    "POST",
+    "/api/v1/tickets/{ticket_id}/assign",
+    permission="tickets:assign",
+    body=AssignRequest,
+    response=TicketDetail,
+    summary="Assign or unassign",
+)
+async def assign(request: web.Request) -> web.Response:
+    req = body(request, AssignRequest)
+    async with services(request).sessions.begin() as session:
+        ticket, who = await _workable(session, request)
+        if not who.allowed("tickets:assign", ticket.site_id):
+            raise Forbidden("assigning needs tickets:assign on this site")
+        user = None
+        if req.assignee:
+            user = await people.user_by_name(session, req.assignee) or await session.get(
+                User, req.assignee
+            )
+            if user is None or user.disabled:
+                raise Invalid("unknown user", fields={"assignee": "no such user"})
+            rights = await people.rights_for(session, user.id)
+            if not rbac.allowed(rights, "tickets:write", ticket.site_id):
+                raise Invalid(
+                    "that user cannot work tickets on this site",
+                    fields={"assignee": "no tickets:write on the ticket's site"},
+                )
+        await ticketing.assign(session, ticket, user, who.actor())
+        out = await detail(session, ticket, who)
+    return json_response(out)
+
+
+class EscalateRequest(BaseModel):
+    reason: str = Field(min_length=1, max_length=5000)
+
+
+@routes.route(
+    "POST",
+    "/api/v1/tickets/{ticket_id}/escalate",
+    permission="tickets:assign",
+    body=EscalateRequest,
+    response=TicketDetail,
+    summary="Escalate a site-tier ticket to HQ, with a reason",
+)
+async def escalate(request: web.Request) -> web.Response:
+    req = body(request, EscalateRequest)
+    async with services(request).sessions.begin() as session:
+        ticket, who = await _workable(session, request)
+        if not who.allowed("tickets:assign", ticket.site_id):
+            raise Forbidden("escalating needs tickets:assign on this site")
+        await ticketing.escalate(session, ticket, req.reason, who.actor())
+        out = await detail(session, ticket, who)
+    return json_response(out)
+
+
+class LinkRequest(BaseModel):
+    agent_id: str
+
+
+@routes.route(
+    "POST",
+    "/api/v1/tickets/{ticket_id}/agents",
+    permission="tickets:write",
+    body=LinkRequest,
+    response=TicketDetail,
+    summary="Link an agent of the ticket's site",
+)
+async def link_agent(request: web.Request) -> web.Response:
+    req = body(request, LinkRequest)
+    async with services(request).sessions.begin() as session:
+        ticket, who = await _workable(session, request)
+        agent = await session.get(Agent, req.agent_id)
+        if agent is None or agent.site_id != ticket.site_id:
+            raise Invalid("unknown agent", fields={"agent_id": "not on the ticket's site"})
+        await ticketing.link_agent(session, ticket, agent.id, who.actor())
+        out = await detail(session, ticket, who)
+    return json_response(out)
+
+
+class AttachRequest(BaseModel):
+    result_id: str
+
+
+@routes.route(
+    "POST",
+    "/api/v1/tickets/{ticket_id}/results",
+    permission="tickets:write",
+    body=AttachRequest,
+    response=TicketDetail,
+    summary="Attach a stored run result to the ticket's timeline",
+)
+async def attach_result(request: web.Request) -> web.Response:
+    req = body(request, AttachRequest)
+    async with services(request).sessions.begin() as session:
+        ticket, who = await _workable(session, request)
+        record = await session.get(RunRecord, req.result_id)
+        if (
+            record is None
+            or record.site_id != ticket.site_id
+            or not who.allowed("diag:run", record.site_id)
+        ):
+            raise Invalid("unknown result", fields={"result_id": "no such result on this site"})
+        await ticketing.record_event(
+            session,
+            ticket,
+            who.actor(),
+            "run",
+            "attach_result",
+            f"{record.name} on {record.agent_id}: {record.status}",
+            internal=True,
+            data={
+                "run_id": record.id,
+                "name": record.name,
+                "agent_id": record.agent_id,
+                "status": record.status,
+            },
+        )
+        out = await detail(session, ticket, who)
+    return json_response(out)
+
+
+class RatingRequest(BaseModel):
+    score: int = Field(ge=1, le=5)
+    comment: str = Field("", max_length=5000)
+
+
+@routes.route(
+    "POST",
+    "/api/v1/tickets/{ticket_id}/rating",
+    permission="tickets:write",
+    body=RatingRequest,
+    response=TicketDetail,
+    summary="The requester rates the help (1-5), once, after resolution",
+)
+async def rate(request: web.Request) -> web.Response:
+    req = body(request, RatingRequest)
+    async with services(request).sessions.begin() as session:
+        who = principal(request)
+        ticket = await load_ticket(session, request)
+        if ticket.requester_id != who.user_id:
+            raise Forbidden("only the requester rates a ticket")
+        worked = await session.scalar(
+            select(TicketEvent.id)
+            .where(
+                TicketEvent.ticket_id == ticket.id,
+                TicketEvent.actor_id == who.user_id,
+                TicketEvent.kind.in_(("state", "assignment", "escalation")),
+            )
+            .limit(1)
+        )
+        if worked is not None or ticket.assignee_id == who.user_id:
+            raise Forbidden("nobody rates a ticket they worked")
+        await ticketing.rate(session, ticket, req.score, req.comment, who.actor())
+        out = await detail(session, ticket, who)
+    return json_response(out)
