@@ -3,6 +3,7 @@
 DIR/config.toml   identity, HQ endpoints, pinned HQ key, tuning (0600)
 DIR/agent_key     the agent's ed25519 host key, made on this machine (0600)
 DIR/spool.db      unacknowledged frames (see agent.spool)
+DIR/policy.toml   the site's local policy (see agent.policy)
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class ConfigDir:
     @property
     def spool_file(self) -> Path:
         return self.path / "spool.db"
+
+    @property
+    def policy_file(self) -> Path:
+        return self.path / "policy.toml"
 
     def exists(self) -> bool:
         return self.config_file.exists()

@@ -5,7 +5,8 @@ We connect, compare the certificate HQ presents with that fingerprint *before
 sending anything*, then send the token and this machine's new public key.
 HQ answers with the agent id and the SSH endpoint and key to pin.
 
-The agent's ed25519 key is made here and never leaves the machine.
+The agent's ed25519 key is made here and never leaves the machine. The
+default local policy (policy.toml) is written too, unless one exists.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 import asyncssh
 
 from agent.config import AgentConfig, ConfigDir, write_private
+from agent.policy import ensure_policy
 from shared.enrolltoken import EnrollToken, cert_fingerprint
 from shared.version import __version__
 
@@ -115,6 +117,7 @@ def enroll(
     config_dir.path.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_private(config_dir.key_file, key.export_private_key("openssh"))
     config_dir.save(config)
+    ensure_policy(config_dir.policy_file)  # an existing policy (re-enroll) is kept
     if config_dir.spool_file.exists() and force:
         config_dir.spool_file.unlink()
     return config

@@ -1,0 +1,224 @@
+"""The site's local policy: what HQ may ever do on this machine.
+
+Defence in depth: HQ checks permissions, tickets and consent, and the agent
+checks this file whatever HQ asks, so a compromised HQ still cannot exceed
+what the site allowed.
+
+DIR/policy.toml holds flat top-level keys (see `TEMPLATE`, written with a
+comment per key by `fieldlink-agent enroll`). The daemon reads it at start
+and again on SIGHUP; a broken file on reload keeps the previous policy.
+
+`check_run()` is the one pure decision: may a run of this tier go ahead?
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from agent.config import ConfigError, write_private
+from shared import protocol as p
+
+MIB = 1024 * 1024
+
+
+class PolicyError(ConfigError):
+    """The policy file is unreadable or invalid; the message says where and why."""
+
+
+def current_user() -> str:
+    """The name of the user this agent runs as."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def _absolute(value: str) -> str:
+    if not value.startswith("/") or "\x00" in value:
+        raise ValueError(f"{value!r} is not an absolute path")
+    return os.path.normpath(value)
+
+
+AbsPath = Annotated[str, AfterValidator(_absolute)]
+
+
+class Policy(BaseModel):
+    """The effective local policy. Unknown keys and wrong types are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    allow_actions: bool = True
+    allow_exec: bool = False
+    allow_shell: bool = False
+    require_consent: bool = True
+    shell_user: str = Field(default_factory=current_user, min_length=1, max_length=64)
+    file_roots: list[AbsPath] = Field(default_factory=lambda: ["/var/log"], max_length=64)
+    max_output_bytes: int = Field(default=MIB, ge=1024, le=64 * MIB)
+    max_runtime_seconds: float = Field(default=300.0, gt=0, le=24 * 3600)
+    max_concurrent: int = Field(default=4, ge=1, le=64)
+    cleanup_dirs: list[AbsPath] = Field(
+        default_factory=lambda: ["/tmp", "/var/tmp"],  # noqa: S108 - the system temp dirs are what disk.cleanup cleans
+        max_length=64,
+    )
+    cleanup_min_age_hours: float = Field(default=24.0, ge=0)
+
+    def summary(self) -> p.PolicySummary:
+        """What HQ is told about this policy (in the hello)."""
+        return p.PolicySummary(
+            allow_actions=self.allow_actions,
+            allow_exec=self.allow_exec,
+            allow_shell=self.allow_shell,
+            require_consent=self.require_consent,
+            file_roots=list(self.file_roots),
+            max_output_bytes=self.max_output_bytes,
+            max_runtime_seconds=self.max_runtime_seconds,
+            max_concurrent=self.max_concurrent,
+        )
+
+
+def check_run(policy: Policy, tier: p.Tier, *, shell: bool) -> str | None:
+    """Why this machine's policy refuses a run of `tier`, or None if it allows it.
+
+    Diagnostics are always allowed. Actions need `allow_actions`; plain
+    commands need `allow_exec`, and a shell string needs `allow_shell` too.
+    """
+    if tier == "diagnostic":
+        return None
+    if tier == "action":
+        if not policy.allow_actions:
+            return "this machine's policy does not allow actions (allow_actions = false)"
+        return None
+    if not policy.allow_exec:
+        return "this machine's policy does not allow plain commands (allow_exec = false)"
+    if shell and not policy.allow_shell:
+        return (
+            "this machine's policy does not allow shell command strings (allow_shell = false); "
+            "send an argv list instead"
+        )
+    return None
+
+
+def _toml_str(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _toml_list(values: list[str]) -> str:
+    return "[" + ", ".join(_toml_str(v) for v in values) + "]"
+
+
+def template(policy: Policy | None = None) -> str:
+    """The policy file's text: every key with a comment saying what it does."""
+    pol = policy if policy is not None else Policy()
+
+    def flag(value: bool) -> str:
+        return "true" if value else "false"
+
+    return f"""\
+# Fieldlink agent local policy: what HQ may ever do on this machine.
+# The agent enforces this file whatever HQ asks. After editing, reload with
+#   kill -HUP <agent pid>   (or restart the agent)
+# A file that does not parse on reload is ignored and the previous policy kept.
+# Check it with: fieldlink-agent policy --config-dir <this directory>
+
+# Allow state-changing actions (service.restart, process.kill, disk.cleanup,
+# net.flush_dns). Read-only diagnostics are always allowed.
+allow_actions = {flag(pol.allow_actions)}
+
+# Allow plain commands ("exec": an argv list run without a shell).
+allow_exec = {flag(pol.allow_exec)}
+
+# Also allow shell command strings for exec (run with /bin/sh -c).
+# Needs allow_exec = true as well.
+allow_shell = {flag(pol.allow_shell)}
+
+# Ask the site for consent before shells, plain commands and file writes.
+# HQ reads this and asks; the site may answer from this machine.
+require_consent = {flag(pol.require_consent)}
+
+# The user plain commands and shells run as. The agent must run as root to
+# use any other user than its own.
+shell_user = {_toml_str(pol.shell_user)}
+
+# Directories HQ may read files under (log.tail, disk.largest). Paths are
+# resolved first, so ".." and symlinks cannot lead outside them.
+file_roots = {_toml_list(pol.file_roots)}
+
+# Most output one run may send (bytes); beyond it output is cut and the run
+# stopped.
+max_output_bytes = {pol.max_output_bytes}
+
+# Longest any run may take (seconds); then its processes are killed.
+max_runtime_seconds = {pol.max_runtime_seconds:g}
+
+# How many runs may go on at once; more wait a moment, then are refused.
+max_concurrent = {pol.max_concurrent}
+
+# Temporary directories disk.cleanup may delete old files from.
+cleanup_dirs = {_toml_list(pol.cleanup_dirs)}
+
+# disk.cleanup deletes only files untouched for at least this many hours.
+cleanup_min_age_hours = {pol.cleanup_min_age_hours:g}
+"""
+
+
+def write_default(path: Path, policy: Policy | None = None) -> None:
+    """Write the policy file with its comments (owner-only), replacing any old one."""
+    write_private(path, template(policy).encode())
+
+
+def ensure_policy(path: Path) -> bool:
+    """Write the default policy file if there is none; True if it was written."""
+    if path.exists():
+        return False
+    write_default(path)
+    return True
+
+
+def _describe(exc: ValidationError) -> str:
+    parts: list[str] = []
+    for err in exc.errors():
+        where = ".".join(str(x) for x in err["loc"]) or "file"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key {where!r}")
+        else:
+            parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_policy(text: str, source: str = "policy") -> Policy:
+    """A policy from TOML text; PolicyError names the line or key that is wrong."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{source} is not valid TOML: {exc}") from None
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(f"invalid {source}: {_describe(exc)}") from None
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and check the policy file at `path`."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise PolicyError(
+            f"{path} not found: write the default with `fieldlink-agent policy --init`"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"cannot read {path}: {exc}") from None
+    policy = parse_policy(text, str(path))
+    try:
+        pwd.getpwnam(policy.shell_user)
+    except KeyError:
+        raise PolicyError(
+            f"invalid {path}: shell_user {policy.shell_user!r} is not a user on this machine"
+        ) from None
+    return policy
