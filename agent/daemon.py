@@ -1,5 +1,6 @@
-"""The agent daemon: samples health on a schedule into the spool and keeps
-the link to HQ up. `fieldlink-agent run` runs `Daemon.run()`.
+"""The agent daemon: samples health on a schedule into the spool, keeps the
+link to HQ up and serves HQ's runs under the local policy.
+`fieldlink-agent run` runs `Daemon.run()`; SIGHUP reloads the policy.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from typing import Any
 import asyncssh
 import structlog
 
+from agent import catalog
 from agent.config import AgentConfig, ConfigDir
 from agent.link import Link, Telemetry
+from agent.policy import Policy, PolicyError, ensure_policy, load_policy
+from agent.run import RunService
 from agent.sampler import Sampler, collect_facts
 from agent.spool import Spool
 from shared import protocol as p
@@ -30,6 +34,9 @@ class Daemon:
         self.dir = config_dir
         self.config: AgentConfig = config_dir.load()
         self.interval = interval if interval is not None else self.config.interval
+        if ensure_policy(config_dir.policy_file):
+            log.warning("policy_written_default", path=str(config_dir.policy_file))
+        self.runs = RunService(load_policy(config_dir.policy_file))
         self.spool = Spool(config_dir.spool_file, self.config.spool_max_frames)
         self.telemetry = Telemetry(self.spool, self._hello)
         self.link = Link(
@@ -41,6 +48,7 @@ class Daemon:
             backoff_cap=self.config.backoff_cap,
             telemetry=self.telemetry,
             spool=self.spool,
+            process_handlers={p.RUN_SUBSYSTEM: self.runs.serve},
         )
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -53,7 +61,28 @@ class Daemon:
             version=__version__,
             facts=facts,
             spool_dropped=self.spool.dropped,
+            catalog=catalog.advertise(),
+            policy=self.policy.summary(),
         )
+
+    @property
+    def policy(self) -> Policy:
+        return self.runs.policy
+
+    def reload_policy(self) -> bool:
+        """Read policy.toml again. A broken file keeps the current policy (and
+        says why in the log); a good one applies to runs from now on and is
+        announced to HQ in a fresh hello. True if the new policy was taken."""
+        path = self.dir.policy_file
+        try:
+            policy = load_policy(path)
+        except PolicyError as exc:
+            log.error("policy_reload_failed", path=str(path), error=str(exc))
+            return False
+        self.runs.policy = policy
+        self.telemetry.resend_hello()
+        log.info("policy_reloaded", path=str(path), **policy.summary().model_dump())
+        return True
 
     async def _sample_loop(self) -> None:
         sampler = await asyncio.to_thread(Sampler)
@@ -104,6 +133,8 @@ class Daemon:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, self.stop)
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGHUP, self.reload_policy)
         log.info(
             "agent_started",
             agent_id=self.config.agent_id,
@@ -118,6 +149,7 @@ class Daemon:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.runs.close()
             self.link.close()
             self.spool.close()
             log.info("agent_stopped", agent_id=self.config.agent_id)

@@ -86,10 +86,16 @@ class Telemetry:
         self._spool = spool
         self._hello = hello
         self._new = asyncio.Event()
+        self._rehello = False
         self._current: asyncssh.SSHServerProcess[bytes] | None = None
 
     def notify(self) -> None:
         """A frame was appended to the spool."""
+        self._new.set()
+
+    def resend_hello(self) -> None:
+        """What the hello says has changed (policy reload): send it again."""
+        self._rehello = True
         self._new.set()
 
     async def serve(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
@@ -110,10 +116,14 @@ class Telemetry:
 
     async def _send(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         try:
+            self._rehello = False
             process.stdout.write(p.encode(await self._hello()))
             cursor = 0
             while True:
                 self._new.clear()
+                if self._rehello:
+                    self._rehello = False
+                    process.stdout.write(p.encode(await self._hello()))
                 batch = await asyncio.to_thread(self._spool.pending, cursor, _BATCH)
                 if not batch:
                     await self._new.wait()
