@@ -3,6 +3,8 @@
 fieldlink-agent enroll TOKEN --config-dir DIR
 fieldlink-agent run --config-dir DIR [--interval SECONDS]
 fieldlink-agent status --config-dir DIR
+fieldlink-agent policy --config-dir DIR [--init] [--json]
+fieldlink-agent catalog [--json]
 """
 
 from __future__ import annotations
@@ -57,7 +59,48 @@ def _parser() -> argparse.ArgumentParser:
 
     s = add("status", "show this agent's identity, link state and spool")
     s.add_argument("--json", action="store_true", help="print JSON")
+
+    pol = add("policy", "check and show this machine's local policy (policy.toml)")
+    pol.add_argument("--json", action="store_true", help="print JSON")
+    pol.add_argument(
+        "--init", action="store_true", help="write the default policy file if there is none"
+    )
+
+    c = add("catalog", "list the diagnostics and actions this agent offers HQ")
+    c.add_argument("--json", action="store_true", help="print JSON, with parameter schemas")
     return parser
+
+
+def _policy(config_dir: ConfigDir, as_json: bool, init: bool) -> int:
+    from agent.policy import ensure_policy, load_policy
+
+    path = config_dir.policy_file
+    if init:
+        config_dir.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if ensure_policy(path):
+            print(f"wrote the default policy to {path}", file=sys.stderr)
+    policy = load_policy(path)
+    values = policy.model_dump()
+    if as_json:
+        print(json.dumps(values, indent=2))
+        return 0
+    print(f"# effective policy from {path}")
+    for key, value in values.items():
+        print(f"{key} = {json.dumps(value)}")
+    return 0
+
+
+def _catalog(as_json: bool) -> int:
+    from agent import catalog
+
+    entries = catalog.advertise()
+    if as_json:
+        print(json.dumps([e.model_dump() for e in entries], indent=2))
+        return 0
+    width = max(len(e.name) for e in entries)
+    for e in entries:
+        print(f"{e.name:<{width}}  {e.tier:<10}  {e.description}")
+    return 0
 
 
 def _fmt_time(value: str | None) -> str:
@@ -128,6 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "status":
             return _status(config_dir, args.json)
+        if args.command == "policy":
+            return _policy(config_dir, args.json, args.init)
+        if args.command == "catalog":
+            return _catalog(args.json)
     except (ConfigError, EnrollError) as exc:
         print(f"fieldlink-agent: {exc}", file=sys.stderr)
         return 1
