@@ -716,3 +716,28 @@ def test_catalog_and_policy_keep_the_agent_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert int(out.stdout) < 8 * 1024 * 1024, f"{int(out.stdout) / 1048576:.1f} MiB added"
+
+
+async def test_sighup_reloads_the_policy(sqlite_hq, agent_factory):
+    """A daemon run with signal handlers reloads policy.toml on SIGHUP."""
+    import signal
+
+    from agent.daemon import Daemon
+
+    handle = await agent_factory(sqlite_hq, run=False)
+    daemon = Daemon(handle.dir, interval=0.2)
+    task = asyncio.create_task(daemon.run(install_signals=True))
+    try:
+        await wait_until(lambda: daemon.link.connected.is_set(), what="connected")
+        assert daemon.policy.allow_exec is False
+        write_default(handle.dir.policy_file, Policy(allow_exec=True))
+        with capture_logs() as logs:
+            os.kill(os.getpid(), signal.SIGHUP)
+            await wait_until(lambda: daemon.policy.allow_exec, timeout=5, what="reloaded")
+        assert any(e["event"] == "policy_reloaded" for e in logs)
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 15)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
