@@ -142,7 +142,8 @@ class Telemetry:
                 return
             for line in decoder.feed(data):
                 frame = p.decode_hq_frame(line)
-                await asyncio.to_thread(self._spool.ack, frame.kind, frame.seqs)
+                if isinstance(frame, p.Ack):
+                    await asyncio.to_thread(self._spool.ack, frame.kind, frame.seqs)
 
 
 class Link:

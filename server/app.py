@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.api import admin, agents, audit, auth, enroll, jobs, runs, system, tickets
+from server.api import (
+    admin,
+    agents,
+    alerts,
+    audit,
+    auth,
+    enroll,
+    jobs,
+    runs,
+    service_levels,
+    system,
+    tickets,
+)
 from server.api.middleware import enforce, errors
 from server.api.routing import ApiRouter
 from server.context import SERVICES, Services
@@ -19,6 +31,8 @@ ROUTERS: list[ApiRouter] = [
     runs.routes,
     jobs.routes,
     tickets.routes,
+    alerts.routes,
+    service_levels.routes,
 ]
 
 MAX_BODY = 1024 * 1024

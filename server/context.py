@@ -14,7 +14,9 @@ from server.metrics import Metrics
 from server.settings import Settings
 
 if TYPE_CHECKING:
+    from server.alerting import AlertEngine
     from server.jobs import Jobs
+    from server.webhooks import Sender
 
 
 @dataclass
@@ -32,6 +34,18 @@ class Services:
     http_port: int = 0
     extras: dict[str, object] = field(default_factory=dict)
     _jobs: Jobs | None = None
+    _alerts: AlertEngine | None = None
+    _webhooks: Sender | None = None
+
+    @property
+    def alerts(self) -> AlertEngine:
+        assert self._alerts is not None, "alerts not started"
+        return self._alerts
+
+    @property
+    def webhooks(self) -> Sender:
+        assert self._webhooks is not None, "webhooks not started"
+        return self._webhooks
 
     @property
     def jobs(self) -> Jobs:

@@ -14,6 +14,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from server import slamonitor
+from server.alerting import AlertEngine, ensure_default_rules
 from server.app import make_app
 from server.context import Services
 from server.control import ControlServer
@@ -25,7 +27,9 @@ from server.metrics import Metrics
 from server.settings import Settings
 from server.store import fleet, people
 from server.store.db import make_engine, migrate, sessionmaker
+from server.store.hooks import CommitHooks
 from server.store.models import utcnow
+from server.webhooks import Sender
 
 log = structlog.get_logger(__name__)
 
@@ -70,7 +74,8 @@ class HQ:
         self.datadir.require()
         engine = make_engine(self.settings.db_url())
         await migrate(engine)
-        sessions = sessionmaker(engine)
+        hooks = CommitHooks()
+        sessions = sessionmaker(engine, hooks)
         async with sessions.begin() as session:
             await people.ensure_builtin_roles(session)
             await fleet.mark_node_offline(session, self.settings.node_id)
@@ -85,6 +90,7 @@ class HQ:
             keepalive_interval=self.settings.keepalive_interval,
             max_pending=self.settings.max_pending_handshakes,
         )
+        hooks.tickets_changed.append(gateway.tickets_changed)
         self.services = svc = Services(
             settings=self.settings,
             datadir=self.datadir,
@@ -115,6 +121,14 @@ class HQ:
         self._spawn(self._refresh_keys_loop(), "key-refresh")
         self._spawn(self._prune_loop(), "prune")
         self._spawn(jobs.sweep_loop(), "job-sweep")
+        await ensure_default_rules(svc)
+        svc._alerts = alert_engine = AlertEngine(svc)
+        ingestor.listeners.append(alert_engine.on_ingest)
+        self._spawn(alert_engine.run(), "alerts")
+        self._spawn(alert_engine.offline_loop(), "alerts-offline")
+        svc._webhooks = sender = Sender(svc)
+        self._spawn(sender.run(), "webhooks")
+        self._spawn(slamonitor.loop(svc), "sla")
         self._control = ControlServer(self.datadir.control_socket, self._on_control)
         await self._control.start()
         self.datadir.write_serve_info(
@@ -180,6 +194,8 @@ class HQ:
             await self._control.stop()
         await self.svc.gateway.stop()
         await self.svc.jobs.stop()
+        if self.svc._alerts is not None:
+            await self.svc.alerts.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         for task in list(self._tasks):

@@ -11,7 +11,6 @@ when reconnects race. Items left `running` by an HQ that died are marked
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import structlog
@@ -31,6 +30,29 @@ MAX_CONCURRENT = 64
 SWEEP_SECONDS = 5.0
 
 
+class Subscription:
+    """One listener's queue of a job's events; `async for` them, then `aclose()`."""
+
+    def __init__(self, subs: dict[str, set[asyncio.Queue[dict[str, Any]]]], job_id: str) -> None:
+        self._subs = subs
+        self._job_id = job_id
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        subs.setdefault(job_id, set()).add(self._queue)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        return await self._queue.get()
+
+    async def aclose(self) -> None:
+        subs = self._subs.get(self._job_id)
+        if subs is not None:
+            subs.discard(self._queue)
+            if not subs:
+                del self._subs[self._job_id]
+
+
 class Jobs:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
@@ -44,18 +66,10 @@ class Jobs:
         for queue in self._subs.get(job_id, ()):
             queue.put_nowait(event)
 
-    async def subscribe(self, job_id: str) -> AsyncGenerator[dict[str, Any], None]:
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._subs.setdefault(job_id, set()).add(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            subs = self._subs.get(job_id)
-            if subs is not None:
-                subs.discard(queue)
-                if not subs:
-                    del self._subs[job_id]
+    def subscribe(self, job_id: str) -> Subscription:
+        """This job's events from now on: registered before this returns, so
+        nothing published while the caller reads a snapshot is missed."""
+        return Subscription(self._subs, job_id)
 
     # --- running -------------------------------------------------------------------
 
@@ -86,6 +100,8 @@ class Jobs:
             if self.svc.gateway.registry.get(await self._agent_of(item_id)) is None:
                 return  # stays queued until the agent connects here
             now = utcnow()
+            expired = finished = False
+            prep: Prepared | None = None
             async with self.svc.sessions.begin() as session:
                 item = await session.get(JobItem, item_id)
                 if item is None:
@@ -98,28 +114,35 @@ class Jobs:
                         .where(JobItem.id == item_id, JobItem.status == "queued")
                         .values(status="expired", updated_at=now)
                     )
-                    if getattr(claimed, "rowcount", 0):
-                        self._publish(job.id, {"agent_id": item.agent_id, "status": "expired"})
-                    return
-                claimed = await session.execute(
-                    update(JobItem)
-                    .where(JobItem.id == item_id, JobItem.status == "queued")
-                    .values(status="running", updated_at=now)
-                )
-                if not getattr(claimed, "rowcount", 0):
-                    return  # someone else has it
-                prep = Prepared(
-                    agent_id=item.agent_id,
-                    site_id=item.site_id,
-                    name=job.name,
-                    tier=job.tier,
-                    params=job.params,
-                    ticket=await self._ticket(session, job.ticket_id),
-                    timeout=job.timeout,
-                    actor=Actor("user", job.created_by, job.created_by_name, "job"),
-                    user_id=job.created_by,
-                    job_id=job.id,
-                )
+                    expired = bool(getattr(claimed, "rowcount", 0))
+                    finished = expired and await self._maybe_finish(session, job.id)
+                else:
+                    claimed = await session.execute(
+                        update(JobItem)
+                        .where(JobItem.id == item_id, JobItem.status == "queued")
+                        .values(status="running", updated_at=now)
+                    )
+                    if not getattr(claimed, "rowcount", 0):
+                        return  # someone else has it
+                    prep = Prepared(
+                        agent_id=item.agent_id,
+                        site_id=item.site_id,
+                        name=job.name,
+                        tier=job.tier,
+                        params=job.params,
+                        ticket=await self._ticket(session, job.ticket_id),
+                        timeout=job.timeout,
+                        actor=Actor("user", job.created_by, job.created_by_name, "job"),
+                        user_id=job.created_by,
+                        job_id=job.id,
+                    )
+            # events go out once committed, so a listener that reads the job sees them
+            if prep is None:
+                if expired:
+                    self._publish(job.id, {"agent_id": item.agent_id, "status": "expired"})
+                if finished:
+                    self._publish(job.id, {"done": True})
+                return
             self._publish(job.id, {"agent_id": item.agent_id, "status": "running"})
             record = await execute(self.svc, prep)
             status = record.status if record.status != "offline" else "interrupted"
@@ -129,10 +152,12 @@ class Jobs:
                     .where(JobItem.id == item_id)
                     .values(status=status, result_id=record.id, updated_at=utcnow())
                 )
-                await self._maybe_finish(session, job.id)
+                finished = await self._maybe_finish(session, job.id)
             self._publish(
                 job.id, {"agent_id": item.agent_id, "status": status, "result_id": record.id}
             )
+            if finished:
+                self._publish(job.id, {"done": True})
 
     async def _agent_of(self, item_id: int) -> str:
         async with self.svc.sessions() as session:
@@ -149,7 +174,9 @@ class Jobs:
             return None
         return TicketView(ticket.id, ticket.number, ticket.site_id, ticket.status)
 
-    async def _maybe_finish(self, session: Any, job_id: str) -> None:
+    async def _maybe_finish(self, session: Any, job_id: str) -> bool:
+        """Mark the job finished when no item is left to run; True if it is.
+        The caller publishes `done` after committing (and after the items' events)."""
         left = await session.scalar(
             select(func.count())
             .select_from(JobItem)
@@ -161,7 +188,8 @@ class Jobs:
                 .where(Job.id == job_id, Job.finished_at.is_(None))
                 .values(finished_at=utcnow())
             )
-            self._publish(job_id, {"done": True})
+            return True
+        return False
 
     # --- housekeeping -------------------------------------------------------------------
 
@@ -192,10 +220,11 @@ class Jobs:
                 .where(JobItem.id.in_([r[0] for r in rows]), JobItem.status == "queued")
                 .values(status="expired", updated_at=now)
             )
-            for job_id in {r[1] for r in rows}:
-                await self._maybe_finish(session, job_id)
+            finished = [j for j in {r[1] for r in rows} if await self._maybe_finish(session, j)]
         for _, job_id, agent_id in rows:
             self._publish(job_id, {"agent_id": agent_id, "status": "expired"})
+        for job_id in finished:
+            self._publish(job_id, {"done": True})
         return len(rows)
 
     async def sweep_loop(self) -> None:

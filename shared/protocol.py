@@ -5,8 +5,11 @@ pydantic model with `extra="forbid"`, so a frame either matches this module
 exactly or is rejected. Both sides import this module and nothing else
 describes the format.
 
-Agent -> HQ: `hello` (once, first), `health` (every interval, spooled).
-HQ -> agent: `ack` (after the frames it names are committed).
+Agent -> HQ: `hello` (first, again after a policy reload), `health` (every
+interval), `help` and `rating` (from people at the machine); the last three
+are spooled and carry a per-kind sequence number.
+HQ -> agent: `ack` (after the frames it names are committed), `receipt` (the
+answer to a help request or rating), `tickets` (the machine's tickets).
 
 `FrameDecoder` turns a byte stream into frames and refuses a line longer than
 its limit, so a misbehaving peer cannot make the reader buffer without bound.
@@ -203,12 +206,70 @@ class Health(Model):
     report: HealthReport
 
 
+class Help(Model):
+    """A person at the machine asks for help (`fieldlink-agent help TEXT`).
+    Spooled like health, so a request made while HQ is away is not lost."""
+
+    type: Literal["help"] = "help"
+    seq: int = Field(ge=1)
+    text: str = Field(min_length=1, max_length=5000)
+    user: str = Field(max_length=200)  # the local account that asked
+    assist: bool = False  # asks for someone at HQ to take over (a session offer)
+    asked_at: datetime
+    snapshot: HealthReport | None = None  # a fresh sample taken when asked
+
+
+class Rating(Model):
+    """The requester at the machine rates the help on a ticket it opened."""
+
+    type: Literal["rating"] = "rating"
+    seq: int = Field(ge=1)
+    ticket: str = Field(pattern=r"^FL-\d{1,12}$")
+    score: int = Field(ge=1, le=5)
+    comment: str = Field("", max_length=5000)
+    user: str = Field(max_length=200)
+
+
+SpooledKind = Literal["health", "help", "rating"]
+
+
 class Ack(Model):
     """HQ has committed these frames; the agent may forget them."""
 
     type: Literal["ack"] = "ack"
-    kind: Literal["health"]
+    kind: SpooledKind
     seqs: list[int]
+
+
+class Receipt(Model):
+    """HQ's answer to a help request or rating, sent before its ack: the ticket
+    it opened, or why it refused."""
+
+    type: Literal["receipt"] = "receipt"
+    kind: Literal["help", "rating"]
+    seq: int
+    ok: bool
+    ticket: str | None = None
+    message: str = ""
+
+
+class TicketBrief(Model):
+    number: str
+    title: str
+    status: str
+    priority: str
+    updated_at: datetime
+    assignee: str | None = None
+    rated: bool = False
+    requested_here: bool = False
+
+
+class Tickets(Model):
+    """The machine's open (and recently resolved) tickets, pushed by HQ on
+    connect and whenever one changes, for `fieldlink-agent tickets`."""
+
+    type: Literal["tickets"] = "tickets"
+    items: list[TicketBrief]
 
 
 # --- the `fieldlink-run` subsystem: one run per channel ---------------------------------
@@ -251,11 +312,11 @@ class RunResult(Model):
     finished_at: datetime
 
 
-AgentFrame = Annotated[Hello | Health, Field(discriminator="type")]
-HQFrame = Annotated[Ack, Field(discriminator="type")]
+AgentFrame = Annotated[Hello | Health | Help | Rating, Field(discriminator="type")]
+HQFrame = Annotated[Ack | Receipt | Tickets, Field(discriminator="type")]
 
-_agent_frames: TypeAdapter[Hello | Health] = TypeAdapter(AgentFrame)
-_hq_frames: TypeAdapter[Ack] = TypeAdapter(HQFrame)
+_agent_frames: TypeAdapter[Hello | Health | Help | Rating] = TypeAdapter(AgentFrame)
+_hq_frames: TypeAdapter[Ack | Receipt | Tickets] = TypeAdapter(HQFrame)
 
 
 class FrameError(ValueError):
@@ -278,13 +339,13 @@ def _decode(adapter: TypeAdapter[Any], line: bytes) -> Any:
         raise FrameError(f"invalid frame at {where}: {first['msg']}") from None
 
 
-def decode_agent_frame(line: bytes) -> Hello | Health:
-    frame: Hello | Health = _decode(_agent_frames, line)
+def decode_agent_frame(line: bytes) -> Hello | Health | Help | Rating:
+    frame: Hello | Health | Help | Rating = _decode(_agent_frames, line)
     return frame
 
 
-def decode_hq_frame(line: bytes) -> Ack:
-    frame: Ack = _decode(_hq_frames, line)
+def decode_hq_frame(line: bytes) -> Ack | Receipt | Tickets:
+    frame: Ack | Receipt | Tickets = _decode(_hq_frames, line)
     return frame
 
 

@@ -196,6 +196,26 @@ async def _logout(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
     return "POST", "/api/v1/auth/logout", None
 
 
+RULE = {"name": "grid", "metric": "cpu.percent", "op": ">", "threshold": 99.9, "enabled": False}
+
+
+def _rule(method: str, body: Any = None) -> Build:
+    async def build(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+        async with world.hq.client(world.hq.admin_token) as api:
+            rule = await api.ok("POST", "/api/v1/alert-rules", json={**RULE, "site": SITE_A})
+        return method, f"/api/v1/alert-rules/{rule['id']}", body
+
+    return build
+
+
+async def _webhook(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+    async with world.hq.client(world.hq.admin_token) as api:
+        hook = await api.ok(
+            "POST", "/api/v1/webhooks", json={"url": "https://127.0.0.1:9/h", "secret": "s" * 20}
+        )
+    return "DELETE", f"/api/v1/webhooks/{hook['id']}", None
+
+
 GRID: dict[tuple[str, str], Cell] = {
     ("POST", "/api/v1/auth/logout"): Cell("self", None, _logout),
     ("GET", "/api/v1/me"): Cell("self", None, fixed("GET", "/api/v1/me")),
@@ -340,6 +360,42 @@ GRID: dict[tuple[str, str], Cell] = {
         on_ticket("POST", "/rating", {"score": 5}),
         expect=ticket_rule("tickets:write", 200, requester_only=True),
     ),
+    ("GET", "/api/v1/alert-rules"): Cell(
+        "list", "alerts:manage", fixed("GET", "/api/v1/alert-rules")
+    ),
+    ("POST", "/api/v1/alert-rules"): Cell(
+        "object",
+        "alerts:manage",
+        fixed("POST", "/api/v1/alert-rules", {**RULE, "site": SITE_A}),
+        ok=201,
+    ),
+    ("GET", "/api/v1/alert-rules/{rule_id}"): Cell("object", "alerts:manage", _rule("GET")),
+    ("PATCH", "/api/v1/alert-rules/{rule_id}"): Cell(
+        "object", "alerts:manage", _rule("PATCH", {"threshold": 99})
+    ),
+    ("DELETE", "/api/v1/alert-rules/{rule_id}"): Cell("object", "alerts:manage", _rule("DELETE")),
+    ("GET", "/api/v1/alerts"): Cell("list", "agents:read", fixed("GET", "/api/v1/alerts")),
+    ("GET", "/api/v1/sla-policies"): Cell(
+        "list", "tickets:read", fixed("GET", "/api/v1/sla-policies")
+    ),
+    ("PUT", "/api/v1/sla-policies/{priority}"): Cell(
+        "global",
+        "users:admin",
+        fixed(
+            "PUT",
+            "/api/v1/sla-policies/P4",
+            {"ack_seconds": 28800, "response_seconds": 32400, "resolve_seconds": 162000},
+        ),
+    ),
+    ("GET", "/api/v1/kpis"): Cell("list", "kpi:read", fixed("GET", "/api/v1/kpis")),
+    ("GET", "/api/v1/webhooks"): Cell("global", "users:admin", fixed("GET", "/api/v1/webhooks")),
+    ("POST", "/api/v1/webhooks"): Cell(
+        "global",
+        "users:admin",
+        fixed("POST", "/api/v1/webhooks", {"url": "https://127.0.0.1:9/hook", "secret": "s" * 20}),
+        ok=201,
+    ),
+    ("DELETE", "/api/v1/webhooks/{webhook_id}"): Cell("global", "users:admin", _webhook),
     ("PUT", "/api/v1/agents/{agent_id}/tags"): Cell(
         "object", "agents:enroll", fixed("PUT", "/api/v1/agents/{agent}/tags", {"tags": ["till"]})
     ),

@@ -312,29 +312,27 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def job_events(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     job_id = request.match_info["job_id"]
-    events = svc.jobs.subscribe(job_id)
-    snapshot = await _job_out(request, job_id, with_results=False)
-    resp = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
-    )
-    await resp.prepare(request)
-    visible = {i.agent_id for i in snapshot.items}
+    events = svc.jobs.subscribe(job_id)  # before the snapshot, so no event falls between
+    try:
+        snapshot = await _job_out(request, job_id, with_results=False)
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+        )
+        await resp.prepare(request)
+        visible = {i.agent_id for i in snapshot.items}
 
-    async def send(event: str, data: dict[str, Any]) -> None:
-        await resp.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
+        async def send(event: str, data: dict[str, Any]) -> None:
+            await resp.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
 
-    for item in snapshot.items:
-        await send("item", {"agent_id": item.agent_id, "status": item.status})
-    if snapshot.status != "done":
-        try:
+        for item in snapshot.items:
+            await send("item", {"agent_id": item.agent_id, "status": item.status})
+        if snapshot.status != "done":
             async for event in events:
                 if event.get("done"):
                     break
                 if event.get("agent_id") in visible:
                     await send("item", event)
-        finally:
-            await events.aclose()
-    else:
+    finally:
         await events.aclose()
     final = await _job_out(request, job_id, with_results=False)
     await send("done", {"status": final.status, "counts": final.counts})

@@ -1,14 +1,294 @@
-"""Engineer commands of `fieldlink` (login, agents, run, exec, job, ...)."""
+"""Engineer commands of `fieldlink`: argument parsing and dispatch.
+
+    fieldlink login URL [--fingerprint FP] [--username U] [--password-stdin] [--totp CODE]
+    fieldlink logout
+    fieldlink agents [--site SITE] [--json]
+    fieldlink run AGENT NAME [key=value ...] [--ticket T] [--json]
+    fieldlink exec AGENT --ticket T -- CMD [ARGS ...]
+    fieldlink job NAME [key=value ...] (--site SITE | --tag TAG | --agent ID ...)
+                  [--ticket T] [--ttl 1h] [--json]
+
+`run(args)` reads the environment once (config dir and the FIELDLINK_SERVER /
+FIELDLINK_TOKEN / FIELDLINK_TLS_FINGERPRINT overrides), runs the command and
+turns every `ClientError` into a clear message on stderr and an exit status.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Mapping
 from typing import Any
+
+from server.client.errors import ApiError, ClientError
+
+COMMANDS = frozenset({"login", "logout", "agents", "run", "exec", "job"})
+
+PARAMS_HELP = (
+    "parameters as key=value, typed by the entry's schema: numbers, true/false, "
+    "lists as a,b or by repeating the key, an empty value for null"
+)
+LOGIN_HINT = "run `fieldlink login URL` to log in again"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Lets key=value words and options come in any order (`run A N --json n=5`)."""
+
+    _intermixed = False
+
+    def parse_known_args(  # type: ignore[override]  # same signature, typeshed overloads it
+        self, args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._intermixed:
+            return super().parse_known_args(args, namespace)
+        self._intermixed = True
+        try:
+            return super().parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixed = False
+
+
+def _duration(text: str) -> int:
+    from shared.durations import parse_duration
+
+    try:
+        return max(1, round(parse_duration(text).total_seconds()))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError("between 0 and 3600 seconds")
+    return value
+
+
+def _add(sub: Any, name: str, *, intermixed: bool = False, **kw: Any) -> argparse.ArgumentParser:
+    # argparse builds each subparser with the action's parser class; ours
+    # need the intermixed one, so swap it in for the call only.
+    previous = sub._parser_class
+    if intermixed:
+        sub._parser_class = _Parser
+    try:
+        parser: argparse.ArgumentParser = sub.add_parser(
+            name, formatter_class=argparse.RawDescriptionHelpFormatter, **kw
+        )
+    finally:
+        sub._parser_class = previous
+    return parser
 
 
 def register(sub: Any) -> None:
     """Add the engineer subcommands to `fieldlink`'s parser."""
+    login = _add(
+        sub,
+        "login",
+        help="log in to HQ: pins its TLS certificate and stores a token",
+        description="Connect to HQ, show the SHA-256 fingerprint of its TLS certificate "
+        "and ask whether to trust it, then ask for user name, password and (when HQ asks) "
+        "a TOTP code. The token and the pinned fingerprint are stored, readable by you only, "
+        "in $FIELDLINK_CONFIG_DIR, $XDG_CONFIG_HOME/fieldlink or ~/.config/fieldlink.",
+        epilog="For scripts, FIELDLINK_SERVER, FIELDLINK_TOKEN and FIELDLINK_TLS_FINGERPRINT "
+        "in the environment replace the stored login.\n\nexample:\n"
+        "  fieldlink login https://hq.example:8443\n"
+        "  fieldlink login https://hq.example:8443 --fingerprint 3f9a... --username ann "
+        "--password-stdin --totp 123456",
+    )
+    login.add_argument("url", metavar="URL", help="HQ's HTTPS address, e.g. https://hq:8443")
+    login.add_argument(
+        "--fingerprint",
+        metavar="FP",
+        help="the SHA-256 fingerprint HQ's certificate must have (no question asked; "
+        "refused if it differs); `fieldlink admin fingerprint` prints it on HQ",
+    )
+    login.add_argument("--username", metavar="NAME", help="user name (else asked)")
+    login.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin's first line"
+    )
+    login.add_argument(
+        "--totp", metavar="CODE", help="the current TOTP code (else asked if needed)"
+    )
+
+    _add(
+        sub,
+        "logout",
+        help="revoke the stored token at HQ and forget it",
+        description="Revoke the stored login token at HQ and delete it from this machine.",
+    )
+
+    agents = _add(
+        sub,
+        "agents",
+        help="list agents: site, host, status, health",
+        description="The agents you may see: id, site, hostname, status, CPU/memory/disk "
+        "use and when each was last seen.",
+        epilog="example:\n  fieldlink agents --site shop-12\n  fieldlink agents --json | jq",
+    )
+    agents.add_argument("--site", help="only this site's agents")
+    agents.add_argument("--json", action="store_true", help="print the API's JSON items")
+
+    run = _add(
+        sub,
+        "run",
+        intermixed=True,
+        help="run a diagnostic or action on one agent and stream its output",
+        description="Run a catalog entry (see GET /api/v1/agents/{id}/catalog) on one agent "
+        "and print its output as it comes; tabular results are drawn as tables on a terminal. "
+        "Exit status 0 when the result is ok, 1 otherwise (the reason on stderr).",
+        epilog="AGENT is an agent id or a hostname only one agent has.\n\n"
+        "Parameters: key=value, typed by the entry's advertised schema: integers and "
+        "numbers, booleans as true/false (yes/no, on/off, 1/0), lists as a,b or by "
+        'repeating the key (or a JSON list: key=\'["a,b","c"]\'), an empty value for '
+        "null. A value that does not fit its type is sent as given, and HQ names it.\n\n"
+        "example:\n  fieldlink run shop12-pos1 disk.usage\n"
+        "  fieldlink run ag_3f2c process.top n=5 sort=memory\n"
+        "  fieldlink run shop12-pos1 service.restart unit=cups --ticket FL-42",
+    )
+    run.add_argument("agent", metavar="AGENT", help="agent id or unique hostname")
+    run.add_argument("name", metavar="NAME", help="catalog entry, e.g. system.summary")
+    run.add_argument("params", metavar="key=value", nargs="*", help=PARAMS_HELP)
+    run.add_argument("--ticket", metavar="T", help="ticket number (FL-42) or id")
+    run.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="run time limit")
+    run.add_argument("--json", action="store_true", help="print only the final result as JSON")
+
+    ex = _add(
+        sub,
+        "exec",
+        help="run a plain command on one agent (needs a ticket and the agent's allow_exec)",
+        description="Run CMD with its ARGS on the agent, without a shell, and stream its "
+        "output. Needs exec:run, an open ticket on the agent's site and allow_exec = true "
+        "in the agent's policy.toml. Exit status: the command's own when it ran to an end "
+        "(128+N when killed by signal N), else 1 with the reason on stderr.",
+        epilog="example:\n  fieldlink exec shop12-pos1 --ticket FL-42 -- ls -l /var/log",
+    )
+    ex.add_argument("agent", metavar="AGENT", help="agent id or unique hostname")
+    ex.add_argument("--ticket", metavar="T", required=True, help="ticket number (FL-42) or id")
+    ex.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="run time limit")
+    ex.add_argument("--json", action="store_true", help="print only the final result as JSON")
+    ex.add_argument("argv", metavar="CMD [ARGS ...]", nargs="+", help="after --: the command")
+
+    job = _add(
+        sub,
+        "job",
+        intermixed=True,
+        help="run one entry across a site, tagged agents or a list, and follow it",
+        description="Run a catalog entry on many agents. Connected agents run it at once; "
+        "offline ones when they reconnect, until --ttl passes (then `expired`). A live "
+        "progress bar follows the job, then a table shows each agent's result. Exit "
+        "status 0 only when every agent's result is ok. Ctrl-C stops following; the "
+        "job goes on at HQ.",
+        epilog="Parameters are typed as for `fieldlink run`.\n\n"
+        "example:\n  fieldlink job disk.usage --site shop-12\n"
+        "  fieldlink job service.status unit=cups --tag pos --ttl 4h\n"
+        "  fieldlink job net.ping host=10.0.0.1 --agent ag_3f2c --agent ag_9b1d",
+    )
+    job.add_argument("name", metavar="NAME", help="catalog entry, e.g. disk.usage")
+    job.add_argument("params", metavar="key=value", nargs="*", help=PARAMS_HELP)
+    target = job.add_mutually_exclusive_group(required=True)
+    target.add_argument("--site", help="every agent of this site")
+    target.add_argument(
+        "--tag", action="append", metavar="TAG", help="agents with this tag (repeat: all of them)"
+    )
+    target.add_argument(
+        "--agent",
+        action="extend",
+        nargs="+",
+        metavar="ID",
+        help="these agents (ids or unique hostnames; repeat or list several)",
+    )
+    job.add_argument("--ticket", metavar="T", help="ticket number (FL-42) or id")
+    job.add_argument(
+        "--ttl",
+        type=_duration,
+        metavar="DURATION",
+        help="how long items for offline agents may wait: 30m, 1h, 2d (default HQ's, 1h)",
+    )
+    job.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="per-agent time limit")
+    job.add_argument("--json", action="store_true", help="print only the final job as JSON")
+
+
+def describe(exc: ClientError) -> str:
+    """The message for stderr: HQ's message, each field, and what to do."""
+    lines = [f"fieldlink: {exc.message}"]
+    if isinstance(exc, ApiError):
+        lines.extend(f"  {field}: {why}" for field, why in sorted(exc.fields.items()))
+        if exc.status == 401:
+            lines.append(f"  ({LOGIN_HINT})")
+        elif exc.code == "2fa_required":
+            lines.append("  (turn on two-factor authentication in the console first)")
+        elif exc.status == 429 and exc.retry_after:
+            lines.append(f"  (try again in {exc.retry_after}s)")
+    return "\n".join(lines)
+
+
+def dispatch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from server.client import config, jobs, login, remote
+
+    directory = config.config_dir(environ)
+    if args.command == "login":
+        login_spec = login.LoginSpec(
+            url=args.url,
+            fingerprint=args.fingerprint,
+            username=args.username,
+            password_stdin=args.password_stdin,
+            totp=args.totp,
+        )
+        return login.login(login_spec, directory, sys.stdin, sys.stderr)
+    if args.command == "logout":
+        return login.logout(directory)
+    stored = config.load(directory)
+    creds = config.effective(environ, stored)
+    if creds.expired():
+        raise ClientError(f"your login to {creds.url} expired at {creds.expires_at}; {LOGIN_HINT}")
+    if args.command == "agents":
+        return asyncio.run(remote.agents(creds, args.site, args.json))
+    if args.command in ("run", "exec"):
+        is_exec = args.command == "exec"
+        run_spec = remote.RunSpec(
+            agent=args.agent,
+            name="exec" if is_exec else args.name,
+            params={"argv": list(args.argv)} if is_exec else None,
+            words=[] if is_exec else list(args.params),
+            ticket=args.ticket,
+            timeout=args.timeout,
+            as_json=args.json,
+            remote_code=is_exec,
+        )
+        return asyncio.run(remote.run(creds, run_spec))
+    if args.command == "job":
+        # agent ids never hold "=": a key=value after `--agent ID` is a parameter
+        refs = [a for a in args.agent or [] if "=" not in a]
+        words = list(args.params) + [a for a in args.agent or [] if "=" in a]
+        job_spec = jobs.JobSpec(
+            name=args.name,
+            words=words,
+            site=args.site,
+            tags=list(args.tag or []),
+            agents=refs,
+            ticket=args.ticket,
+            ttl=args.ttl,
+            timeout=args.timeout,
+            as_json=args.json,
+        )
+        if args.agent is not None and not refs:
+            raise ClientError("--agent needs at least one agent id")
+        return asyncio.run(jobs.job(creds, job_spec))
+    raise ClientError(f"unknown command {args.command}")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit(f"fieldlink: unknown command {args.command}")
+    """Run an engineer command; exit status 0 on success."""
+    try:
+        return dispatch(args, dict(os.environ))
+    except ClientError as exc:
+        print(describe(exc), file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("fieldlink: interrupted", file=sys.stderr)
+        return 130

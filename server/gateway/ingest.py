@@ -3,6 +3,12 @@ them in batches and then acks them, so an ack always means "stored".
 
 The queue is bounded: a slow database slows the readers, which slows the SSH
 channels (flow control), which makes agents keep frames in their spools.
+
+Agents report at their own phase, so frames arrive spread out; the writer
+lingers a moment after the first frame of a batch so that one transaction
+carries many frames instead of one (a transaction per frame was most of HQ's
+CPU at 2,000 agents, see docs/benchmarks.md). That adds at most `linger`
+seconds to the time before an ack.
 """
 
 from __future__ import annotations
@@ -39,10 +45,12 @@ class Ingestor:
         *,
         batch: int = 500,
         queue_size: int = 5000,
+        linger: float = 0.05,
     ) -> None:
         self._sessions = sessions
         self._metrics = metrics
         self._batch = batch
+        self._linger = linger
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
         self.listeners: list[Callable[[list[fleet.Ingest]], None]] = []
 
@@ -52,6 +60,8 @@ class Ingestor:
     async def run(self) -> None:
         while True:
             items = [await self._queue.get()]
+            if self._linger > 0 and self._queue.qsize() < self._batch - 1:
+                await asyncio.sleep(self._linger)
             while len(items) < self._batch and not self._queue.empty():
                 items.append(self._queue.get_nowait())
             await self._commit(items)

@@ -27,6 +27,7 @@ from server.store import fleet
 log = structlog.get_logger(__name__)
 
 ConnectHook = Callable[[AgentLink], Awaitable[None]]
+HelpHook = Callable[[str, str, Any], Awaitable[None]]
 
 
 class _HQClient(asyncssh.SSHClient):
@@ -99,6 +100,7 @@ class Gateway:
         self.keys: dict[str, str] = {}
         self.registry = Registry()
         self.on_connect: list[ConnectHook] = []
+        self.on_help: list[HelpHook] = []
         self._pending = 0
         self._peers: weakref.WeakKeyDictionary[asyncssh.SSHClientConnection, str] = (
             weakref.WeakKeyDictionary()
@@ -125,6 +127,37 @@ class Gateway:
         self.keys = {fp: a for fp, a in self.keys.items() if a != agent_id}
         if self.registry.disconnect(agent_id):
             log.info("agent_cut_off", agent_id=agent_id, reason="revoked")
+
+    # --- pushing to agents ----------------------------------------------------------
+
+    async def push_tickets(self, agent_ids: set[str]) -> None:
+        """Send each connected agent among these its current ticket list."""
+        from server.gateway.requests import tickets_frame
+
+        links = [link for a in agent_ids if (link := self.registry.get(a)) is not None]
+        if not links:
+            return
+        async with self.sessions() as session:
+            for link in links:
+                link.send(await tickets_frame(session, link.agent_id))
+
+    def tickets_changed(self, ticket_ids: set[str]) -> None:
+        """After-commit hook: push the new lists to the machines concerned."""
+        task = asyncio.create_task(self._push_for(ticket_ids))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _push_for(self, ticket_ids: set[str]) -> None:
+        from server.gateway.requests import agents_of_tickets
+
+        if not len(self.registry):
+            return
+        try:
+            async with self.sessions() as session:
+                agents = await agents_of_tickets(session, ticket_ids)
+            await self.push_tickets(agents)
+        except Exception as exc:
+            log.warning("ticket_push_failed", error=str(exc))
 
     # --- listening -------------------------------------------------------------
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncssh
 
+from shared import protocol as p
+
 
 @dataclass(eq=False)
 class AgentLink:
@@ -16,6 +18,17 @@ class AgentLink:
     peer: str
     connected_at: float = field(default_factory=time.time)
     info: dict[str, Any] = field(default_factory=dict)
+    writer: Any = None  # the telemetry channel's writer, once open
+
+    def send(self, frame: p.Model) -> bool:
+        """Write an HQ->agent frame on the telemetry channel; False if not open."""
+        if self.writer is None:
+            return False
+        try:
+            self.writer.write(p.encode(frame))
+        except (OSError, asyncssh.Error):
+            return False
+        return True
 
     def close(self) -> None:
         self.conn.close()

@@ -4,12 +4,11 @@ the agent's connection; HQ carries on."""
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING
 
-import asyncssh
 import structlog
 
+from server.gateway import requests
 from server.store import fleet
 from shared import protocol as p
 
@@ -23,10 +22,11 @@ log = structlog.get_logger(__name__)
 async def run_telemetry(link: AgentLink, gw: Gateway) -> None:
     writer, reader, _ = await link.conn.open_session(subsystem=p.TELEMETRY_SUBSYSTEM, encoding=None)
 
+    link.writer = writer
+
     def ack(seqs: list[int]) -> None:
         # If the link went away the agent re-sends after reconnecting.
-        with contextlib.suppress(OSError, asyncssh.Error):
-            writer.write(p.encode(p.Ack(kind="health", seqs=seqs)))
+        link.send(p.Ack(kind="health", seqs=seqs))
 
     decoder = p.FrameDecoder()
     hello: p.Hello | None = None
@@ -47,10 +47,17 @@ async def run_telemetry(link: AgentLink, gw: Gateway) -> None:
                     async with gw.sessions.begin() as session:
                         await fleet.record_hello(session, link.agent_id, frame)
                     log.info("agent_hello", version=frame.version, dropped=frame.spool_dropped)
+                    await gw.push_tickets({link.agent_id})
                 elif hello is None:
                     raise p.FrameError(f"{frame.type} frame before hello")
-                else:
+                elif isinstance(frame, p.Health):
                     await gw.ingestor.submit(link.agent_id, frame, ack)
+                elif isinstance(frame, p.Help):
+                    link.send(await requests.handle_help(gw, link.agent_id, frame))
+                    link.send(p.Ack(kind="help", seqs=[frame.seq]))
+                else:
+                    link.send(await requests.handle_rating(gw, link.agent_id, frame))
+                    link.send(p.Ack(kind="rating", seqs=[frame.seq]))
         except p.FrameError as exc:
             gw.metrics.bad_frames.inc()
             log.warning("agent_frame_rejected", peer=link.peer, error=str(exc))

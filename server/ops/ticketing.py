@@ -23,6 +23,7 @@ from server.itsm.tickets import (
     transition,
 )
 from server.store import auditlog, tickets
+from server.store.hooks import mark_ticket_changed
 from server.store.models import (
     OutboxItem,
     Site,
@@ -136,6 +137,7 @@ async def record_event(
     data: dict[str, Any] | None = None,
 ) -> None:
     ticket.updated_at = utcnow()
+    mark_ticket_changed(session, ticket.id)
     await tickets.add_event(session, ticket.id, actor, kind, body, internal=internal, data=data)
     await auditlog.append(
         session,

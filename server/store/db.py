@@ -17,6 +17,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
+from server.store.hooks import INFO_KEY, CommitHooks
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -40,8 +42,11 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(url, **kwargs)
 
 
-def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def sessionmaker(
+    engine: AsyncEngine, hooks: CommitHooks | None = None
+) -> async_sessionmaker[AsyncSession]:
+    info = {INFO_KEY: hooks} if hooks is not None else None
+    return async_sessionmaker(engine, expire_on_commit=False, info=info)
 
 
 def _alembic_config(connection: Connection) -> Config:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -179,20 +179,43 @@ def _insert(session: AsyncSession) -> Any:
     return sqlite_insert if _dialect(session) == "sqlite" else pg_insert
 
 
+_AGENTS = cast(Table, Agent.__table__)
+_agents = _AGENTS.c
+
+# One statement each for the whole batch (executemany), whatever its size.
+_SET_LATEST = (
+    update(_AGENTS)
+    .where(_agents.id == bindparam("b_id"), _agents.latest_seq < bindparam("b_seq"))
+    .values(
+        latest_seq=bindparam("b_seq"),
+        latest_sampled_at=bindparam("b_sampled_at"),
+        latest_health=bindparam("b_health"),
+        cpu_percent=bindparam("b_cpu"),
+        memory_percent=bindparam("b_memory"),
+        disk_percent=bindparam("b_disk"),
+    )
+)
+_SET_SEEN = (
+    update(_AGENTS).where(_agents.id == bindparam("b_id")).values(last_seen=bindparam("b_now"))
+)
+_SET_SEEN_DROPPED = _SET_SEEN.values(spool_dropped=bindparam("b_dropped"))
+
+
 async def store_health(session: AsyncSession, items: Sequence[Ingest]) -> int:
     """Store a batch of reports; each (agent, seq) once. Returns how many were new."""
     if not items:
         return 0
     now = utcnow()
+    reports = [it.frame.report.model_dump(mode="json", by_alias=True) for it in items]
     rows = [
         {
             "agent_id": it.agent_id,
             "seq": it.frame.seq,
             "sampled_at": it.frame.sampled_at,
             "received_at": now,
-            "report": it.frame.report.model_dump(mode="json", by_alias=True),
+            "report": report,
         }
-        for it in items
+        for it, report in zip(items, reports, strict=True)
     ]
     inserted = 0
     insert = _insert(session)
@@ -201,33 +224,35 @@ async def store_health(session: AsyncSession, items: Sequence[Ingest]) -> int:
         stmt = stmt.on_conflict_do_nothing(index_elements=["agent_id", "seq"])
         res = await session.execute(stmt)
         inserted += max(_rowcount(res), 0)
-    newest: dict[str, Ingest] = {}
-    for it in items:
+    newest: dict[str, int] = {}
+    for i, it in enumerate(items):
         best = newest.get(it.agent_id)
-        if best is None or it.frame.seq > best.frame.seq:
-            newest[it.agent_id] = it
-    for agent_id, it in newest.items():
-        report = it.frame.report
-        worst = report.worst_disk_percent()
-        await session.execute(
-            update(Agent)
-            .where(Agent.id == agent_id, Agent.latest_seq < it.frame.seq)
-            .values(
-                latest_seq=it.frame.seq,
-                latest_sampled_at=it.frame.sampled_at,
-                latest_health=report.model_dump(mode="json", by_alias=True),
-                cpu_percent=report.cpu.percent,
-                memory_percent=report.memory.percent,
-                disk_percent=worst,
-            )
+        if best is None or it.frame.seq > items[best].frame.seq:
+            newest[it.agent_id] = i
+    latest = []
+    for i in newest.values():
+        frame = items[i].frame
+        latest.append(
+            {
+                "b_id": items[i].agent_id,
+                "b_seq": frame.seq,
+                "b_sampled_at": frame.sampled_at,
+                "b_health": reports[i],
+                "b_cpu": frame.report.cpu.percent,
+                "b_memory": frame.report.memory.percent,
+                "b_disk": frame.report.worst_disk_percent(),
+            }
         )
+    await session.execute(_SET_LATEST, latest)
     dropped = {it.agent_id: it.frame.spool_dropped for it in items}
-    for agent_id, count in dropped.items():
-        await session.execute(
-            update(Agent).where(Agent.id == agent_id).values(last_seen=now, spool_dropped=count)
-            if count
-            else update(Agent).where(Agent.id == agent_id).values(last_seen=now)
-        )
+    seen = [{"b_id": a, "b_now": now} for a, count in dropped.items() if not count]
+    seen_dropped = [
+        {"b_id": a, "b_now": now, "b_dropped": count} for a, count in dropped.items() if count
+    ]
+    if seen:
+        await session.execute(_SET_SEEN, seen)
+    if seen_dropped:
+        await session.execute(_SET_SEEN_DROPPED, seen_dropped)
     return inserted
 
 

@@ -507,3 +507,20 @@ class OutboxItem(Base):
     failed_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AgentRequest(Base):
+    """What HQ made of a spooled request from an agent (help, rating), so a
+    re-sent frame gets the same answer instead of a second ticket."""
+
+    __tablename__ = "agent_requests"
+
+    agent_id: Mapped[str] = mapped_column(
+        ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(10), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    ticket_id: Mapped[str | None] = mapped_column(String(40))
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -16,6 +16,17 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table('agent_requests',
+    sa.Column('agent_id', sa.String(length=40), nullable=False),
+    sa.Column('kind', sa.String(length=10), nullable=False),
+    sa.Column('seq', sa.BigInteger(), nullable=False),
+    sa.Column('ok', sa.Boolean(), nullable=False),
+    sa.Column('ticket_id', sa.String(length=40), nullable=True),
+    sa.Column('message', sa.Text(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['agent_id'], ['agents.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('agent_id', 'kind', 'seq')
+    )
     op.create_table('sla_policies',
     sa.Column('priority', sa.String(length=2), nullable=False),
     sa.Column('ack_seconds', sa.Double(), nullable=False),
@@ -128,3 +139,4 @@ def downgrade() -> None:
     op.drop_table('alert_rules')
     op.drop_table('webhooks')
     op.drop_table('sla_policies')
+    op.drop_table('agent_requests')

@@ -1,0 +1,364 @@
+"""SLA policies, KPI reports and webhooks."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, Field, field_validator
+from sqlalchemy import select
+
+from server.api.authn import principal
+from server.api.routing import ApiRouter, body, json_response, query
+from server.audit import Event
+from server.auth.crypto import seal
+from server.context import services
+from server.itsm import kpi, sla
+from server.ops import ticketing
+from server.store import auditlog, people
+from server.store.models import OutboxItem, SlaPolicy, Ticket, TicketEvent, User, Webhook
+from shared.errors import Invalid, NotFound
+
+routes = ApiRouter("service levels")
+
+
+# --- SLA policies ------------------------------------------------------------------------
+
+
+class PolicyOut(BaseModel):
+    priority: str
+    ack_seconds: float
+    response_seconds: float
+    resolve_seconds: float
+    warn_at: float
+    business_hours: bool
+    default: bool
+
+
+class PolicyList(BaseModel):
+    items: list[PolicyOut]
+    next: str | None = None
+
+
+class PolicyIn(BaseModel):
+    ack_seconds: float = Field(gt=0, le=365 * 86400)
+    response_seconds: float = Field(gt=0, le=365 * 86400)
+    resolve_seconds: float = Field(gt=0, le=365 * 86400)
+    warn_at: float = Field(0.8, gt=0, lt=1)
+    business_hours: bool = True
+
+
+@routes.route(
+    "GET",
+    "/api/v1/sla-policies",
+    permission="tickets:read",
+    response=PolicyList,
+    summary="SLA targets per priority (seconds of business or wall time)",
+)
+async def list_policies(request: web.Request) -> web.Response:
+    async with services(request).sessions() as session:
+        rows = {r.priority: r for r in (await session.scalars(select(SlaPolicy))).all()}
+    items = []
+    for prio, default in sla.DEFAULT_TARGETS.items():
+        row = rows.get(prio)
+        t = (
+            default
+            if row is None
+            else sla.Targets(
+                row.ack_seconds,
+                row.response_seconds,
+                row.resolve_seconds,
+                row.warn_at,
+                row.business_hours,
+            )
+        )
+        items.append(
+            PolicyOut(
+                priority=prio,
+                ack_seconds=t.ack,
+                response_seconds=t.response,
+                resolve_seconds=t.resolve,
+                warn_at=t.warn_at,
+                business_hours=t.business_hours,
+                default=row is None,
+            )
+        )
+    return json_response(PolicyList(items=items))
+
+
+@routes.route(
+    "PUT",
+    "/api/v1/sla-policies/{priority}",
+    permission="users:admin",
+    body=PolicyIn,
+    response=PolicyOut,
+    summary="Set the SLA targets of a priority",
+)
+async def put_policy(request: web.Request) -> web.Response:
+    who = principal(request)
+    who.require("users:admin", None)
+    prio = request.match_info["priority"]
+    if prio not in sla.DEFAULT_TARGETS:
+        raise NotFound("not found")
+    req = body(request, PolicyIn)
+    if not req.ack_seconds <= req.resolve_seconds:
+        raise Invalid(
+            "acknowledge must not be later than resolve",
+            fields={"ack_seconds": "greater than resolve_seconds"},
+        )
+    async with services(request).sessions.begin() as session:
+        row = await session.get(SlaPolicy, prio)
+        if row is None:
+            row = SlaPolicy(priority=prio, **req.model_dump())
+            session.add(row)
+        else:
+            for key, value in req.model_dump().items():
+                setattr(row, key, value)
+        await auditlog.append(
+            session,
+            who.actor(),
+            Event(
+                "sla_policy.update",
+                target_type="sla_policy",
+                target_id=prio,
+                details=req.model_dump(),
+            ),
+        )
+    return json_response(PolicyOut(priority=prio, default=False, **req.model_dump()))
+
+
+# --- KPIs --------------------------------------------------------------------------------
+
+
+class KpiQuery(BaseModel):
+    site: str | None = None
+    engineer: str | None = Field(None, description="assignee user name")
+    from_: datetime | None = Field(None, alias="from", description="tickets created at or after")
+    to: datetime | None = Field(None, description="tickets created before")
+    group_by: Literal["site", "engineer", "priority", "week"] | None = None
+
+
+class KpiReport(BaseModel):
+    group_by: str | None
+    groups: dict[str, dict[str, Any]]
+
+
+@routes.route(
+    "GET",
+    "/api/v1/kpis",
+    permission="kpi:read",
+    query=KpiQuery,
+    response=KpiReport,
+    summary="Service KPIs per site, engineer, priority or week",
+)
+async def kpis(request: web.Request) -> web.Response:
+    who = principal(request)
+    q = query(request, KpiQuery)
+    scope = who.sites("kpi:read")
+    stmt = select(Ticket)
+    if scope is not None:
+        stmt = stmt.where(Ticket.site_id.in_(scope))
+    async with services(request).sessions() as session:
+        if q.site:
+            site = await people.site_by_name(session, q.site)
+            if site is None or (scope is not None and site.id not in scope):
+                return json_response(
+                    KpiReport(group_by=q.group_by, groups=kpi.grouped([], q.group_by))
+                )
+            stmt = stmt.where(Ticket.site_id == site.id)
+        if q.engineer:
+            user = await people.user_by_name(session, q.engineer)
+            stmt = stmt.where(Ticket.assignee_id == (user.id if user else "-"))
+        if q.from_:
+            stmt = stmt.where(Ticket.created_at >= q.from_)
+        if q.to:
+            stmt = stmt.where(Ticket.created_at < q.to)
+        rows = (await session.scalars(stmt)).all()
+        facts = [await fact_of(session, t) for t in rows]
+    return json_response(KpiReport(group_by=q.group_by, groups=kpi.grouped(facts, q.group_by)))
+
+
+async def fact_of(session: Any, t: Ticket) -> kpi.Fact:
+    from server.store.models import Site
+
+    site = await session.get(Site, t.site_id)
+    assignee = await session.get(User, t.assignee_id) if t.assignee_id else None
+    events = (
+        await session.execute(
+            select(TicketEvent.kind, TicketEvent.at, TicketEvent.data).where(
+                TicketEvent.ticket_id == t.id, TicketEvent.kind.in_(("state", "alert_fired"))
+            )
+        )
+    ).all()
+    reopens = [
+        at
+        for kind, at, data in events
+        if kind == "state" and data.get("to") == "in_progress" and data.get("from") == "resolved"
+    ]
+    firings = sum(1 for kind, _, _ in events if kind == "alert_fired")
+    clocks = await ticketing.clocks(session, t)
+    states = {}
+    for kind, c in clocks.items():
+        states[kind] = {"met": "met", "missed": "missed", "breached": "breached"}.get(
+            c.state, "open"
+        )
+    return kpi.Fact(
+        id=t.id,
+        site=site.name if site else t.site_id,
+        priority=t.priority,
+        assignee=assignee.username if assignee else None,
+        created_at=t.created_at,
+        acknowledged_at=t.acknowledged_at,
+        first_response_at=t.first_response_at,
+        resolved_at=t.resolved_at,
+        paused_seconds=t.paused_seconds,
+        status=t.status,
+        tier_resolved=t.resolved_tier,
+        escalations=t.escalation_count,
+        reopens=reopens,
+        rating=t.rating,
+        has_requester=bool(t.requester_id or t.requester_agent_id),
+        source=t.source,
+        alert_firings=firings,
+        auto_resolved=t.auto_resolved,
+        sla=states,
+    )
+
+
+# --- webhooks ---------------------------------------------------------------------------
+
+
+class WebhookIn(BaseModel):
+    url: str = Field(min_length=8, max_length=2000)
+    secret: str = Field(min_length=16, max_length=200, description="HMAC key; never shown again")
+    events: list[str] = Field(
+        default_factory=list, description='e.g. ["ticket.create", "ticket.*"]; empty = all'
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+
+class WebhookOut(BaseModel):
+    id: str
+    url: str
+    events: list[str]
+    enabled: bool
+    created_at: datetime
+    pending: int = 0
+    failed: int = 0
+
+
+class WebhookList(BaseModel):
+    items: list[WebhookOut]
+    next: str | None = None
+
+
+async def _hook_out(session: Any, hook: Webhook) -> WebhookOut:
+    from sqlalchemy import func
+
+    pending = await session.scalar(
+        select(func.count())
+        .select_from(OutboxItem)
+        .where(
+            OutboxItem.webhook_id == hook.id,
+            OutboxItem.delivered_at.is_(None),
+            OutboxItem.failed_at.is_(None),
+        )
+    )
+    failed = await session.scalar(
+        select(func.count())
+        .select_from(OutboxItem)
+        .where(OutboxItem.webhook_id == hook.id, OutboxItem.failed_at.is_not(None))
+    )
+    return WebhookOut(
+        id=hook.id,
+        url=hook.url,
+        events=hook.events,
+        enabled=hook.enabled,
+        created_at=hook.created_at,
+        pending=pending or 0,
+        failed=failed or 0,
+    )
+
+
+@routes.route(
+    "GET",
+    "/api/v1/webhooks",
+    permission="users:admin",
+    response=WebhookList,
+    summary="Outbound webhooks for ticket events (secrets never shown)",
+)
+async def list_webhooks(request: web.Request) -> web.Response:
+    principal(request).require("users:admin", None)
+    async with services(request).sessions() as session:
+        hooks = (await session.scalars(select(Webhook).order_by(Webhook.created_at))).all()
+        items = [await _hook_out(session, h) for h in hooks]
+    return json_response(WebhookList(items=items))
+
+
+@routes.route(
+    "POST",
+    "/api/v1/webhooks",
+    permission="users:admin",
+    body=WebhookIn,
+    response=WebhookOut,
+    status=201,
+    summary="Add a webhook; deliveries are HMAC-SHA256 signed with its secret",
+)
+async def create_webhook(request: web.Request) -> web.Response:
+    svc = services(request)
+    who = principal(request)
+    who.require("users:admin", None)
+    req = body(request, WebhookIn)
+    async with svc.sessions.begin() as session:
+        hook = Webhook(url=req.url, events=req.events, secret_enc=b"")
+        session.add(hook)
+        await session.flush()
+        hook.secret_enc = seal(svc.master_key, req.secret.encode(), f"webhook:{hook.id}".encode())
+        await auditlog.append(
+            session,
+            who.actor(),
+            Event(
+                "webhook.create",
+                target_type="webhook",
+                target_id=hook.id,
+                details={"url": req.url, "events": req.events},
+            ),
+        )
+        out = await _hook_out(session, hook)
+    return json_response(out, status=201)
+
+
+@routes.route(
+    "DELETE",
+    "/api/v1/webhooks/{webhook_id}",
+    permission="users:admin",
+    response=WebhookOut,
+    summary="Remove a webhook and its pending deliveries",
+)
+async def delete_webhook(request: web.Request) -> web.Response:
+    who = principal(request)
+    who.require("users:admin", None)
+    async with services(request).sessions.begin() as session:
+        hook = await session.get(Webhook, request.match_info["webhook_id"])
+        if hook is None:
+            raise NotFound("not found")
+        out = await _hook_out(session, hook)
+        await session.delete(hook)
+        await auditlog.append(
+            session,
+            who.actor(),
+            Event(
+                "webhook.delete",
+                target_type="webhook",
+                target_id=hook.id,
+                details={"url": hook.url},
+            ),
+        )
+    return json_response(out)

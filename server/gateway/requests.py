@@ -1,0 +1,224 @@
+"""Requests from people at a machine, arriving over the agent's telemetry
+channel: help requests (-> a service-request ticket with a fresh health
+snapshot) and ratings; and the machine's ticket list pushed back to it.
+
+Each request is answered once: the outcome is stored per (agent, kind, seq),
+so a frame re-sent after a reconnect gets the same receipt, not a second ticket.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+import structlog
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server.audit import Actor
+from server.itsm.tickets import OPEN, number_text
+from server.ops import ticketing
+from server.store import tickets
+from server.store.models import Agent, AgentRequest, Ticket, TicketAgent, User, utcnow
+from shared import protocol as p
+
+if TYPE_CHECKING:
+    from server.gateway.listener import Gateway
+
+log = structlog.get_logger(__name__)
+
+RECENT_DAYS = 7
+
+
+async def _answered(
+    session: AsyncSession, agent_id: str, kind: Literal["help", "rating"], seq: int
+) -> p.Receipt | None:
+    row = await session.get(AgentRequest, (agent_id, kind, seq))
+    if row is None:
+        return None
+    ticket = await session.get(Ticket, row.ticket_id) if row.ticket_id else None
+    return p.Receipt(
+        kind=kind,
+        seq=seq,
+        ok=row.ok,
+        ticket=number_text(ticket.number) if ticket else None,
+        message=row.message,
+    )
+
+
+async def _remember(
+    session: AsyncSession,
+    agent_id: str,
+    kind: str,
+    seq: int,
+    receipt: p.Receipt,
+    ticket_id: str | None,
+) -> None:
+    session.add(
+        AgentRequest(
+            agent_id=agent_id,
+            kind=kind,
+            seq=seq,
+            ok=receipt.ok,
+            ticket_id=ticket_id,
+            message=receipt.message,
+        )
+    )
+
+
+async def handle_help(gw: Gateway, agent_id: str, frame: p.Help) -> p.Receipt:
+    async with gw.sessions.begin() as session:
+        done = await _answered(session, agent_id, "help", frame.seq)
+        if done is not None:
+            return done
+        agent = await session.get(Agent, agent_id)
+        assert agent is not None
+        who = f"{frame.user}@{agent.hostname}" if frame.user else agent.hostname
+        actor = Actor("agent", agent_id, who, "machine")
+        title = frame.text.strip().splitlines()[0][:120]
+        description = frame.text.strip()
+        ticket = await ticketing.create(
+            session,
+            site_id=agent.site_id,
+            title=title,
+            description=description,
+            type="service_request",
+            impact=3,
+            urgency=2,
+            source="help",
+            tier="site",
+            requester_name=who,
+            requester_agent_id=agent_id,
+            agent_ids=[agent_id],
+            actor=actor,
+        )
+        snapshot = (
+            frame.snapshot.model_dump(mode="json", by_alias=True)
+            if frame.snapshot
+            else agent.latest_health
+        )
+        await ticketing.record_event(
+            session,
+            ticket,
+            actor,
+            "snapshot",
+            "snapshot",
+            "health of the machine when help was asked",
+            internal=True,
+            data={
+                "snapshot": snapshot,
+                "sampled_at": frame.asked_at.isoformat(),
+                "assist": frame.assist,
+            },
+        )
+        receipt = p.Receipt(
+            kind="help",
+            seq=frame.seq,
+            ok=True,
+            ticket=number_text(ticket.number),
+            message=f"ticket {number_text(ticket.number)} opened",
+        )
+        await _remember(session, agent_id, "help", frame.seq, receipt, ticket.id)
+    log.info("help_request", agent_id=agent_id, ticket=receipt.ticket, assist=frame.assist)
+    for hook in gw.on_help:
+        await hook(agent_id, ticket.id, frame)
+    return receipt
+
+
+async def handle_rating(gw: Gateway, agent_id: str, frame: p.Rating) -> p.Receipt:
+    async with gw.sessions.begin() as session:
+        done = await _answered(session, agent_id, "rating", frame.seq)
+        if done is not None:
+            return done
+        ticket = await tickets.find(session, frame.ticket)
+        agent = await session.get(Agent, agent_id)
+        assert agent is not None
+        who = f"{frame.user}@{agent.hostname}" if frame.user else agent.hostname
+        ticket_id = None
+        if ticket is None or ticket.requester_agent_id != agent_id:
+            receipt = p.Receipt(
+                kind="rating",
+                seq=frame.seq,
+                ok=False,
+                message=f"{frame.ticket} was not asked for from this machine",
+            )
+        elif ticket.status not in ("resolved", "closed"):
+            receipt = p.Receipt(
+                kind="rating",
+                seq=frame.seq,
+                ok=False,
+                message=f"{frame.ticket} is {ticket.status}; rate it once resolved",
+            )
+        elif ticket.rating is not None:
+            receipt = p.Receipt(
+                kind="rating",
+                seq=frame.seq,
+                ok=False,
+                message=f"{frame.ticket} has been rated already",
+            )
+        else:
+            await ticketing.rate(
+                session,
+                ticket,
+                frame.score,
+                frame.comment,
+                Actor("agent", agent_id, who, "machine"),
+            )
+            ticket_id = ticket.id
+            receipt = p.Receipt(
+                kind="rating",
+                seq=frame.seq,
+                ok=True,
+                ticket=frame.ticket,
+                message=f"thank you: {frame.ticket} rated {frame.score}/5",
+            )
+        await _remember(session, agent_id, "rating", frame.seq, receipt, ticket_id)
+    return receipt
+
+
+async def tickets_frame(session: AsyncSession, agent_id: str) -> p.Tickets:
+    """The machine's open tickets and those resolved in the last week."""
+    from datetime import timedelta
+
+    since = utcnow() - timedelta(days=RECENT_DAYS)
+    linked = select(TicketAgent.ticket_id).where(TicketAgent.agent_id == agent_id)
+    rows = (
+        await session.execute(
+            select(Ticket, User.username)
+            .outerjoin(User, User.id == Ticket.assignee_id)
+            .where(or_(Ticket.id.in_(linked), Ticket.requester_agent_id == agent_id))
+            .where(or_(Ticket.status.in_(sorted(OPEN)), Ticket.updated_at >= since))
+            .order_by(Ticket.number.desc())
+            .limit(50)
+        )
+    ).all()
+    return p.Tickets(
+        items=[
+            p.TicketBrief(
+                number=number_text(t.number),
+                title=t.title,
+                status=t.status,
+                priority=t.priority,
+                updated_at=t.updated_at,
+                assignee=user,
+                rated=t.rating is not None,
+                requested_here=t.requester_agent_id == agent_id,
+            )
+            for t, user in rows
+        ]
+    )
+
+
+async def agents_of_tickets(session: AsyncSession, ticket_ids: set[str]) -> set[str]:
+    rows = await session.execute(
+        select(TicketAgent.agent_id).where(TicketAgent.ticket_id.in_(ticket_ids))
+    )
+    direct = await session.execute(
+        select(Ticket.requester_agent_id).where(
+            Ticket.id.in_(ticket_ids), Ticket.requester_agent_id.is_not(None)
+        )
+    )
+    return {r[0] for r in rows} | {r[0] for r in direct if r[0] is not None}
+
+
+def frame_payload(frame: Any) -> bytes:
+    return p.encode(frame)
