@@ -224,6 +224,9 @@ class Link:
             log.info("hq_connected", host=self._host, port=self._port)
             try:
                 await conn.wait_closed()
+            except asyncio.CancelledError:
+                conn.close()  # the agent is stopping: say goodbye to HQ now
+                raise
             finally:
                 self._conn = None
                 self.connected.clear()

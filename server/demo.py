@@ -53,7 +53,16 @@ async def _enroll_local_agent(hq: HQ, agent_dir: Path) -> str:
         )
         if await proc.wait() != 0:
             raise RuntimeError("enrolling the local agent failed (see above)")
+        _allow_exec(agent_dir / "policy.toml")
     return str(tomllib.loads(config.read_text())["agent_id"])
+
+
+def _allow_exec(policy: Path) -> None:
+    """The demo lets HQ run plain commands on its own local agent, so a new
+    user can try `fieldlink exec`. (Real sites decide this in their policy.)"""
+    lines = policy.read_text().splitlines()
+    lines = ["allow_exec = true" if line.startswith("allow_exec =") else line for line in lines]
+    policy.write_text("\n".join(lines) + "\n")
 
 
 async def run_demo(settings: Settings) -> int:
