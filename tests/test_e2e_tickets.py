@@ -105,7 +105,7 @@ async def test_site_staff_see_and_rate_only_their_own_requests(sqlite_hq):
         await api.ok(
             "POST", f"/api/v1/tickets/{mine['number']}/transition", json={"action": "resolve"}
         )
-        status, err = await api.post(f"/api/v1/tickets/{mine['number']}/rating", {"score": 5})
+        status, _ = await api.post(f"/api/v1/tickets/{mine['number']}/rating", {"score": 5})
         assert status == 403  # only the requester rates
     async with sqlite_hq.client(cashier.token) as api:
         seen = await api.ok("GET", f"/api/v1/tickets/{mine['number']}")
