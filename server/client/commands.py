@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import os
 import sys
+import textwrap
 from collections.abc import Mapping
 from typing import Any
 
@@ -69,7 +70,21 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _wrap(text: str) -> str:
+    """Fill each paragraph to 78 columns; lines indented by two spaces (examples) stay."""
+    out: list[str] = []
+    for para in text.split("\n\n"):
+        if para.startswith("  ") or "\n  " in para:
+            out.append(para)
+        else:
+            out.append(textwrap.fill(para, 78))
+    return "\n\n".join(out)
+
+
 def _add(sub: Any, name: str, *, intermixed: bool = False, **kw: Any) -> argparse.ArgumentParser:
+    for key in ("description", "epilog"):
+        if key in kw:
+            kw[key] = _wrap(kw[key])
     # argparse builds each subparser with the action's parser class; ours
     # need the intermixed one, so swap it in for the call only.
     previous = sub._parser_class
@@ -97,8 +112,8 @@ def register(sub: Any) -> None:
         epilog="For scripts, FIELDLINK_SERVER, FIELDLINK_TOKEN and FIELDLINK_TLS_FINGERPRINT "
         "in the environment replace the stored login.\n\nexample:\n"
         "  fieldlink login https://hq.example:8443\n"
-        "  fieldlink login https://hq.example:8443 --fingerprint 3f9a... --username ann "
-        "--password-stdin --totp 123456",
+        "  fieldlink login https://hq.example:8443 --fingerprint 3f9a... \\\n"
+        "      --username ann --password-stdin --totp 123456 < password-file",
     )
     login.add_argument("url", metavar="URL", help="HQ's HTTPS address, e.g. https://hq:8443")
     login.add_argument(
@@ -109,7 +124,9 @@ def register(sub: Any) -> None:
     )
     login.add_argument("--username", metavar="NAME", help="user name (else asked)")
     login.add_argument(
-        "--password-stdin", action="store_true", help="read the password from stdin's first line"
+        "--password-stdin",
+        action="store_true",
+        help="read the password from a line of stdin (after the trust answer, if one is asked)",
     )
     login.add_argument(
         "--totp", metavar="CODE", help="the current TOTP code (else asked if needed)"
@@ -119,7 +136,9 @@ def register(sub: Any) -> None:
         sub,
         "logout",
         help="revoke the stored token at HQ and forget it",
-        description="Revoke the stored login token at HQ and delete it from this machine.",
+        description="Revoke the stored login token at HQ and delete it from this machine. "
+        "When HQ cannot be reached the token is forgotten here anyway (it expires at HQ on "
+        "its own). FIELDLINK_TOKEN in the environment is not touched.",
     )
 
     agents = _add(
@@ -137,6 +156,7 @@ def register(sub: Any) -> None:
         sub,
         "run",
         intermixed=True,
+        usage="%(prog)s AGENT NAME [key=value ...] [--ticket T] [--timeout SECONDS] [--json]",
         help="run a diagnostic or action on one agent and stream its output",
         description="Run a catalog entry (see GET /api/v1/agents/{id}/catalog) on one agent "
         "and print its output as it comes; tabular results are drawn as tables on a terminal. "
@@ -160,6 +180,7 @@ def register(sub: Any) -> None:
     ex = _add(
         sub,
         "exec",
+        usage="%(prog)s AGENT --ticket T [--timeout SECONDS] [--json] -- CMD [ARGS ...]",
         help="run a plain command on one agent (needs a ticket and the agent's allow_exec)",
         description="Run CMD with its ARGS on the agent, without a shell, and stream its "
         "output. Needs exec:run, an open ticket on the agent's site and allow_exec = true "
@@ -171,12 +192,14 @@ def register(sub: Any) -> None:
     ex.add_argument("--ticket", metavar="T", required=True, help="ticket number (FL-42) or id")
     ex.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="run time limit")
     ex.add_argument("--json", action="store_true", help="print only the final result as JSON")
-    ex.add_argument("argv", metavar="CMD [ARGS ...]", nargs="+", help="after --: the command")
+    ex.add_argument("argv", metavar="CMD", nargs="+", help="after --: the command and its ARGS")
 
     job = _add(
         sub,
         "job",
         intermixed=True,
+        usage="%(prog)s NAME [key=value ...] (--site SITE | --tag TAG | --agent ID ...)\n"
+        "                     [--ticket T] [--ttl 1h] [--timeout SECONDS] [--json]",
         help="run one entry across a site, tagged agents or a list, and follow it",
         description="Run a catalog entry on many agents. Connected agents run it at once; "
         "offline ones when they reconnect, until --ttl passes (then `expired`). A live "

@@ -102,7 +102,7 @@ def load(directory: Path) -> Login | None:
     try:
         return Login(
             url=str(raw["url"]),
-            fingerprint=str(raw["fingerprint"]),
+            fingerprint=fingerprint(str(raw["fingerprint"])),
             token=str(raw["token"]),
             expires_at=raw.get("expires_at"),
             username=raw.get("username"),

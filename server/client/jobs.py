@@ -112,7 +112,7 @@ async def job(login: Login, spec: JobSpec) -> int:
                 f"job {job_id}: {spec.name} on {len(items)} agent(s)", highlight=False, markup=False
             )
         try:
-            with render.JobProgress(err, len(items), hosts) as progress:
+            with render.JobProgress(err, len(items), hosts, quiet=spec.as_json) as progress:
                 for item in items:
                     progress.item(str(item["agent_id"]), str(item["status"]))
                 while True:

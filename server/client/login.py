@@ -97,7 +97,10 @@ async def _login_request(url: str, pin: str, body: dict[str, Any]) -> dict[str, 
 
 def login(spec: LoginSpec, directory: Path, stdin: TextIO, err: TextIO) -> int:
     url = config.normalize_url(spec.url)
-    stored = config.load(directory)
+    try:
+        stored = config.load(directory)
+    except ClientError:
+        stored = None  # a broken login file is what logging in again replaces
     seen = asyncio.run(probe_fingerprint(url))
     ask = Prompter(stdin, err)
     _trust(url, seen, spec, stored, ask)

@@ -143,18 +143,59 @@ def cell(value: Any, column: str) -> str:
     return str(value)
 
 
-def data_table(data: dict[str, Any]) -> Table:
+def fit_widths(
+    natural: list[int], shrinkable: list[bool], room: int, floor: int = 8
+) -> list[int] | None:
+    """Column widths that fit `room` characters of content: the widest
+    shrinkable (text) columns give way first, none below `floor`; numbers
+    keep their width. None when they cannot fit. Pure."""
+    widths = list(natural)
+    excess = sum(widths) - room
+    while excess > 0:
+        candidates = [
+            i for i, w in enumerate(widths) if shrinkable[i] and w > min(floor, natural[i])
+        ]
+        if not candidates:
+            return None
+        widest = max(candidates, key=lambda i: widths[i])
+        widths[widest] -= 1
+        excess -= 1
+    return widths
+
+
+def heading(column: str) -> str:
+    """`memory_percent` -> `memory %`, `rx_bytes` -> `rx bytes`."""
+    return column.replace("_percent", " %").replace("_", " ")
+
+
+def data_table(data: dict[str, Any], width: int) -> Table | None:
+    """A run's tabular data with text columns cut short (with …) to fit
+    `width`; None when even that cannot fit."""
     columns = [str(c) for c in data["columns"]]
     rows: list[list[Any]] = data["rows"]
-    table = Table(header_style="bold")
-    for i, name in enumerate(columns):
-        numeric = any(
-            isinstance(r[i], int | float) and not isinstance(r[i], bool) for r in rows if i < len(r)
+    padded = [[*row, *[None] * len(columns)][: len(columns)] for row in rows]
+    cells = [[cell(v, c) for v, c in zip(row, columns, strict=True)] for row in padded]
+    numeric = [
+        any(r[i] is not None for r in padded)
+        and all(
+            r[i] is None or (isinstance(r[i], int | float) and not isinstance(r[i], bool))
+            for r in padded
         )
-        table.add_column(name, justify="right" if numeric else "left")
-    for row in rows:
-        padded = [*row, *([None] * (len(columns) - len(row)))][: len(columns)]
-        table.add_row(*(Text(cell(v, c)) for v, c in zip(padded, columns, strict=True)))
+        for i in range(len(columns))
+    ]
+    headings = [heading(c) for c in columns]
+    natural = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headings)]
+    room = width - 3 * len(columns) - 1  # borders and padding
+    widths = fit_widths(natural, [not n for n in numeric], room)
+    if widths is None:
+        return None
+    table = Table(header_style="bold")
+    for name, num, w in zip(headings, numeric, widths, strict=True):
+        table.add_column(
+            name, justify="right" if num else "left", no_wrap=True, overflow="ellipsis", width=w
+        )
+    for row_cells in cells:
+        table.add_row(*(Text(c) for c in row_cells))
     return table
 
 
@@ -162,7 +203,8 @@ class RunView:
     """A run's output as it streams, then its result.
 
     On a terminal: a transient live preview of the last lines while it runs,
-    then a table when the result has tabular data, else the whole stdout.
+    then a table when the result has tabular data (and the table fits the
+    terminal), else the whole stdout as the agent wrote it.
     Elsewhere: stdout and stderr written through as they arrive."""
 
     def __init__(self, label: str, out: Console, err: Console) -> None:
@@ -187,8 +229,10 @@ class RunView:
             self._live.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self._stop()
+        if exc_type is not None:
+            self._flush()  # the stream broke: keep what did arrive
 
     def _stop(self) -> None:
         if self._live is not None:
@@ -217,22 +261,33 @@ class RunView:
         if not self.terminal:
             return
         data = result.get("data")
-        if is_table(data):
-            self.out.print(data_table(data))
-        elif self.stdout:
+        table = data_table(data, self.out.width) if is_table(data) else None
+        if table is not None:
+            self.out.print(table)
+        else:
+            self._flush(stderr=False)
+        self._flush(stdout=False)
+
+    def _flush(self, *, stdout: bool = True, stderr: bool = True) -> None:
+        if stdout and self.stdout:
             self.out.file.write("".join(self.stdout))
             self.out.file.flush()
-        if self.stderr:
+            self.stdout = []
+        if stderr and self.stderr:
             self.err.file.write("".join(self.stderr))
             self.err.file.flush()
+            self.stderr = []
 
 
 class JobProgress:
     """Items of a job reaching their final status: a live bar on a terminal,
     else one line per item as it finishes."""
 
-    def __init__(self, err: Console, total: int, hosts: dict[str, str]) -> None:
+    def __init__(
+        self, err: Console, total: int, hosts: dict[str, str], *, quiet: bool = False
+    ) -> None:
         self.err = err
+        self.quiet = quiet
         self.total = total
         self.hosts = hosts
         self.status: dict[str, str] = {}
@@ -240,7 +295,7 @@ class JobProgress:
         self._task: Any = None
 
     def __enter__(self) -> JobProgress:
-        if self.err.is_terminal:
+        if self.err.is_terminal and not self.quiet:
             self._progress = Progress(
                 SpinnerColumn(),
                 TextColumn("{task.description}"),
@@ -275,7 +330,7 @@ class JobProgress:
         if self._progress is not None:
             self._progress.update(self._task, completed=self.done(), counts=self.counts())
             return
-        if status in FINAL:
+        if status in FINAL and not self.quiet:
             host = self.hosts.get(agent_id)
             name = f"{agent_id} ({host})" if host else agent_id
             self.err.print(Text(f"[{self.done()}/{self.total}] {name}: {status}"))
