@@ -14,6 +14,7 @@ from server.api import (
     jobs,
     runs,
     service_levels,
+    sessions,
     system,
     tickets,
 )
@@ -33,6 +34,7 @@ ROUTERS: list[ApiRouter] = [
     tickets.routes,
     alerts.routes,
     service_levels.routes,
+    sessions.routes,
 ]
 
 MAX_BODY = 1024 * 1024

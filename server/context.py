@@ -16,6 +16,7 @@ from server.settings import Settings
 if TYPE_CHECKING:
     from server.alerting import AlertEngine
     from server.jobs import Jobs
+    from server.sessions import Sessions
     from server.webhooks import Sender
 
 
@@ -36,6 +37,13 @@ class Services:
     _jobs: Jobs | None = None
     _alerts: AlertEngine | None = None
     _webhooks: Sender | None = None
+    _remote: Sessions | None = None
+
+    @property
+    def remote(self) -> Sessions:
+        """Remote sessions (shells, commands, file transfer) on machines."""
+        assert self._remote is not None, "sessions not started"
+        return self._remote
 
     @property
     def alerts(self) -> AlertEngine:

@@ -24,6 +24,7 @@ from server.gateway.ingest import Ingestor
 from server.gateway.listener import Gateway
 from server.jobs import Jobs
 from server.metrics import Metrics
+from server.sessions import Sessions
 from server.settings import Settings
 from server.store import fleet, people
 from server.store.db import make_engine, migrate, sessionmaker
@@ -129,6 +130,12 @@ class HQ:
         svc._webhooks = sender = Sender(svc)
         self._spawn(sender.run(), "webhooks")
         self._spawn(slamonitor.loop(svc), "sla")
+        svc._remote = remote = Sessions(svc)
+        hooks.tickets_changed.append(remote.tickets_changed)
+        gateway.on_help.append(remote.offer_from_site)
+        gateway.on_hello.append(remote.push_live)
+        gateway.on_consent = remote.from_machine
+        self._spawn(remote.loop(), "sessions")
         self._control = ControlServer(self.datadir.control_socket, self._on_control)
         await self._control.start()
         self.datadir.write_serve_info(
@@ -192,6 +199,8 @@ class HQ:
             return
         if self._control is not None:
             await self._control.stop()
+        if self.svc._remote is not None:
+            await self.svc.remote.stop()
         await self.svc.gateway.stop()
         await self.svc.jobs.stop()
         if self.svc._alerts is not None:

@@ -21,7 +21,13 @@ from server.api.authn import Principal
 from server.audit import Actor, Event
 from server.context import Services
 from server.gateway import dispatch
-from server.itsm.runs import TIER_PERMISSION, TicketView, ticket_requirement, tier_of
+from server.itsm.runs import (
+    TIER_PERMISSION,
+    TicketView,
+    session_requirement,
+    ticket_requirement,
+    tier_of,
+)
 from server.store import auditlog, tickets
 from server.store.models import Agent, RunRecord, new_id, utcnow
 from shared import protocol as p
@@ -115,6 +121,8 @@ async def prepare(
     validate_params(schema_for(agent, name), params)
     ticket = await resolve_ticket(session, who, ticket_ref)
     reason = ticket_requirement(tier, ticket, agent.site_id)
+    if reason is None and ticket is not None and tier != "diagnostic":
+        reason = await _session_rule(session, tier, agent, ticket, who.user_id)
     if reason is not None:
         raise Invalid(reason, fields={"ticket_id": reason})
     return Prepared(
@@ -129,6 +137,29 @@ async def prepare(
         user_id=who.user_id,
         job_id=job_id,
     )
+
+
+async def _session_rule(
+    session: AsyncSession, tier: str, agent: Agent, ticket: TicketView, user_id: str
+) -> str | None:
+    from sqlalchemy import select
+
+    from server.itsm.consent import SitePolicy
+    from server.store.models import RemoteSession, Site
+
+    site = await session.get(Site, agent.site_id)
+    rules = SitePolicy.from_json(site.session_policy if site else None)
+    active = await session.scalar(
+        select(RemoteSession.id)
+        .where(
+            RemoteSession.ticket_id == ticket.id,
+            RemoteSession.agent_id == agent.id,
+            RemoteSession.requested_by == user_id,
+            RemoteSession.state == "active",
+        )
+        .limit(1)
+    )
+    return session_requirement(tier, rules.require_session_for, active is not None)
 
 
 @dataclass

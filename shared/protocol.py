@@ -9,7 +9,14 @@ Agent -> HQ: `hello` (first, again after a policy reload), `health` (every
 interval), `help` and `rating` (from people at the machine); the last three
 are spooled and carry a per-kind sequence number.
 HQ -> agent: `ack` (after the frames it names are committed), `receipt` (the
-answer to a help request or rating), `tickets` (the machine's tickets).
+answer to a help request or rating), `tickets` (the machine's tickets),
+`session` (a remote session on the machine: consent wanted, active, ended).
+Agent -> HQ also: `consent` (a person's answer to a session request, spooled).
+
+Remote sessions use their own channels on the same connection, opened by HQ
+with `FIELDLINK_SESSION`, `FIELDLINK_TICKET` and `FIELDLINK_ENGINEER` in the
+channel environment: a PTY shell (kind shell), the SFTP subsystem (kind
+files). The agent accepts them only for a session it knows to be active.
 
 `FrameDecoder` turns a byte stream into frames and refuses a line longer than
 its limit, so a misbehaving peer cannot make the reader buffer without bound.
@@ -24,6 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 MAX_FRAME_BYTES = 1024 * 1024
 TELEMETRY_SUBSYSTEM = "telemetry"
+SESSION_ENV = "FIELDLINK_SESSION"
+TICKET_ENV = "FIELDLINK_TICKET"
+ENGINEER_ENV = "FIELDLINK_ENGINEER"
 
 
 class Model(BaseModel):
@@ -230,7 +240,18 @@ class Rating(Model):
     user: str = Field(max_length=200)
 
 
-SpooledKind = Literal["health", "help", "rating"]
+class Consent(Model):
+    """A person at the machine answers a session request (`fieldlink-agent
+    consent --approve/--deny ID`) or ends an active session (`--end ID`)."""
+
+    type: Literal["consent"] = "consent"
+    seq: int = Field(ge=1)
+    session_id: str = Field(min_length=1, max_length=64)
+    action: Literal["approve", "deny", "end"]
+    user: str = Field(max_length=200)
+
+
+SpooledKind = Literal["health", "help", "rating", "consent"]
 
 
 class Ack(Model):
@@ -262,6 +283,28 @@ class TicketBrief(Model):
     assignee: str | None = None
     rated: bool = False
     requested_here: bool = False
+
+
+class SessionInfo(Model):
+    """HQ tells the machine about a remote session on it: a request waiting
+    for consent, the session becoming active (what the agent will then allow),
+    or its end (the agent stops it too). Sent on every state change and, for
+    live ones, after each hello."""
+
+    type: Literal["session"] = "session"
+    session_id: str
+    kind: Literal["shell", "exec", "files"]
+    state: Literal["requested", "awaiting_consent", "active", "ended", "denied", "expired",
+                   "failed"]
+    origin: Literal["hq", "site"] = "hq"
+    engineer: str
+    ticket: str
+    reason: str = ""
+    consent_by: str | None = None
+    expires_at: datetime | None = None  # consent deadline while awaiting, else session end
+    started_at: datetime | None = None
+    end_reason: str | None = None
+    record_input: bool = False
 
 
 class Tickets(Model):
@@ -312,11 +355,13 @@ class RunResult(Model):
     finished_at: datetime
 
 
-AgentFrame = Annotated[Hello | Health | Help | Rating, Field(discriminator="type")]
-HQFrame = Annotated[Ack | Receipt | Tickets, Field(discriminator="type")]
+AgentFrame = Annotated[Hello | Health | Help | Rating | Consent, Field(discriminator="type")]
+HQFrame = Annotated[Ack | Receipt | Tickets | SessionInfo, Field(discriminator="type")]
+AnyAgentFrame = Hello | Health | Help | Rating | Consent
+AnyHQFrame = Ack | Receipt | Tickets | SessionInfo
 
-_agent_frames: TypeAdapter[Hello | Health | Help | Rating] = TypeAdapter(AgentFrame)
-_hq_frames: TypeAdapter[Ack | Receipt | Tickets] = TypeAdapter(HQFrame)
+_agent_frames: TypeAdapter[AnyAgentFrame] = TypeAdapter(AgentFrame)
+_hq_frames: TypeAdapter[AnyHQFrame] = TypeAdapter(HQFrame)
 
 
 class FrameError(ValueError):
@@ -339,13 +384,13 @@ def _decode(adapter: TypeAdapter[Any], line: bytes) -> Any:
         raise FrameError(f"invalid frame at {where}: {first['msg']}") from None
 
 
-def decode_agent_frame(line: bytes) -> Hello | Health | Help | Rating:
-    frame: Hello | Health | Help | Rating = _decode(_agent_frames, line)
+def decode_agent_frame(line: bytes) -> AnyAgentFrame:
+    frame: AnyAgentFrame = _decode(_agent_frames, line)
     return frame
 
 
-def decode_hq_frame(line: bytes) -> Ack | Receipt | Tickets:
-    frame: Ack | Receipt | Tickets = _decode(_hq_frames, line)
+def decode_hq_frame(line: bytes) -> AnyHQFrame:
+    frame: AnyHQFrame = _decode(_hq_frames, line)
     return frame
 
 

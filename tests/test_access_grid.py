@@ -216,6 +216,55 @@ async def _webhook(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
     return "DELETE", f"/api/v1/webhooks/{hook['id']}", None
 
 
+async def _new_session(world: World) -> tuple[str, str, Any]:
+    return (
+        "POST",
+        "/api/v1/sessions",
+        {"agent_id": world.agent_id, "ticket_id": world.ticket, "kind": "exec", "reason": "grid"},
+    )
+
+
+async def _session(world: World, *, state: str = "awaiting_consent", origin: str = "hq") -> str:
+    """A session on site A's agent, made directly (the grid's agent is not running)."""
+    from server.store import tickets as ticket_store
+    from server.store.models import RemoteSession
+
+    async with world.hq.sessions.begin() as session:
+        ticket = await ticket_store.find(session, world.ticket)
+        assert ticket is not None
+        rs = RemoteSession(
+            agent_id=world.agent_id,
+            site_id=world.site_a_id,
+            ticket_id=ticket.id,
+            kind="shell",
+            max_minutes=30,
+            state=state,
+            origin=origin,
+            requested_by=None,
+            requested_by_name="someone",
+            reason="grid",
+        )
+        session.add(rs)
+        await session.flush()
+        return rs.id
+
+
+def on_session(method: str, suffix: str, body: Any = None, **kw: Any) -> Build:
+    async def build(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+        return method, f"/api/v1/sessions/{await _session(world, **kw)}{suffix}", body
+
+    return build
+
+
+def session_end_rule(role: str, scope: str) -> int:
+    """Ending someone else's session: site technicians (consent) and admins only."""
+    perms = BUILTIN_ROLES[role][1]
+    visible = ticket_rule("tickets:read", 200)(role, scope)
+    if visible != 200:
+        return visible
+    return 200 if {"sessions:consent", "users:admin"} & perms else 403
+
+
 GRID: dict[tuple[str, str], Cell] = {
     ("POST", "/api/v1/auth/logout"): Cell("self", None, _logout),
     ("GET", "/api/v1/me"): Cell("self", None, fixed("GET", "/api/v1/me")),
@@ -396,6 +445,57 @@ GRID: dict[tuple[str, str], Cell] = {
         ok=201,
     ),
     ("DELETE", "/api/v1/webhooks/{webhook_id}"): Cell("global", "users:admin", _webhook),
+    ("POST", "/api/v1/sessions"): Cell(
+        "object", "sessions:request", lambda w, who: _new_session(w), ok=201
+    ),
+    ("GET", "/api/v1/sessions"): Cell("list", "tickets:read", fixed("GET", "/api/v1/sessions")),
+    ("GET", "/api/v1/sessions/{session_id}"): Cell(
+        "ticket", "tickets:read", on_session("GET", ""), expect=ticket_rule("tickets:read", 200)
+    ),
+    ("POST", "/api/v1/sessions/{session_id}/consent"): Cell(
+        "ticket",
+        "sessions:consent",
+        on_session("POST", "/consent", {"approve": False}),
+        expect=ticket_rule("sessions:consent", 200),
+    ),
+    ("POST", "/api/v1/sessions/{session_id}/accept"): Cell(
+        "ticket",
+        "sessions:request",
+        on_session("POST", "/accept", state="requested", origin="site"),
+        expect=ticket_rule("sessions:request", 200),
+    ),
+    ("POST", "/api/v1/sessions/{session_id}/end"): Cell(
+        "ticket",
+        "tickets:read",
+        on_session("POST", "/end", {"reason": "grid"}),
+        expect=session_end_rule,
+    ),
+    # Only the session's engineer types in its terminal or moves its files.
+    ("GET", "/api/v1/sessions/{session_id}/terminal"): Cell(
+        "ticket",
+        "tickets:read",
+        on_session("GET", "/terminal", state="active"),
+        expect=ticket_rule("tickets:read", 403),
+    ),
+    ("GET", "/api/v1/sessions/{session_id}/files"): Cell(
+        "ticket",
+        "files:read",
+        on_session("GET", "/files?path=/var/log/x", state="active"),
+        expect=ticket_rule("files:read", 403),
+    ),
+    ("PUT", "/api/v1/sessions/{session_id}/files"): Cell(
+        "ticket",
+        "files:write",
+        on_session("PUT", "/files?path=/var/log/x", state="active"),
+        expect=ticket_rule("files:write", 403),
+    ),
+    # No shell ran, so there is no recording: readers with audit:read get the 404 that says so.
+    ("GET", "/api/v1/sessions/{session_id}/recording"): Cell(
+        "ticket",
+        "audit:read",
+        on_session("GET", "/recording", state="ended"),
+        expect=ticket_rule("audit:read", 404),
+    ),
     ("PUT", "/api/v1/agents/{agent_id}/tags"): Cell(
         "object", "agents:enroll", fixed("PUT", "/api/v1/agents/{agent}/tags", {"tags": ["till"]})
     ),

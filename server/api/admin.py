@@ -8,10 +8,12 @@ needs users:admin globally; a site-scoped admin manages bindings on its site.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,6 +24,7 @@ from server.audit import Event
 from server.auth import rbac
 from server.auth.secrets import hash_password, new_password
 from server.context import services
+from server.itsm.consent import SitePolicy
 from server.ops import accounts
 from server.store import auditlog, people
 from server.store.models import Agent, Binding, Role, Site, User
@@ -564,11 +567,72 @@ async def delete_binding(request: web.Request) -> web.Response:
 # --- sites -----------------------------------------------------------------------------------
 
 
+class SessionPolicyIn(BaseModel):
+    """Remote-session settings of a site (see server/itsm/consent.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    consent: dict[str, bool] = Field(
+        default_factory=lambda: {"shell": True, "exec": True, "files": True},
+        description="consent needed per session kind: shell, exec, files (the machine's "
+        "policy can only add)",
+    )
+
+    @field_validator("consent")
+    @classmethod
+    def _kinds(cls, value: dict[str, bool]) -> dict[str, bool]:
+        unknown = set(value) - {"shell", "exec", "files"}
+        if unknown:
+            raise ValueError(f"unknown session kinds: {', '.join(sorted(unknown))}")
+        return value
+    consent_timeout_seconds: float = Field(300.0, ge=10, le=86400)
+    on_timeout: Literal["deny", "allow"] = "deny"
+    require_session_for: list[Literal["exec", "action"]] = Field(
+        default_factory=list, description="run tiers that need an active session on the ticket"
+    )
+    record_input: bool = Field(False, description="record what the engineer types, too")
+    offer_timeout_seconds: float = Field(1800.0, ge=10, le=7 * 86400)
+
+
+class Calendar(BaseModel):
+    timezone: str = Field("UTC", description="IANA time zone, e.g. Asia/Seoul")
+    work_days: list[int] = Field(
+        default_factory=lambda: [0, 1, 2, 3, 4], description="0 = Monday ... 6 = Sunday"
+    )
+    work_start: str = Field("09:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    work_end: str = Field("18:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    holidays: list[date] = Field(default_factory=list)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @field_validator("work_days")
+    @classmethod
+    def _days(cls, value: list[int]) -> list[int]:
+        if any(d not in range(7) for d in value):
+            raise ValueError("days are 0 (Monday) to 6 (Sunday)")
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _hours(self) -> Calendar:
+        if self.work_end <= self.work_start:
+            raise ValueError("work_end must be after work_start")
+        return self
+
+
 class SiteItem(BaseModel):
     id: str
     name: str
     description: str
     created_at: datetime
+    calendar: Calendar
+    session_policy: SessionPolicyIn
 
 
 class SiteList(BaseModel):
@@ -579,17 +643,42 @@ class SiteList(BaseModel):
 class NewSite(BaseModel):
     name: str = Field(pattern=SITE_NAME)
     description: str = Field("", max_length=1000)
+    calendar: Calendar | None = None
+    session_policy: SessionPolicyIn | None = None
 
 
 class SitePatch(BaseModel):
     name: str | None = Field(None, pattern=SITE_NAME)
     description: str | None = Field(None, max_length=1000)
+    calendar: Calendar | None = Field(None, description="business hours for SLA clocks")
+    session_policy: SessionPolicyIn | None = None
 
 
 def _site_item(site: Site) -> SiteItem:
     return SiteItem(
-        id=site.id, name=site.name, description=site.description, created_at=site.created_at
+        id=site.id,
+        name=site.name,
+        description=site.description,
+        created_at=site.created_at,
+        calendar=Calendar(
+            timezone=site.timezone,
+            work_days=site.work_days,
+            work_start=site.work_start,
+            work_end=site.work_end,
+            holidays=[date.fromisoformat(d) for d in site.holidays or []],
+        ),
+        session_policy=SessionPolicyIn(**SitePolicy.from_json(site.session_policy).to_json()),
     )
+
+
+def _apply(site: Site, calendar: Calendar | None, session_policy: SessionPolicyIn | None) -> None:
+    if calendar is not None:
+        site.timezone = calendar.timezone
+        site.work_days = calendar.work_days
+        site.work_start, site.work_end = calendar.work_start, calendar.work_end
+        site.holidays = [d.isoformat() for d in calendar.holidays]
+    if session_policy is not None:
+        site.session_policy = session_policy.model_dump()
 
 
 @routes.route(
@@ -626,6 +715,7 @@ async def create_site(request: web.Request) -> web.Response:
         if await people.site_by_name(session, req.name) is not None:
             raise Conflict("site exists", fields={"name": "already taken"})
         site = Site(name=req.name, description=req.description)
+        _apply(site, req.calendar or Calendar(), req.session_policy)
         session.add(site)
         await session.flush()
         await auditlog.append(
@@ -683,6 +773,7 @@ async def patch_site(request: web.Request) -> web.Response:
             site.name = req.name
         if req.description is not None:
             site.description = req.description
+        _apply(site, req.calendar, req.session_policy)
         await auditlog.append(
             session,
             who.actor(),
@@ -691,7 +782,7 @@ async def patch_site(request: web.Request) -> web.Response:
                 target_type="site",
                 target_id=site.id,
                 site_id=site.id,
-                details={"name": site.name},
+                details={"name": site.name, **req.model_dump(mode="json", exclude_none=True)},
             ),
         )
     return json_response(_site_item(site))

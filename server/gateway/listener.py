@@ -101,6 +101,8 @@ class Gateway:
         self.registry = Registry()
         self.on_connect: list[ConnectHook] = []
         self.on_help: list[HelpHook] = []
+        self.on_hello: list[Callable[[str], Awaitable[None]]] = []
+        self.on_consent: Callable[[str, Any], Awaitable[None]] | None = None
         self._pending = 0
         self._peers: weakref.WeakKeyDictionary[asyncssh.SSHClientConnection, str] = (
             weakref.WeakKeyDictionary()

@@ -48,6 +48,8 @@ async def run_telemetry(link: AgentLink, gw: Gateway) -> None:
                         await fleet.record_hello(session, link.agent_id, frame)
                     log.info("agent_hello", version=frame.version, dropped=frame.spool_dropped)
                     await gw.push_tickets({link.agent_id})
+                    for hook in gw.on_hello:
+                        await hook(link.agent_id)
                 elif hello is None:
                     raise p.FrameError(f"{frame.type} frame before hello")
                 elif isinstance(frame, p.Health):
@@ -55,9 +57,13 @@ async def run_telemetry(link: AgentLink, gw: Gateway) -> None:
                 elif isinstance(frame, p.Help):
                     link.send(await requests.handle_help(gw, link.agent_id, frame))
                     link.send(p.Ack(kind="help", seqs=[frame.seq]))
-                else:
+                elif isinstance(frame, p.Rating):
                     link.send(await requests.handle_rating(gw, link.agent_id, frame))
                     link.send(p.Ack(kind="rating", seqs=[frame.seq]))
+                else:
+                    if gw.on_consent is not None:
+                        await gw.on_consent(link.agent_id, frame)
+                    link.send(p.Ack(kind="consent", seqs=[frame.seq]))
         except p.FrameError as exc:
             gw.metrics.bad_frames.inc()
             log.warning("agent_frame_rejected", peer=link.peer, error=str(exc))

@@ -3,6 +3,8 @@
 - Diagnostics (read-only) need `diag:run` on the agent's site.
 - Actions need `action:run`, plain commands `exec:run`, and both need a
   ticket: an open ticket on the agent's site.
+- Where the site's session policy says so, actions and commands also need
+  an active remote session of the same engineer on that ticket and machine.
 - The agent's own policy is checked again on the machine (defence in depth).
 """
 
@@ -45,4 +47,15 @@ def ticket_requirement(tier: str, ticket: TicketView | None, agent_site_id: str)
         return "the ticket belongs to another site"
     if ticket.status not in OPEN_STATUSES:
         return f"ticket FL-{ticket.number} is {ticket.status}; it must be open"
+    return None
+
+
+def session_requirement(tier: str, site_requires: tuple[str, ...], has_session: bool) -> str | None:
+    """Where the site's policy says so, actions and commands also need the
+    engineer's active session on the ticket and machine."""
+    if tier in site_requires and not has_session:
+        return (
+            f"this site runs {tier}s only inside an active session on the ticket: "
+            "request one first (POST /api/v1/sessions)"
+        )
     return None

@@ -81,6 +81,8 @@ class Site(Base):
     work_start: Mapped[str] = mapped_column(String(5), default="09:00")
     work_end: Mapped[str] = mapped_column(String(5), default="18:00")
     holidays: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    # remote-session settings (server.itsm.consent.SitePolicy); NULL = defaults
+    session_policy: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
 
 class User(Base):
@@ -523,4 +525,43 @@ class AgentRequest(Base):
     ok: Mapped[bool] = mapped_column(Boolean)
     ticket_id: Mapped[str | None] = mapped_column(String(40))
     message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- remote sessions ----------------------------------------------------------------------
+
+
+class RemoteSession(Base):
+    __tablename__ = "remote_sessions"
+    __table_args__ = (
+        Index("ix_session_ticket", "ticket_id"),
+        Index("ix_session_agent_state", "agent_id", "state"),
+        Index("ix_session_state", "state"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("se"))
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"))
+    site_id: Mapped[str] = mapped_column(String(40))
+    ticket_id: Mapped[str] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(10))  # shell | exec | files
+    reason: Mapped[str] = mapped_column(Text, default="")
+    max_minutes: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(20))
+    origin: Mapped[str] = mapped_column(String(10), default="hq")  # hq | site
+    requested_by: Mapped[str | None] = mapped_column(String(40))
+    requested_by_name: Mapped[str] = mapped_column(String(200), default="")
+    consent_required: Mapped[bool] = mapped_column(Boolean, default=True)
+    consent_on_timeout: Mapped[str] = mapped_column(String(10), default="deny")
+    consent_by: Mapped[str | None] = mapped_column(String(200))
+    consent_via: Mapped[str | None] = mapped_column(String(20))  # machine | user | site_request
+    consent_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]  # consent or offer deadline
+    started_at: Mapped[datetime | None]
+    ends_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    end_reason: Mapped[str | None] = mapped_column(Text)
+    ended_by: Mapped[str | None] = mapped_column(String(200))
+    record_input: Mapped[bool] = mapped_column(Boolean, default=False)
+    recording_sha256: Mapped[str | None] = mapped_column(String(64))
+    recording_bytes: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
