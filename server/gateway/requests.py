@@ -74,7 +74,9 @@ async def handle_help(gw: Gateway, agent_id: str, frame: p.Help) -> p.Receipt:
         assert agent is not None
         who = f"{frame.user}@{agent.hostname}" if frame.user else agent.hostname
         actor = Actor("agent", agent_id, who, "machine")
-        title = frame.text.strip().splitlines()[0][:120]
+        # Text of only whitespace passes the frame's min_length; it must not
+        # crash the channel (the frame would come back after every reconnect).
+        title = (frame.text.strip().splitlines() or ["help requested"])[0][:120]
         description = frame.text.strip()
         ticket = await ticketing.create(
             session,
