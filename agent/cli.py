@@ -5,6 +5,11 @@ fieldlink-agent run --config-dir DIR [--interval SECONDS]
 fieldlink-agent status --config-dir DIR
 fieldlink-agent policy --config-dir DIR [--init] [--json]
 fieldlink-agent catalog [--json]
+
+For people at the machine (they talk to the running agent over its local socket):
+fieldlink-agent help TEXT [--assist] [--wait SECONDS] [--config-dir DIR] [--socket PATH]
+fieldlink-agent tickets [--json] [--config-dir DIR] [--socket PATH]
+fieldlink-agent rate FL-N SCORE [--comment TEXT] [--wait SECONDS]
 """
 
 from __future__ import annotations
@@ -12,13 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from agent.config import ConfigDir, ConfigError
-from agent.enroll import EnrollError, enroll
 from shared import logs
 from shared.version import __version__
 
@@ -68,7 +73,51 @@ def _parser() -> argparse.ArgumentParser:
 
     c = add("catalog", "list the diagnostics and actions this agent offers HQ")
     c.add_argument("--json", action="store_true", help="print JSON, with parameter schemas")
+
+    def local(cmd: argparse.ArgumentParser, waits: bool) -> None:
+        cmd.add_argument(
+            "--socket",
+            metavar="PATH",
+            help="the running agent's local socket (default: DIR/agent.sock, or "
+            "local_socket from the config when readable)",
+        )
+        cmd.add_argument("--json", action="store_true", help="print the agent's answer as JSON")
+        if waits:
+            cmd.add_argument(
+                "--wait",
+                type=_wait_seconds,
+                default=10.0,
+                metavar="SECONDS",
+                help="how long to wait for HQ's answer (0-60, default 10); if none "
+                "comes the request stays saved on this machine and goes later",
+            )
+
+    h = add("help", "ask HQ's IT team for help with this machine; prints the ticket number")
+    h.add_argument("text", nargs="+", metavar="TEXT", help="what is wrong, in your words")
+    h.add_argument(
+        "--assist", action="store_true", help="ask for someone at HQ to take over the machine"
+    )
+    local(h, waits=True)
+
+    t = add("tickets", "this machine's open and recently resolved tickets")
+    local(t, waits=False)
+
+    rt = add("rate", "rate the help on a resolved ticket you asked for (once)")
+    rt.add_argument("ticket", metavar="FL-N", help="the ticket number")
+    rt.add_argument("score", type=int, choices=range(1, 6), metavar="SCORE", help="1 (bad) to 5")
+    rt.add_argument("--comment", default="", help="a few words for the team")
+    local(rt, waits=True)
     return parser
+
+
+def _wait_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 60:
+        raise argparse.ArgumentTypeError("must be between 0 and 60 seconds")
+    return value
 
 
 def _policy(config_dir: ConfigDir, as_json: bool, init: bool) -> int:
@@ -112,6 +161,11 @@ def _fmt_time(value: str | None) -> str:
 def _status(config_dir: ConfigDir, as_json: bool) -> int:
     from agent.spool import Spool
 
+    if config_dir.config_file.exists() and not os.access(config_dir.config_file, os.R_OK):
+        from agent import staff  # an account that may not read the config asks the agent
+
+        return staff.status_command(config_dir.socket_file, as_json=as_json)
+
     config = config_dir.load()
     spool = Spool(config_dir.spool_file, config.spool_max_frames)
     try:
@@ -149,17 +203,47 @@ def _status(config_dir: ConfigDir, as_json: bool) -> int:
     return 0
 
 
+def _enroll(config_dir: ConfigDir, token: str, force: bool) -> int:
+    from agent.enroll import EnrollError, enroll
+
+    try:
+        config = enroll(token, config_dir, force=force)
+    except EnrollError as exc:
+        print(f"fieldlink-agent: {exc}", file=sys.stderr)
+        return 1
+    print(f"enrolled as agent {config.agent_id} at site {config.site}")
+    print(f"start it with: fieldlink-agent run --config-dir {config_dir.path}")
+    return 0
+
+
+def _staff(config_dir: ConfigDir, args: argparse.Namespace) -> int:
+    from agent import staff
+
+    path = staff.socket_for(config_dir, args.socket)
+    if args.command == "help":
+        text = " ".join(args.text)
+        return staff.help_command(path, text, assist=args.assist, wait=args.wait, as_json=args.json)
+    if args.command == "rate":
+        return staff.rate_command(
+            path, args.ticket, args.score, args.comment, wait=args.wait, as_json=args.json
+        )
+    return staff.tickets_command(path, as_json=args.json)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     fmt = {"auto": None, "json": True, "console": False}[args.log_format]
     logs.configure(json=fmt)
     config_dir = ConfigDir(args.config_dir)
+    # Modules are imported by the command that needs them: `help` on a till
+    # should not wait for asyncssh and psutil to load.
+    from agent.local import LocalError
+
     try:
+        if args.command in ("help", "tickets", "rate"):
+            return _staff(config_dir, args)
         if args.command == "enroll":
-            config = enroll(args.token, config_dir, force=args.force)
-            print(f"enrolled as agent {config.agent_id} at site {config.site}")
-            print(f"start it with: fieldlink-agent run --config-dir {config_dir.path}")
-            return 0
+            return _enroll(config_dir, args.token, args.force)
         if args.command == "run":
             from agent.daemon import Daemon
 
@@ -175,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _policy(config_dir, args.json, args.init)
         if args.command == "catalog":
             return _catalog(args.json)
-    except (ConfigError, EnrollError) as exc:
+    except (ConfigError, LocalError) as exc:
         print(f"fieldlink-agent: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -4,6 +4,8 @@ DIR/config.toml   identity, HQ endpoints, pinned HQ key, tuning (0600)
 DIR/agent_key     the agent's ed25519 host key, made on this machine (0600)
 DIR/spool.db      unacknowledged frames (see agent.spool)
 DIR/policy.toml   the site's local policy (see agent.policy)
+DIR/agent.sock    the running daemon's local socket for people at the machine
+                  (see agent.local; `local_socket` may put it elsewhere)
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ class AgentConfig(BaseModel):
     backoff_cap: float = Field(default=60.0, gt=0)
     keepalive_interval: float = Field(default=10.0, gt=0)
     spool_max_frames: int = Field(default=20_000, ge=10)
+    # The local socket for `fieldlink-agent help|tickets|rate` (agent.local):
+    # its path (default DIR/agent.sock; relative paths are inside DIR) and the
+    # group whose members may use it (a name or a number; default the agent's
+    # own primary group).
+    local_socket: str | None = Field(default=None, min_length=1)
+    local_group: str | None = Field(default=None, min_length=1)
 
 
 class ConfigDir:
@@ -58,6 +66,17 @@ class ConfigDir:
     def policy_file(self) -> Path:
         return self.path / "policy.toml"
 
+    @property
+    def socket_file(self) -> Path:
+        """The default path of the daemon's local socket."""
+        return self.path / "agent.sock"
+
+    def socket_path(self, config: AgentConfig) -> Path:
+        """Where the daemon configured by `config` listens for local requests."""
+        if config.local_socket is None:
+            return self.socket_file
+        return self.path / Path(config.local_socket).expanduser()
+
     def exists(self) -> bool:
         return self.config_file.exists()
 
@@ -78,7 +97,9 @@ class ConfigDir:
 
     def save(self, config: AgentConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private(self.config_file, tomli_w.dumps(config.model_dump()).encode())
+        # TOML has no null: an unset optional key is left out, which reads back as unset.
+        data = config.model_dump(exclude_none=True)
+        write_private(self.config_file, tomli_w.dumps(data).encode())
 
 
 def write_private(path: Path, data: bytes) -> None:

@@ -1,5 +1,6 @@
 """The agent daemon: samples health on a schedule into the spool, keeps the
-link to HQ up and serves HQ's runs under the local policy.
+link to HQ up, serves HQ's runs under the local policy and answers people at
+the machine on its local socket (help requests, ratings, the ticket list).
 `fieldlink-agent run` runs `Daemon.run()`; SIGHUP reloads the policy.
 """
 
@@ -18,7 +19,9 @@ import structlog
 
 from agent import catalog
 from agent.config import AgentConfig, ConfigDir
+from agent.desk import Desk
 from agent.link import Link, Telemetry
+from agent.local import LocalServer
 from agent.policy import Policy, PolicyError, ensure_policy, load_policy
 from agent.run import RunService
 from agent.sampler import Sampler, collect_facts
@@ -50,6 +53,21 @@ class Daemon:
             spool=self.spool,
             process_handlers={p.RUN_SUBSYSTEM: self.runs.serve},
         )
+        self.desk = Desk(
+            config=self.config,
+            spool=self.spool,
+            telemetry=self.telemetry,
+            sample=self.fresh_sample,
+        )
+        socket_path = config_dir.socket_path(self.config)
+        self.local = LocalServer(
+            socket_path,
+            self.desk,
+            group=self.config.local_group,
+            manage_dir=socket_path.parent == config_dir.path,
+        )
+        self._sampler: Sampler | None = None
+        self._sampling = asyncio.Lock()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -84,8 +102,29 @@ class Daemon:
         log.info("policy_reloaded", path=str(path), **policy.summary().model_dump())
         return True
 
+    async def sample(self) -> p.HealthReport:
+        """One health sample, off the event loop. The sampler keeps counters
+        between calls, so calls take turns."""
+        async with self._sampling:
+            sampler = await self._ensure_sampler()
+            return await asyncio.to_thread(sampler.sample)
+
+    async def _ensure_sampler(self) -> Sampler:
+        if self._sampler is None:  # priming reads every process: not on the loop
+            self._sampler = await asyncio.to_thread(Sampler)
+        return self._sampler
+
+    async def fresh_sample(self) -> p.HealthReport | None:
+        """A sample for a help request; None (HQ then uses the last report) if it fails."""
+        try:
+            return await self.sample()
+        except Exception:
+            log.exception("sample_failed")
+            return None
+
     async def _sample_loop(self) -> None:
-        sampler = await asyncio.to_thread(Sampler)
+        async with self._sampling:
+            await self._ensure_sampler()
         next_at = time.monotonic() + min(self.interval, 1.0)
         while True:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
@@ -93,7 +132,7 @@ class Daemon:
             if next_at < time.monotonic():  # we fell behind (suspend): skip, don't burst
                 next_at = time.monotonic() + self.interval
             try:
-                report = await asyncio.to_thread(sampler.sample)
+                report = await self.sample()
             except Exception:
                 log.exception("sample_failed")
                 continue
@@ -135,17 +174,20 @@ class Daemon:
                     loop.add_signal_handler(sig, self.stop)
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signal.SIGHUP, self.reload_policy)
-        log.info(
-            "agent_started",
-            agent_id=self.config.agent_id,
-            hq=f"{self.config.ssh_host}:{self.config.ssh_port}",
-            interval=self.interval,
-        )
-        self._spawn(self._sample_loop())
-        self._spawn(self.link.run())
         try:
+            await self.local.start()
+            log.info(
+                "agent_started",
+                agent_id=self.config.agent_id,
+                hq=f"{self.config.ssh_host}:{self.config.ssh_port}",
+                interval=self.interval,
+                local_socket=str(self.local.path),
+            )
+            self._spawn(self._sample_loop())
+            self._spawn(self.link.run())
             await self._stop.wait()
         finally:
+            await self.local.close()
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)

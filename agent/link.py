@@ -9,7 +9,10 @@ forwarding and anything it does not offer.
 attempts, capped, reset after a connection that stayed up a while.
 
 The `telemetry` subsystem session sends a hello, then every spooled frame
-(oldest first) and every new one, and applies HQ's acks to the spool.
+(oldest first) and every new one, and applies HQ's acks to the spool. HQ's
+receipts (the answer to a help request or rating) are recorded in the spool
+and handed to whoever waits for them; HQ's list of the machine's tickets is
+kept, in memory and in the spool, for `fieldlink-agent tickets`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncssh
@@ -30,6 +35,7 @@ log = structlog.get_logger(__name__)
 
 _STABLE_AFTER = 30.0  # a connection up this long resets the backoff
 _BATCH = 200
+_RECENT_RECEIPTS = 256  # receipts kept in memory for a waiter that registers late
 
 
 class Backoff:
@@ -79,8 +85,17 @@ class _AgentSSHServer(asyncssh.SSHServer):
         return False
 
 
+@dataclass(frozen=True)
+class TicketList:
+    """HQ's latest list of this machine's tickets, and when it arrived (epoch seconds)."""
+
+    items: list[p.TicketBrief]
+    received_at: float
+
+
 class Telemetry:
-    """Sends spooled frames to HQ and applies acks. One live session at a time."""
+    """Sends spooled frames to HQ and applies acks, receipts and ticket lists.
+    One live session at a time."""
 
     def __init__(self, spool: Spool, hello: Callable[[], Awaitable[p.Hello]]) -> None:
         self._spool = spool
@@ -88,6 +103,28 @@ class Telemetry:
         self._new = asyncio.Event()
         self._rehello = False
         self._current: asyncssh.SSHServerProcess[bytes] | None = None
+        self._waiters: dict[tuple[str, int], list[asyncio.Future[p.Receipt]]] = {}
+        self._receipts: OrderedDict[tuple[str, int], p.Receipt] = OrderedDict()
+        self.tickets = self._saved_tickets()
+
+    def _saved_tickets(self) -> TicketList | None:
+        saved = self._spool.load_tickets()
+        if saved is None:
+            return None
+        data, received_at = saved
+        try:
+            frame = p.decode_hq_frame(data.encode())
+        except p.FrameError as exc:
+            log.warning("saved_tickets_unreadable", error=str(exc))
+            return None
+        if not isinstance(frame, p.Tickets):
+            return None
+        return TicketList(frame.items, received_at)
+
+    @property
+    def open(self) -> bool:
+        """Whether HQ has the telemetry channel open now."""
+        return self._current is not None
 
     def notify(self) -> None:
         """A frame was appended to the spool."""
@@ -97,6 +134,58 @@ class Telemetry:
         """What the hello says has changed (policy reload): send it again."""
         self._rehello = True
         self._new.set()
+
+    async def receipt(self, kind: str, seq: int, timeout: float) -> p.Receipt | None:
+        """HQ's receipt for the spooled request (kind, seq), waiting up to
+        `timeout` seconds for it; None if it has not come by then."""
+        key = (kind, seq)
+        if key in self._receipts:
+            return self._receipts[key]
+        future: asyncio.Future[p.Receipt] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(key, []).append(future)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            waiting = self._waiters.get(key, [])
+            if future in waiting:
+                waiting.remove(future)
+            if not waiting:
+                self._waiters.pop(key, None)
+
+    async def _apply_receipt(self, receipt: p.Receipt) -> None:
+        """Record HQ's answer (before its ack is applied), then hand it to waiters."""
+        await asyncio.to_thread(
+            self._spool.answer,
+            receipt.kind,
+            receipt.seq,
+            ok=receipt.ok,
+            ticket=receipt.ticket,
+            message=receipt.message,
+        )
+        key = (receipt.kind, receipt.seq)
+        self._receipts[key] = receipt
+        self._receipts.move_to_end(key)
+        while len(self._receipts) > _RECENT_RECEIPTS:
+            self._receipts.popitem(last=False)
+        for future in self._waiters.pop(key, []):
+            if not future.done():
+                future.set_result(receipt)
+        log.info(
+            "hq_receipt",
+            kind=receipt.kind,
+            seq=receipt.seq,
+            ok=receipt.ok,
+            ticket=receipt.ticket,
+        )
+
+    async def _apply_tickets(self, frame: p.Tickets) -> None:
+        received_at = time.time()
+        self.tickets = TicketList(frame.items, received_at)
+        await asyncio.to_thread(
+            self._spool.save_tickets, p.encode(frame).decode().strip(), received_at
+        )
 
     async def serve(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         if self._current is not None:
@@ -135,7 +224,9 @@ class Telemetry:
             log.info("telemetry_send_stopped", error=str(exc))
 
     async def _receive(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
-        decoder = p.FrameDecoder(limit=64 * 1024)
+        # HQ's frames are small acks and receipts, but a ticket list (50 titles of
+        # up to 300 characters, 4 bytes each in UTF-8) can pass 64 KiB.
+        decoder = p.FrameDecoder(limit=p.MAX_FRAME_BYTES)
         while True:
             data = await process.stdin.read(65536)
             if not data:
@@ -144,6 +235,10 @@ class Telemetry:
                 frame = p.decode_hq_frame(line)
                 if isinstance(frame, p.Ack):
                     await asyncio.to_thread(self._spool.ack, frame.kind, frame.seqs)
+                elif isinstance(frame, p.Receipt):
+                    await self._apply_receipt(frame)
+                elif isinstance(frame, p.Tickets):
+                    await self._apply_tickets(frame)
 
 
 class Link:

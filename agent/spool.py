@@ -5,7 +5,13 @@ so an HQ restart, a network cut or an agent restart loses nothing. Sequence
 numbers are allocated here and persisted, so they are never reused.
 
 When the bound is hit the oldest frames are dropped and counted; the count is
-sent to HQ and shown by `fieldlink-agent status`, so loss is visible.
+sent to HQ and shown by `fieldlink-agent status`, so loss is visible. Health
+reports go first: a person's help request or rating is dropped only when the
+spool holds nothing else.
+
+Beside the frames it keeps what people at the machine asked (`requests`: who,
+what, when, and HQ's receipt once it came) and HQ's latest list of the
+machine's tickets, so `fieldlink-agent tickets` can answer while HQ is away.
 
 Storage is SQLite (stdlib `sqlite3`, WAL). Calls are blocking and short; the
 daemon runs them in a worker thread.
@@ -19,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames (
@@ -29,7 +36,22 @@ CREATE TABLE IF NOT EXISTS frames (
     UNIQUE (kind, seq)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS requests (
+    kind TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    user TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    asked_at REAL NOT NULL,
+    answered_at REAL,
+    ok INTEGER,
+    ticket TEXT,
+    message TEXT,
+    PRIMARY KEY (kind, seq)
+);
 """
+
+# Answered requests are kept this long for `fieldlink-agent tickets`, then pruned.
+KEEP_ANSWERED_SECONDS = 30 * 86400
 
 
 @dataclass(frozen=True)
@@ -38,6 +60,37 @@ class Spooled:
     kind: str
     seq: int
     data: bytes
+
+
+RequestState = Literal["answered", "waiting", "lost"]
+
+
+@dataclass(frozen=True)
+class Asked:
+    """Who asked for a spooled request, and a line saying what."""
+
+    user: str
+    summary: str
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    """A request made at this machine and what became of it.
+
+    `state` is `answered` (HQ's receipt is in), `waiting` (its frame is still
+    in the spool: not sent yet, or sent and not answered) or `lost` (neither:
+    dropped from a full spool before HQ answered)."""
+
+    kind: str
+    seq: int
+    user: str
+    summary: str
+    asked_at: float
+    state: RequestState
+    answered_at: float | None = None
+    ok: bool | None = None
+    ticket: str | None = None
+    message: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,10 +132,13 @@ class Spool:
         with self._lock:
             return self._meta_int("dropped")
 
-    def append(self, kind: str, build: Callable[[int, int], bytes]) -> Spooled:
+    def append(
+        self, kind: str, build: Callable[[int, int], bytes], asked: Asked | None = None
+    ) -> Spooled:
         """Allocate the next sequence number for `kind`, build the frame with
-        `build(seq, dropped)` and store it, dropping the oldest frames if the
-        bound is exceeded. One transaction."""
+        `build(seq, dropped)` and store it, dropping the oldest frames (health
+        reports first) if the bound is exceeded. With `asked`, the request is
+        recorded in the same transaction. One transaction."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -92,8 +148,8 @@ class Spool:
                 dropped = self._meta_int("dropped")
                 if overflow > 0:
                     cur = self._db.execute(
-                        "DELETE FROM frames WHERE id IN "
-                        "(SELECT id FROM frames ORDER BY id LIMIT ?)",
+                        "DELETE FROM frames WHERE id IN (SELECT id FROM frames "
+                        "ORDER BY kind != 'health', id LIMIT ?)",
                         (overflow,),
                     )
                     self._count -= cur.rowcount
@@ -103,6 +159,12 @@ class Spool:
                 cur = self._db.execute(
                     "INSERT INTO frames(kind, seq, data) VALUES (?, ?, ?)", (kind, seq, data)
                 )
+                if asked is not None:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO requests(kind, seq, user, summary, asked_at) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (kind, seq, asked.user, asked.summary, time.time()),
+                    )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -147,6 +209,76 @@ class Spool:
             for key, value in values.items():
                 self._set_meta(f"state:{key}", value)
             self._db.execute("COMMIT")
+
+    def answer(self, kind: str, seq: int, *, ok: bool, ticket: str | None, message: str) -> bool:
+        """Record HQ's receipt for a request; True if the request was known here.
+        Answered requests older than KEEP_ANSWERED_SECONDS are pruned."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN")
+            cur = self._db.execute(
+                "UPDATE requests SET answered_at = ?, ok = ?, ticket = ?, message = ? "
+                "WHERE kind = ? AND seq = ?",
+                (now, int(ok), ticket, message, kind, seq),
+            )
+            self._db.execute(
+                "DELETE FROM requests WHERE answered_at IS NOT NULL AND answered_at < ?",
+                (now - KEEP_ANSWERED_SECONDS,),
+            )
+            self._db.execute("COMMIT")
+        return cur.rowcount > 0
+
+    def requests(self, since: float = 0.0) -> list[RequestRow]:
+        """Requests asked at or after `since` (and every one not answered yet), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT r.kind, r.seq, r.user, r.summary, r.asked_at, r.answered_at, r.ok, "
+                "r.ticket, r.message, EXISTS (SELECT 1 FROM frames f "
+                "WHERE f.kind = r.kind AND f.seq = r.seq) "
+                "FROM requests r WHERE r.asked_at >= ? OR r.answered_at IS NULL "
+                "ORDER BY r.asked_at, r.kind, r.seq",
+                (since,),
+            ).fetchall()
+        out: list[RequestRow] = []
+        for kind, seq, user, summary, asked_at, answered_at, ok, ticket, message, spooled in rows:
+            state: RequestState = (
+                "answered" if answered_at is not None else "waiting" if spooled else "lost"
+            )
+            out.append(
+                RequestRow(
+                    kind=kind,
+                    seq=seq,
+                    user=user,
+                    summary=summary,
+                    asked_at=asked_at,
+                    state=state,
+                    answered_at=answered_at,
+                    ok=None if ok is None else bool(ok),
+                    ticket=ticket,
+                    message=message,
+                )
+            )
+        return out
+
+    def save_tickets(self, data: str, received_at: float) -> None:
+        """Keep HQ's latest ticket list for this machine (JSON) and when it came."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._set_meta("tickets", data)
+            self._set_meta("tickets_at", f"{received_at:.3f}")
+            self._db.execute("COMMIT")
+
+    def load_tickets(self) -> tuple[str, float] | None:
+        """The ticket list saved by `save_tickets`, or None if HQ never sent one."""
+        with self._lock:
+            meta = dict(
+                self._db.execute(
+                    "SELECT key, value FROM meta WHERE key IN ('tickets', 'tickets_at')"
+                ).fetchall()
+            )
+        if "tickets" not in meta:
+            return None
+        return meta["tickets"], float(meta.get("tickets_at", 0))
 
     def stats(self) -> SpoolStats:
         with self._lock:
