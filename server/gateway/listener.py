@@ -219,6 +219,10 @@ class Gateway:
             await run_telemetry(link, self)
         except (asyncssh.Error, OSError) as exc:
             log.info("agent_channel_failed", error=str(exc))
+        except Exception:
+            # e.g. the database went away while handling a frame: drop the link;
+            # the agent re-sends whatever was not acknowledged after reconnecting.
+            log.exception("agent_handling_failed")
         finally:
             conn.close()
             await conn.wait_closed()
