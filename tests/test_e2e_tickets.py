@@ -321,3 +321,43 @@ async def test_alert_opens_one_ticket_with_triage_and_resolves_on_recovery(hq, a
     ticket = await wait_until(reopened, what="reopened by a re-fire")
     assert ticket["status"] == "in_progress"
     assert [t["number"] for t in await alert_tickets(hq)] == [number]
+
+
+async def test_offline_agent_alert_opens_a_ticket_and_recovers(sqlite_hq, agent_factory):
+    """`agent.offline` is evaluated on a timer: a machine gone long enough gets one incident,
+    resolved when it is back."""
+    agent = await online_agent(sqlite_hq, agent_factory)
+    await admin(
+        sqlite_hq,
+        "POST",
+        "/api/v1/alert-rules",
+        json={
+            "name": "Disk test offline",
+            "metric": "agent.offline",
+            "op": ">=",
+            "threshold": 1,
+            "clear_threshold": 1,
+            "priority": "P2",
+            "site": "shop-1",
+        },
+    )
+    engine = sqlite_hq.hq.svc.alerts
+    await engine.reload_rules()
+    await agent.stop()
+    await wait_until(
+        lambda: sqlite_hq.hq.svc.gateway.registry.get(agent.agent_id) is None, what="gone"
+    )
+    await asyncio.sleep(1.2)
+    await engine.check_offline()
+    await engine.check_offline()
+    tickets = await alert_tickets(sqlite_hq)
+    assert len(tickets) == 1 and tickets[0]["priority"] == "P2"
+    await agent.start()
+    await wait_until(lambda: sqlite_hq.hq.svc.gateway.registry.get(agent.agent_id), what="back")
+
+    async def resolved() -> bool:
+        await engine.check_offline()
+        t = await admin(sqlite_hq, "GET", f"/api/v1/tickets/{tickets[0]['number']}")
+        return t["status"] == "resolved"
+
+    await wait_until(resolved, what="resolved when back online")
