@@ -24,6 +24,7 @@ its limit, so a misbehaving peer cannot make the reader buffer without bound.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -39,7 +40,7 @@ ENGINEER_ENV = "FIELDLINK_ENGINEER"
 class Model(BaseModel):
     """Base for every wire model: unknown fields are an error, values are frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
 
 
 # --- facts (sent once per connection in the hello) ---------------------------
@@ -294,8 +295,9 @@ class SessionInfo(Model):
     type: Literal["session"] = "session"
     session_id: str
     kind: Literal["shell", "exec", "files"]
-    state: Literal["requested", "awaiting_consent", "active", "ended", "denied", "expired",
-                   "failed"]
+    state: Literal[
+        "requested", "awaiting_consent", "active", "ended", "denied", "expired", "failed"
+    ]
     origin: Literal["hq", "site"] = "hq"
     engineer: str
     ticket: str
@@ -360,8 +362,20 @@ HQFrame = Annotated[Ack | Receipt | Tickets | SessionInfo, Field(discriminator="
 AnyAgentFrame = Hello | Health | Help | Rating | Consent
 AnyHQFrame = Ack | Receipt | Tickets | SessionInfo
 
-_agent_frames: TypeAdapter[AnyAgentFrame] = TypeAdapter(AgentFrame)
-_hq_frames: TypeAdapter[AnyHQFrame] = TypeAdapter(HQFrame)
+
+# Validators are built on first use: each side decodes only the other's frames,
+# and a site agent should not pay the memory for HQ's decoders.
+
+
+@functools.cache
+def _adapter(kind: str) -> TypeAdapter[Any]:
+    shapes: dict[str, Any] = {
+        "agent": AgentFrame,
+        "hq": HQFrame,
+        "run_request": RunRequest,
+        "run_reply": Annotated[RunOutput | RunResult, Field(discriminator="type")],
+    }
+    return TypeAdapter(shapes[kind])
 
 
 class FrameError(ValueError):
@@ -385,28 +399,22 @@ def _decode(adapter: TypeAdapter[Any], line: bytes) -> Any:
 
 
 def decode_agent_frame(line: bytes) -> AnyAgentFrame:
-    frame: AnyAgentFrame = _decode(_agent_frames, line)
+    frame: AnyAgentFrame = _decode(_adapter("agent"), line)
     return frame
 
 
 def decode_hq_frame(line: bytes) -> AnyHQFrame:
-    frame: AnyHQFrame = _decode(_hq_frames, line)
+    frame: AnyHQFrame = _decode(_adapter("hq"), line)
     return frame
 
 
-_run_request: TypeAdapter[RunRequest] = TypeAdapter(RunRequest)
-_run_reply: TypeAdapter[RunOutput | RunResult] = TypeAdapter(
-    Annotated[RunOutput | RunResult, Field(discriminator="type")]
-)
-
-
 def decode_run_request(line: bytes) -> RunRequest:
-    frame: RunRequest = _decode(_run_request, line)
+    frame: RunRequest = _decode(_adapter("run_request"), line)
     return frame
 
 
 def decode_run_reply(line: bytes) -> RunOutput | RunResult:
-    frame: RunOutput | RunResult = _decode(_run_reply, line)
+    frame: RunOutput | RunResult = _decode(_adapter("run_reply"), line)
     return frame
 
 
