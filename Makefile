@@ -5,9 +5,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The web console's front-end libraries, from npm by the committed lock file.
+NODE_STAMP := node_modules/.installed
 DEMO_DIR ?= .demo
 
-.PHONY: run test bench lint format venv clean
+.PHONY: run test bench lint format venv clean i18n
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -17,13 +19,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-venv: $(STAMP)
+$(NODE_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null 2>&1 || \
+		{ echo "npm is needed for the web console's libraries (e.g. apt-get install npm)"; exit 1; }
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
 
-run: $(STAMP)
+venv: $(STAMP) $(NODE_STAMP)
+
+run: $(STAMP) $(NODE_STAMP)
 	$(BIN)/fieldlink demo --data-dir $(DEMO_DIR)
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Refresh the console's message catalogs after changing its strings.
+i18n: $(STAMP)
+	$(BIN)/pybabel extract -F server/console/babel.cfg -o server/console/locale/messages.pot \
+		-k N_ --no-location --sort-output --project=Fieldlink server/console
+	$(BIN)/pybabel update -i server/console/locale/messages.pot -d server/console/locale \
+		--no-fuzzy-matching --ignore-obsolete
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
@@ -38,4 +53,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -18,6 +18,7 @@ from server.api import (
     system,
     tickets,
 )
+from server import console
 from server.api.middleware import enforce, errors
 from server.api.routing import ApiRouter
 from server.context import SERVICES, Services
@@ -45,4 +46,5 @@ def make_app(svc: Services) -> web.Application:
     app[SERVICES] = svc
     for router in ROUTERS:
         router.install(app)
+    console.install(app)
     return app

@@ -9,6 +9,11 @@ the grid grows with every later feature. Kinds of route:
 - list: needs the permission on some scope; answers 200 (filtered)
 - object: needs the permission on the object's site (site A): other site -> 404
 - global: needs the permission on the global scope: site-scoped -> 404
+
+Console pages (HTML) are in the grid too, requested as a browser does: with
+the console session cookie and, for form posts, the session's CSRF token in
+`csrf_token`; redirects are not followed (a form post answers 303). A page
+the caller lacks the permission for answers 403, one outside its scope 404.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -42,6 +48,8 @@ class World:
     tokens: dict[tuple[str, str], str] = field(default_factory=dict)
     tmp: Any = None
     ticket: str = ""
+    # console session (cookie, csrf) per grid user
+    web: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
 
 
 Build = Callable[[World, tuple[str, str]], Awaitable[tuple[str, str, Any]]]
@@ -55,6 +63,8 @@ class Cell:
     ok: int = 200
     # for rules beyond the kinds: (role, scope) -> status
     expect: Callable[[str, str], int] | None = None
+    # a console page: asked with the session cookie (and a form's csrf_token)
+    console: bool = False
 
 
 def ticket_rule(
@@ -264,6 +274,68 @@ def session_end_rule(role: str, scope: str) -> int:
         return visible
     return 200 if {"sessions:consent", "users:admin"} & perms else 403
 
+
+async def web_session(hq: HQHandle, user_id: str) -> tuple[str, str]:
+    """A console session as the login form makes one (with TOTP just verified)."""
+    from server.ops.login import open_web_session
+    from server.store.models import User, utcnow
+
+    async with hq.sessions.begin() as session:
+        user = await session.get(User, user_id)
+        assert user is not None
+        made = await open_web_session(session, user, mfa_at=utcnow(), source="grid", max_hours=1)
+    return made.cookie, made.csrf
+
+
+def page(
+    path: str,
+    kind: str = "self",
+    permission: str | None = None,
+    *,
+    ok: int = 200,
+    method: str = "GET",
+    form: dict[str, str] | None = None,
+    expect: Callable[[str, str], int] | None = None,
+) -> Cell:
+    async def build(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+        return (
+            method,
+            path.format(agent=world.agent_id, site=world.site_a_id, ticket=world.ticket),
+            form,
+        )
+
+    return Cell(kind, permission, build, ok=ok, expect=expect, console=True)
+
+
+def holds_rule(permission: str, ok: int, otherwise: int) -> Callable[[str, str], int]:
+    def rule(role: str, scope: str) -> int:
+        return ok if permission in BUILTIN_ROLES[role][1] else otherwise
+
+    return rule
+
+
+CONSOLE: dict[tuple[str, str], Cell] = {
+    ("POST", "/logout"): page("/logout", method="POST", ok=303),
+    ("GET", "/totp"): page("/totp"),
+    ("POST", "/totp"): page("/totp", method="POST", ok=409),
+    ("POST", "/totp/confirm"): page("/totp/confirm", method="POST", form={"code": "0"}, ok=303),
+    ("GET", "/profile"): page("/profile"),
+    ("POST", "/profile/language"): page(
+        "/profile/language", method="POST", form={"lang": "ko"}, ok=303
+    ),
+    ("POST", "/profile/tokens"): page(
+        "/profile/tokens", method="POST", form={"name": "t", "ttl": "1h"}
+    ),
+    ("POST", "/profile/tokens/{token_id}/revoke"): page(
+        "/profile/tokens/nope/revoke", method="POST", ok=404
+    ),
+    # The dashboard, or a start page elsewhere for people without agents:read.
+    ("GET", "/"): page("/", expect=holds_rule("agents:read", 200, 303)),
+    ("GET", "/events/dashboard"): page("/events/dashboard", "list", "agents:read"),
+    ("GET", "/machines"): page("/machines", "list", "agents:read"),
+    ("GET", "/events/machines"): page("/events/machines", "list", "agents:read"),
+    ("GET", "/machines/{agent_id}"): page("/machines/{agent}", "object", "agents:read"),
+}
 
 GRID: dict[tuple[str, str], Cell] = {
     ("POST", "/api/v1/auth/logout"): Cell("self", None, _logout),
@@ -502,6 +574,9 @@ GRID: dict[tuple[str, str], Cell] = {
 }
 
 
+GRID.update(CONSOLE)
+
+
 def expected(cell: Cell, role: str, scope: str) -> int:
     if cell.expect is not None:
         return cell.expect(role, scope)
@@ -584,6 +659,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
                     mfa_at=utcnow(),
                 )
             w.tokens[(role, scope)] = made.token
+            w.web[(role, scope)] = await web_session(hq, user.id)
     yield w
     await hq.stop()
 
@@ -615,6 +691,9 @@ async def test_grid(world: World, role: str, scope: str, method: str, path: str)
     """Role x scope x route answers the expected status."""
     cell = GRID[(method, path)]
     who = (role, scope)
+    if cell.console:
+        await _page_cell(world, cell, role, scope)
+        return
     token = world.tokens[who]
     if path == "/api/v1/auth/logout":  # logging out revokes the token used: use a spare
         async with world.hq.sessions.begin() as session:
@@ -637,3 +716,57 @@ async def test_grid(world: World, role: str, scope: str, method: str, path: str)
     assert status == want, f"{role}@{scope} {m} {p}: {status} {answer}"
     if status >= 400:
         assert set(answer) == {"error"} and {"code", "message"} <= set(answer["error"])
+
+
+async def _page_cell(world: World, cell: Cell, role: str, scope: str) -> None:
+    who = (role, scope)
+    cookie, csrf = world.web[who]
+    m, p, form = await cell.build(world, who)
+    if p == "/logout":  # logging out ends the session used: use a spare one
+        cookie, csrf = await web_session(world.hq, world.users[who].id)
+    data = {**(form or {}), "csrf_token": csrf} if m != "GET" else None
+    connector = aiohttp.TCPConnector(ssl=aiohttp.Fingerprint(bytes.fromhex(world.hq.fingerprint)))
+    async with (
+        aiohttp.ClientSession(connector=connector) as http,
+        http.request(
+            m,
+            world.hq.url + p,
+            data=data,
+            headers={"Cookie": f"fl_session={cookie}"},
+            allow_redirects=False,
+        ) as resp,
+    ):
+        status = resp.status
+        kind = resp.headers.get("Content-Type", "")
+    want = expected(cell, role, scope)
+    assert status == want, f"{role}@{scope} {m} {p}: {status}"
+    if status >= 400:
+        assert kind.startswith("text/html"), f"{m} {p}: an error page, not {kind}"
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_console_refuses_form_posts_without_csrf(world: World) -> None:
+    """A console form post without the session's CSRF token is refused (403 page)."""
+    cookie, _ = world.web[("admin", "global")]
+    connector = aiohttp.TCPConnector(ssl=aiohttp.Fingerprint(bytes.fromhex(world.hq.fingerprint)))
+    async with (
+        aiohttp.ClientSession(connector=connector) as http,
+        http.post(
+            world.hq.url + "/profile/language",
+            data={"lang": "ko", "csrf_token": "wrong"},
+            headers={"Cookie": f"fl_session={cookie}"},
+            allow_redirects=False,
+        ) as resp,
+    ):
+        assert resp.status == 403 and "text/html" in resp.headers["Content-Type"]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_console_pages_redirect_to_login_without_a_session(world: World) -> None:
+    """A console page asked without a login redirects to /login; the API answers 401 JSON."""
+    connector = aiohttp.TCPConnector(ssl=aiohttp.Fingerprint(bytes.fromhex(world.hq.fingerprint)))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        async with http.get(world.hq.url + "/machines", allow_redirects=False) as resp:
+            assert resp.status == 303 and resp.headers["Location"] == "/login?next=/machines"
+        async with http.get(world.hq.url + "/api/v1/agents", allow_redirects=False) as resp:
+            assert resp.status == 401 and (await resp.json())["error"]["code"] == "unauthorized"

@@ -585,6 +585,7 @@ class SessionPolicyIn(BaseModel):
         if unknown:
             raise ValueError(f"unknown session kinds: {', '.join(sorted(unknown))}")
         return value
+
     consent_timeout_seconds: float = Field(300.0, ge=10, le=86400)
     on_timeout: Literal["deny", "allow"] = "deny"
     require_session_for: list[Literal["exec", "action"]] = Field(

@@ -8,8 +8,9 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, Field, field_validator
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.api.authn import principal
+from server.api.authn import Principal, principal
 from server.api.routing import ApiRouter, body, json_response, query
 from server.audit import Event
 from server.context import services
@@ -97,32 +98,43 @@ def item(agent: Agent, site: str) -> dict[str, Any]:
     summary="Agents visible to the caller, with a health summary",
 )
 async def list_agents(request: web.Request) -> web.Response:
-    svc = services(request)
-    who = principal(request)
-    q = query(request, AgentListQuery)
-    async with svc.sessions() as session:
-        site_id = None
-        if q.site is not None:
-            site = await people.site_by_name(session, q.site)
-            if site is None or not who.allowed("agents:read", site.id):
-                return json_response(AgentList(items=[]))
-            site_id = site.id
-        rows = await fleet.list_agents(
-            session, who.sites("agents:read"), site_id=site_id, tag=q.tag
-        )
-    items = [AgentItem(**item(a, s)) for a, s in rows]
-    if q.status:
-        items = [i for i in items if i.status == q.status]
+    async with services(request).sessions() as session:
+        items = await visible_agents(session, principal(request), query(request, AgentListQuery))
     return json_response(AgentList(items=items))
 
 
+async def visible_agents(
+    session: AsyncSession, who: Principal, q: AgentListQuery
+) -> list[AgentItem]:
+    """The API's and the console's agent list: the caller's scope, filtered."""
+    site_id = None
+    if q.site is not None:
+        site = await people.site_by_name(session, q.site)
+        if site is None or not who.allowed("agents:read", site.id):
+            return []
+        site_id = site.id
+    rows = await fleet.list_agents(session, who.sites("agents:read"), site_id=site_id, tag=q.tag)
+    items = [AgentItem(**item(a, s)) for a, s in rows]
+    if q.status:
+        items = [i for i in items if i.status == q.status]
+    return items
+
+
 async def load_agent(request: web.Request, permission: str) -> tuple[Agent, str]:
-    svc = services(request)
-    async with svc.sessions() as session:
-        found = await fleet.get_agent(session, request.match_info["agent_id"])
+    async with services(request).sessions() as session:
+        return await agent_for(
+            session, principal(request), request.match_info["agent_id"], permission
+        )
+
+
+async def agent_for(
+    session: AsyncSession, who: Principal, agent_id: str, permission: str
+) -> tuple[Agent, str]:
+    """An agent and its site's name, if the caller holds `permission` there; else 404."""
+    found = await fleet.get_agent(session, agent_id)
     if found is None:
         raise NotFound("not found")
-    principal(request).require(permission, found[0].site_id)
+    who.require(permission, found[0].site_id)
     return found
 
 

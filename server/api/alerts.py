@@ -298,8 +298,13 @@ class AlertList(BaseModel):
     summary="Alert states per (rule, agent), firing first",
 )
 async def list_alerts(request: web.Request) -> web.Response:
-    who = principal(request)
-    q = query(request, AlertQuery)
+    async with services(request).sessions() as session:
+        items = await alert_items(session, principal(request), query(request, AlertQuery))
+    return json_response(AlertList(items=items))
+
+
+async def alert_items(session: AsyncSession, who: Principal, q: AlertQuery) -> list[AlertOut]:
+    """Alert states the caller may see (its agents:read scope), firing first."""
     scope = who.sites("agents:read")
     stmt = (
         select(Alert, AlertRule.name, Agent.hostname, Ticket.number)
@@ -313,10 +318,9 @@ async def list_alerts(request: web.Request) -> web.Response:
         stmt = stmt.where(Alert.status == q.status)
     if q.agent_id:
         stmt = stmt.where(Alert.agent_id == q.agent_id)
-    async with services(request).sessions() as session:
-        rows = (await session.execute(stmt.limit(q.limit))).all()
+    rows = (await session.execute(stmt.limit(q.limit))).all()
     order = {"firing": 0, "pending": 1, "ok": 2}
-    items = sorted(
+    return sorted(
         (
             AlertOut(
                 id=a.id,
@@ -338,4 +342,3 @@ async def list_alerts(request: web.Request) -> web.Response:
         ),
         key=lambda x: (order.get(x.status, 3), x.rule, x.agent_id),
     )
-    return json_response(AlertList(items=items))

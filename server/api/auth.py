@@ -15,7 +15,7 @@ from server.auth import rbac, totp
 from server.auth.crypto import seal
 from server.context import Services, services
 from server.ops import accounts
-from server.ops.login import check_login, open_web_session, totp_secret
+from server.ops.login import NewWebSession, check_login, open_web_session, totp_secret
 from server.store import auditlog, people
 from server.store.models import ApiToken, Binding, User, WebSession, utcnow
 from shared.durations import parse_duration
@@ -68,20 +68,45 @@ def user_info(user: User) -> UserInfo:
 async def login(request: web.Request) -> web.Response:
     svc = services(request)
     req = body(request, LoginRequest)
-    source = source_of(request)
+    user, made, web_session = await log_in(
+        svc,
+        username=req.username,
+        password=req.password,
+        code=req.totp,
+        source=source_of(request),
+        token=req.token,
+    )
+    if made is not None:
+        return json_response(LoginResponse(token=made.token, expires_at=made.expires_at))
+    assert web_session is not None
+    resp = json_response(
+        LoginResponse(
+            user=user_info(user), csrf_token=web_session.csrf, expires_at=web_session.expires_at
+        )
+    )
+    set_session_cookie(resp, svc, web_session)
+    return resp
+
+
+async def log_in(
+    svc: Services, *, username: str, password: str, code: str | None, source: str, token: bool
+) -> tuple[User, accounts.NewApiToken | None, NewWebSession | None]:
+    """Check a login (the API's and the console's): a short-lived bearer token
+    or a console session, audited either way; raises what the attempt earned."""
+    made = web_session = None
     async with svc.sessions.begin() as session:
         outcome = await check_login(
             session,
-            username=req.username,
-            password=req.password,
-            code=req.totp,
+            username=username,
+            password=password,
+            code=code,
             source=source,
             master_key=svc.master_key,
         )
         user = outcome.user
         if outcome.error is None and user is not None:
             actor = Actor("user", user.id, user.username, source)
-            if req.token:
+            if token:
                 made = await accounts.make_api_token(
                     session,
                     username=user.username,
@@ -107,20 +132,17 @@ async def login(request: web.Request) -> web.Response:
                     target_type="user",
                     target_id=user.id,
                     details={
-                        "method": "token" if req.token else "session",
-                        "mfa": outcome.mfa_at is not None,
+                        "method": "token" if token else "session",
+                        "mfa": bool(outcome.mfa_at),
                     },
                 ),
             )
     if outcome.error is not None or user is None:
         raise outcome.error or Unauthorized("invalid username or password")
-    if req.token:
-        return json_response(LoginResponse(token=made.token, expires_at=made.expires_at))
-    resp = json_response(
-        LoginResponse(
-            user=user_info(user), csrf_token=web_session.csrf, expires_at=web_session.expires_at
-        )
-    )
+    return user, made, web_session
+
+
+def set_session_cookie(resp: web.StreamResponse, svc: Services, web_session: NewWebSession) -> None:
     resp.set_cookie(
         SESSION_COOKIE,
         web_session.cookie,
@@ -130,7 +152,6 @@ async def login(request: web.Request) -> web.Response:
         path="/",
         max_age=int(svc.settings.session_max_hours * 3600),
     )
-    return resp
 
 
 class Empty(BaseModel):
@@ -146,8 +167,14 @@ class Empty(BaseModel):
     summary="End this console session, or revoke the bearer token used",
 )
 async def logout(request: web.Request) -> web.Response:
-    svc = services(request)
-    who = principal(request)
+    await log_out(services(request), principal(request))
+    resp = json_response(Empty())
+    resp.del_cookie(SESSION_COOKIE, path="/")
+    return resp
+
+
+async def log_out(svc: Services, who: Principal) -> None:
+    """End the caller's console session, or revoke the bearer token it used."""
     async with svc.sessions.begin() as session:
         if who.session_key is not None:
             await people.delete_web_session(session, who.session_key)
@@ -158,9 +185,6 @@ async def logout(request: web.Request) -> web.Response:
         await auditlog.append(
             session, who.actor(), Event("auth.logout", target_type="user", target_id=who.user_id)
         )
-    resp = json_response(Empty())
-    resp.del_cookie(SESSION_COOKIE, path="/")
-    return resp
 
 
 class BindingInfo(BaseModel):
@@ -244,8 +268,11 @@ class TotpSetup(BaseModel):
     summary="Start TOTP enrollment: a new secret and its otpauth URI",
 )
 async def totp_start(request: web.Request) -> web.Response:
-    svc = services(request)
-    who = principal(request)
+    return json_response(await begin_totp(services(request), principal(request)))
+
+
+async def begin_totp(svc: Services, who: Principal) -> TotpSetup:
+    """A new TOTP secret for the caller (not on until confirmed with a code)."""
     secret = totp.new_secret()
     async with svc.sessions.begin() as session:
         user = await session.get(User, who.user_id)
@@ -258,14 +285,14 @@ async def totp_start(request: web.Request) -> web.Response:
         await auditlog.append(
             session, who.actor(), Event("user.totp_start", target_type="user", target_id=user.id)
         )
-    return json_response(TotpSetup(secret=secret, uri=totp.provisioning_uri(secret, who.username)))
+    return TotpSetup(secret=secret, uri=totp.provisioning_uri(secret, who.username))
 
 
 class CodeRequest(BaseModel):
     code: str = Field(min_length=6, max_length=12)
 
 
-async def _verify_code(svc: Services, who: Principal, code: str, *, enabling: bool) -> None:
+async def verify_code(svc: Services, who: Principal, code: str, *, enabling: bool) -> None:
     """Check a TOTP code for the caller and mark this session/token as
     freshly verified (step-up). Wrong codes are audited."""
     async with svc.sessions.begin() as session:
@@ -319,7 +346,7 @@ async def _verify_code(svc: Services, who: Principal, code: str, *, enabling: bo
     summary="Confirm TOTP enrollment with a current code; from then on login needs it",
 )
 async def totp_confirm(request: web.Request) -> web.Response:
-    await _verify_code(
+    await verify_code(
         services(request), principal(request), body(request, CodeRequest).code, enabling=True
     )
     return json_response(Empty())
@@ -335,7 +362,7 @@ async def totp_confirm(request: web.Request) -> web.Response:
     "sessions on machines)",
 )
 async def step_up(request: web.Request) -> web.Response:
-    await _verify_code(
+    await verify_code(
         services(request), principal(request), body(request, CodeRequest).code, enabling=False
     )
     return json_response(Empty())
@@ -403,9 +430,12 @@ def token_info(t: ApiToken) -> TokenInfo:
     summary="Make an API token for yourself (the secret is shown once)",
 )
 async def create_token(request: web.Request) -> web.Response:
-    svc = services(request)
-    who = principal(request)
-    req = body(request, TokenRequest)
+    made = await make_token(services(request), principal(request), body(request, TokenRequest))
+    return json_response(made, status=201)
+
+
+async def make_token(svc: Services, who: Principal, req: TokenRequest) -> NewToken:
+    """An API token for the caller, never wider than the caller's rights."""
     ttl = parse_duration(req.ttl)
     if ttl > parse_duration(svc.settings.max_token_ttl):
         raise Invalid("ttl too long", fields={"ttl": f"at most {svc.settings.max_token_ttl}"})
@@ -434,7 +464,7 @@ async def create_token(request: web.Request) -> web.Response:
         row = await session.get(ApiToken, made.token_id)
         assert row is not None
         info = token_info(row)
-    return json_response(NewToken(**info.model_dump(), token=made.token), status=201)
+    return NewToken(**info.model_dump(), token=made.token)
 
 
 class TokenQuery(BaseModel):
@@ -469,10 +499,14 @@ async def list_tokens(request: web.Request) -> web.Response:
     summary="Revoke an API token (yours, or anyone's with users:admin)",
 )
 async def revoke_token(request: web.Request) -> web.Response:
-    svc = services(request)
-    who = principal(request)
+    info = await revoke(services(request), principal(request), request.match_info["token_id"])
+    return json_response(info)
+
+
+async def revoke(svc: Services, who: Principal, token_id: str) -> TokenInfo:
+    """Revoke a token: the caller's own, or anyone's with users:admin."""
     async with svc.sessions.begin() as session:
-        token = await session.get(ApiToken, request.match_info["token_id"])
+        token = await session.get(ApiToken, token_id)
         if token is None:
             raise NotFound("not found")
         if token.user_id != who.user_id:
@@ -489,5 +523,4 @@ async def revoke_token(request: web.Request) -> web.Response:
                     details={"user_id": token.user_id, "name": token.name},
                 ),
             )
-        info = token_info(token)
-    return json_response(info)
+        return token_info(token)

@@ -6,18 +6,26 @@
    checks the declared permission, validates query and body against the
    declared models. A route without a declaration is refused (and a test
    walks the router to make sure there is none).
+
+Web console pages (routes declared with `console=True`, and unknown paths
+outside `/api/`) go through the same enforcement but fail as pages: no login
+redirects to `/login`, a user who must still enroll TOTP is sent to `/totp`,
+and other errors render the console's error page (set under `HTML_ERRORS`).
+Console forms carry their CSRF token in the `csrf_token` field.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from server.api.authn import PRINCIPAL_KEY, authenticate, check_csrf
+from server.api.authn import PRINCIPAL_KEY, SAFE_METHODS, authenticate, check_csrf
 from server.api.routing import BODY_KEY, QUERY_KEY, SELF, Handler, spec_of
 from server.auth import rbac
 from server.context import services
@@ -38,7 +46,16 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Strict-Transport-Security": "max-age=31536000",
     "Cache-Control": "no-store",
+    # Pages load scripts, styles, images and connections from HQ itself only.
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; font-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
 }
+
+# (request, status, code, message) -> an HTML error page; the console sets it.
+HtmlErrors = Callable[[web.Request, int, str, str], web.StreamResponse]
+HTML_ERRORS: web.AppKey[HtmlErrors] = web.AppKey("html_errors")
+_NOT_PAGES = ("/api/", "/healthz", "/metrics")
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -68,25 +85,59 @@ def _fields(exc: ValidationError, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def see_other(location: str) -> web.Response:
+    """A 303 redirect (returned, not raised: a page's normal answer)."""
+    return web.Response(status=303, headers={"Location": location})
+
+
+def is_page(request: web.Request) -> bool:
+    """Does this request want HTML (a console page) rather than JSON?"""
+    spec = spec_of(request)
+    if spec is not None:
+        return spec.console
+    return HTML_ERRORS in request.app and not request.path.startswith(_NOT_PAGES)
+
+
+def _page_error(request: web.Request, status: int, code: str, message: str) -> web.StreamResponse:
+    if status == 401:
+        target = request.path_qs if request.method in SAFE_METHODS else "/"
+        return see_other("/login?next=" + quote(target, safe="/"))
+    if code == "2fa_required":
+        return see_other("/totp")
+    return request.app[HTML_ERRORS](request, status, code, message)
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    page = is_page(request)
     try:
         resp = await handler(request)
     except FieldlinkError as exc:
-        resp = error_response(exc)
+        if page:
+            resp = _page_error(request, exc.status, exc.code, exc.message)
+        else:
+            resp = error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "error")
         message = exc.reason if exc.status != 404 else "not found"
-        resp = web.json_response({"error": {"code": code, "message": message}}, status=exc.status)
+        if page:
+            resp = _page_error(request, exc.status, code, message)
+        else:
+            resp = web.json_response(
+                {"error": {"code": code, "message": message}}, status=exc.status
+            )
         if exc.status == 405:
             resp.headers["Allow"] = exc.headers.get("Allow", "")
     except Exception:
         log.exception("request_failed", method=request.method, path=request.path)
-        resp = web.json_response(
-            {"error": {"code": "internal", "message": "internal error"}}, status=500
-        )
+        if page:
+            resp = _page_error(request, 500, "internal", "internal error")
+        else:
+            resp = web.json_response(
+                {"error": {"code": "internal", "message": "internal error"}}, status=500
+            )
     if not resp.prepared:
         for key, value in SECURITY_HEADERS.items():
             resp.headers.setdefault(key, value)
@@ -139,7 +190,20 @@ async def enforce(request: web.Request, handler: Handler) -> web.StreamResponse:
             who.rights, spec.permission
         ):
             raise Forbidden(f"this needs the {spec.permission} permission")
-        check_csrf(request, who)
+        form_token = None
+        if (
+            spec.console
+            and request.method not in SAFE_METHODS
+            and request.content_type
+            in (
+                "application/x-www-form-urlencoded",
+                "multipart/form-data",
+            )
+        ):
+            form = await request.post()
+            value = form.get("csrf_token")
+            form_token = value if isinstance(value, str) else None
+        check_csrf(request, who, form_token)
     if spec.query is not None:
         request[QUERY_KEY] = validate(spec.query, dict(request.query), "query parameters")
     if spec.body is not None:

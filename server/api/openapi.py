@@ -41,8 +41,13 @@ def route_specs(app: web.Application) -> list[RouteSpec]:
     return specs
 
 
+def api_specs(app: web.Application) -> list[RouteSpec]:
+    """The routes the OpenAPI document describes: all but the console's pages."""
+    return [spec for spec in route_specs(app) if not spec.console]
+
+
 def document(app: web.Application) -> dict[str, Any]:
-    specs = route_specs(app)
+    specs = api_specs(app)
     models: list[tuple[type[BaseModel], JsonSchemaMode]] = []
     for spec in specs:
         if spec.body is not None:

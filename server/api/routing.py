@@ -41,11 +41,15 @@ class RouteSpec:
     scoped: bool = True
     # May a user who must still enroll TOTP call it?
     before_2fa: bool = False
+    # A web console page (HTML): errors render as pages, a missing login
+    # redirects to /login, and the OpenAPI document leaves it out.
+    console: bool = False
 
 
 class ApiRouter:
-    def __init__(self, tag: str) -> None:
+    def __init__(self, tag: str, *, console: bool = False) -> None:
         self.tag = tag
+        self.console = console
         self.specs: list[RouteSpec] = []
 
     def route(
@@ -85,6 +89,7 @@ class ApiRouter:
                 websocket=websocket,
                 scoped=scoped,
                 before_2fa=before_2fa,
+                console=self.console,
             )
             setattr(handler, ROUTE_ATTR, spec)
             self.specs.append(spec)

@@ -225,34 +225,41 @@ def _visible_sites(who: Principal) -> frozenset[str] | None:
     "sites asking for help",
 )
 async def list_sessions(request: web.Request) -> web.Response:
-    who = principal(request)
-    q = query(request, ListQuery)
+    async with services(request).sessions() as session:
+        items = await find_sessions(session, principal(request), query(request, ListQuery))
+    return json_response(SessionList(items=items))
+
+
+async def find_sessions(session: AsyncSession, who: Principal, q: ListQuery) -> list[SessionOut]:
+    """The API's and the console's session list: the caller's sites, filtered, newest first."""
     scope = _visible_sites(who)
     stmt = select(RemoteSession)
     if scope is not None:
         stmt = stmt.where(RemoteSession.site_id.in_(scope))
-    async with services(request).sessions() as session:
-        if q.ticket:
-            ticket = await tickets.find(session, q.ticket)
-            stmt = stmt.where(RemoteSession.ticket_id == (ticket.id if ticket else "-"))
-        if q.state:
-            stmt = stmt.where(RemoteSession.state.in_(q.state.split(",")))
-        if q.active:
-            stmt = stmt.where(RemoteSession.state.in_(sorted(LIVE)))
-        if q.origin:
-            stmt = stmt.where(RemoteSession.origin == q.origin)
-        if q.agent_id:
-            stmt = stmt.where(RemoteSession.agent_id == q.agent_id)
-        rows = (
-            await session.scalars(stmt.order_by(RemoteSession.created_at.desc()).limit(q.limit))
-        ).all()
-        items = [await session_out(session, rs) for rs in rows]
-    return json_response(SessionList(items=items))
+    if q.ticket:
+        ticket = await tickets.find(session, q.ticket)
+        stmt = stmt.where(RemoteSession.ticket_id == (ticket.id if ticket else "-"))
+    if q.state:
+        stmt = stmt.where(RemoteSession.state.in_(q.state.split(",")))
+    if q.active:
+        stmt = stmt.where(RemoteSession.state.in_(sorted(LIVE)))
+    if q.origin:
+        stmt = stmt.where(RemoteSession.origin == q.origin)
+    if q.agent_id:
+        stmt = stmt.where(RemoteSession.agent_id == q.agent_id)
+    rows = (
+        await session.scalars(stmt.order_by(RemoteSession.created_at.desc()).limit(q.limit))
+    ).all()
+    return [await session_out(session, rs) for rs in rows]
 
 
 async def load_session(session: AsyncSession, request: web.Request) -> RemoteSession:
-    who = principal(request)
-    rs = await session.get(RemoteSession, request.match_info["session_id"])
+    return await readable_session(session, principal(request), request.match_info["session_id"])
+
+
+async def readable_session(session: AsyncSession, who: Principal, session_id: str) -> RemoteSession:
+    """A session the caller may see (its site's tickets, or its own); else 404."""
+    rs = await session.get(RemoteSession, session_id)
     if rs is None or not (who.sees_all_tickets(rs.site_id) or rs.requested_by == who.user_id):
         raise NotFound("not found")
     return rs

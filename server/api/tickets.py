@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, Field
-from sqlalchemy import or_, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.api.authn import Principal, principal
@@ -144,8 +144,12 @@ async def ticket_out(session: AsyncSession, t: Ticket, who: Principal) -> Ticket
 
 
 async def load_ticket(session: AsyncSession, request: web.Request) -> Ticket:
-    who = principal(request)
-    ticket = await tickets.find(session, request.match_info["ticket_id"])
+    return await readable_ticket(session, principal(request), request.match_info["ticket_id"])
+
+
+async def readable_ticket(session: AsyncSession, who: Principal, ref: str) -> Ticket:
+    """A ticket by id or number, if the caller may read it; else 404."""
+    ticket = await tickets.find(session, ref)
     if ticket is None or not who.can_read_ticket(ticket.site_id, ticket.requester_id):
         raise NotFound("not found")
     return ticket
@@ -177,55 +181,64 @@ class ListQuery(BaseModel):
 async def list_tickets(request: web.Request) -> web.Response:
     who = principal(request)
     q = query(request, ListQuery)
+    async with services(request).sessions() as session:
+        rows = await find_tickets(session, who, q)
+        items = [await ticket_out(session, t, who) for t in rows]
+    nxt = str(rows[-1].number) if len(rows) == q.limit else None
+    return json_response(TicketList(items=items, next=nxt))
+
+
+def visible_tickets(who: Principal) -> Select[Ticket]:
+    """Tickets the caller may read: its scope, and where it cannot see every
+    ticket of a site (site staff), only the requests it opened."""
     scope = who.sites("tickets:read")
     full = who.sites("agents:read")
     stmt = select(Ticket)
     if scope is not None:
         stmt = stmt.where(Ticket.site_id.in_(scope))
-    # Where the caller cannot see every ticket, only its own requests.
     if full is not None:
         stmt = stmt.where(or_(Ticket.site_id.in_(full), Ticket.requester_id == who.user_id))
-    async with services(request).sessions() as session:
-        if q.site:
-            site = await people.site_by_name(session, q.site)
-            if site is None:
-                return json_response(TicketList(items=[]))
-            stmt = stmt.where(Ticket.site_id == site.id)
-        if q.status:
-            wanted = sorted(OPEN) if q.status == "open" else q.status.split(",")
-            stmt = stmt.where(Ticket.status.in_(wanted))
-        if q.priority:
-            stmt = stmt.where(Ticket.priority == q.priority)
-        if q.assignee:
-            if q.assignee == "me":
-                stmt = stmt.where(Ticket.assignee_id == who.user_id)
-            else:
-                user = await people.user_by_name(session, q.assignee)
-                stmt = stmt.where(Ticket.assignee_id == (user.id if user else "-"))
-        if q.mine:
-            stmt = stmt.where(
-                or_(Ticket.assignee_id == who.user_id, Ticket.requester_id == who.user_id)
-            )
-        if q.source:
-            stmt = stmt.where(Ticket.source == q.source)
-        if q.type:
-            stmt = stmt.where(Ticket.type == q.type)
-        if q.tier:
-            stmt = stmt.where(Ticket.tier == q.tier)
-        if q.q:
-            stmt = stmt.where(Ticket.title.ilike(f"%{q.q}%"))
-        if q.agent_id:
-            stmt = stmt.where(
-                Ticket.id.in_(
-                    select(TicketAgent.ticket_id).where(TicketAgent.agent_id == q.agent_id)
-                )
-            )
-        if q.after:
-            stmt = stmt.where(Ticket.number < q.after)
-        rows = (await session.scalars(stmt.order_by(Ticket.number.desc()).limit(q.limit))).all()
-        items = [await ticket_out(session, t, who) for t in rows]
-    nxt = str(rows[-1].number) if len(rows) == q.limit else None
-    return json_response(TicketList(items=items, next=nxt))
+    return stmt
+
+
+async def find_tickets(session: AsyncSession, who: Principal, q: ListQuery) -> list[Ticket]:
+    """The API's and the console's ticket list: visible tickets, filtered, newest first."""
+    stmt = visible_tickets(who)
+    if q.site:
+        site = await people.site_by_name(session, q.site)
+        if site is None:
+            return []
+        stmt = stmt.where(Ticket.site_id == site.id)
+    if q.status:
+        wanted = sorted(OPEN) if q.status == "open" else q.status.split(",")
+        stmt = stmt.where(Ticket.status.in_(wanted))
+    if q.priority:
+        stmt = stmt.where(Ticket.priority == q.priority)
+    if q.assignee:
+        if q.assignee == "me":
+            stmt = stmt.where(Ticket.assignee_id == who.user_id)
+        else:
+            user = await people.user_by_name(session, q.assignee)
+            stmt = stmt.where(Ticket.assignee_id == (user.id if user else "-"))
+    if q.mine:
+        stmt = stmt.where(
+            or_(Ticket.assignee_id == who.user_id, Ticket.requester_id == who.user_id)
+        )
+    if q.source:
+        stmt = stmt.where(Ticket.source == q.source)
+    if q.type:
+        stmt = stmt.where(Ticket.type == q.type)
+    if q.tier:
+        stmt = stmt.where(Ticket.tier == q.tier)
+    if q.q:
+        stmt = stmt.where(Ticket.title.ilike(f"%{q.q}%"))
+    if q.agent_id:
+        stmt = stmt.where(
+            Ticket.id.in_(select(TicketAgent.ticket_id).where(TicketAgent.agent_id == q.agent_id))
+        )
+    if q.after:
+        stmt = stmt.where(Ticket.number < q.after)
+    return list((await session.scalars(stmt.order_by(Ticket.number.desc()).limit(q.limit))).all())
 
 
 class NewTicket(BaseModel):

@@ -1,0 +1,31 @@
+"""The web console: server-rendered pages (Jinja2 through aiohttp-jinja2) with
+small JavaScript modules for the live parts, which talk to the same JSON API,
+server-sent events and WebSockets as everyone else.
+
+Every page is declared like an API route (`ApiRouter(..., console=True)`):
+its permission sits next to its handler, the same middleware enforces it, and
+the data a page shows is loaded through the same scoped queries the API uses.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from server.api.middleware import HTML_ERRORS
+from server.api.routing import ApiRouter
+from server.console import account, assets, dashboard, live, machines, render
+
+ROUTERS: list[ApiRouter] = [
+    assets.routes,
+    account.routes,
+    dashboard.routes,
+    machines.routes,
+]
+
+
+def install(app: web.Application) -> None:
+    render.setup(app)
+    live.install(app)
+    app[HTML_ERRORS] = render.error_page
+    for router in ROUTERS:
+        router.install(app)

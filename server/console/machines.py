@@ -1,0 +1,132 @@
+"""Machines: the list (search, filters by site, status and tag, sortable,
+live) and one machine's page (facts, health charts, the catalog as forms,
+results, its tickets and sessions). Data comes through the API's own scoped
+queries; runs go to the API from the page's script.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from server.api.agents import AgentItem, AgentListQuery, agent_for, visible_agents
+from server.api.authn import Principal, principal
+from server.api.routing import ApiRouter
+from server.api.sessions import ListQuery as SessionQuery
+from server.api.sessions import find_sessions
+from server.api.tickets import ListQuery as TicketQuery
+from server.api.tickets import find_tickets, ticket_out
+from server.console import i18n, live
+from server.console.forms import fields_of
+from server.console.render import fragment, page
+from server.context import Services, services
+from server.itsm.runs import TIER_PERMISSION
+from server.store import people
+from shared.errors import Invalid
+
+routes = ApiRouter("console", console=True)
+
+SORTS = {
+    "hostname": lambda a: a.hostname.lower(),
+    "site": lambda a: (a.site, a.hostname.lower()),
+    "status": lambda a: (a.status, a.hostname.lower()),
+    "last_seen": lambda a: a.last_seen.timestamp() if a.last_seen else 0.0,
+    "cpu": lambda a: a.health.cpu_percent or 0.0,
+    "memory": lambda a: a.health.memory_percent or 0.0,
+    "disk": lambda a: a.health.disk_percent or 0.0,
+}
+
+
+def _filters(request: web.Request) -> dict[str, str]:
+    keys = ("q", "site", "status", "tag", "sort", "dir")
+    return {k: request.query[k].strip() for k in keys if request.query.get(k, "").strip()}
+
+
+async def machine_rows(svc: Services, who: Principal, f: dict[str, str]) -> list[AgentItem]:
+    try:
+        q = AgentListQuery(site=f.get("site"), tag=f.get("tag"), status=f.get("status"))
+    except ValidationError as exc:
+        raise Invalid("invalid filter", fields={"status": str(exc.errors()[0]["msg"])}) from None
+    async with svc.sessions() as session:
+        items = await visible_agents(session, who, q)
+    if f.get("q"):
+        needle = f["q"].lower()
+        items = [
+            a
+            for a in items
+            if needle in a.hostname.lower() or needle in a.id.lower() or needle in a.site.lower()
+        ]
+    key = SORTS.get(f.get("sort", "site"), SORTS["site"])
+    return sorted(items, key=key, reverse=f.get("dir") == "desc")
+
+
+@routes.route(
+    "GET", "/machines", permission="agents:read", summary="Machines: search, filter, sort"
+)
+async def machines(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    who = principal(request)
+    f = _filters(request)
+    rows = await machine_rows(svc, who, f)
+    async with svc.sessions() as session:
+        scope = who.sites("agents:read")
+        sites = [s.name for s in await people.list_sites(session) if scope is None or s.id in scope]
+    tags = sorted({t for a in await machine_rows(svc, who, {}) for t in a.tags})
+    ctx = {"rows": rows, "f": f, "sites": sites, "tags": tags, "query": request.query_string}
+    return page(request, "machines.html", ctx, title=i18n.gettext("Machines"))
+
+
+@routes.route(
+    "GET",
+    "/events/machines",
+    permission="agents:read",
+    summary="The machines table, live (server-sent events)",
+)
+async def machines_events(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    f = _filters(request)
+
+    async def render(who: Principal) -> str:
+        return fragment(request, "machines_rows.html", {"rows": await machine_rows(svc, who, f)})
+
+    return await live.stream(request, render)
+
+
+@routes.route("GET", "/machines/{agent_id}", permission="agents:read", summary="One machine's page")
+async def machine(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    who = principal(request)
+    async with svc.sessions() as session:
+        agent, site = await agent_for(session, who, request.match_info["agent_id"], "agents:read")
+        tickets: list[Any] = []
+        if who.holds("tickets:read"):
+            rows = await find_tickets(session, who, TicketQuery(agent_id=agent.id, limit=20))
+            tickets = [await ticket_out(session, t, who) for t in rows]
+        sessions = await find_sessions(session, who, SessionQuery(agent_id=agent.id, limit=20))
+    catalog = []
+    for entry in [*(agent.catalog or [])]:
+        tier = str(entry.get("tier", "diagnostic"))
+        permission = TIER_PERMISSION.get(tier, "diag:run")
+        catalog.append(
+            {
+                **entry,
+                "fields": fields_of(entry.get("params_schema") or {}),
+                "may_run": who.allowed(permission, agent.site_id),
+                "permission": permission,
+            }
+        )
+    ctx = {
+        "agent": agent,
+        "site": site,
+        "status": "revoked" if agent.revoked_at else ("online" if agent.online else "offline"),
+        "facts": agent.facts or {},
+        "health": agent.latest_health if who.allowed("health:read", agent.site_id) else None,
+        "charts": who.allowed("health:read", agent.site_id),
+        "catalog": catalog,
+        "policy": agent.policy or {},
+        "tickets": tickets,
+        "sessions": sessions,
+    }
+    return page(request, "machine.html", ctx, title=agent.hostname)

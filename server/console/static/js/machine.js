@@ -1,0 +1,119 @@
+// The machine page: health charts (uPlot) from GET /api/v1/agents/{id}/health
+// for the last hour or day, refreshed every 15 s; catalog forms run through
+// the API and their results render below each form.
+"use strict";
+(function () {
+  const gettext = window.Fieldlink.gettext;
+  const PAGE = 5000;
+  let range = 3600;
+  const plots = {};
+
+  async function fetchHealth(base, seconds) {
+    const since = new Date(Date.now() - seconds * 1000).toISOString();
+    let after = 0;
+    const items = [];
+    for (let i = 0; i < 10; i++) {
+      const url = base + "?limit=" + PAGE + "&after=" + after + "&since=" + encodeURIComponent(since);
+      const page = await window.Fieldlink.api("GET", url);
+      items.push(...page.items);
+      if (!page.next) break;
+      after = page.next;
+    }
+    return items;
+  }
+
+  function thin(items, max) {
+    if (items.length <= max) return items;
+    const step = Math.ceil(items.length / max);
+    return items.filter((_, i) => i % step === 0);
+  }
+
+  function series(items) {
+    const t = [], cpu = [], mem = [], disk = [], rx = [], tx = [];
+    for (const it of thin(items, 1500)) {
+      const r = it.report;
+      t.push(Date.parse(it.sampled_at) / 1000);
+      cpu.push(r.cpu ? r.cpu.percent : null);
+      mem.push(r.memory ? r.memory.percent : null);
+      disk.push(r.disks && r.disks.length ? Math.max(...r.disks.map((d) => d.percent)) : null);
+      rx.push(r.net_io ? r.net_io.rx_bytes_per_s : null);
+      tx.push(r.net_io ? r.net_io.tx_bytes_per_s : null);
+    }
+    return {
+      cpu: [[t, cpu], [gettext("CPU %")]],
+      memory: [[t, mem], [gettext("Memory %")]],
+      disk: [[t, disk], [gettext("Disk %")]],
+      net: [[t, rx, tx], [gettext("in"), gettext("out")]],
+    };
+  }
+
+  const COLORS = ["#0b57d0", "#b3261e"];
+
+  function draw(container, data, labels) {
+    const width = Math.max(260, container.clientWidth || 300);
+    const opts = {
+      width: width,
+      height: 180,
+      series: [{}].concat(labels.map((label, i) => ({ label: label, stroke: COLORS[i], width: 1.5 }))),
+      axes: [{}, { size: 60 }],
+    };
+    const key = container.dataset.metric;
+    if (plots[key]) plots[key].destroy();
+    container.textContent = "";
+    plots[key] = new window.uPlot(opts, [data[0]].concat(data.slice(1)), container);
+    container.setAttribute("role", "img");
+    const last = data[1].length ? data[1][data[1].length - 1] : null;
+    container.setAttribute(
+      "aria-label",
+      labels.join(", ") + ": " + (last === null ? "—" : Math.round(last * 10) / 10),
+    );
+  }
+
+  async function refresh(root) {
+    const note = document.getElementById("chart-note");
+    try {
+      const items = await fetchHealth(root.dataset.health, range);
+      const s = series(items);
+      for (const c of root.querySelectorAll("[data-metric]")) {
+        const [data, labels] = s[c.dataset.metric];
+        draw(c, data, labels);
+      }
+      note.textContent = items.length
+        ? gettext("Samples:") + " " + items.length
+        : gettext("No health reports in this range yet.");
+    } catch (e) {
+      note.textContent = e.message;
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    const root = document.getElementById("charts");
+    if (root && window.uPlot) {
+      refresh(root);
+      setInterval(() => refresh(root), 15000);
+      for (const b of document.querySelectorAll("[data-range]")) {
+        b.addEventListener("click", () => {
+          range = parseInt(b.dataset.range, 10);
+          for (const o of document.querySelectorAll("[data-range]")) {
+            o.setAttribute("aria-pressed", String(o === b));
+          }
+          refresh(root);
+        });
+      }
+    }
+    document.addEventListener("api:done", (ev) => {
+      const form = ev.target;
+      if (!form.classList.contains("run-form")) return;
+      const box = form.querySelector(".result");
+      box.textContent = "";
+      box.append(window.FieldlinkResults.render(ev.detail));
+    });
+    document.addEventListener("submit", (ev) => {
+      const form = ev.target;
+      if (form.classList && form.classList.contains("run-form")) {
+        const box = form.querySelector(".result");
+        box.textContent = gettext("Running…");
+      }
+    }, true);
+  });
+})();
