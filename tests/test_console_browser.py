@@ -1,0 +1,158 @@
+"""The web console in a real browser (Debian's Chromium through Playwright)
+against a real HQ and real agents on loopback: logging in with TOTP, live
+updates without reloads, runs, jobs, alerts, tickets, scope, Korean, a phone
+viewport and axe-core. One HQ and one browser for the whole module.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from agent.policy import Policy, write_default
+from tests import support
+from tests.browser import launch, log_in, new_page, screenshot
+from tests.support import (
+    AgentHandle,
+    HQHandle,
+    make_user,
+    start_agent,
+    start_hq,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+SITE, OTHER = "shop-1", "shop-2"
+
+
+@dataclass
+class World:
+    hq: HQHandle
+    tmp: Path
+    browser: Any
+    agent: AgentHandle
+    engineer: support.TestUser
+    tech_other: support.TestUser
+    agents: list[AgentHandle] = field(default_factory=list)
+    logins: dict[str, Any] = field(default_factory=dict)
+
+    async def page_as(self, user: support.TestUser, **context: Any) -> Any:
+        """A new browser context logged in as `user` (through the login form
+        once; later contexts reuse its cookies, as another tab would)."""
+        state = self.logins.get(user.username)
+        if state is not None:
+            return await new_page(self.browser, storage_state=state, **context)
+        page = await new_page(self.browser, **context)
+        await log_in(page, self.hq.url, user)
+        self.logins[user.username] = await page.context.storage_state()
+        return page
+
+    async def agent_online(self, site: str = SITE, **policy: Any) -> AgentHandle:
+        handle = await start_agent(
+            self.hq, self.tmp / f"ag-{secrets.token_hex(3)}", site=site, run=False
+        )
+        write_default(handle.dir.policy_file, Policy(**policy))
+        self.agents.append(handle)
+        await handle.start()
+        await wait_until(
+            lambda: self.hq.hq.svc.gateway.registry.get(handle.agent_id), what="online"
+        )
+        return handle
+
+    async def api(self, method: str, path: str, **kw: Any) -> Any:
+        async with self.hq.client(self.hq.admin_token) as api:
+            return await api.ok(method, path, **kw)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+    from playwright.async_api import async_playwright
+
+    from tests.browser import chromium_path
+
+    chromium_path()  # skip (or fail under CI) before starting anything
+    tmp = tmp_path_factory.mktemp("console")
+    hq = await start_hq(tmp / "hq", f"sqlite+aiosqlite:///{tmp / 'hq.db'}")
+    playwright = await async_playwright().start()
+    browser = await launch(playwright)
+    w = World(
+        hq=hq,
+        tmp=tmp,
+        browser=browser,
+        agent=None,  # type: ignore[arg-type]
+        engineer=await make_user(hq, "hq_engineer", None, totp=True),
+        tech_other=await make_user(hq, "site_tech", OTHER, totp=True),
+    )
+    try:
+        w.agent = await w.agent_online(SITE, allow_exec=True)
+        yield w
+    finally:
+        await browser.close()
+        await playwright.stop()
+        for handle in reversed(w.agents):
+            await handle.stop()
+        await hq.stop()
+
+
+async def engineer_page(world: World, **context: Any) -> Any:
+    page = await world.page_as(world.engineer, **context)
+    await page.goto(world.hq.url + "/")
+    return page
+
+
+async def test_login_with_totp_lands_on_the_dashboard(world: World) -> None:
+    """Password plus TOTP code logs in; a wrong code is refused with a message."""
+    page = await new_page(world.browser)
+    bad = support.TestUser(**{**world.engineer.__dict__, "totp_secret": None})
+    await log_in(page, world.hq.url, bad)
+    assert "/login" in page.url
+    assert await page.locator("[role=alert]").inner_text()
+    await log_in(page, world.hq.url, world.engineer)
+    assert page.url.rstrip("/") == world.hq.url
+    assert await page.locator("h1").inner_text() == "Dashboard"
+    await screenshot(page, "dashboard")
+    assert not page.fieldlink_errors, page.fieldlink_errors
+    await page.context.close()
+
+
+async def test_a_machine_coming_online_appears_without_a_reload(world: World) -> None:
+    """The dashboard and the machines list update live when a new machine connects."""
+    page = await engineer_page(world)
+    await page.evaluate("window.__noReload = true")
+    assert await page.locator("tr[data-site='shop-live']").count() == 0
+    machines = await page.context.new_page()
+    await machines.goto(f"{world.hq.url}/machines?site=shop-live")
+    await machines.evaluate("window.__noReload = true")
+    handle = await world.agent_online("shop-live")
+    row = page.locator("tr[data-site='shop-live']")
+    await row.wait_for()
+    assert "1" in await row.locator("td").nth(1).inner_text()
+    live_row = machines.locator(f"tr[data-agent='{handle.agent_id}'][data-status=online]")
+    await live_row.wait_for()
+    assert await page.evaluate("window.__noReload") and await machines.evaluate("window.__noReload")
+    await screenshot(machines, "machines")
+    await page.context.close()
+
+
+async def test_run_disk_usage_from_the_machine_page_shows_a_table(world: World) -> None:
+    """The catalog form runs disk.usage through the API and renders its data as a table."""
+    page = await engineer_page(world)
+    await page.goto(f"{world.hq.url}/machines/{world.agent.agent_id}")
+    entry = page.locator("details[data-entry='disk.usage']")
+    await entry.locator("summary").click()
+    await entry.locator("button[type=submit]").click()
+    table = entry.locator(".result table.result-table")
+    await table.wait_for()
+    headers = await table.locator("th").all_inner_texts()
+    assert headers and await table.locator("tbody tr").count() >= 1
+    assert "/" in await table.locator("tbody").inner_text()
+    await screenshot(page, "machine")
+    assert not page.fieldlink_errors, page.fieldlink_errors
+    await page.context.close()
