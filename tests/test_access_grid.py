@@ -335,6 +335,13 @@ CONSOLE: dict[tuple[str, str], Cell] = {
     ("GET", "/machines"): page("/machines", "list", "agents:read"),
     ("GET", "/events/machines"): page("/events/machines", "list", "agents:read"),
     ("GET", "/machines/{agent_id}"): page("/machines/{agent}", "object", "agents:read"),
+    ("GET", "/tickets"): page("/tickets", "list", "tickets:read"),
+    ("GET", "/help"): page("/help", "list", "tickets:write"),
+    ("GET", "/tickets/{ticket_id}"): page(
+        "/tickets/{ticket}", expect=ticket_rule("tickets:read", 200)
+    ),
+    ("GET", "/jobs"): page("/jobs", "list", "diag:run"),
+    ("GET", "/jobs/{job_id}"): page("/jobs/jb_grid", "object", "diag:run"),
 }
 
 GRID: dict[tuple[str, str], Cell] = {

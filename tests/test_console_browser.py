@@ -156,3 +156,86 @@ async def test_run_disk_usage_from_the_machine_page_shows_a_table(world: World) 
     await screenshot(page, "machine")
     assert not page.fieldlink_errors, page.fieldlink_errors
     await page.context.close()
+
+
+async def test_a_job_over_a_site_shows_each_machine_progress(world: World) -> None:
+    """Starting a job over a site from the jobs page leads to its page, where
+    every machine of the site reaches a final status live, with its result."""
+    second = await world.agent_online(SITE)
+    page = await engineer_page(world)
+    await page.goto(f"{world.hq.url}/jobs")
+    await page.select_option("#j-name", "system.summary")
+    await page.select_option("#j-site", SITE)
+    await page.click("#job-form button[type=submit]")
+    await page.wait_for_url("**/jobs/jb_*")
+    for agent_id in (world.agent.agent_id, second.agent_id):
+        row = page.locator(f"tr[data-agent='{agent_id}']")
+        await row.locator("[data-item-status]", has_text="ok").wait_for()
+    await page.locator("#job-status[data-status=done]").wait_for()
+    await page.locator("tr[data-agent] .result details").first.wait_for()
+    await screenshot(page, "job")
+    assert not page.fieldlink_errors, page.fieldlink_errors
+    await page.context.close()
+
+
+async def test_an_alert_ticket_appears_on_the_dashboard(world: World) -> None:
+    """A rule that fires at once opens a ticket; the open dashboard shows the
+    firing alert and the ticket without a reload."""
+    page = await engineer_page(world)
+    await page.evaluate("window.__noReload = true")
+    rule = await world.api(
+        "POST",
+        "/api/v1/alert-rules",
+        json={
+            "name": "disk-any",
+            "metric": "disk[*].percent",
+            "op": ">",
+            "threshold": 1,
+            "priority": "P2",
+            "site": SITE,
+        },
+    )
+    alert = page.locator("#firing-alerts li", has_text="disk-any").first
+    await alert.wait_for(timeout=30000)
+    link = alert.locator("a[href^='/tickets/FL-']")
+    await link.wait_for(timeout=30000)
+    assert int(await page.locator("[data-priority=P2]").inner_text()) >= 1
+    assert await page.evaluate("window.__noReload")
+    await world.api("PATCH", f"/api/v1/alert-rules/{rule['id']}", json={"enabled": False})
+    await page.context.close()
+
+
+async def test_work_a_ticket_through_its_lifecycle(world: World) -> None:
+    """Open a ticket from the tickets page; acknowledge, start, comment, wait,
+    resume, resolve and close it in the UI; the timeline records each step."""
+    page = await engineer_page(world)
+    await page.goto(f"{world.hq.url}/tickets")
+    await page.fill("#nt-title", "Till 3 is slow")
+    await page.select_option("#nt-site", SITE)
+    await page.click("text=Open ticket")
+    await page.wait_for_url("**/tickets/FL-*")
+    status = page.locator("#ticket-status")
+
+    async def act(action: str, expect: str) -> None:
+        await page.click(f"button[data-action={action}]")
+        await page.locator(f"#ticket-status[data-status={expect}]").wait_for()
+
+    await act("ack", "acknowledged")
+    await act("start", "in_progress")
+    await page.fill("#comment", "Looking at the disk now")
+    await page.click("text=Add comment")
+    await page.locator("#timeline li", has_text="Looking at the disk now").wait_for()
+    await page.select_option("#wait-reason", "on_requester")
+    await act("wait", "waiting")
+    await act("start", "in_progress")
+    await page.click("#assign-to ~ button")
+    await page.locator("#assignee", has_text=world.engineer.username).wait_for()
+    await page.fill("#res-text", "Cleared the temp directory")
+    await act("resolve", "resolved")
+    await act("close", "closed")
+    assert await status.inner_text()
+    kinds = await page.locator("#timeline li").evaluate_all("els => els.map(e => e.dataset.kind)")
+    assert kinds.count("state") >= 6 and "comment" in kinds
+    await screenshot(page, "ticket")
+    assert not page.fieldlink_errors, page.fieldlink_errors
+    await page.context.close()

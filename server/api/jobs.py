@@ -187,10 +187,12 @@ async def create_job(request: web.Request) -> web.Response:
             ),
         )
     svc.jobs.start(item_ids)
-    return json_response(await _job_out(request, job.id), status=201)
+    return json_response(await job_out(request, job.id), status=201)
 
 
-async def _job_out(request: web.Request, job_id: str, with_results: bool = True) -> JobOut:
+async def job_out(request: web.Request, job_id: str, with_results: bool = True) -> JobOut:
+    """A job as the caller may see it: only items on its sites; 404 if none
+    (unless it made the job)."""
     who = principal(request)
     scope = who.sites("agents:read")
     async with services(request).sessions() as session:
@@ -259,7 +261,7 @@ async def _job_out(request: web.Request, job_id: str, with_results: bool = True)
     summary="A job: status, counts by item status, and every item with its result",
 )
 async def get_job(request: web.Request) -> web.Response:
-    out = await _job_out(request, request.match_info["job_id"])
+    out = await job_out(request, request.match_info["job_id"])
     return web.Response(text=out.model_dump_json(), content_type="application/json")
 
 
@@ -277,14 +279,19 @@ class JobQuery(BaseModel):
 )
 async def list_jobs(request: web.Request) -> web.Response:
     q = query(request, JobQuery)
+    return json_response(JobList(items=await recent_jobs(request, q.limit)))
+
+
+async def recent_jobs(request: web.Request, limit: int) -> list[JobSummary]:
+    """The newest jobs the caller can see (some of their items are in its scope)."""
     async with services(request).sessions() as session:
         ids = list(
-            await session.scalars(select(Job.id).order_by(Job.created_at.desc()).limit(q.limit * 4))
+            await session.scalars(select(Job.id).order_by(Job.created_at.desc()).limit(limit * 4))
         )
     out: list[JobSummary] = []
     for job_id in ids:
         try:
-            job = await _job_out(request, job_id, with_results=False)
+            job = await job_out(request, job_id, with_results=False)
         except NotFound:
             continue
         out.append(
@@ -297,9 +304,9 @@ async def list_jobs(request: web.Request) -> web.Response:
                 counts=job.counts,
             )
         )
-        if len(out) >= q.limit:
+        if len(out) >= limit:
             break
-    return json_response(JobList(items=out))
+    return out
 
 
 @routes.route(
@@ -314,7 +321,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     job_id = request.match_info["job_id"]
     events = svc.jobs.subscribe(job_id)  # before the snapshot, so no event falls between
     try:
-        snapshot = await _job_out(request, job_id, with_results=False)
+        snapshot = await job_out(request, job_id, with_results=False)
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
         )
@@ -334,7 +341,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                     await send("item", event)
     finally:
         await events.aclose()
-    final = await _job_out(request, job_id, with_results=False)
+    final = await job_out(request, job_id, with_results=False)
     await send("done", {"status": final.status, "counts": final.counts})
     await resp.write_eof()
     return resp

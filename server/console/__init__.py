@@ -13,13 +13,15 @@ from aiohttp import web
 
 from server.api.middleware import HTML_ERRORS
 from server.api.routing import ApiRouter
-from server.console import account, assets, dashboard, live, machines, render
+from server.console import account, assets, dashboard, jobs, live, machines, render, tickets
 
 ROUTERS: list[ApiRouter] = [
     assets.routes,
     account.routes,
     dashboard.routes,
     machines.routes,
+    tickets.routes,
+    jobs.routes,
 ]
 
 

@@ -1,0 +1,37 @@
+"""Jobs: start one catalog entry over a site or a tag, follow each machine's
+progress live (the API's server-sent events), read the results."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from server.api.authn import principal
+from server.api.jobs import job_out, recent_jobs
+from server.api.routing import ApiRouter
+from server.console import i18n
+from server.console.render import page
+from server.context import services
+from server.store import fleet
+
+routes = ApiRouter("console", console=True)
+
+
+@routes.route("GET", "/jobs", permission="diag:run", summary="Jobs: start one, recent ones")
+async def jobs(request: web.Request) -> web.StreamResponse:
+    who = principal(request)
+    async with services(request).sessions() as session:
+        rows = await fleet.list_agents(session, who.sites("agents:read"))
+    live = [(a, site) for a, site in rows if a.revoked_at is None]
+    ctx = {
+        "jobs": await recent_jobs(request, 50),
+        "sites": sorted({site for a, site in live if who.allowed("diag:run", a.site_id)}),
+        "tags": sorted({t for a, _ in live for t in a.tags or []}),
+        "names": sorted({str(e.get("name")) for a, _ in live for e in a.catalog or []}),
+    }
+    return page(request, "jobs.html", ctx, title=i18n.gettext("Jobs"))
+
+
+@routes.route("GET", "/jobs/{job_id}", permission="diag:run", summary="One job, live")
+async def job(request: web.Request) -> web.StreamResponse:
+    out = await job_out(request, request.match_info["job_id"])
+    return page(request, "job.html", {"job": out}, title=f"{i18n.gettext('Job')} {out.name}")
