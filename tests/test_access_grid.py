@@ -259,9 +259,11 @@ async def _session(world: World, *, state: str = "awaiting_consent", origin: str
         return rs.id
 
 
-def on_session(method: str, suffix: str, body: Any = None, **kw: Any) -> Build:
+def on_session(
+    method: str, suffix: str, body: Any = None, prefix: str = "/api/v1", **kw: Any
+) -> Build:
     async def build(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
-        return method, f"/api/v1/sessions/{await _session(world, **kw)}{suffix}", body
+        return method, f"{prefix}/sessions/{await _session(world, **kw)}{suffix}", body
 
     return build
 
@@ -342,6 +344,19 @@ CONSOLE: dict[tuple[str, str], Cell] = {
     ),
     ("GET", "/jobs"): page("/jobs", "list", "diag:run"),
     ("GET", "/jobs/{job_id}"): page("/jobs/jb_grid", "object", "diag:run"),
+    ("GET", "/sessions"): page("/sessions", "list", "tickets:read"),
+    ("GET", "/sessions/{session_id}"): Cell(
+        "ticket",
+        "tickets:read",
+        on_session("GET", "", prefix=""),
+        expect=ticket_rule("tickets:read", 200),
+        console=True,
+    ),
+    ("GET", "/consents"): page("/consents", "list", "sessions:consent"),
+    ("GET", "/events/consents"): page("/events/consents", "list", "sessions:consent"),
+    ("GET", "/alert-rules"): page("/alert-rules", "list", "alerts:manage"),
+    ("GET", "/kpis"): page("/kpis", "list", "kpi:read"),
+    ("GET", "/audit"): page("/audit", "list", "audit:read"),
 }
 
 GRID: dict[tuple[str, str], Cell] = {

@@ -17,7 +17,7 @@ import pytest_asyncio
 
 from agent.policy import Policy, write_default
 from tests import support
-from tests.browser import launch, log_in, new_page, screenshot
+from tests.browser import axe_violations, fresh_code, launch, log_in, new_page, screenshot
 from tests.support import (
     AgentHandle,
     HQHandle,
@@ -237,5 +237,87 @@ async def test_work_a_ticket_through_its_lifecycle(world: World) -> None:
     kinds = await page.locator("#timeline li").evaluate_all("els => els.map(e => e.dataset.kind)")
     assert kinds.count("state") >= 6 and "comment" in kinds
     await screenshot(page, "ticket")
+    assert not page.fieldlink_errors, page.fieldlink_errors
+    await page.context.close()
+
+
+async def _ticket_with_agent(world: World, title: str) -> str:
+    made = await world.api(
+        "POST",
+        "/api/v1/tickets",
+        json={"title": title, "site": SITE, "agent_ids": [world.agent.agent_id]},
+    )
+    return str(made["number"])
+
+
+async def test_request_a_session_and_see_consent_arrive_live(world: World) -> None:
+    """From a ticket the engineer requests a session (step-up code); the site's
+    technician approves it on the consents page; the engineer's session page
+    turns active without a reload."""
+    number = await _ticket_with_agent(world, "needs a look")
+    page = await engineer_page(world)
+    await page.goto(f"{world.hq.url}/tickets/{number}")
+    await page.select_option("#s-kind", "exec")
+    await page.fill("#s-reason", "check the spooler")
+    await page.fill("#s-code", await fresh_code(world.engineer.totp_secret or ""))
+    await page.click("#session-request button[type=submit]")
+    await page.wait_for_url("**/sessions/*")
+    await page.locator("#session-state", has_text="awaiting_consent").wait_for()
+    await page.evaluate("window.__noReload = true")
+
+    tech = await make_user(world.hq, "site_tech", SITE, totp=True)
+    other = await world.page_as(tech)
+    await other.goto(f"{world.hq.url}/consents")
+    item = other.locator("#pending-consents li", has_text="check the spooler")
+    await item.wait_for()
+    await screenshot(other, "consents")
+    await item.locator("button", has_text="Approve").click()
+    await other.locator("#pending-consents li", has_text="check the spooler").wait_for(
+        state="detached"
+    )
+    await page.locator("#session-state", has_text="active").wait_for()
+    assert await page.evaluate("window.__noReload")
+    assert tech.username in await page.locator("#session-consent").inner_text()
+    await screenshot(page, "session")
+    await page.click("#end-session")
+    await page.locator("#session-state", has_text="ended").wait_for()
+    assert not page.fieldlink_errors, page.fieldlink_errors
+    await page.context.close()
+    await other.context.close()
+
+
+async def test_a_site_technician_of_another_site_sees_none_of_it(world: World) -> None:
+    """Another site's technician sees neither shop-1's machines, tickets nor
+    sessions: lists leave them out and their pages answer 404."""
+    number = await _ticket_with_agent(world, "private to shop-1")
+    page = await world.page_as(world.tech_other)
+    await page.goto(world.hq.url + "/")
+    assert await page.locator(f"tr[data-site='{SITE}']").count() == 0
+    await page.goto(f"{world.hq.url}/machines")
+    assert await page.locator(f"tr[data-agent='{world.agent.agent_id}']").count() == 0
+    await page.goto(f"{world.hq.url}/tickets")
+    assert await page.locator(f"tr[data-ticket='{number}']").count() == 0
+    for path in (f"/machines/{world.agent.agent_id}", f"/tickets/{number}"):
+        resp = await page.goto(world.hq.url + path)
+        assert resp.status == 404, path
+        assert await page.locator("h1").inner_text() == "Not found"
+    resp = await page.goto(f"{world.hq.url}/audit")
+    assert resp.status == 403
+    await page.goto(f"{world.hq.url}/consents")
+    assert await page.locator("#pending-consents li.muted").count() == 1
+    await page.context.close()
+
+
+async def test_reports_audit_chain_and_kpis_render(world: World) -> None:
+    """An auditor reads the audit trail, sees the chain verified, and the KPI report."""
+    auditor = await make_user(world.hq, "auditor", None)
+    page = await world.page_as(auditor)
+    await page.goto(f"{world.hq.url}/audit?action=auth.*")
+    await page.locator("#chain[data-ok=true]").wait_for()
+    assert await page.locator("#audit tbody tr").count() >= 1
+    await screenshot(page, "audit")
+    await page.goto(f"{world.hq.url}/kpis")
+    assert await page.locator("#kpis tbody tr").count() >= 1
+    await screenshot(page, "kpis")
     assert not page.fieldlink_errors, page.fieldlink_errors
     await page.context.close()

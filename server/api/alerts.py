@@ -127,15 +127,19 @@ def _visible(who: Principal, rule: AlertRule) -> bool:
     summary="Alert rules you manage",
 )
 async def list_rules(request: web.Request) -> web.Response:
-    who = principal(request)
     async with services(request).sessions() as session:
-        rules = (await session.scalars(select(AlertRule).order_by(AlertRule.created_at))).all()
-        items = [
-            await _rule_out(session, r)
-            for r in rules
-            if _visible(who, r) or (who.holds("alerts:manage") and r.site_id is None)
-        ]
+        items = await visible_rules(session, principal(request))
     return json_response(RuleList(items=items))
+
+
+async def visible_rules(session: AsyncSession, who: Principal) -> list[RuleOut]:
+    """Rules the caller manages (global rules are shown to every manager)."""
+    rules = (await session.scalars(select(AlertRule).order_by(AlertRule.created_at))).all()
+    return [
+        await _rule_out(session, r)
+        for r in rules
+        if _visible(who, r) or (who.holds("alerts:manage") and r.site_id is None)
+    ]
 
 
 @routes.route(

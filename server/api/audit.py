@@ -59,7 +59,7 @@ class VerifyResult(BaseModel):
     reason: str | None
 
 
-def _item(e: AuditEntry) -> AuditItem:
+def audit_item(e: AuditEntry) -> AuditItem:
     return AuditItem(
         seq=e.seq,
         at=e.at,
@@ -79,7 +79,8 @@ def _item(e: AuditEntry) -> AuditItem:
     )
 
 
-async def _page(request: web.Request, q: AuditQuery, limit: int) -> list[AuditEntry]:
+async def audit_page(request: web.Request, q: AuditQuery, limit: int) -> list[AuditEntry]:
+    """Entries of the caller's audit:read scope, filtered, oldest first."""
     scope = principal(request).sites("audit:read")
     async with services(request).sessions() as session:
         site_id = None
@@ -112,9 +113,9 @@ async def _page(request: web.Request, q: AuditQuery, limit: int) -> list[AuditEn
 )
 async def list_audit(request: web.Request) -> web.Response:
     q = query(request, AuditQuery)
-    rows = await _page(request, q, q.limit)
+    rows = await audit_page(request, q, q.limit)
     nxt = str(rows[-1].seq) if len(rows) == q.limit else None
-    return json_response(AuditList(items=[_item(e) for e in rows], next=nxt))
+    return json_response(AuditList(items=[audit_item(e) for e in rows], next=nxt))
 
 
 @routes.route(
@@ -131,9 +132,9 @@ async def export_audit(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     after = q.after
     while True:
-        rows = await _page(request, q.model_copy(update={"after": after}), 1000)
+        rows = await audit_page(request, q.model_copy(update={"after": after}), 1000)
         for e in rows:
-            await resp.write(_item(e).model_dump_json().encode() + b"\n")
+            await resp.write(audit_item(e).model_dump_json().encode() + b"\n")
         if len(rows) < 1000:
             break
         after = rows[-1].seq

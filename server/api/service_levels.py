@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 
-from server.api.authn import principal
+from server.api.authn import Principal, principal
 from server.api.routing import ApiRouter, body, json_response, query
 from server.audit import Event
 from server.auth.crypto import seal
@@ -153,30 +153,32 @@ class KpiReport(BaseModel):
     summary="Service KPIs per site, engineer, priority or week",
 )
 async def kpis(request: web.Request) -> web.Response:
-    who = principal(request)
-    q = query(request, KpiQuery)
+    async with services(request).sessions() as session:
+        report = await kpi_report(session, principal(request), query(request, KpiQuery))
+    return json_response(report)
+
+
+async def kpi_report(session: Any, who: Principal, q: KpiQuery) -> KpiReport:
+    """KPIs over the tickets of the caller's kpi:read scope, filtered and grouped."""
     scope = who.sites("kpi:read")
     stmt = select(Ticket)
     if scope is not None:
         stmt = stmt.where(Ticket.site_id.in_(scope))
-    async with services(request).sessions() as session:
-        if q.site:
-            site = await people.site_by_name(session, q.site)
-            if site is None or (scope is not None and site.id not in scope):
-                return json_response(
-                    KpiReport(group_by=q.group_by, groups=kpi.grouped([], q.group_by))
-                )
-            stmt = stmt.where(Ticket.site_id == site.id)
-        if q.engineer:
-            user = await people.user_by_name(session, q.engineer)
-            stmt = stmt.where(Ticket.assignee_id == (user.id if user else "-"))
-        if q.from_:
-            stmt = stmt.where(Ticket.created_at >= q.from_)
-        if q.to:
-            stmt = stmt.where(Ticket.created_at < q.to)
-        rows = (await session.scalars(stmt)).all()
-        facts = [await fact_of(session, t) for t in rows]
-    return json_response(KpiReport(group_by=q.group_by, groups=kpi.grouped(facts, q.group_by)))
+    if q.site:
+        site = await people.site_by_name(session, q.site)
+        if site is None or (scope is not None and site.id not in scope):
+            return KpiReport(group_by=q.group_by, groups=kpi.grouped([], q.group_by))
+        stmt = stmt.where(Ticket.site_id == site.id)
+    if q.engineer:
+        user = await people.user_by_name(session, q.engineer)
+        stmt = stmt.where(Ticket.assignee_id == (user.id if user else "-"))
+    if q.from_:
+        stmt = stmt.where(Ticket.created_at >= q.from_)
+    if q.to:
+        stmt = stmt.where(Ticket.created_at < q.to)
+    rows = (await session.scalars(stmt)).all()
+    facts = [await fact_of(session, t) for t in rows]
+    return KpiReport(group_by=q.group_by, groups=kpi.grouped(facts, q.group_by))
 
 
 async def fact_of(session: Any, t: Ticket) -> kpi.Fact:

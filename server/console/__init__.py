@@ -13,7 +13,18 @@ from aiohttp import web
 
 from server.api.middleware import HTML_ERRORS
 from server.api.routing import ApiRouter
-from server.console import account, assets, dashboard, jobs, live, machines, render, tickets
+from server.console import (
+    account,
+    assets,
+    dashboard,
+    jobs,
+    live,
+    machines,
+    render,
+    reports,
+    sessions,
+    tickets,
+)
 
 ROUTERS: list[ApiRouter] = [
     assets.routes,
@@ -22,6 +33,8 @@ ROUTERS: list[ApiRouter] = [
     machines.routes,
     tickets.routes,
     jobs.routes,
+    sessions.routes,
+    reports.routes,
 ]
 
 
