@@ -357,6 +357,9 @@ CONSOLE: dict[tuple[str, str], Cell] = {
     ("GET", "/alert-rules"): page("/alert-rules", "list", "alerts:manage"),
     ("GET", "/kpis"): page("/kpis", "list", "kpi:read"),
     ("GET", "/audit"): page("/audit", "list", "audit:read"),
+    ("GET", "/admin"): page("/admin", "list", "users:admin"),
+    ("GET", "/admin/sites/{site_id}"): page("/admin/sites/{site}", "object", "users:admin"),
+    ("GET", "/enroll"): page("/enroll", "list", "agents:enroll"),
 }
 
 GRID: dict[tuple[str, str], Cell] = {

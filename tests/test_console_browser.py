@@ -321,3 +321,53 @@ async def test_reports_audit_chain_and_kpis_render(world: World) -> None:
     await screenshot(page, "kpis")
     assert not page.fieldlink_errors, page.fieldlink_errors
     await page.context.close()
+
+
+async def test_admin_enrolls_totp_from_the_qr_page_then_administers(world: World) -> None:
+    """The admin (2FA required, not yet set up) is sent to TOTP enrollment, sees
+    a QR code and its key, confirms a code, and then creates a user (shown its
+    password once), gives it a role, edits a site and makes an enrollment token."""
+    from server.auth.totp import code_for
+
+    page = await new_page(world.browser)
+    admin = support.TestUser("", "admin", world.hq.admin_password, "", None)
+    await log_in(page, world.hq.url, admin)
+    await page.wait_for_url("**/totp")
+    await page.click("text=Set up two-factor")
+    await page.locator("figure.qr svg").wait_for()
+    secret = (await page.locator("#totp-secret").inner_text()).strip()
+    await screenshot(page, "totp")
+    await page.fill("#code", code_for(secret))
+    await page.click("text=Turn on two-factor")
+    await page.wait_for_url(world.hq.url + "/?done=totp")
+    assert await page.locator("h1").inner_text() == "Dashboard"
+
+    await page.goto(f"{world.hq.url}/admin")
+    name = f"clerk-{secrets.token_hex(2)}"
+    await page.fill("#u-name", name)
+    await page.click("text=Create user")
+    await page.locator("#new-user .result code.secret").nth(1).wait_for()
+    await page.reload()
+    await page.select_option("#b-user", label=name)
+    await page.select_option("#b-role", "site_staff")
+    await page.select_option("#b-scope", f"site:{SITE}")
+    await page.click("text=Give role")
+    await page.locator(f"tr[data-user='{name}'] .tag", has_text="site_staff").wait_for()
+    await screenshot(page, "admin")
+
+    await page.click(f"a:text-is('{SITE}')")
+    await page.fill("#st-tz", "Asia/Seoul")
+    await page.click("button:text('Save')")
+    await page.wait_for_load_state()
+    sites = await world.api("GET", "/api/v1/sites")
+    shop = next(s for s in sites["items"] if s["name"] == SITE)
+    assert shop["calendar"]["timezone"] == "Asia/Seoul"
+
+    await page.goto(f"{world.hq.url}/enroll")
+    await page.select_option("#e-site", SITE)
+    await page.click("#enroll-form button[type=submit]")
+    token = page.locator("#enroll-form code.secret").first
+    await token.wait_for()
+    assert len(await token.inner_text()) > 20
+    assert not page.fieldlink_errors, page.fieldlink_errors
+    await page.context.close()

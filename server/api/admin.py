@@ -80,7 +80,7 @@ class UserPatch(BaseModel):
     reset_totp: bool = Field(False, description="turn 2FA off so the user enrolls again")
 
 
-async def _user_item(session: AsyncSession, user: User) -> UserItem:
+async def user_item(session: AsyncSession, user: User) -> UserItem:
     bindings = await binding_infos(session, await people.bindings_of(session, [user.id]))
     return UserItem(
         id=user.id,
@@ -105,7 +105,7 @@ async def _user_item(session: AsyncSession, user: User) -> UserItem:
 async def list_users(request: web.Request) -> web.Response:
     async with services(request).sessions() as session:
         users = await people.list_users(session)
-        items = [await _user_item(session, u) for u in users]
+        items = [await user_item(session, u) for u in users]
     return json_response(UserList(items=items))
 
 
@@ -134,7 +134,7 @@ async def create_user(request: web.Request) -> web.Response:
             display_name=req.display_name,
             email=req.email,
         )
-        item = await _user_item(session, user)
+        item = await user_item(session, user)
     return json_response(CreatedUser(**item.model_dump(), password=generated), status=201)
 
 
@@ -154,7 +154,7 @@ async def _load_user(session: AsyncSession, request: web.Request) -> User:
 )
 async def get_user(request: web.Request) -> web.Response:
     async with services(request).sessions() as session:
-        item = await _user_item(session, await _load_user(session, request))
+        item = await user_item(session, await _load_user(session, request))
     return json_response(item)
 
 
@@ -212,7 +212,7 @@ async def patch_user(request: web.Request) -> web.Response:
                 details={"username": user.username, "changed": changed, "disabled": user.disabled},
             ),
         )
-        item = await _user_item(session, user)
+        item = await user_item(session, user)
     return json_response(item)
 
 
@@ -230,7 +230,7 @@ async def delete_user(request: web.Request) -> web.Response:
     async with svc.sessions.begin() as session:
         user = await _load_user(session, request)
         await _guard_last_admin(session, user.id)
-        item = await _user_item(session, user)
+        item = await user_item(session, user)
         for binding in await people.bindings_of(session, [user.id]):
             await session.delete(binding)
         await session.delete(user)
@@ -277,7 +277,7 @@ class PermissionList(BaseModel):
     items: dict[str, str]
 
 
-def _role_item(role: Role) -> RoleItem:
+def role_item(role: Role) -> RoleItem:
     return RoleItem(
         name=role.name,
         description=role.description,
@@ -319,7 +319,7 @@ async def list_permissions(request: web.Request) -> web.Response:
 async def list_roles(request: web.Request) -> web.Response:
     async with services(request).sessions() as session:
         roles = await people.list_roles(session)
-    return json_response(RoleList(items=[_role_item(r) for r in roles]))
+    return json_response(RoleList(items=[role_item(r) for r in roles]))
 
 
 @routes.route(
@@ -352,7 +352,7 @@ async def create_role(request: web.Request) -> web.Response:
                 details={"permissions": perms},
             ),
         )
-    return json_response(_role_item(role), status=201)
+    return json_response(role_item(role), status=201)
 
 
 async def _custom_role(session: AsyncSession, request: web.Request) -> Role:
@@ -393,7 +393,7 @@ async def patch_role(request: web.Request) -> web.Response:
                 details={"permissions": role.permissions},
             ),
         )
-    return json_response(_role_item(role))
+    return json_response(role_item(role))
 
 
 @routes.route(
@@ -414,7 +414,7 @@ async def delete_role(request: web.Request) -> web.Response:
         )
         if used:
             raise Conflict(f"role is used by {used} binding(s); remove them first")
-        item = _role_item(role)
+        item = role_item(role)
         await session.delete(role)
         await auditlog.append(
             session, who.actor(), Event("role.delete", target_type="role", target_id=role.name)
@@ -655,7 +655,7 @@ class SitePatch(BaseModel):
     session_policy: SessionPolicyIn | None = None
 
 
-def _site_item(site: Site) -> SiteItem:
+def site_item(site: Site) -> SiteItem:
     return SiteItem(
         id=site.id,
         name=site.name,
@@ -694,7 +694,7 @@ async def list_sites(request: web.Request) -> web.Response:
     async with services(request).sessions() as session:
         sites = await people.list_sites(session)
     return json_response(
-        SiteList(items=[_site_item(s) for s in sites if scope is None or s.id in scope])
+        SiteList(items=[site_item(s) for s in sites if scope is None or s.id in scope])
     )
 
 
@@ -730,7 +730,7 @@ async def create_site(request: web.Request) -> web.Response:
                 details={"name": site.name},
             ),
         )
-    return json_response(_site_item(site), status=201)
+    return json_response(site_item(site), status=201)
 
 
 async def _load_site(session: AsyncSession, request: web.Request, who: Principal) -> Site:
@@ -751,7 +751,7 @@ async def _load_site(session: AsyncSession, request: web.Request, who: Principal
 async def get_site(request: web.Request) -> web.Response:
     async with services(request).sessions() as session:
         site = await _load_site(session, request, principal(request))
-    return json_response(_site_item(site))
+    return json_response(site_item(site))
 
 
 @routes.route(
@@ -786,7 +786,7 @@ async def patch_site(request: web.Request) -> web.Response:
                 details={"name": site.name, **req.model_dump(mode="json", exclude_none=True)},
             ),
         )
-    return json_response(_site_item(site))
+    return json_response(site_item(site))
 
 
 @routes.route(
@@ -807,7 +807,7 @@ async def delete_site(request: web.Request) -> web.Response:
         )
         if agents:
             raise Conflict(f"site has {agents} agent(s); revoke and remove them first")
-        item = _site_item(site)
+        item = site_item(site)
         await session.delete(site)
         await auditlog.append(
             session,

@@ -15,6 +15,7 @@ from server.api.middleware import HTML_ERRORS
 from server.api.routing import ApiRouter
 from server.console import (
     account,
+    admin,
     assets,
     dashboard,
     jobs,
@@ -35,6 +36,7 @@ ROUTERS: list[ApiRouter] = [
     jobs.routes,
     sessions.routes,
     reports.routes,
+    admin.routes,
 ]
 
 

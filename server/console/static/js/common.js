@@ -79,6 +79,15 @@
     const out = {};
     for (const el of form.elements) {
       if (!el.name || el.name === "csrf_token" || el.disabled) continue;
+      if (el.type === "checkbox" && "list" in el.dataset) {
+        // checkboxes sharing a name with data-list make a list of the ticked values
+        const all = form.querySelectorAll('input[data-list][name="' + CSS.escape(el.name) + '"]');
+        if (all[0] === el) {
+          const picked = [...all].filter((c) => c.checked);
+          setPath(out, el.name, picked.map((c) => (c.dataset.type === "int" ? parseInt(c.value, 10) : c.value)));
+        }
+        continue;
+      }
       if (el.type === "radio" && !el.checked) continue;
       if (el.type !== "checkbox" && el.value === "" && !("keepEmpty" in el.dataset)) continue;
       setPath(out, el.name, typed(el));

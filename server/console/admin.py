@@ -1,0 +1,68 @@
+"""Administration pages: users and their bindings, roles, sites with their
+business calendar and remote-session settings, and enrollment tokens (which a
+site technician may make for its own site). Reads go through the API's own
+item builders; every change is an API call from the page."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from server.api.admin import role_item, site_item, user_item
+from server.api.authn import principal
+from server.api.routing import ApiRouter
+from server.auth import rbac
+from server.console import i18n
+from server.console.render import N_, page
+from server.context import services
+from server.store import people
+from server.store.models import Site
+from shared.errors import NotFound
+
+routes = ApiRouter("console", console=True)
+WEEKDAYS = (N_("Mon"), N_("Tue"), N_("Wed"), N_("Thu"), N_("Fri"), N_("Sat"), N_("Sun"))
+
+
+@routes.route("GET", "/admin", permission="users:admin", summary="Users, roles and sites")
+async def admin(request: web.Request) -> web.StreamResponse:
+    who = principal(request)
+    scope = who.sites("users:admin")
+    async with services(request).sessions() as session:
+        users = [await user_item(session, u) for u in await people.list_users(session)]
+        roles = [role_item(r) for r in await people.list_roles(session)]
+        sites = [
+            site_item(s) for s in await people.list_sites(session) if scope is None or s.id in scope
+        ]
+    ctx = {
+        "users": users,
+        "roles": roles,
+        "sites": sites,
+        "permissions": rbac.PERMISSIONS,
+        "global_admin": who.allowed("users:admin", None),
+    }
+    return page(request, "admin.html", ctx, title=i18n.gettext("Administration"))
+
+
+@routes.route(
+    "GET", "/admin/sites/{site_id}", permission="users:admin", summary="One site's settings"
+)
+async def site(request: web.Request) -> web.StreamResponse:
+    who = principal(request)
+    async with services(request).sessions() as session:
+        row = await session.get(Site, request.match_info["site_id"])
+    if row is None:
+        raise NotFound("not found")
+    who.require("users:admin", row.id)
+    ctx = {"site": site_item(row), "weekdays": WEEKDAYS}
+    return page(request, "site.html", ctx, title=row.name)
+
+
+@routes.route(
+    "GET", "/enroll", permission="agents:enroll", summary="Make enrollment tokens for a site"
+)
+async def enroll(request: web.Request) -> web.StreamResponse:
+    who = principal(request)
+    async with services(request).sessions() as session:
+        sites = [
+            s.name for s in await people.list_sites(session) if who.allowed("agents:enroll", s.id)
+        ]
+    return page(request, "enroll.html", {"sites": sites}, title=i18n.gettext("Enrollment"))
