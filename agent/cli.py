@@ -10,6 +10,7 @@ For people at the machine (they talk to the running agent over its local socket)
 fieldlink-agent help TEXT [--assist] [--wait SECONDS] [--config-dir DIR] [--socket PATH]
 fieldlink-agent tickets [--json] [--config-dir DIR] [--socket PATH]
 fieldlink-agent rate FL-N SCORE [--comment TEXT] [--wait SECONDS]
+fieldlink-agent consent [--approve ID | --deny ID | --end ID] [--wait SECONDS] [--json]
 """
 
 from __future__ import annotations
@@ -95,7 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     h = add("help", "ask HQ's IT team for help with this machine; prints the ticket number")
     h.add_argument("text", nargs="+", metavar="TEXT", help="what is wrong, in your words")
     h.add_argument(
-        "--assist", action="store_true", help="ask for someone at HQ to take over the machine"
+        "--assist",
+        action="store_true",
+        help="ask for someone at HQ to take over the machine; the command stays, shows who "
+        "joined and when, and ends the session on `end` + Enter or Ctrl-C",
     )
     local(h, waits=True)
 
@@ -107,6 +111,18 @@ def _parser() -> argparse.ArgumentParser:
     rt.add_argument("score", type=int, choices=range(1, 6), metavar="SCORE", help="1 (bad) to 5")
     rt.add_argument("--comment", default="", help="a few words for the team")
     local(rt, waits=True)
+
+    cs = add(
+        "consent",
+        "list HQ's session requests and live sessions on this machine; approve, deny or end one",
+    )
+    answer = cs.add_mutually_exclusive_group()
+    answer.add_argument("--approve", metavar="ID", help="let the engineer in (a waiting request)")
+    answer.add_argument("--deny", metavar="ID", help="refuse a waiting request")
+    answer.add_argument(
+        "--end", metavar="ID", help="end a session now (its shell and file transfer stop at once)"
+    )
+    local(cs, waits=True)
     return parser
 
 
@@ -159,11 +175,11 @@ def _fmt_time(value: str | None) -> str:
 
 
 def _status(config_dir: ConfigDir, as_json: bool) -> int:
+    from agent import staff
     from agent.spool import Spool
 
     if config_dir.config_file.exists() and not os.access(config_dir.config_file, os.R_OK):
-        from agent import staff  # an account that may not read the config asks the agent
-
+        # an account that may not read the config asks the agent
         return staff.status_command(config_dir.socket_file, as_json=as_json)
 
     config = config_dir.load()
@@ -188,12 +204,21 @@ def _status(config_dir: ConfigDir, as_json: bool) -> int:
         "interval": config.interval,
         "version": __version__,
     }
+    sessions = staff.live_sessions(config_dir.socket_path(config))
     if as_json:
+        info["sessions"] = (
+            None if sessions is None else [s.model_dump(mode="json") for s in sessions]
+        )
         print(json.dumps(info, indent=2))
     else:
         width = max(len(k) for k in info)
         for key, value in info.items():
             print(f"{key.replace('_', ' '):<{width}}  {value}")
+        if sessions is None:
+            print("live sessions  unknown (the agent is not running)")
+        else:
+            for line in staff.sessions_lines(sessions, datetime.now(UTC)):
+                print(line)
         if stats.dropped:
             print(
                 f"warning: {stats.dropped} health reports were dropped because the spool was full "
@@ -227,6 +252,14 @@ def _staff(config_dir: ConfigDir, args: argparse.Namespace) -> int:
         return staff.rate_command(
             path, args.ticket, args.score, args.comment, wait=args.wait, as_json=args.json
         )
+    if args.command == "consent":
+        for action in ("approve", "deny", "end"):
+            session = getattr(args, action)
+            if session is not None:
+                return staff.consent_command(
+                    path, action, session, wait=args.wait, as_json=args.json
+                )
+        return staff.consent_command(path, "list", None, wait=args.wait, as_json=args.json)
     return staff.tickets_command(path, as_json=args.json)
 
 
@@ -240,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agent.local import LocalError
 
     try:
-        if args.command in ("help", "tickets", "rate"):
+        if args.command in ("help", "tickets", "rate", "consent"):
             return _staff(config_dir, args)
         if args.command == "enroll":
             return _enroll(config_dir, args.token, args.force)

@@ -1,13 +1,16 @@
 """The agent daemon: samples health on a schedule into the spool, keeps the
-link to HQ up, serves HQ's runs under the local policy and answers people at
-the machine on its local socket (help requests, ratings, the ticket list).
-`fieldlink-agent run` runs `Daemon.run()`; SIGHUP reloads the policy.
+link to HQ up, serves HQ's runs, shells and file transfers under the local
+policy and the remote sessions HQ announced, and answers people at the
+machine on its local socket (help requests, ratings, the ticket list,
+consent). `fieldlink-agent run` runs `Daemon.run()`; SIGHUP reloads the
+policy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Coroutine
@@ -25,6 +28,7 @@ from agent.local import LocalServer
 from agent.policy import Policy, PolicyError, ensure_policy, load_policy
 from agent.run import RunService
 from agent.sampler import Sampler, collect_facts
+from agent.sessions import SessionBook
 from agent.spool import Spool
 from shared import protocol as p
 from shared.version import PROTOCOL_VERSION, __version__
@@ -41,7 +45,10 @@ class Daemon:
             log.warning("policy_written_default", path=str(config_dir.policy_file))
         self.runs = RunService(load_policy(config_dir.policy_file))
         self.spool = Spool(config_dir.spool_file, self.config.spool_max_frames)
-        self.telemetry = Telemetry(self.spool, self._hello)
+        self.sessions = SessionBook()
+        self.telemetry = Telemetry(self.spool, self._hello, self.sessions)
+        self._shells: Any = None  # agent.shell.ShellService, made at the first shell
+        self._lang = os.environ.get("LANG")  # a shell's LANG unless HQ sends one
         self.link = Link(
             host=self.config.ssh_host,
             port=self.config.ssh_port,
@@ -52,12 +59,16 @@ class Daemon:
             telemetry=self.telemetry,
             spool=self.spool,
             process_handlers={p.RUN_SUBSYSTEM: self.runs.serve},
+            shell_handler=self._shell,
+            sftp_factory=self._files,
         )
         self.desk = Desk(
             config=self.config,
             spool=self.spool,
             telemetry=self.telemetry,
             sample=self.fresh_sample,
+            sessions=self.sessions,
+            policy=lambda: self.policy,
         )
         socket_path = config_dir.socket_path(self.config)
         self.local = LocalServer(
@@ -87,6 +98,20 @@ class Daemon:
     def policy(self) -> Policy:
         return self.runs.policy
 
+    async def _shell(self, process: Any) -> None:
+        """A shell channel (agent.shell, loaded at the first one)."""
+        if self._shells is None:
+            from agent.shell import ShellService
+
+            self._shells = ShellService(lambda: self.policy, self.sessions, lang=self._lang)
+        await self._shells.serve(process)
+
+    def _files(self, chan: Any) -> Any:
+        """An SFTP channel (agent.files, loaded at the first one)."""
+        from agent.files import FileServer
+
+        return FileServer(chan, lambda: self.policy, self.sessions)
+
     def reload_policy(self) -> bool:
         """Read policy.toml again. A broken file keeps the current policy (and
         says why in the log); a good one applies to runs from now on and is
@@ -97,7 +122,13 @@ class Daemon:
         except PolicyError as exc:
             log.error("policy_reload_failed", path=str(path), error=str(exc))
             return False
-        self.runs.policy = policy
+        old, self.runs.policy = self.runs.policy, policy
+        if not policy.allow_shell:
+            self.sessions.stop_kind(
+                "shell", "this machine's policy no longer allows shells (allow_shell = false)"
+            )
+        if policy.file_roots != old.file_roots:
+            self.sessions.stop_kind("files", "this machine's file roots changed")
         self.telemetry.resend_hello()
         log.info("policy_reloaded", path=str(path), **policy.summary().model_dump())
         return True
@@ -188,6 +219,9 @@ class Daemon:
             await self._stop.wait()
         finally:
             await self.local.close()
+            self.sessions.stop_all("the agent is stopping")
+            if self._shells is not None:
+                await self._shells.close()
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -6,6 +6,13 @@ A help request becomes a `Help` frame with a fresh health sample, a rating a
 away), wake the telemetry sender and wait, bounded, for HQ's receipt. An
 answer is either HQ's receipt or "queued": saved here and sent when the link
 returns, its receipt recorded then for `fieldlink-agent tickets`.
+
+A person's answer to a session request (approve, deny) or the end of a
+session becomes a spooled `Consent` frame the same way; the answer waits,
+bounded, for HQ to report the session's new state (`SessionInfo`, kept in
+the session book, agent.sessions). Ending a session also stops its shell and
+file transfer here: at once when HQ is unreachable, otherwise as soon as HQ
+has closed them or after a moment (`END_GRACE`), whichever comes first.
 """
 
 from __future__ import annotations
@@ -21,18 +28,26 @@ import structlog
 from agent.config import AgentConfig
 from agent.link import Telemetry
 from agent.local import (
+    Answer,
+    AnyRequest,
     Caller,
+    ConsentAnswer,
+    ConsentRequest,
     HelpAnswer,
     HelpRequest,
+    OfferAnswer,
+    OfferRequest,
     RateAnswer,
     RateRequest,
     Refusal,
     RequestInfo,
+    SessionView,
     StatusAnswer,
-    StatusRequest,
     TicketsAnswer,
     TicketsRequest,
 )
+from agent.policy import Policy
+from agent.sessions import FINAL, LIVE, Known, SessionBook
 from agent.spool import Asked, RequestRow, Spool
 from shared import protocol as p
 from shared.version import __version__
@@ -43,6 +58,7 @@ log = structlog.get_logger(__name__)
 # for real needs while HQ is away, not enough for a stuck loop to flood HQ.
 MAX_WAITING_HELP = 5
 RECENT_SECONDS = 7 * 86400  # requests answered this recently are listed
+END_GRACE = 1.0  # seconds HQ has to close a session's channels before the agent does
 
 
 def _when(epoch: float | None) -> datetime | None:
@@ -64,6 +80,26 @@ def request_info(row: RequestRow) -> RequestInfo:
     )
 
 
+def session_view(known: Known, channels: int = 0) -> SessionView:
+    info = known.info
+    return SessionView(
+        id=info.session_id,
+        kind=info.kind,
+        state=info.state,
+        origin=info.origin,
+        engineer=info.engineer,
+        ticket=info.ticket,
+        reason=info.reason,
+        consent_by=info.consent_by,
+        expires_at=info.expires_at,
+        started_at=info.started_at,
+        end_reason=info.end_reason,
+        ended_here=known.ended_here,
+        channels=channels,
+        heard_at=datetime.fromtimestamp(known.heard_at, UTC),
+    )
+
+
 class Desk:
     """Answers local requests for the daemon (the `handler` of a LocalServer)."""
 
@@ -74,24 +110,31 @@ class Desk:
         spool: Spool,
         telemetry: Telemetry,
         sample: Callable[[], Awaitable[p.HealthReport | None]],
+        sessions: SessionBook,
+        policy: Callable[[], Policy],
     ) -> None:
         self._config = config
         self._spool = spool
         self._telemetry = telemetry
         self._sample = sample
+        self._sessions = sessions
+        self._policy = policy
 
-    async def __call__(
-        self,
-        caller: Caller,
-        request: HelpRequest | RateRequest | TicketsRequest | StatusRequest,
-    ) -> HelpAnswer | RateAnswer | TicketsAnswer | StatusAnswer:
+    async def __call__(self, caller: Caller, request: AnyRequest) -> Answer:
         if isinstance(request, HelpRequest):
             return await self.help(caller, request)
         if isinstance(request, RateRequest):
             return await self.rate(caller, request)
         if isinstance(request, TicketsRequest):
             return await self.tickets()
+        if isinstance(request, ConsentRequest):
+            return await self.consent(caller, request)
+        if isinstance(request, OfferRequest):
+            return await self.offer(request)
         return await self.status(caller)
+
+    def _view(self, known: Known) -> SessionView:
+        return session_view(known, self._sessions.channels(known.info.session_id))
 
     async def _outcome(self, kind: str, seq: int, wait: float) -> dict[str, object]:
         """HQ's receipt for (kind, seq) if it comes within `wait` seconds."""
@@ -197,4 +240,109 @@ class Desk:
             spool_pending=stats.pending,
             spool_dropped=stats.dropped,
             requests_waiting=sum(1 for r in rows if r.state == "waiting"),
+            sessions=[self._view(k) for k in self._sessions.live()],
+        )
+
+    # --- sessions ---------------------------------------------------------------------
+
+    def _one(self, text: str) -> Known:
+        found = self._sessions.find(text)
+        if not found:
+            raise Refusal(
+                "not_found",
+                f"no session {text!r} on this machine; `fieldlink-agent consent` lists them",
+            )
+        if len(found) > 1:
+            raise Refusal("ambiguous", f"{text!r} names {len(found)} sessions; give more of its id")
+        return found[0]
+
+    async def consent(self, caller: Caller, request: ConsentRequest) -> ConsentAnswer:
+        """List sessions, or send a person's answer about one to HQ."""
+        connected = self._telemetry.open
+        if request.action == "list":
+            return ConsentAnswer(
+                action="list",
+                connected=connected,
+                state="listed",
+                sessions=[self._view(k) for k in self._sessions.all()],
+            )
+        if request.session is None:
+            raise Refusal("bad_request", f"{request.action} needs a session id")
+        known = self._pick(request.session, request.action, connected)
+        sid = known.info.session_id if known else request.session
+        before = known.info.state if known else None
+
+        def build(seq: int, dropped: int) -> bytes:
+            frame = p.Consent(seq=seq, session_id=sid, action=request.action, user=caller.user)
+            return p.encode(frame)
+
+        await asyncio.to_thread(self._spool.append, "consent", build)
+        self._telemetry.notify()
+        log.info("consent_given", session_id=sid, action=request.action, user=caller.user)
+
+        def settled() -> bool:
+            now = self._sessions.get(sid)
+            if now is None:
+                return False
+            if request.action == "end":
+                return now.info.state in FINAL
+            return now.info.state != before
+
+        stopped = 0
+        wait = request.wait if connected else 0.0
+        if request.action == "end":
+            # New channels are refused from now on; HQ closes the open ones when it
+            # ends the session, and whatever is still open after a moment is stopped here.
+            stopped = self._sessions.channels(sid)
+            self._sessions.end_here(sid, f"by {caller.user}", stop=False)
+            grace = min(wait, END_GRACE)
+            await self._sessions.wait(lambda: settled() or not self._sessions.channels(sid), grace)
+            self._sessions.end_here(sid, f"by {caller.user}", stop=True)
+            wait = max(0.0, wait - grace)
+        answered = await self._sessions.wait(settled, wait) if connected else False
+        now = self._sessions.get(sid)
+        return ConsentAnswer(
+            action=request.action,
+            connected=connected,
+            state="answered" if answered else "queued",
+            session=self._view(now) if now else None,
+            stopped=stopped,
+        )
+
+    def _pick(self, text: str, action: str, connected: bool) -> Known | None:
+        """The session an answer is about. While HQ is unreachable an id this
+        machine has not heard of is taken as given (HQ will judge it)."""
+        try:
+            known = self._one(text)
+        except Refusal:
+            if connected:
+                raise
+            return None
+        state = known.info.state
+        if action in ("approve", "deny") and state != "awaiting_consent":
+            raise Refusal(
+                "conflict",
+                f"session {known.info.session_id} is {state.replace('_', ' ')}; "
+                "only a request waiting for consent can be approved or denied",
+            )
+        if action == "end" and state not in LIVE:
+            raise Refusal("conflict", f"session {known.info.session_id} is already {state}")
+        return known
+
+    async def offer(self, request: OfferRequest) -> OfferAnswer:
+        """The session offer on a ticket this machine asked for, once it differs
+        from what the caller saw last."""
+
+        def changed() -> bool:
+            known = self._sessions.for_ticket(request.ticket)
+            if known is None:
+                return False
+            return known.info.state != request.seen
+
+        await self._sessions.wait(changed, request.wait)
+        known = self._sessions.for_ticket(request.ticket)
+        return OfferAnswer(
+            connected=self._telemetry.open,
+            shells_allowed=self._policy().allow_shell,
+            session=self._view(known) if known else None,
         )

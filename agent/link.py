@@ -12,7 +12,13 @@ The `telemetry` subsystem session sends a hello, then every spooled frame
 (oldest first) and every new one, and applies HQ's acks to the spool. HQ's
 receipts (the answer to a help request or rating) are recorded in the spool
 and handed to whoever waits for them; HQ's list of the machine's tickets is
-kept, in memory and in the spool, for `fieldlink-agent tickets`.
+kept, in memory and in the spool, for `fieldlink-agent tickets`; HQ's word on
+remote sessions goes to the session book (agent.sessions), which enforces it.
+
+Other channels HQ opens: subsystems with a handler (`fieldlink-run`), a
+shell (no command, a terminal: the shell handler, agent.shell) and SFTP
+(the `sftp_factory`, agent.files). The built-in line editor is off, so a
+shell's PTY gets the engineer's bytes untouched; anything else is refused.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 import asyncssh
 import structlog
 
+from agent.sessions import SessionBook
 from agent.spool import Spool
 from shared import protocol as p
 
@@ -97,9 +104,15 @@ class Telemetry:
     """Sends spooled frames to HQ and applies acks, receipts and ticket lists.
     One live session at a time."""
 
-    def __init__(self, spool: Spool, hello: Callable[[], Awaitable[p.Hello]]) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        hello: Callable[[], Awaitable[p.Hello]],
+        sessions: SessionBook | None = None,
+    ) -> None:
         self._spool = spool
         self._hello = hello
+        self.sessions = sessions if sessions is not None else SessionBook()
         self._new = asyncio.Event()
         self._rehello = False
         self._current: asyncssh.SSHServerProcess[bytes] | None = None
@@ -191,6 +204,7 @@ class Telemetry:
         if self._current is not None:
             self._current.close()
         self._current = process
+        self.sessions.reset_live()  # HQ re-sends the live ones after the hello
         sender = asyncio.create_task(self._send(process))
         try:
             await self._receive(process)
@@ -239,6 +253,8 @@ class Telemetry:
                     await self._apply_receipt(frame)
                 elif isinstance(frame, p.Tickets):
                     await self._apply_tickets(frame)
+                elif isinstance(frame, p.SessionInfo):
+                    self.sessions.update(frame)
 
 
 class Link:
@@ -256,6 +272,8 @@ class Link:
         telemetry: Telemetry,
         spool: Spool,
         process_handlers: dict[str, Callable[[Any], Awaitable[None]]] | None = None,
+        shell_handler: Callable[[Any], Awaitable[None]] | None = None,
+        sftp_factory: Callable[[Any], Any] | None = None,
     ) -> None:
         self._host = host
         self._port = port
@@ -266,6 +284,8 @@ class Link:
         self._telemetry = telemetry
         self._spool = spool
         self._handlers = process_handlers or {}
+        self._shell = shell_handler
+        self._sftp = sftp_factory
         self.connected = asyncio.Event()
         self._conn: asyncssh.SSHServerConnection | None = None
 
@@ -274,6 +294,8 @@ class Link:
             await self._telemetry.serve(process)
             return
         handler = self._handlers.get(process.subsystem or "")
+        if handler is None and process.subsystem is None and process.command is None:
+            handler = self._shell
         if handler is not None:
             await handler(process)
             return
@@ -289,8 +311,10 @@ class Link:
             server_factory=lambda: _AgentSSHServer(self._hq_key),
             server_host_keys=[self._host_key],
             process_factory=self._process,
+            sftp_factory=self._sftp,
             encoding=None,
-            allow_pty=False,
+            allow_pty=True,
+            line_editor=False,
             agent_forwarding=False,
             x11_forwarding=False,
             keepalive_interval=self._keepalive,

@@ -1,6 +1,6 @@
 """The agent's local socket: how people at the machine reach the running daemon.
 
-`fieldlink-agent help|tickets|rate|status` connect to a Unix socket that the
+`fieldlink-agent help|tickets|rate|consent|status` connect to a Unix socket that the
 daemon serves (DIR/agent.sock unless `local_socket` says otherwise). The
 socket is mode 0660 and belongs to the group `local_group` (default: the
 agent's own primary group), so site staff in that group can ask for help
@@ -15,15 +15,23 @@ turn. A request names its `op`; the answer's `type` is that op, or `error`:
     {"type": "help", "seq": 3, "state": "answered", "ok": true, "ticket": "FL-12", ...}
     {"op": "rate", "ticket": "FL-12", "score": 5}
     {"type": "error", "error": {"code": "bad_request", "message": "..."}}
+    {"op": "consent", "action": "approve", "session": "se_3f2a", "wait": 10}
+    {"type": "consent", "action": "approve", "state": "answered", "session": {...}, ...}
+    {"op": "offer", "ticket": "FL-12", "seen": "requested", "wait": 20}
 
 Who asks is never part of a request: the daemon reads the caller's uid from
 the socket (SO_PEERCRED) and names it by its local account. Lines are capped
 (MAX_REQUEST_BYTES in, MAX_ANSWER_BYTES out); a malformed request gets an
 `error` answer and never reaches the daemon's state.
 
-To add a command (`consent` is next): a request model with a new `op`, an
-answer model whose `type` is the same word, both added to the unions below,
-and a case in the daemon's desk (agent.desk).
+`consent` lists the machine's session requests and live sessions, or sends
+a person's answer (approve, deny, end) to HQ; `offer` waits for the next
+change of the session a site's `help --assist` asked for (who joined, how it
+ended).
+
+To add a command: a request model with a new `op`, an answer model whose
+`type` is the same word, both added to the unions below, and a case in the
+daemon's desk (agent.desk).
 
 Errors: `LocalError` (the socket cannot be served or reached), with
 `AgentUnavailable` for "no agent answers there"; `Refusal` is raised by a
@@ -123,9 +131,31 @@ class StatusRequest(_Model):
     op: Literal["status"] = "status"
 
 
-LocalRequest = Annotated[
-    HelpRequest | RateRequest | TicketsRequest | StatusRequest, Field(discriminator="op")
-]
+class ConsentRequest(_Model):
+    """List session requests and live sessions (`list`), or answer one: approve
+    or deny a request, end a session. The answer waits up to `wait` seconds
+    for HQ to report the session's new state."""
+
+    op: Literal["consent"] = "consent"
+    action: Literal["list", "approve", "deny", "end"] = "list"
+    session: str | None = Field(None, min_length=1, max_length=64)
+    wait: float = Field(DEFAULT_WAIT_SECONDS, ge=0, le=MAX_WAIT_SECONDS)
+
+
+class OfferRequest(_Model):
+    """The session offer on `ticket` that this machine asked for (`help --assist`),
+    once its state is other than `seen` (or after `wait` seconds)."""
+
+    op: Literal["offer"] = "offer"
+    ticket: str = Field(pattern=r"^FL-\d{1,12}$")
+    seen: str | None = Field(None, max_length=40)
+    wait: float = Field(DEFAULT_WAIT_SECONDS, ge=0, le=MAX_WAIT_SECONDS)
+
+
+AnyRequest = (
+    HelpRequest | RateRequest | TicketsRequest | StatusRequest | ConsentRequest | OfferRequest
+)
+LocalRequest = Annotated[AnyRequest, Field(discriminator="op")]
 
 # --- answers -------------------------------------------------------------------
 
@@ -183,6 +213,45 @@ class TicketsAnswer(_Model):
     requests: list[RequestInfo]
 
 
+class SessionView(_Model):
+    """A remote session on this machine, as HQ last described it, with what
+    this machine knows besides: an end decided here, channels open now."""
+
+    id: str
+    kind: str
+    state: str
+    origin: str
+    engineer: str
+    ticket: str
+    reason: str = ""
+    consent_by: str | None = None
+    expires_at: datetime | None = None  # consent or offer deadline; while active, its end
+    started_at: datetime | None = None
+    end_reason: str | None = None
+    ended_here: str | None = None  # who ended it at this machine, if HQ has not said yet
+    channels: int = 0  # shell and file-transfer channels open for it now
+    heard_at: datetime  # when HQ last said
+
+
+class ConsentAnswer(_Model):
+    type: Literal["consent"] = "consent"
+    action: Literal["list", "approve", "deny", "end"]
+    connected: bool
+    # for an answer: `answered` once HQ reported the session's new state, else
+    # `queued` (saved in the spool; HQ gets it when it can)
+    state: Literal["listed", "answered", "queued"]
+    session: SessionView | None = None
+    sessions: list[SessionView] = Field(default_factory=list)
+    stopped: int = 0  # channels stopped at this machine by `end`
+
+
+class OfferAnswer(_Model):
+    type: Literal["offer"] = "offer"
+    connected: bool
+    shells_allowed: bool  # whether this machine's policy lets anyone take over at all
+    session: SessionView | None = None
+
+
 class StatusAnswer(_Model):
     type: Literal["status"] = "status"
     protocol: int = LOCAL_PROTOCOL
@@ -195,19 +264,15 @@ class StatusAnswer(_Model):
     spool_pending: int
     spool_dropped: int
     requests_waiting: int
+    sessions: list[SessionView] = Field(default_factory=list)  # live sessions
 
 
-LocalAnswer = Annotated[
-    Failure | HelpAnswer | RateAnswer | TicketsAnswer | StatusAnswer,
-    Field(discriminator="type"),
-]
+Answer = HelpAnswer | RateAnswer | TicketsAnswer | StatusAnswer | ConsentAnswer | OfferAnswer
+AnyAnswer = Failure | Answer
+LocalAnswer = Annotated[AnyAnswer, Field(discriminator="type")]
 
-_requests: TypeAdapter[HelpRequest | RateRequest | TicketsRequest | StatusRequest] = TypeAdapter(
-    LocalRequest
-)
-_answers: TypeAdapter[Failure | HelpAnswer | RateAnswer | TicketsAnswer | StatusAnswer] = (
-    TypeAdapter(LocalAnswer)
-)
+_requests: TypeAdapter[AnyRequest] = TypeAdapter(LocalRequest)
+_answers: TypeAdapter[AnyAnswer] = TypeAdapter(LocalAnswer)
 
 
 def encode(message: BaseModel) -> bytes:
@@ -220,7 +285,7 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
-def decode_request(line: bytes) -> HelpRequest | RateRequest | TicketsRequest | StatusRequest:
+def decode_request(line: bytes) -> AnyRequest:
     """One request line as a model; `Refusal("bad_request")` says what is wrong."""
     try:
         data = json.loads(line)
@@ -251,10 +316,7 @@ class Caller:
     user: str
 
 
-Handler = Callable[
-    [Caller, HelpRequest | RateRequest | TicketsRequest | StatusRequest],
-    Awaitable[HelpAnswer | RateAnswer | TicketsAnswer | StatusAnswer],
-]
+Handler = Callable[[Caller, AnyRequest], Awaitable[Answer]]
 
 
 def user_name(uid: int) -> str:
@@ -464,9 +526,7 @@ class LocalServer:
             if last:
                 return
 
-    async def _answer(
-        self, caller: Caller, line: bytes
-    ) -> Failure | HelpAnswer | RateAnswer | TicketsAnswer | StatusAnswer:
+    async def _answer(self, caller: Caller, line: bytes) -> AnyAnswer:
         try:
             request = decode_request(line)
             return await self._handler(caller, request)
@@ -481,11 +541,7 @@ class LocalServer:
 # --- the client's side -------------------------------------------------------------
 
 
-def call(
-    path: Path,
-    request: HelpRequest | RateRequest | TicketsRequest | StatusRequest,
-    timeout: float,
-) -> Failure | HelpAnswer | RateAnswer | TicketsAnswer | StatusAnswer:
+def call(path: Path, request: AnyRequest, timeout: float) -> AnyAnswer:
     """Send one request to the daemon and return its answer (blocking)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)

@@ -62,6 +62,7 @@ class Policy(BaseModel):
     max_output_bytes: int = Field(default=MIB, ge=1024, le=64 * MIB)
     max_runtime_seconds: float = Field(default=300.0, gt=0, le=24 * 3600)
     max_concurrent: int = Field(default=4, ge=1, le=64)
+    max_file_bytes: int = Field(default=100 * MIB, ge=1, le=64 * 1024 * MIB)
     cleanup_dirs: list[AbsPath] = Field(
         default_factory=lambda: ["/tmp", "/var/tmp"],  # noqa: S108 - the system temp dirs are what disk.cleanup cleans
         max_length=64,
@@ -134,8 +135,9 @@ allow_actions = {flag(pol.allow_actions)}
 # Allow plain commands ("exec": an argv list run without a shell).
 allow_exec = {flag(pol.allow_exec)}
 
-# Also allow shell command strings for exec (run with /bin/sh -c).
-# Needs allow_exec = true as well.
+# Allow interactive shells in remote sessions (a login shell of shell_user
+# under a terminal), and shell command strings for exec (run with
+# /bin/sh -c; those need allow_exec = true as well).
 allow_shell = {flag(pol.allow_shell)}
 
 # Ask the site for consent before shells, plain commands and file writes.
@@ -146,8 +148,9 @@ require_consent = {flag(pol.require_consent)}
 # use any other user than its own.
 shell_user = {_toml_str(pol.shell_user)}
 
-# Directories HQ may read files under (log.tail, disk.largest). Paths are
-# resolved first, so ".." and symlinks cannot lead outside them.
+# Directories HQ may read files under (log.tail, disk.largest) and, in a
+# files session, read and write files under. Paths are resolved first, so
+# ".." and symlinks cannot lead outside them.
 file_roots = {_toml_list(pol.file_roots)}
 
 # Most output one run may send (bytes); beyond it output is cut and the run
@@ -159,6 +162,9 @@ max_runtime_seconds = {pol.max_runtime_seconds:g}
 
 # How many runs may go on at once; more wait a moment, then are refused.
 max_concurrent = {pol.max_concurrent}
+
+# Largest file a files session may write (bytes); a write past it is refused.
+max_file_bytes = {pol.max_file_bytes}
 
 # Temporary directories disk.cleanup may delete old files from.
 cleanup_dirs = {_toml_list(pol.cleanup_dirs)}

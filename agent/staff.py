@@ -1,7 +1,11 @@
 """The commands people at the machine run: `fieldlink-agent help`, `tickets`,
-`rate` (and `status` for an account that cannot read the config). Each asks
-the running daemon over its local socket (agent.local) and prints the answer
-for a person; the rendering functions are pure.
+`rate`, `consent` (and `status` for an account that cannot read the config).
+Each asks the running daemon over its local socket (agent.local) and prints
+the answer for a person; the rendering functions are pure.
+
+`help --assist` stays after printing the ticket number: it shows who from HQ
+joined and when, lets the person end the session (`end` + Enter, or Ctrl-C)
+and returns when the session ends or the offer runs out.
 
 Exit status: 0 done (or saved to be sent when HQ is back), 1 refused (by HQ
 or the agent), 2 a request the agent could not take, 3 no agent to ask.
@@ -9,8 +13,13 @@ or the agent), 2 a request the agent could not take, 3 no agent to ask.
 
 from __future__ import annotations
 
+import os
+import queue
 import re
+import select
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,12 +28,19 @@ from pydantic import ValidationError
 from agent.config import ConfigDir, ConfigError
 from agent.local import (
     AgentUnavailable,
+    AnyAnswer,
+    AnyRequest,
+    ConsentAnswer,
+    ConsentRequest,
     Failure,
     HelpAnswer,
     HelpRequest,
     LocalError,
+    OfferAnswer,
+    OfferRequest,
     RateAnswer,
     RateRequest,
+    SessionView,
     StatusAnswer,
     StatusRequest,
     TicketsAnswer,
@@ -38,6 +54,10 @@ EXIT_BAD_REQUEST = 2
 EXIT_UNAVAILABLE = 3
 
 _ANSWER_MARGIN = 30.0  # beyond the wait: a fresh health sample, the spool write
+FOLLOW_WAIT = 20.0  # seconds one `offer` poll waits for a change
+OFFER_APPEARS = 30.0  # seconds HQ has to announce the offer after its receipt
+OFFER_SLACK = 60.0  # an offer past its deadline by this much is over, HQ or not
+FINAL = frozenset({"ended", "denied", "expired", "failed"})
 
 UNREACHABLE = (
     "HQ is unreachable right now; your {what} is saved on this machine and will be "
@@ -67,6 +87,24 @@ def local_time(value: datetime | None) -> str:
     if value is None:
         return "-"
     return value.astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def clock(value: datetime | None, now: datetime | None = None) -> str:
+    """`14:30` for a time today (local time), else `2024-05-03 14:30`."""
+    if value is None:
+        return "-"
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    here = value.astimezone()
+    today = (now or datetime.now(UTC)).astimezone().date()
+    return here.strftime("%H:%M") if here.date() == today else here.strftime("%Y-%m-%d %H:%M")
+
+
+def doing(kind: str) -> str:
+    """What a session of `kind` lets the engineer do, for a person."""
+    return {"shell": "open a shell", "files": "move files", "exec": "run commands"}.get(
+        kind, f"open a {kind} session"
+    )
 
 
 def _ago(value: datetime, now: datetime) -> str:
@@ -189,15 +227,108 @@ def status_lines(answer: StatusAnswer) -> list[str]:
         "you are": answer.caller,
     }
     width = max(len(k) for k in info)
-    return [f"{k:<{width}}  {v}" for k, v in info.items()]
+    return [f"{k:<{width}}  {v}" for k, v in info.items()] + sessions_lines(
+        answer.sessions, datetime.now(UTC)
+    )
+
+
+def session_line(s: SessionView, now: datetime) -> str:
+    """One live session, for a person."""
+    what = f"{s.kind} for {s.ticket}"
+    if s.state == "awaiting_consent":
+        text = f"{s.engineer} wants to {doing(s.kind)} for {s.ticket}: waiting for consent"
+        text += f" (answer by {clock(s.expires_at, now)})"
+    elif s.state == "requested" and s.origin == "site":
+        text = f"{what}, asked for here: waiting for someone at HQ"
+        if s.expires_at:
+            text += f" (until {clock(s.expires_at, now)})"
+    elif s.state == "active":
+        text = f"{s.engineer}: {what}, active since {clock(s.started_at, now)}"
+        if s.expires_at:
+            text += f" until {clock(s.expires_at, now)}"
+    else:
+        text = f"{s.engineer or '-'}: {what}, {s.state.replace('_', ' ')}"
+    if s.ended_here:
+        text += f"; ended at this machine {s.ended_here}, HQ not told yet"
+    if s.channels:
+        text += f" [{s.channels} open here]"
+    return f"  {s.id}  {text}"
+
+
+def sessions_lines(sessions: list[SessionView], now: datetime) -> list[str]:
+    live = [s for s in sessions if s.state not in FINAL]
+    if not live:
+        return ["live sessions  none"]
+    return ["live sessions:", *(session_line(s, now) for s in live)]
+
+
+def consent_list_lines(answer: ConsentAnswer, now: datetime) -> list[str]:
+    lines: list[str] = []
+    if not answer.connected:
+        lines.append("HQ is unreachable right now; sessions as HQ last described them.")
+    pending = [s for s in answer.sessions if s.state == "awaiting_consent"]
+    live = [s for s in answer.sessions if s.state in ("active", "requested")]
+    if not pending and not live:
+        lines.append("No session requests or live sessions on this machine.")
+        return lines
+    if pending:
+        lines.append("Waiting for your answer:")
+        for s in pending:
+            lines.append(
+                f"  {s.id}  {s.engineer} wants to {doing(s.kind)} for {s.ticket} "
+                f"(answer by {clock(s.expires_at, now)})"
+            )
+            if s.reason:
+                lines.append(f"      reason: {s.reason}")
+        lines.append(
+            "  Answer with `fieldlink-agent consent --approve ID` or `--deny ID`; "
+            "nobody answering means no."
+        )
+    if live:
+        lines.append("Live sessions (end one with `fieldlink-agent consent --end ID`):")
+        lines.extend(session_line(s, now) for s in live)
+    return lines
+
+
+def consent_answer_lines(answer: ConsentAnswer, now: datetime) -> list[str]:
+    """What became of a person's answer (approve, deny, end)."""
+    s = answer.session
+    if answer.state == "queued":
+        lines = (
+            [
+                "HQ is unreachable right now; your answer is saved on this machine and will "
+                "be sent when the connection returns."
+            ]
+            if not answer.connected
+            else ["HQ has not confirmed yet; your answer is saved and HQ will get it."]
+        )
+        if answer.action == "end":
+            lines.append(
+                "The session's shell and file transfer on this machine are stopped; "
+                "nothing new opens for it."
+            )
+        return lines
+    assert s is not None
+    what = f"{s.kind} session for {s.ticket}"
+    if s.state == "active":
+        return [
+            f"approved: {s.engineer} may {doing(s.kind)} for {s.ticket} "
+            f"until {clock(s.expires_at, now)}"
+        ]
+    if s.state == "denied" and answer.action == "deny":
+        return [f"denied: {s.engineer} may not {doing(s.kind)} for {s.ticket}"]
+    if answer.action == "end" and s.state in FINAL:
+        closed = f"; {answer.stopped} open here closed" if answer.stopped else ""
+        who = f"{s.engineer}'s " if s.engineer else ""
+        return [f"ended: {who}{what} is over{closed}"]
+    why = f" ({s.end_reason})" if s.end_reason else ""
+    return [f"{s.id} is {s.state.replace('_', ' ')}{why}"]
 
 
 # --- commands -----------------------------------------------------------------------
 
 
-def _ask(
-    path: Path, request: HelpRequest | RateRequest | TicketsRequest | StatusRequest, wait: float
-) -> Failure | HelpAnswer | RateAnswer | TicketsAnswer | StatusAnswer | int:
+def _ask(path: Path, request: AnyRequest, wait: float) -> AnyAnswer | int:
     """The daemon's answer, or an exit status after saying what went wrong."""
     try:
         answer = call(path, request, timeout=wait + _ANSWER_MARGIN)
@@ -236,6 +367,9 @@ def help_command(path: Path, text: str, *, assist: bool, wait: float, as_json: b
     assert isinstance(answer, HelpAnswer)
     lines, status = help_lines(answer, wait)
     _emit([answer.model_dump_json(indent=2)] if as_json else lines)
+    if assist and not as_json and answer.ok and answer.ticket:
+        sys.stdout.flush()
+        return follow_offer(path, answer.ticket)
     return status
 
 
@@ -268,6 +402,15 @@ def tickets_command(path: Path, *, as_json: bool) -> int:
     return EXIT_OK
 
 
+def live_sessions(path: Path) -> list[SessionView] | None:
+    """The running agent's live sessions; None if no agent answers."""
+    try:
+        answer = call(path, StatusRequest(), timeout=5.0)
+    except LocalError:
+        return None
+    return answer.sessions if isinstance(answer, StatusAnswer) else None
+
+
 def status_command(path: Path, *, as_json: bool) -> int:
     answer = _ask(path, StatusRequest(), 0.0)
     if isinstance(answer, int):
@@ -279,3 +422,183 @@ def status_command(path: Path, *, as_json: bool) -> int:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def consent_command(
+    path: Path, action: str, session: str | None, *, wait: float, as_json: bool
+) -> int:
+    try:
+        request = ConsentRequest(action=action, session=session, wait=wait)
+    except ValidationError as exc:
+        return _invalid(exc)
+    answer = _ask(path, request, wait)
+    if isinstance(answer, int):
+        return answer
+    assert isinstance(answer, ConsentAnswer)
+    if as_json:
+        _emit([answer.model_dump_json(indent=2)])
+    elif action == "list":
+        _emit(consent_list_lines(answer, _now()))
+    else:
+        _emit(consent_answer_lines(answer, _now()))
+    return EXIT_OK
+
+
+# --- following an assisted session (`help --assist`) ---------------------------------
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+class _Follower:
+    """Polls the daemon for the offer on one ticket in a thread, so the main
+    thread can read the keyboard; changes arrive on `updates`."""
+
+    def __init__(self, path: Path, ticket: str) -> None:
+        self.path = path
+        self.ticket = ticket
+        self.updates: queue.Queue[OfferAnswer | str] = queue.Queue()
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="offer-poll", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _poll(self) -> None:
+        seen: str | None = None
+        while not self.done.is_set():
+            request = OfferRequest(ticket=self.ticket, seen=seen, wait=FOLLOW_WAIT)
+            try:
+                answer = call(self.path, request, FOLLOW_WAIT + _ANSWER_MARGIN)
+            except LocalError as exc:
+                self.updates.put(str(exc))
+                return
+            if isinstance(answer, Failure):
+                self.updates.put(answer.error.message)
+                return
+            assert isinstance(answer, OfferAnswer)
+            self.updates.put(answer)
+            if answer.session is not None:
+                seen = answer.session.state
+                if seen in FINAL:
+                    return
+
+
+def _lines_typed(fd: int, buf: bytearray) -> list[str] | None:
+    """Complete lines typed so far (None once input has ended)."""
+    data = os.read(fd, 1024)
+    if not data:
+        return None
+    buf += data
+    *lines, rest = bytes(buf).split(b"\n")
+    buf[:] = rest
+    return [line.decode(errors="replace").strip() for line in lines]
+
+
+def follow_offer(path: Path, ticket: str) -> int:
+    """Show who from HQ joins the session asked for on `ticket` and when, let
+    the person end it, and return when it is over."""
+    follower = _Follower(path, ticket)
+    follower.start()
+    session: SessionView | None = None
+    shown: str | None = None
+    started = time.monotonic()
+    fd = _input_fd()
+    typed = bytearray()
+    try:
+        while True:
+            try:
+                item = follower.updates.get(timeout=0 if fd is not None else 0.5)
+            except queue.Empty:
+                item = None
+            if isinstance(item, str):
+                _say(f"fieldlink-agent: {item}")
+                return EXIT_UNAVAILABLE
+            if item is not None:
+                if not item.shells_allowed:
+                    _say(
+                        "This machine's policy does not allow remote shells (allow_shell = "
+                        "false), so nobody at HQ can take over; HQ's IT team will help on "
+                        f"{ticket}."
+                    )
+                    return EXIT_OK
+                if item.session is not None:
+                    session = item.session
+            if session is not None and session.state != shown:
+                shown = session.state
+                for line in offer_lines(session, _now()):
+                    _say(line)
+                if session.state in FINAL:
+                    return EXIT_OK
+            if session is None and time.monotonic() - started > OFFER_APPEARS:
+                _say(f"HQ has not offered a session on {ticket}; HQ's IT team has the ticket.")
+                return EXIT_OK
+            if session is not None and _offer_lapsed(session, _now()):
+                _say(
+                    "Nobody at HQ took the request before "
+                    f"{clock(session.expires_at)}; {ticket} stays open."
+                )
+                return EXIT_OK
+            if fd is None:
+                continue
+            ready, _, _ = select.select([fd], [], [], 0.25)
+            if not ready:
+                continue
+            lines = _lines_typed(fd, typed)
+            if lines is None:
+                fd = None  # no more input (not a terminal): just follow
+            elif any(line.lower() == "end" for line in lines):
+                return _end_offer(path, session, ticket)
+    except KeyboardInterrupt:
+        return _end_offer(path, session, ticket)
+    finally:
+        follower.done.set()
+
+
+def _input_fd() -> int | None:
+    try:
+        return sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _offer_lapsed(session: SessionView, now: datetime) -> bool:
+    if session.state != "requested" or session.expires_at is None:
+        return False
+    return (now - session.expires_at).total_seconds() > OFFER_SLACK
+
+
+def offer_lines(session: SessionView, now: datetime) -> list[str]:
+    """A change of the offered session, for the person who asked."""
+    hint = "Type `end` and Enter, or press Ctrl-C, to"
+    if session.state == "requested":
+        until = f" (the offer stays open until {clock(session.expires_at, now)})"
+        return [
+            f"Waiting for someone at HQ to take over{until if session.expires_at else ''}.",
+            f"{hint} withdraw the request.",
+        ]
+    if session.state == "active":
+        until = f", until {clock(session.expires_at, now)}" if session.expires_at else ""
+        return [
+            f"{session.engineer} from HQ joined at {clock(session.started_at, now)} "
+            f"({session.kind} session for {session.ticket}{until}).",
+            f"{hint} end the session.",
+        ]
+    why = session.end_reason or session.state
+    if session.state == "expired":
+        return [f"Nobody at HQ took the request in time ({why}); {session.ticket} stays open."]
+    return [f"The session is over: {why}."]
+
+
+def _end_offer(path: Path, session: SessionView | None, ticket: str) -> int:
+    if session is None or session.state in FINAL:
+        _say(f"Stopped following; {ticket} stays with HQ's IT team.")
+        return EXIT_OK
+    answer = _ask(path, ConsentRequest(action="end", session=session.id, wait=10.0), 10.0)
+    if isinstance(answer, int):
+        return answer
+    assert isinstance(answer, ConsentAnswer)
+    for line in consent_answer_lines(answer, _now()):
+        _say(line)
+    return EXIT_OK

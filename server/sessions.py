@@ -528,7 +528,9 @@ class Sessions:
             )
         except (asyncssh.Error, OSError) as exc:
             recorder.close()
-            raise Conflict(f"the machine refused the shell: {exc}") from exc
+            reason = f"the machine refused the shell: {exc}"
+            await self.end(rs.id, reason, by="machine", actor=SYSTEM, state="failed")
+            raise Conflict(reason) from exc
         shell = LiveShell(rs.id, process, recorder, rs.record_input)
         self.shells[rs.id] = shell
         return shell

@@ -104,6 +104,13 @@ class ApiClient:
         assert 200 <= status < 300, f"{method} {path} -> {status}: {body}"
         return body
 
+    def ws(self, path: str, **params: Any) -> Any:
+        """A WebSocket to HQ over the same pinned TLS, with this client's token:
+        `async with api.ws("/api/v1/...", watch=1) as ws`."""
+        return self._session.ws_connect(
+            self.base + path, params=params or None, headers=self.headers()
+        )
+
 
 @dataclass
 class HQHandle:

@@ -84,7 +84,7 @@ def test_the_ticket_list_survives_a_restart(tmp_path):
     [
         (b"{", "one JSON object per line"),
         (b'"help"', "a JSON object"),
-        (b'{"op": "consent"}', "does not match any of the expected tags"),
+        (b'{"op": "reboot"}', "does not match any of the expected tags"),
         (b'{"op": "status", "user": "root"}', "status.user: Extra inputs are not permitted"),
         (b'{"op": "help", "text": "\\n \\t"}', "say what the problem is"),
         (b'{"op": "help", "text": "x", "wait": 600}', "help.wait"),

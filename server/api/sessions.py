@@ -451,23 +451,38 @@ async def terminal(request: web.Request) -> web.StreamResponse:
             ),
         )
     await ws.send_str(json.dumps({"type": "status", "state": "active", "session": rs.id}))
-    reason = await _bridge(ws, shell, manager)
-    await manager.end(rs.id, reason, by=who.username, actor=who.actor())
+    reason, state = await _bridge(ws, shell, manager)
+    by = who.username if state == "ended" else "machine"
+    await manager.end(rs.id, reason, by=by, actor=who.actor(), state=state)
     if not ws.closed:
         await ws.send_str(json.dumps({"type": "closed", "reason": reason}))
         await ws.close()
     return ws
 
 
-async def _bridge(ws: web.WebSocketResponse, shell: LiveShell, manager: Sessions) -> str:
-    """Copy bytes both ways until one side ends; returns why it ended."""
+async def _machine_error(process: asyncssh.SSHClientProcess[bytes]) -> str:
+    """What the machine wrote on the shell channel's stderr. A shell's own
+    output goes through its terminal (stdout), so text here is the agent
+    refusing the shell or failing to start it."""
+    try:
+        data = await asyncio.wait_for(process.stderr.read(4096), 2.0)
+    except (TimeoutError, asyncssh.Error, OSError):
+        return ""
+    return data.decode(errors="replace").strip().removeprefix("fieldlink-agent: ")
+
+
+async def _bridge(
+    ws: web.WebSocketResponse, shell: LiveShell, manager: Sessions
+) -> tuple[str, str]:
+    """Copy bytes both ways until one side ends; returns why it ended and the
+    session's final state (`failed` when the machine refused the shell)."""
     process = shell.process
     loop = asyncio.get_running_loop()
-    ended: asyncio.Future[str] = loop.create_future()
+    ended: asyncio.Future[tuple[str, str]] = loop.create_future()
 
-    def finish(why: str) -> None:
+    def finish(why: str, state: str = "ended") -> None:
         if not ended.done():
-            ended.set_result(why)
+            ended.set_result((why, state))
 
     async def from_machine() -> None:
         last_flush = loop.time()
@@ -475,7 +490,11 @@ async def _bridge(ws: web.WebSocketResponse, shell: LiveShell, manager: Sessions
             while True:
                 data = await process.stdout.read(65536)
                 if not data:
-                    finish("the shell exited")
+                    problem = await _machine_error(process)
+                    if problem:
+                        finish(f"the machine refused the shell: {problem}", "failed")
+                    else:
+                        finish("the shell exited")
                     return
                 shell.recorder.output(data)
                 if loop.time() - last_flush > 2.0:
