@@ -357,8 +357,8 @@ async def test_admin_enrolls_totp_from_the_qr_page_then_administers(world: World
 
     await page.click(f"a:text-is('{SITE}')")
     await page.fill("#st-tz", "Asia/Seoul")
-    await page.click("button:text('Save')")
-    await page.wait_for_load_state()
+    async with page.expect_navigation():  # the form reloads the page when saved
+        await page.click("button:text('Save')")
     sites = await world.api("GET", "/api/v1/sites")
     shop = next(s for s in sites["items"] if s["name"] == SITE)
     assert shop["calendar"]["timezone"] == "Asia/Seoul"
@@ -371,3 +371,91 @@ async def test_admin_enrolls_totp_from_the_qr_page_then_administers(world: World
     assert len(await token.inner_text()) > 20
     assert not page.fieldlink_errors, page.fieldlink_errors
     await page.context.close()
+
+
+async def test_korean_ui_from_the_browser_language_and_the_profile(world: World) -> None:
+    """A Korean browser gets the Korean console; the profile's language choice
+    overrides the browser's, back to English."""
+    page = await new_page(
+        world.browser, locale="ko-KR", extra_http_headers={"Accept-Language": "ko-KR,ko;q=0.9"}
+    )
+    await page.goto(f"{world.hq.url}/login")
+    assert await page.locator("h1").inner_text() == "Fieldlink 로그인"
+    assert await page.locator("html").get_attribute("lang") == "ko"
+    await log_in(page, world.hq.url, world.tech_other)
+    assert await page.locator("h1").inner_text() == "대시보드"
+    await page.goto(f"{world.hq.url}/machines")
+    assert await page.locator("h1").inner_text() == "기기"
+    await screenshot(page, "machines-ko")
+    await page.goto(f"{world.hq.url}/profile")
+    await page.select_option("#lang", "en")
+    await page.click("#lang ~ button")
+    await page.wait_for_url("**/profile?done=language")
+    assert await page.locator("h1").inner_text() == "Profile"
+    await page.select_option("#lang", "ko")
+    await page.click("#lang ~ button")
+    await page.wait_for_url("**/profile?done=language")
+    assert await page.locator("h1").inner_text() == "프로필"
+    assert not page.fieldlink_errors, page.fieldlink_errors
+    await page.context.close()
+
+
+async def test_phone_sized_viewport_is_usable(world: World) -> None:
+    """At 390 px wide pages fit without sideways scrolling and the menu opens
+    from its button."""
+    page = await engineer_page(
+        world, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+    )
+    for path, name in (
+        ("/", "phone-dashboard"),
+        ("/machines", "phone-machines"),
+        (f"/machines/{world.agent.agent_id}", "phone-machine"),
+        ("/tickets", "phone-tickets"),
+    ):
+        await page.goto(world.hq.url + path)
+        width = await page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{path} is {width} px wide"
+        await screenshot(page, name)
+    nav = page.locator("#site-nav")
+    assert not await nav.is_visible()
+    await page.click(".menu-toggle")
+    assert await nav.is_visible()
+    await page.click("#site-nav a[href='/tickets']")
+    await page.wait_for_url("**/tickets")
+    await page.context.close()
+
+
+MAIN_PAGES = [
+    "/",
+    "/machines",
+    "/machines/{agent}",
+    "/jobs",
+    "/tickets",
+    "/tickets/{ticket}",
+    "/sessions",
+    "/alert-rules",
+    "/kpis",
+    "/profile",
+]
+
+
+async def test_main_pages_have_no_serious_accessibility_violations(world: World) -> None:
+    """axe-core finds no serious or critical violation on the main pages (and
+    the login page). The axe script is injected, so this context bypasses the CSP."""
+    number = await _ticket_with_agent(world, "axe")
+    page = await world.page_as(world.engineer, bypass_csp=True)
+    problems: dict[str, list[str]] = {}
+    for path in MAIN_PAGES:
+        await page.goto(world.hq.url + path.format(agent=world.agent.agent_id, ticket=number))
+        await page.wait_for_load_state("networkidle") if path == "/machines/{agent}" else None
+        found = await axe_violations(page)
+        if found:
+            problems[path] = found
+    login = await new_page(world.browser, bypass_csp=True)
+    await login.goto(world.hq.url + "/login")
+    if found := await axe_violations(login):
+        problems["/login"] = found
+    await screenshot(login, "login")
+    assert not problems, problems
+    await page.context.close()
+    await login.context.close()

@@ -1,0 +1,76 @@
+"""The console's pure parts: form fields from catalog schemas, language
+choice, and catalogs complete (every string in templates, JavaScript and
+console code has a Korean translation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from babel.messages.extract import extract_from_dir
+from babel.messages.pofile import read_po
+
+from agent.catalog import advertise
+from server.console import i18n
+from server.console.forms import fields_of
+
+CONSOLE = Path(i18n.__file__).resolve().parent
+
+
+def _extracted() -> set[str]:
+    method_map = [
+        ("**/templates/**.html", "jinja2"),
+        ("**/static/js/**.js", "javascript"),
+        ("**.py", "python"),
+    ]
+    options = {"**/templates/**.html": {"extensions": "jinja2.ext.i18n"}}
+    keywords = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None}
+    found = set()
+    for _, _, message, _, _ in extract_from_dir(
+        str(CONSOLE), method_map, options, keywords=keywords
+    ):
+        found.add(message if isinstance(message, str) else message[0])
+    return found
+
+
+def test_every_console_string_has_a_korean_translation():
+    """Every translatable string of the console is in the Korean catalog, translated."""
+    with (CONSOLE / "locale" / "ko" / "LC_MESSAGES" / "messages.po").open("rb") as fh:
+        catalog = read_po(fh, locale="ko")
+    translated = {m.id for m in catalog if m.id and m.string and "fuzzy" not in m.flags}
+    missing = sorted(_extracted() - translated)
+    assert not missing, f"run `make i18n` and translate: {missing}"
+
+
+def test_translations_load_and_the_javascript_gets_its_strings():
+    """The Korean catalog loads from its .po file; JS strings come translated."""
+    i18n.activate("ko")
+    assert i18n.gettext("Dashboard") == "대시보드"
+    strings = i18n.js_strings()
+    assert "The request failed." in strings and strings["The request failed."] != ""
+    i18n.activate("en")
+    assert i18n.gettext("Dashboard") == "Dashboard"
+
+
+def test_accept_language_is_ordered_by_weight():
+    """Accept-Language entries come most wanted first; q=0 is dropped."""
+    assert i18n.parse_accept_language("en;q=0.5, ko-KR, fr;q=0") == ["ko-kr", "en"]
+    assert i18n.parse_accept_language("") == []
+
+
+def test_form_fields_follow_each_catalog_schema():
+    """Every advertised entry's schema makes fields; types, enums and optionals map."""
+    by_name = {e.name: fields_of(e.params_schema) for e in advertise()}
+    assert by_name["disk.usage"] == []
+    top = {f.name: f for f in by_name["process.top"]}
+    assert top["sort"].input == "select" and top["sort"].options == ("cpu", "memory")
+    assert top["n"].input == "number" and top["n"].data_type == "int"
+    assert top["n"].attrs["min"] == "1" and not top["n"].required
+    tcp = {f.name: f for f in by_name["net.tcp_check"]}
+    assert tcp["host"].required and tcp["port"].required
+    assert tcp["timeout"].data_type == "float"
+    largest = {f.name: f for f in by_name["disk.largest"]}
+    assert largest["path"].input == "text" and not largest["path"].required
+    cleanup = {f.name: f for f in by_name["disk.cleanup"]}
+    assert cleanup["dry_run"].input == "checkbox" and cleanup["dry_run"].default is True
+    argv = {f.name: f for f in by_name["exec"]}["argv"]
+    assert argv.data_type == "list"
