@@ -459,3 +459,73 @@ async def test_main_pages_have_no_serious_accessibility_violations(world: World)
     assert not problems, problems
     await page.context.close()
     await login.context.close()
+
+
+TERMINAL_TEXT = """() => {
+  const el = document.getElementById('%s');
+  if (!el || !el.term) return '';
+  const buf = el.term.buffer.active;
+  const lines = [];
+  for (let i = 0; i < buf.length; i++) lines.push(buf.getLine(i).translateToString(true));
+  return lines.join('\\n');
+}"""
+
+
+async def test_shell_in_the_browser_approved_at_the_machine_then_replayed(world: World) -> None:
+    """The engineer requests a shell from a ticket; `fieldlink-agent consent
+    --approve` at the machine approves it; the engineer types a command in the
+    browser terminal and sees its output; an auditor replays the recording."""
+    from tests.test_e2e_sessions import ME, agent_cli
+
+    agent = await world.agent_online(
+        "shop-shell", allow_shell=True, shell_user=ME, require_consent=True
+    )
+    await wait_until(
+        lambda: "hello" in world.hq.hq.svc.gateway.registry.get(agent.agent_id).info,
+        what="hello",
+    )
+    made = await world.api(
+        "POST",
+        "/api/v1/tickets",
+        json={"title": "till frozen", "site": "shop-shell", "agent_ids": [agent.agent_id]},
+    )
+    page = await engineer_page(world)
+    await page.goto(f"{world.hq.url}/tickets/{made['number']}")
+    await page.select_option("#s-kind", "shell")
+    await page.fill("#s-reason", "look at the till")
+    await page.fill("#s-code", await fresh_code(world.engineer.totp_secret or ""))
+    await page.click("#session-request button[type=submit]")
+    await page.wait_for_url("**/sessions/*")
+    session_id = page.url.rsplit("/", 1)[1]
+    await page.locator("#session-state", has_text="awaiting_consent").wait_for()
+
+    assert agent.daemon is not None
+    book = agent.daemon.sessions
+    await wait_until(lambda: book.get(session_id) is not None, what="the machine hears of it")
+    code, _, err = await agent_cli(agent, "consent", "--approve", session_id)
+    assert code == 0, err
+    await page.locator("#session-state", has_text="active").wait_for()
+    await page.click("#open-terminal")
+    await page.locator("#terminal canvas, #terminal .xterm-screen").first.wait_for()
+    await page.locator("#term-note", has_text="Connected").wait_for()
+    await page.locator("#terminal").click()
+    await page.keyboard.type("echo fieldlink-$((6*7))\n")
+    shows_output = f"() => ({TERMINAL_TEXT % 'terminal'})().includes('fieldlink-42')"
+    await page.wait_for_function(shows_output, timeout=20000)
+    await screenshot(page, "terminal")
+    await page.click("#end-session")
+    await page.locator("#session-state", has_text="ended").wait_for()
+    assert not page.fieldlink_errors, page.fieldlink_errors
+    await page.context.close()
+
+    auditor = await make_user(world.hq, "auditor", None)
+    viewer = await world.page_as(auditor)
+    await viewer.goto(f"{world.hq.url}/sessions/{session_id}")
+    await viewer.select_option("#replay-speed", "8")
+    await viewer.click("#replay")
+    await viewer.locator("#replay-screen[data-done='1']").wait_for(timeout=30000)
+    replayed = await viewer.evaluate(f"({TERMINAL_TEXT % 'replay-screen'})()")
+    assert "fieldlink-42" in replayed
+    await screenshot(viewer, "replay")
+    assert not viewer.fieldlink_errors, viewer.fieldlink_errors
+    await viewer.context.close()
