@@ -245,7 +245,9 @@ async def test_shell_approved_at_the_machine(hq, agent_factory):
             await term.resize(132, 43)
             await term.type("stty size\r")
             assert (await term.expect(SIZE)).groups() == (b"43", b"132")
-            await term.type('echo "S=$FIELDLINK_SESSION T=$FIELDLINK_TICKET E=$FIELDLINK_ENGINEER"\r')
+            await term.type(
+                'echo "S=$FIELDLINK_SESSION T=$FIELDLINK_TICKET E=$FIELDLINK_ENGINEER"\r'
+            )
             found = await term.expect(f"S={V} T={V} E={V}\r\n")
             assert [g.decode() for g in found.groups()] == [
                 rs["id"],
@@ -271,3 +273,388 @@ async def test_shell_approved_at_the_machine(hq, agent_factory):
         await d.heard(rs["id"], "ended")
         code, out, _ = await agent_cli(agent, "consent")
         assert "No session requests or live sessions on this machine." in out
+
+
+async def active_shell(d: Desk, **kw: Any) -> Any:
+    """A shell session that needs no consent (the site's setting), active at once."""
+    await site_policy(d.hq, consent={"shell": False, "exec": True, "files": False})
+    rs = await d.ask(**kw)
+    assert rs["state"] == "active", rs
+    await d.heard(rs["id"], "active")
+    return rs
+
+
+async def test_watch_and_recording_replay_the_same_bytes(hq, agent_factory, tmp_path):
+    """A site technician watching sees exactly the engineer's bytes; the recording
+    decrypts to the same output; a flipped byte in it is detected."""
+    agent = await start_agent(hq, agent_factory, require_consent=False)
+    tech = await make_user(hq, "site_tech", "shop-1")
+    auditor = await make_user(hq, "auditor")
+    async with desk(hq, agent) as d:
+        rs = await active_shell(d)
+        async with d.terminal(rs["id"], cols=90, rows=25) as ws, hq.client(tech.token) as tc:
+            term = Terminal(ws)
+            await term.type("echo watch-$((2+3))\r")
+            await term.expect(r"watch-5")
+            async with tc.ws(f"/api/v1/sessions/{rs['id']}/terminal", watch=1) as wws:
+                watch = Terminal(wws)
+                await term.resize(100, 30)
+                await term.type("printf 'caf\\303\\251 %s\\n' $((7*6))\r")
+                await term.expect("café 42")
+                await term.type("exit\r")
+                assert await term.wait_closed() == "the shell exited"
+                assert await watch.wait_closed() == "the session ended"
+                assert watch.status[0]["live"] is True
+        # the watcher got the backlog, then the live stream: the engineer's bytes exactly
+        assert bytes(watch.out) == bytes(term.out)
+        ended = await d.until(rs["id"], "ended")
+        assert ended["recording"] and ended["recording_sha256"]
+
+    async with hq.client(auditor.token) as api:
+        status, cast = await api.get(f"/api/v1/sessions/{rs['id']}/recording")
+        assert status == 200, cast
+        header, *events = [json.loads(line) for line in cast.splitlines()]
+        assert header["version"] == 2 and header["fieldlink"]["session"] == rs["id"]
+        assert header["fieldlink"]["ticket"] == d.ticket
+        output = "".join(data for _, code, data in events if code == "o")
+        assert output.encode() == bytes(term.out)
+        assert [data for _, code, data in events if code == "r"] == ["100x30"]
+
+        path = hq.hq.svc.datadir.path / "recordings" / f"{rs['id']}.cast.enc"
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 2] ^= 0x01
+        path.write_bytes(bytes(raw))
+        status, body = await api.get(f"/api/v1/sessions/{rs['id']}/recording")
+        assert status == 409 and body["error"]["code"] == "recording_tampered"
+
+
+async def test_denied_at_the_machine_and_timed_out(sqlite_hq, agent_factory):
+    """`--deny` refuses a request (HQ records who, and no terminal opens); a
+    request nobody answers is denied when the site's consent timeout passes."""
+    hq = sqlite_hq
+    agent = await start_agent(hq, agent_factory, require_consent=True)
+    await site_policy(hq, consent_timeout_seconds=10)
+    async with desk(hq, agent) as d:
+        denied = await d.ask(reason="first")
+        waited = await d.ask(reason="second")
+        await d.heard(denied["id"], "awaiting_consent")
+
+        code, out, err = await agent_cli(agent, "consent", "--deny", denied["id"])
+        assert code == 0, err
+        assert out.strip() == (f"denied: {d.engineer.username} may not open a shell for {d.ticket}")
+        found = await d.session(denied["id"])
+        assert found["state"] == "denied" and found["consent_by"] == AT_MACHINE
+        assert found["end_reason"] == f"denied by {AT_MACHINE} (machine)"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            async with d.terminal(denied["id"]):
+                pass
+        assert refused.value.status == 409
+
+        timed_out = await d.until(waited["id"], "denied", timeout=20)
+        assert timed_out["end_reason"] == "nobody answered within the consent timeout"
+        await d.heard(waited["id"], "denied")
+        code, out, err = await agent_cli(agent, "consent", "--approve", waited["id"])
+        assert code == 1 and "only a request waiting for consent" in err
+        code, out, _ = await agent_cli(agent, "consent")
+        assert "Waiting for your answer" not in out
+
+
+async def test_ended_at_the_machine_kills_the_shell(hq, agent_factory):
+    """`consent --end` ends the session at HQ (who ended it, from the machine),
+    closes the engineer's terminal and leaves none of the shell's processes."""
+    agent = await start_agent(hq, agent_factory, require_consent=False)
+    async with desk(hq, agent) as d:
+        rs = await active_shell(d)
+        async with d.terminal(rs["id"]) as ws:
+            term = Terminal(ws)
+            await term.type("sleep 1000 & echo pids=$$,$!\r")
+            shell_pid, job_pid = (int(x) for x in (await term.expect(r"pids=(\d+),(\d+)")).groups())
+            await term.type("sleep 1001\r")
+            await wait_until(
+                lambda: any(
+                    "1001" in " ".join(p.cmdline()) for p in psutil.Process(shell_pid).children()
+                ),
+                what="the foreground sleep",
+            )
+            code, out, err = await agent_cli(agent, "consent", "--end", rs["id"])
+            assert code == 0, err
+            assert out.strip() == (
+                f"ended: {d.engineer.username}'s shell session for {d.ticket} is over; "
+                "1 open here closed"
+            )
+            await term.wait_closed()
+        ended = await d.session(rs["id"])
+        assert ended["state"] == "ended"
+        assert ended["end_reason"] == f"ended at the machine by {AT_MACHINE}"
+        assert ended["ended_by"] == AT_MACHINE
+        await gone(shell_pid, job_pid)
+        await d.heard(rs["id"], "ended")
+
+
+async def test_resolving_the_ticket_ends_the_session_on_the_machine(sqlite_hq, agent_factory):
+    """Resolving the ticket ends its session: HQ tells the machine, the shell and
+    everything it started are gone."""
+    agent = await start_agent(sqlite_hq, agent_factory, require_consent=False)
+    async with desk(sqlite_hq, agent) as d:
+        rs = await active_shell(d)
+        async with d.terminal(rs["id"]) as ws:
+            term = Terminal(ws)
+            await term.type("sleep 1000 & echo pids=$$,$!\r")
+            pids = [int(x) for x in (await term.expect(r"pids=(\d+),(\d+)")).groups()]
+            await d.api.ok(
+                "POST", f"/api/v1/tickets/{d.ticket}/transition", json={"action": "resolve"}
+            )
+            await term.wait_closed()
+        ended = await d.until(rs["id"], "ended")
+        assert ended["end_reason"] == "its ticket was resolved"
+        await d.heard(rs["id"], "ended")
+        await gone(*pids)
+
+
+async def test_sessions_refused_without_ticket_or_step_up(sqlite_hq, agent_factory):
+    """No ticket, no session (422); no fresh TOTP, no session (401 step_up_required)."""
+    agent = await start_agent(sqlite_hq, agent_factory)
+    async with desk(sqlite_hq, agent) as d:
+        body = {"agent_id": agent.agent_id, "kind": "shell", "reason": "x"}
+        status, answer = await d.api.post("/api/v1/sessions", json=body)
+        assert status == 422, answer
+        status, answer = await d.api.post(
+            "/api/v1/sessions", json={**body, "ticket_id": "FL-999999"}
+        )
+        assert status == 422 and answer["error"]["fields"]["ticket_id"] == "no such ticket"
+
+        # the same engineer (TOTP enrolled) with a token whose login had no fresh code
+        stale = await sqlite_hq.api_token(d.engineer.username, origin="login")
+        async with sqlite_hq.client(stale) as api:
+            status, answer = await api.post(
+                "/api/v1/sessions", json={**body, "ticket_id": d.ticket}
+            )
+        assert status == 401 and answer["error"]["code"] == "step_up_required", answer
+
+
+async def test_the_machines_policy_refuses_a_shell_hq_allowed(hq, agent_factory):
+    """A session active at HQ while the machine's policy says no shells: the agent
+    refuses the PTY, HQ ends the session `failed` with the machine's reason; a
+    running shell ends when a reload turns shells off."""
+    agent = await start_agent(hq, agent_factory, require_consent=False)
+    assert agent.daemon is not None
+    async with desk(hq, agent) as d:
+        running = await active_shell(d)
+        later = await d.ask()
+        assert later["state"] == "active"
+        async with d.terminal(running["id"]) as ws:
+            term = Terminal(ws)
+            await term.type("echo pid=$$\r")
+            pid = int((await term.expect(r"pid=(\d+)")).group(1))
+
+            write_default(agent.dir.policy_file, Policy(allow_shell=False, shell_user=ME))
+            assert agent.daemon.reload_policy()
+            await term.expect(r"\[fieldlink: this machine's policy no longer allows shells")
+            reason = await term.wait_closed()
+        policy_says = "this machine's policy no longer allows shells (allow_shell = false)"
+        assert reason == f"the machine refused the shell: {policy_says}"
+        failed = await d.until(running["id"], "failed")
+        assert failed["end_reason"] == reason and failed["ended_by"] == "machine"
+        await gone(pid)
+
+        async with d.terminal(later["id"]) as ws:
+            reason = await Terminal(ws).wait_closed()
+        policy_says = "this machine's policy does not allow shells (allow_shell = false)"
+        assert reason == f"the machine refused the shell: {policy_says}"
+        failed = await d.until(later["id"], "failed")
+        assert failed["end_reason"] == reason
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+async def test_files_get_and_put_stay_inside_the_roots(sqlite_hq, agent_factory, tmp_path):
+    """A files session gets and puts files under the policy's roots; `..`, paths
+    outside, symlinks leading out (to a file or through a directory) and writes
+    past `max_file_bytes` are refused by the machine."""
+    root = tmp_path / "share"
+    (root / "logs").mkdir(parents=True)
+    (root / "logs" / "app.log").write_bytes(b"line one\nline two\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(b"secret")
+    (root / "escape").symlink_to(outside / "secret.txt")
+    (root / "escape_dir").symlink_to(outside)
+    (root / "latest.log").symlink_to(root / "logs" / "app.log")  # inside to inside: fine
+    agent = await start_agent(
+        sqlite_hq, agent_factory, require_consent=False, file_roots=[str(root)], max_file_bytes=4096
+    )
+    await site_policy(sqlite_hq, consent={"shell": True, "exec": True, "files": False})
+    async with desk(sqlite_hq, agent) as d:
+        rs = await d.ask(kind="files", reason="fetch the logs")
+        assert rs["state"] == "active"
+        await d.heard(rs["id"], "active")
+        files = f"/api/v1/sessions/{rs['id']}/files"
+
+        async def get(path: Path | str) -> tuple[int, Any]:
+            return await d.api.get(files, params={"path": str(path)})
+
+        async def put(path: Path | str, data: bytes) -> tuple[int, Any]:
+            return await d.api.request("PUT", files, params={"path": str(path)}, data=data)
+
+        assert await get(root / "logs" / "app.log") == (200, "line one\nline two\n")
+        assert await get(root / "latest.log") == (200, "line one\nline two\n")
+        status, body = await put(root / "logs" / "note.txt", b"from HQ\n")
+        assert status == 201 and body["bytes"] == 8, body
+        assert (root / "logs" / "note.txt").read_bytes() == b"from HQ\n"
+
+        for path in (
+            f"{root}/../outside/secret.txt",
+            "/etc/passwd",
+            root / "escape",
+            root / "escape_dir" / "secret.txt",
+        ):
+            status, body = await get(path)
+            assert status == 403, (path, body)
+            assert "outside this machine's file roots" in body["error"]["message"], body
+        for path in (
+            root / "escape",
+            root / "escape_dir" / "planted.txt",
+            f"{root}/../outside/planted.txt",
+            "/tmp/planted-by-hq.txt",
+        ):
+            status, body = await put(path, b"planted")
+            assert status == 403, (path, body)
+        assert (outside / "secret.txt").read_bytes() == b"secret"
+        assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+        assert not await asyncio.to_thread(os.path.exists, "/tmp/planted-by-hq.txt")
+
+        status, body = await put(root / "big.bin", b"x" * 5000)
+        assert status == 409 and "max_file_bytes" in body["error"]["message"], body
+
+        await d.api.ok("POST", f"/api/v1/sessions/{rs['id']}/end", json={})
+        await d.heard(rs["id"], "ended")
+        status, body = await get(root / "logs" / "app.log")
+        assert status == 409, body
+
+
+# --- sessions the site asks for ------------------------------------------------------------
+
+
+class AssistCLI:
+    """`fieldlink-agent help --assist TEXT` as its own process, read line by line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+
+    @classmethod
+    async def start(cls, agent: AgentHandle, text: str) -> AssistCLI:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "help",
+            "--assist",
+            text,
+            "--config-dir",
+            str(agent.dir.path),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        return cls(proc)
+
+    async def line(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(timeout):
+            while True:
+                raw = await self.proc.stdout.readline()
+                if not raw:
+                    raise AssertionError(f"{pattern!r} never printed; got {self.lines}")
+                self.lines.append(raw.decode().rstrip("\n"))
+                found = re.search(pattern, self.lines[-1])
+                if found:
+                    return found
+
+    async def type(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text.encode())
+        await self.proc.stdin.drain()
+
+    async def exit_code(self) -> int:
+        rest, _ = await asyncio.wait_for(self.proc.communicate(), 30)
+        self.lines.extend(rest.decode().splitlines())
+        assert self.proc.returncode is not None
+        return self.proc.returncode
+
+
+async def test_assisted_session_asked_for_at_the_machine(sqlite_hq, agent_factory):
+    """`help --assist` opens a ticket and an offer; an engineer accepts it from the
+    queue; the command shows who joined and when, and `end` typed there ends the
+    session for everyone."""
+    hq = sqlite_hq
+    agent = await start_agent(hq, agent_factory, require_consent=True)
+    cli = await AssistCLI.start(agent, "till frozen, please take over")
+    number = (await cli.line(r"Your request is ticket (FL-\d+)\.")).group(1)
+    await cli.line(r"^Waiting for someone at HQ to take over \(the offer stays open until")
+    await cli.line(r"^Type `end` and Enter, or press Ctrl-C, to withdraw the request\.$")
+
+    engineer = await make_user(hq, "hq_engineer", totp=True)
+    async with hq.client(engineer.token) as api:
+        queue = await api.ok(
+            "GET", "/api/v1/sessions", params={"state": "requested", "origin": "site"}
+        )
+        [offer] = [s for s in queue["items"] if s["ticket"] == number]
+        assert offer["reason"] == "till frozen, please take over"
+        accepted = await api.ok("POST", f"/api/v1/sessions/{offer['id']}/accept")
+        assert accepted["state"] == "active" and accepted["consent_via"] == "site_request"
+        joined = clock(datetime.fromisoformat(accepted["started_at"]))
+        until = clock(datetime.fromisoformat(accepted["ends_at"]))
+        await cli.line(
+            rf"^{engineer.username} from HQ joined at {joined} "
+            rf"\(shell session for {number}, until {until}\)\.$"
+        )
+        await cli.line(r"^Type `end` and Enter, or press Ctrl-C, to end the session\.$")
+
+        async with api.ws(f"/api/v1/sessions/{offer['id']}/terminal") as ws:
+            term = Terminal(ws)
+            await term.type("echo assisted-$((40+2))\r")
+            await term.expect("assisted-42")
+            await cli.type("end\n")
+            await cli.line(
+                rf"^ended: {engineer.username}'s shell session for {number} is over; "
+                r"1 open here closed$"
+            )
+            assert await cli.exit_code() == 0
+            assert await term.wait_closed() == f"ended at the machine by {AT_MACHINE}"
+        ended = await api.ok("GET", f"/api/v1/sessions/{offer['id']}")
+        assert ended["state"] == "ended" and ended["ended_by"] == AT_MACHINE
+
+
+async def test_assist_withdrawn_with_ctrl_c_or_left_to_expire(sqlite_hq, agent_factory):
+    """Ctrl-C before anyone joins withdraws the offer; an offer nobody takes
+    expires and the command says so and returns."""
+    import signal
+
+    hq = sqlite_hq
+    agent = await start_agent(hq, agent_factory)
+    await site_policy(hq, offer_timeout_seconds=10)
+    admin = await make_user(hq, "admin", totp=True)
+
+    withdrawn = await AssistCLI.start(agent, "scanner dead")
+    await withdrawn.line(r"Waiting for someone at HQ to take over")
+    lapsing = await AssistCLI.start(agent, "printer jammed")
+    number = (await lapsing.line(r"Your request is ticket (FL-\d+)\.")).group(1)
+    await lapsing.line(r"Waiting for someone at HQ to take over")
+
+    withdrawn.proc.send_signal(signal.SIGINT)
+    await withdrawn.line(r"^ended: shell session for FL-\d+ is over$")
+    assert await withdrawn.exit_code() == 0
+
+    await lapsing.line(
+        rf"^Nobody at HQ took the request in time \(nobody at HQ took the request in time\); "
+        rf"{number} stays open\.$",
+        timeout=30,
+    )
+    assert await lapsing.exit_code() == 0
+    async with hq.client(admin.token) as api:
+        rows = (await api.ok("GET", "/api/v1/sessions", params={"origin": "site"}))["items"]
+    states = {s["ticket"]: (s["state"], s["ended_by"]) for s in rows}
+    assert states[number] == ("expired", "hq")
+    assert sorted(s for s, _ in states.values()) == ["ended", "expired"]

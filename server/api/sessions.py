@@ -452,12 +452,26 @@ async def terminal(request: web.Request) -> web.StreamResponse:
         )
     await ws.send_str(json.dumps({"type": "status", "state": "active", "session": rs.id}))
     reason, state = await _bridge(ws, shell, manager)
-    by = who.username if state == "ended" else "machine"
-    await manager.end(rs.id, reason, by=by, actor=who.actor(), state=state)
+    if manager.shells.get(rs.id) is shell:
+        by = who.username if state == "ended" else "machine"
+        await manager.end(rs.id, reason, by=by, actor=who.actor(), state=state)
+    else:  # another end (the site, the ticket, an admin) closed the shell: say theirs
+        reason = await _end_reason(svc, manager, rs.id, reason)
     if not ws.closed:
         await ws.send_str(json.dumps({"type": "closed", "reason": reason}))
         await ws.close()
     return ws
+
+
+async def _end_reason(svc: Services, manager: Sessions, session_id: str, fallback: str) -> str:
+    """Why the session ended, once whoever is ending it has recorded it."""
+    for _ in range(10):
+        async with svc.sessions() as session:
+            rs = await session.get(RemoteSession, session_id)
+        if rs is None or rs.state in FINAL:
+            return rs.end_reason or fallback if rs is not None else fallback
+        await manager.wait_change(session_id, 0.5)
+    return fallback
 
 
 async def _machine_error(process: asyncssh.SSHClientProcess[bytes]) -> str:
