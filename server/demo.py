@@ -103,7 +103,8 @@ async def run_demo(settings: Settings) -> int:
         print(
             "\n"
             "  Fieldlink demo is running\n"
-            f"    HQ (HTTPS API):   {hq.url}\n"
+            f"    web console:      {hq.url}/\n"
+            f"    HQ (HTTPS API):   {hq.url}/api/v1\n"
             f"    TLS fingerprint:  {hq.svc.fingerprint}\n"
             f"    admin user:       admin\n"
             f"    admin password:   {password}\n"

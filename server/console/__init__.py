@@ -43,6 +43,7 @@ ROUTERS: list[ApiRouter] = [
 def install(app: web.Application) -> None:
     render.setup(app)
     live.install(app)
+    assets.check_vendor()
     app[HTML_ERRORS] = render.error_page
     for router in ROUTERS:
         router.install(app)
