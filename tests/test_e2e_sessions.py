@@ -658,3 +658,37 @@ async def test_assist_withdrawn_with_ctrl_c_or_left_to_expire(sqlite_hq, agent_f
     states = {s["ticket"]: (s["state"], s["ended_by"]) for s in rows}
     assert states[number] == ("expired", "hq")
     assert sorted(s for s, _ in states.values()) == ["ended", "expired"]
+
+
+async def test_an_answer_given_while_hq_is_away_is_sent_when_it_returns(sqlite_hq, agent_factory):
+    """With HQ unreachable, `consent --approve` says the answer is saved; HQ acts
+    on it once the link is back."""
+    hq = sqlite_hq
+    agent = await start_agent(hq, agent_factory, require_consent=True)
+    async with desk(hq, agent) as d:
+        rs = await d.ask()
+        await d.heard(rs["id"], "awaiting_consent")
+    await hq.stop()
+    assert agent.daemon is not None
+    await wait_until(lambda: not agent.daemon.telemetry.open, what="the link down")
+
+    code, out, err = await agent_cli(agent, "consent")
+    assert code == 0 and out.startswith("HQ is unreachable right now") and rs["id"] in out
+    code, out, err = await agent_cli(agent, "consent", "--approve", rs["id"][:10])
+    assert code == 0, err
+    assert out.strip() == (
+        "HQ is unreachable right now; your answer is saved on this machine and will be "
+        "sent when the connection returns."
+    )
+
+    await hq.restart()
+    async with hq.client(hq.admin_token) as api:
+
+        async def active() -> Any:
+            found = await api.ok("GET", f"/api/v1/sessions/{rs['id']}")
+            return found if found["state"] == "active" else None
+
+        found = await wait_until(active, what="the saved answer applied")
+    assert (found["consent_by"], found["consent_via"]) == (AT_MACHINE, "machine")
+    book = agent.daemon.sessions
+    await wait_until(lambda: (k := book.get(rs["id"])) and k.info.state == "active")
