@@ -7,6 +7,8 @@
     fieldlink exec AGENT --ticket T -- CMD [ARGS ...]
     fieldlink job NAME [key=value ...] (--site SITE | --tag TAG | --agent ID ...)
                   [--ticket T] [--ttl 1h] [--json]
+    fieldlink tickets | ticket ... | kpi            (ticket_args.py)
+    fieldlink shell | session ... | files ...       (session_args.py)
 
 `run(args)` reads the environment once (config dir and the FIELDLINK_SERVER /
 FIELDLINK_TOKEN / FIELDLINK_TLS_FINGERPRINT overrides), runs the command and
@@ -19,13 +21,18 @@ import argparse
 import asyncio
 import os
 import sys
-import textwrap
 from collections.abc import Mapping
 from typing import Any
 
+from server.client import session_args, ticket_args
+from server.client.argparsing import add_command, duration, seconds
 from server.client.errors import ApiError, ClientError
 
-COMMANDS = frozenset({"login", "logout", "agents", "run", "exec", "job"})
+COMMANDS = frozenset(
+    {"login", "logout", "agents", "run", "exec", "job"}
+    | ticket_args.COMMANDS
+    | session_args.COMMANDS
+)
 
 PARAMS_HELP = (
     "parameters as key=value, typed by the entry's schema: numbers, true/false, "
@@ -34,74 +41,9 @@ PARAMS_HELP = (
 LOGIN_HINT = "run `fieldlink login URL` to log in again"
 
 
-class _Parser(argparse.ArgumentParser):
-    """Lets key=value words and options come in any order (`run A N --json n=5`)."""
-
-    _intermixed = False
-
-    def parse_known_args(  # type: ignore[override]  # same signature, typeshed overloads it
-        self, args: Any = None, namespace: Any = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        if self._intermixed:
-            return super().parse_known_args(args, namespace)
-        self._intermixed = True
-        try:
-            return super().parse_known_intermixed_args(args, namespace)
-        finally:
-            self._intermixed = False
-
-
-def _duration(text: str) -> int:
-    from shared.durations import parse_duration
-
-    try:
-        return max(1, round(parse_duration(text).total_seconds()))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError("between 0 and 3600 seconds")
-    return value
-
-
-def _wrap(text: str) -> str:
-    """Fill each paragraph to 78 columns; lines indented by two spaces (examples) stay."""
-    out: list[str] = []
-    for para in text.split("\n\n"):
-        if para.startswith("  ") or "\n  " in para:
-            out.append(para)
-        else:
-            out.append(textwrap.fill(para, 78))
-    return "\n\n".join(out)
-
-
-def _add(sub: Any, name: str, *, intermixed: bool = False, **kw: Any) -> argparse.ArgumentParser:
-    for key in ("description", "epilog"):
-        if key in kw:
-            kw[key] = _wrap(kw[key])
-    # argparse builds each subparser with the action's parser class; ours
-    # need the intermixed one, so swap it in for the call only.
-    previous = sub._parser_class
-    if intermixed:
-        sub._parser_class = _Parser
-    try:
-        parser: argparse.ArgumentParser = sub.add_parser(
-            name, formatter_class=argparse.RawDescriptionHelpFormatter, **kw
-        )
-    finally:
-        sub._parser_class = previous
-    return parser
-
-
 def register(sub: Any) -> None:
     """Add the engineer subcommands to `fieldlink`'s parser."""
-    login = _add(
+    login = add_command(
         sub,
         "login",
         help="log in to HQ: pins its TLS certificate and stores a token",
@@ -132,7 +74,7 @@ def register(sub: Any) -> None:
         "--totp", metavar="CODE", help="the current TOTP code (else asked if needed)"
     )
 
-    _add(
+    add_command(
         sub,
         "logout",
         help="revoke the stored token at HQ and forget it",
@@ -141,7 +83,7 @@ def register(sub: Any) -> None:
         "its own). FIELDLINK_TOKEN in the environment is not touched.",
     )
 
-    agents = _add(
+    agents = add_command(
         sub,
         "agents",
         help="list agents: site, host, status, health",
@@ -152,7 +94,7 @@ def register(sub: Any) -> None:
     agents.add_argument("--site", help="only this site's agents")
     agents.add_argument("--json", action="store_true", help="print the API's JSON items")
 
-    run = _add(
+    run = add_command(
         sub,
         "run",
         intermixed=True,
@@ -174,10 +116,10 @@ def register(sub: Any) -> None:
     run.add_argument("name", metavar="NAME", help="catalog entry, e.g. system.summary")
     run.add_argument("params", metavar="key=value", nargs="*", help=PARAMS_HELP)
     run.add_argument("--ticket", metavar="T", help="ticket number (FL-42) or id")
-    run.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="run time limit")
+    run.add_argument("--timeout", type=seconds, metavar="SECONDS", help="run time limit")
     run.add_argument("--json", action="store_true", help="print only the final result as JSON")
 
-    ex = _add(
+    ex = add_command(
         sub,
         "exec",
         usage="%(prog)s AGENT --ticket T [--timeout SECONDS] [--json] -- CMD [ARGS ...]",
@@ -190,11 +132,11 @@ def register(sub: Any) -> None:
     )
     ex.add_argument("agent", metavar="AGENT", help="agent id or unique hostname")
     ex.add_argument("--ticket", metavar="T", required=True, help="ticket number (FL-42) or id")
-    ex.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="run time limit")
+    ex.add_argument("--timeout", type=seconds, metavar="SECONDS", help="run time limit")
     ex.add_argument("--json", action="store_true", help="print only the final result as JSON")
     ex.add_argument("argv", metavar="CMD", nargs="+", help="after --: the command and its ARGS")
 
-    job = _add(
+    job = add_command(
         sub,
         "job",
         intermixed=True,
@@ -228,12 +170,15 @@ def register(sub: Any) -> None:
     job.add_argument("--ticket", metavar="T", help="ticket number (FL-42) or id")
     job.add_argument(
         "--ttl",
-        type=_duration,
+        type=duration,
         metavar="DURATION",
         help="how long items for offline agents may wait: 30m, 1h, 2d (default HQ's, 1h)",
     )
-    job.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="per-agent time limit")
+    job.add_argument("--timeout", type=seconds, metavar="SECONDS", help="per-agent time limit")
     job.add_argument("--json", action="store_true", help="print only the final job as JSON")
+
+    ticket_args.register(sub)
+    session_args.register(sub)
 
 
 def describe(exc: ClientError) -> str:
@@ -241,7 +186,16 @@ def describe(exc: ClientError) -> str:
     lines = [f"fieldlink: {exc.message}"]
     if isinstance(exc, ApiError):
         lines.extend(f"  {field}: {why}" for field, why in sorted(exc.fields.items()))
-        if exc.status == 401:
+        if exc.allowed is not None and not all(a in exc.message for a in exc.allowed):
+            lines.append(f"  allowed now: {', '.join(exc.allowed) or 'nothing'}")
+        if exc.code == "step_up_required":
+            lines.append("  (give a fresh TOTP code with --totp CODE)")
+        elif exc.code == "recording_tampered":
+            lines.append(
+                "  (the stored recording does not verify: it was altered or cut after it was "
+                "made; this read is in the audit trail)"
+            )
+        elif exc.status == 401:
             lines.append(f"  ({LOGIN_HINT})")
         elif exc.code == "2fa_required":
             lines.append("  (turn on two-factor authentication in the console first)")
@@ -302,6 +256,10 @@ def dispatch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         if args.agent is not None and not refs:
             raise ClientError("--agent needs at least one agent id")
         return asyncio.run(jobs.job(creds, job_spec))
+    if args.command in ticket_args.COMMANDS:
+        return ticket_args.dispatch(args, creds)
+    if args.command in session_args.COMMANDS:
+        return session_args.dispatch(args, creds, environ)
     raise ClientError(f"unknown command {args.command}")
 
 

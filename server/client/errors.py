@@ -35,7 +35,7 @@ class UsageError(ClientError):
 
 
 class ApiError(ClientError):
-    """HQ refused the request: `{"error": {"code", "message", "fields"}}`."""
+    """HQ refused the request: `{"error": {"code", "message", "fields", "allowed"?}}`."""
 
     def __init__(
         self,
@@ -44,12 +44,14 @@ class ApiError(ClientError):
         message: str,
         fields: dict[str, str] | None = None,
         retry_after: str | None = None,
+        allowed: list[str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.fields = fields or {}
         self.retry_after = retry_after
+        self.allowed = allowed  # a 409 on a ticket: the actions allowed from its status
 
 
 class Unreachable(ClientError):

@@ -9,7 +9,8 @@ is trusted instead. The one connection made without a pin is
 aiohttp's and ssl's exceptions are mapped to `errors.Unreachable` here, and
 HQ's error answers to `errors.ApiError`. Streams (NDJSON runs, server-sent
 events) are split into lines here, without aiohttp's line length limit: a
-run's final result line carries its whole output.
+run's final result line carries its whole output. File bodies stream both
+ways in chunks, and the terminal's WebSocket is pinned the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ import asyncio
 import contextlib
 import json
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+)
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +41,8 @@ from shared.version import __version__
 CONNECT_TIMEOUT = 15.0
 REQUEST_TIMEOUT = 60.0
 MAX_LINE = 64 * 1024 * 1024  # a run's result carries at most a few MiB of output
+WS_HEARTBEAT = 20.0  # ping a quiet terminal so dead connections are noticed
+WS_MAX_MESSAGE = 4 * 1024 * 1024
 
 
 async def probe_fingerprint(url: str, timeout: float = CONNECT_TIMEOUT) -> str:
@@ -130,12 +140,14 @@ def _error_from(status: int, reason: str, text: str, retry_after: str | None) ->
     err = body.get("error") if isinstance(body, dict) else None
     if isinstance(err, dict):
         fields = err.get("fields") or {}
+        allowed = err.get("allowed")
         return ApiError(
             status,
             str(err.get("code") or "error"),
             str(err.get("message") or reason),
             {str(k): str(v) for k, v in fields.items()} if isinstance(fields, dict) else {},
             retry_after,
+            [str(a) for a in allowed] if isinstance(allowed, list) else None,
         )
     return ApiError(status, "http_error", f"HQ answered {status} {reason}".strip(), {}, retry_after)
 
@@ -152,15 +164,19 @@ class Api:
     def __repr__(self) -> str:
         return f"Api({self.url!r})"
 
-    async def __aenter__(self) -> Api:
+    def _pin(self) -> aiohttp.Fingerprint:
+        return aiohttp.Fingerprint(bytes.fromhex(self.fingerprint))
+
+    def _headers(self) -> dict[str, str]:
         headers = {"User-Agent": f"fieldlink/{__version__}", "Accept": "application/json"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
+        return headers
+
+    async def __aenter__(self) -> Api:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                ssl=aiohttp.Fingerprint(bytes.fromhex(self.fingerprint))
-            ),
-            headers=headers,
+            connector=aiohttp.TCPConnector(ssl=self._pin()),
+            headers=self._headers(),
             timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT, connect=CONNECT_TIMEOUT),
         )
         return self
@@ -203,6 +219,10 @@ class Api:
             raise Unreachable(f"request to HQ at {self.url} failed: {exc}") from None
         except OSError as exc:
             raise Unreachable(f"request to HQ at {self.url} failed: {exc}") from None
+
+    def mapped(self, idle: float | None = None) -> contextlib.AbstractContextManager[None]:
+        """For callers holding a stream or WebSocket: foreign errors as ours."""
+        return self._mapped(idle)
 
     async def request(
         self,
@@ -320,6 +340,94 @@ class Api:
                 ) from None
             if isinstance(frame, dict):
                 yield frame
+
+    async def read(self, path: str, *, accept: str, idle: float = REQUEST_TIMEOUT) -> bytes:
+        """GET a whole answer that is not JSON (a recording), as bytes."""
+        async with self._stream(
+            "GET", path, json_body=None, params=None, idle=idle, accept=accept
+        ) as resp:
+            with self._mapped(idle):
+                return await resp.read()
+
+    async def download(
+        self,
+        path: str,
+        params: dict[str, str],
+        sink: Callable[[bytes], Awaitable[None]],
+        *,
+        idle: float,
+    ) -> None:
+        """GET a streamed body, handing each chunk to `sink` as it arrives."""
+        async with self._stream(
+            "GET", path, json_body=None, params=params, idle=idle, accept="application/octet-stream"
+        ) as resp:
+            while True:
+                with self._mapped(idle):
+                    chunk = await resp.content.readany()
+                if not chunk:
+                    return
+                await sink(chunk)
+
+    async def upload(
+        self, path: str, params: dict[str, str], chunks: AsyncIterable[bytes], *, idle: float
+    ) -> Any:
+        """PUT a streamed body (chunked); HQ's JSON answer."""
+        timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=idle)
+        with self._mapped(idle):
+            async with self.session.put(
+                self.url + path,
+                params=params,
+                data=chunks,
+                timeout=timeout,
+                headers={"Content-Type": "application/octet-stream"},
+            ) as resp:
+                text = await resp.text()
+                if resp.status >= 400:
+                    raise _error_from(
+                        resp.status, resp.reason or "", text, resp.headers.get("Retry-After")
+                    )
+        try:
+            return json.loads(text) if text else None
+        except ValueError:
+            raise Unreachable(f"HQ answered PUT {path} with something not JSON") from None
+
+    @asynccontextmanager
+    async def websocket(
+        self, path: str, params: dict[str, str]
+    ) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+        """A WebSocket to HQ, pinned like every request, with the bearer token.
+
+        It has its own client session: the pool's total request timeout must
+        not cut a terminal that stays open for an hour. A refused handshake
+        raises ApiError with HQ's status (aiohttp does not keep the body)."""
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._pin()),
+            headers=self._headers(),
+            timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT),
+        )
+        try:
+            with self._mapped():
+                try:
+                    ws = await session.ws_connect(
+                        self.url + path,
+                        params=params,
+                        heartbeat=WS_HEARTBEAT,
+                        max_msg_size=WS_MAX_MESSAGE,
+                        ssl=self._pin(),
+                    )
+                except aiohttp.WSServerHandshakeError as exc:
+                    raise ApiError(
+                        exc.status,
+                        "websocket_refused",
+                        f"HQ refused the WebSocket: {exc.status} {exc.message}",
+                    ) from None
+            try:
+                yield ws
+            finally:
+                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                    await ws.close()
+        finally:
+            await session.close()
 
     async def events(self, path: str, *, idle: float) -> AsyncGenerator[tuple[str, Any], None]:
         """GET server-sent events: (event name, decoded JSON data)."""

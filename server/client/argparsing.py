@@ -1,0 +1,77 @@
+"""argparse helpers shared by every engineer command: help text filling, the
+parser that lets key=value words and options mix, and argument types."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from typing import Any
+
+
+class IntermixedParser(argparse.ArgumentParser):
+    """Lets key=value words and options come in any order (`run A N --json n=5`)."""
+
+    _intermixed = False
+
+    def parse_known_args(  # type: ignore[override]  # same signature, typeshed overloads it
+        self, args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._intermixed:
+            return super().parse_known_args(args, namespace)
+        self._intermixed = True
+        try:
+            return super().parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixed = False
+
+
+def duration(text: str) -> int:
+    """`30m`, `1h`, `2d` -> whole seconds (at least 1)."""
+    from shared.durations import parse_duration
+
+    try:
+        return max(1, round(parse_duration(text).total_seconds()))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError("between 0 and 3600 seconds")
+    return value
+
+
+def wrap(text: str) -> str:
+    """Fill each paragraph to 78 columns; lines indented by two spaces (examples) stay."""
+    out: list[str] = []
+    for para in text.split("\n\n"):
+        if para.startswith("  ") or "\n  " in para:
+            out.append(para)
+        else:
+            out.append(textwrap.fill(para, 78))
+    return "\n\n".join(out)
+
+
+def add_command(
+    sub: Any, name: str, *, intermixed: bool = False, **kw: Any
+) -> argparse.ArgumentParser:
+    """A subcommand with filled description/epilog, examples kept as written."""
+    for key in ("description", "epilog"):
+        if key in kw:
+            kw[key] = wrap(kw[key])
+    # argparse builds each subparser with the action's parser class; ours
+    # need the intermixed one, so swap it in for the call only.
+    previous = sub._parser_class
+    if intermixed:
+        sub._parser_class = IntermixedParser
+    try:
+        parser: argparse.ArgumentParser = sub.add_parser(
+            name, formatter_class=argparse.RawDescriptionHelpFormatter, **kw
+        )
+    finally:
+        sub._parser_class = previous
+    return parser
