@@ -151,10 +151,12 @@ def session_members(sid: int) -> list[int]:
 
 
 def signal_session(sid: int, sig: int) -> int:
-    """Send `sig` to every process in session `sid`; how many there were."""
+    """Send `sig` to every process in session `sid` (its process groups too, for
+    members forked meanwhile); how many there were."""
     members = session_members(sid)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(sid, sig)
+    if members:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(sid, sig)
     for pid in members:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
@@ -338,11 +340,11 @@ class Shell:
         """SIGHUP the shell's session unless it has exited, give it a moment,
         then SIGKILL whatever of the session is left."""
         if not exited.done():
-            signal_session(self.pid, signal.SIGHUP)
-            signal_session(self.pid, signal.SIGCONT)
+            await asyncio.to_thread(signal_session, self.pid, signal.SIGHUP)
+            await asyncio.to_thread(signal_session, self.pid, signal.SIGCONT)
             await asyncio.wait({exited}, timeout=GRACE)
         for _ in range(20):
-            if not signal_session(self.pid, signal.SIGKILL):
+            if not await asyncio.to_thread(signal_session, self.pid, signal.SIGKILL):
                 break
             await asyncio.sleep(0.05)
         self._hung_up = True
