@@ -474,7 +474,8 @@ TERMINAL_TEXT = """() => {
 async def test_shell_in_the_browser_approved_at_the_machine_then_replayed(world: World) -> None:
     """The engineer requests a shell from a ticket; `fieldlink-agent consent
     --approve` at the machine approves it; the engineer types a command in the
-    browser terminal and sees its output; an auditor replays the recording."""
+    browser terminal and sees its output, the site's technician watches it
+    live, and an auditor replays the recording."""
     from tests.test_e2e_sessions import ME, agent_cli
 
     agent = await world.agent_online(
@@ -513,6 +514,15 @@ async def test_shell_in_the_browser_approved_at_the_machine_then_replayed(world:
     shows_output = f"() => ({TERMINAL_TEXT % 'terminal'})().includes('fieldlink-42')"
     await page.wait_for_function(shows_output, timeout=20000)
     await screenshot(page, "terminal")
+
+    tech = await make_user(world.hq, "site_tech", "shop-shell", totp=True)
+    watcher = await world.page_as(tech)
+    await watcher.goto(f"{world.hq.url}/sessions/{session_id}")
+    await watcher.click("#open-watch")
+    await page.keyboard.type("echo watched-$((7*6))\n")
+    watched = f"() => ({TERMINAL_TEXT % 'terminal'})().includes('watched-42')"
+    await watcher.wait_for_function(watched, timeout=20000)
+    await watcher.context.close()
     await page.click("#end-session")
     await page.locator("#session-state", has_text="ended").wait_for()
     assert not page.fieldlink_errors, page.fieldlink_errors
@@ -529,3 +539,29 @@ async def test_shell_in_the_browser_approved_at_the_machine_then_replayed(world:
     await screenshot(viewer, "replay")
     assert not viewer.fieldlink_errors, viewer.fieldlink_errors
     await viewer.context.close()
+
+
+async def test_site_staff_ask_for_help_and_see_only_their_own_requests(world: World) -> None:
+    """Site staff land on "Get help", open a request there, read it and comment
+    on it; someone else's ticket on their own site answers 404."""
+    others = await _ticket_with_agent(world, "not yours")
+    staff = await make_user(world.hq, "site_staff", SITE)
+    page = await world.page_as(staff)
+    await page.goto(world.hq.url + "/")
+    await page.wait_for_url("**/help")
+    assert await page.locator("#site-nav a[href='/machines']").count() == 0
+    await page.fill("#h-title", "receipt printer prints blank")
+    await page.click("text=Ask for help")
+    await page.wait_for_url("**/tickets/FL-*")
+    number = page.url.rsplit("/", 1)[1]
+    await page.fill("#comment", "it started this morning")
+    await page.click("text=Add comment")
+    await page.locator("#timeline li", has_text="it started this morning").wait_for()
+    assert await page.locator("#transitions").count() == 0  # staff do not work tickets
+    await page.goto(world.hq.url + "/help")
+    assert await page.locator("#my-requests a", has_text=number).count() == 1
+    await screenshot(page, "help")
+    resp = await page.goto(f"{world.hq.url}/tickets/{others}")
+    assert resp.status == 404
+    assert not page.fieldlink_errors, page.fieldlink_errors
+    await page.context.close()
