@@ -89,9 +89,12 @@ async def ticket(request: web.Request) -> web.StreamResponse:
         "may_comment": who.allowed("tickets:write", row.site_id),
         "may_assign": works and who.allowed("tickets:assign", row.site_id),
         "may_session": who.allowed("sessions:request", row.site_id) and row.status in OPEN,
+        # the API also refuses anyone who worked the ticket
         "may_rate": row.requester_id == who.user_id
         and row.status in ("resolved", "closed")
-        and row.rating is None,
+        and row.rating is None
+        and row.assignee_id != who.user_id
+        and not works,
         "may_results": who.allowed("diag:run", row.site_id),
     }
     return page(request, "ticket.html", ctx, title=f"{t.number} {t.title}")

@@ -18,6 +18,19 @@
     return String(value);
   }
 
+  // Sizes are bytes (docs/agent-runs.md): columns with these names read as KiB/MiB/GiB.
+  const BYTE_COLUMNS = /^(total|used|free|available|size|bytes|rss|read_bytes|write_bytes)$/;
+
+  function human(n) {
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (Math.abs(n) >= 1024 && i < units.length - 1) {
+      n /= 1024;
+      i++;
+    }
+    return (i === 0 ? n : n.toFixed(1)) + " " + units[i];
+  }
+
   function table(data) {
     const wrap = el("div", null, "table-wrap");
     const t = el("table");
@@ -31,9 +44,15 @@
     }
     head.append(tr);
     const body = el("tbody");
+    const bytes = data.columns.map((c) => BYTE_COLUMNS.test(String(c)));
     for (const row of data.rows) {
       const r = el("tr");
-      for (const v of row) r.append(el("td", cell(v), typeof v === "number" ? "num" : ""));
+      row.forEach((v, i) => {
+        const numeric = typeof v === "number";
+        const td = el("td", numeric && bytes[i] ? human(v) : cell(v), numeric ? "num" : "");
+        if (numeric && bytes[i]) td.title = String(v);
+        r.append(td);
+      });
       body.append(r);
     }
     t.append(head, body);
