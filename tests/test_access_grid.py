@@ -795,3 +795,21 @@ async def test_console_pages_redirect_to_login_without_a_session(world: World) -
             assert resp.status == 303 and resp.headers["Location"] == "/login?next=/machines"
         async with http.get(world.hq.url + "/api/v1/agents", allow_redirects=False) as resp:
             assert resp.status == 401 and (await resp.json())["error"]["code"] == "unauthorized"
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_console_pages_carry_a_strict_content_security_policy(world: World) -> None:
+    """Pages forbid inline script and framing; the session cookie stays
+    HttpOnly, Secure and SameSite=Strict."""
+    connector = aiohttp.TCPConnector(ssl=aiohttp.Fingerprint(bytes.fromhex(world.hq.fingerprint)))
+    async with (
+        aiohttp.ClientSession(connector=connector) as http,
+        http.get(world.hq.url + "/login") as resp,
+    ):
+        csp = resp.headers["Content-Security-Policy"]
+        html = await resp.text()
+    assert "default-src 'self'" in csp and "script-src 'self'" in csp
+    assert "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert resp.headers["X-Frame-Options"] == "DENY"
+    assert "<script>" not in html and " on" + "click=" not in html
+    assert 'name="csrf_token"' in html

@@ -565,3 +565,33 @@ async def test_site_staff_ask_for_help_and_see_only_their_own_requests(world: Wo
     assert resp.status == 404
     assert not page.fieldlink_errors, page.fieldlink_errors
     await page.context.close()
+
+
+async def test_profile_tokens_shown_once_revoked_and_logout(world: World) -> None:
+    """A token made on the profile page is shown once and works on the API;
+    revoking it stops it; logging out ends the console session."""
+    user = await make_user(world.hq, "auditor", None)
+    page = await world.page_as(user)
+    await page.goto(f"{world.hq.url}/profile")
+    await page.fill("#tok-name", "script")
+    await page.check("input[name='perm:audit:read']")
+    await page.click("text=Make token")
+    secret = (await page.locator("#new-token").inner_text()).strip()
+    async with world.hq.client(secret) as api:
+        status, _ = await api.get("/api/v1/audit/verify")
+        assert status == 200
+        status, _ = await api.get("/api/v1/agents")
+        assert status == 403  # narrowed to audit:read
+    await page.goto(f"{world.hq.url}/profile")
+    assert await page.locator("#new-token").count() == 0  # never shown again
+    await page.click("button:has-text('Revoke')")
+    await page.wait_for_url("**/profile?done=revoked")
+    async with world.hq.client(secret) as api:
+        status, _ = await api.get("/api/v1/audit/verify")
+        assert status == 401
+    await page.click("text=Log out")
+    await page.wait_for_url("**/login")
+    await page.goto(f"{world.hq.url}/kpis")
+    assert "/login?next=/kpis" in page.url
+    assert not page.fieldlink_errors, page.fieldlink_errors
+    await page.context.close()

@@ -27,13 +27,14 @@ from shared.errors import Invalid
 
 routes = ApiRouter("console", console=True)
 
-FILTERS = ("site", "status", "priority", "assignee", "q", "type", "tier", "source", "mine")
+FILTERS = ("site", "status", "priority", "assignee", "q", "type", "tier", "source", "mine", "after")
+PAGE = 100
 
 
 def parse_filters(request: web.Request) -> tuple[ListQuery, dict[str, str]]:
     raw = {k: request.query[k].strip() for k in FILTERS if request.query.get(k, "").strip()}
     try:
-        return ListQuery.model_validate({**raw, "limit": 200}), raw
+        return ListQuery.model_validate({**raw, "limit": PAGE}), raw
     except ValidationError as exc:
         fields = {".".join(map(str, e["loc"])): e["msg"] for e in exc.errors()}
         raise Invalid("invalid filter", fields=fields) from None
@@ -51,7 +52,8 @@ async def tickets(request: web.Request) -> web.StreamResponse:
     q, f = parse_filters(request)
     async with services(request).sessions() as session:
         rows = [await ticket_out(session, t, who) for t in await find_tickets(session, who, q)]
-    ctx = {"rows": rows, "f": f, "sites": await writable_sites(request, who)}
+    older = rows[-1].number.removeprefix("FL-") if len(rows) == PAGE else None
+    ctx = {"rows": rows, "f": f, "older": older, "sites": await writable_sites(request, who)}
     return page(request, "tickets.html", ctx, title=i18n.gettext("Tickets"))
 
 
