@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from server import console
 from server.api import (
     admin,
     agents,
@@ -18,7 +19,6 @@ from server.api import (
     system,
     tickets,
 )
-from server import console
 from server.api.middleware import enforce, errors
 from server.api.routing import ApiRouter
 from server.context import SERVICES, Services
