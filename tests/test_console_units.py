@@ -74,3 +74,24 @@ def test_form_fields_follow_each_catalog_schema():
     assert cleanup["dry_run"].input == "checkbox" and cleanup["dry_run"].default is True
     argv = {f.name: f for f in by_name["exec"]}["argv"]
     assert argv.data_type == "list"
+
+
+def test_login_only_redirects_to_our_own_paths():
+    """After login, `next` may only name a path on HQ itself."""
+    from server.console.account import safe_next
+
+    assert safe_next("/tickets?status=open&priority=P1") == "/tickets?status=open&priority=P1"
+    assert safe_next("/machines/ag_1") == "/machines/ag_1"
+    for bad in (
+        None,
+        "",
+        "//evil.example",
+        "/\\evil.example",
+        "https://evil.example/",
+        "/\t/evil.example",
+        "/\n/evil.example",
+        "/ /evil",
+        "javascript:alert(1)",
+        "evil",
+    ):
+        assert safe_next(bad) == "/", bad

@@ -8,6 +8,7 @@ Everything after login uses the session's own CSRF token.
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Any
 
@@ -35,9 +36,13 @@ routes = ApiRouter("console", console=True)
 LOGIN_CSRF_COOKIE = "fl_login_csrf"
 
 
+_LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9/_.~%?=&+:,;@!*'()-]*")
+
+
 def safe_next(value: str | None) -> str:
-    """Only our own paths: never another host (`//evil`, `https://...`)."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+    """Only our own paths: never another host (`//evil`, `/\\evil`,
+    `https://...`, or one hidden behind whitespace a browser would drop)."""
+    if not value or not _LOCAL_PATH.fullmatch(value):
         return "/"
     return value
 

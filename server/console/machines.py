@@ -87,6 +87,7 @@ async def machines(request: web.Request) -> web.StreamResponse:
 async def machines_events(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     f = _filters(request)
+    await machine_rows(svc, principal(request), f)  # a bad filter answers 422 before streaming
 
     async def render(who: Principal) -> str:
         return fragment(request, "machines_rows.html", {"rows": await machine_rows(svc, who, f)})
