@@ -86,7 +86,25 @@
     }
   }
 
+  const STATUS = { online: gettext("online"), offline: gettext("offline"), revoked: gettext("revoked") };
+
+  // The status badge follows the agent (online, offline, revoked) every 10 s.
+  async function followStatus(badge) {
+    try {
+      const agent = await window.Fieldlink.api("GET", badge.dataset.agentUrl);
+      if (agent.status !== badge.dataset.status) {
+        badge.dataset.status = agent.status;
+        badge.className = "badge status-" + agent.status;
+        badge.textContent = STATUS[agent.status] || agent.status;
+      }
+    } catch (e) {
+      /* keep the last known status */
+    }
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
+    const badge = document.getElementById("agent-status");
+    if (badge) setInterval(() => followStatus(badge), 10000);
     const root = document.getElementById("charts");
     if (root && window.uPlot) {
       refresh(root);
