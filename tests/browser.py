@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.policy import Policy, write_default
 from server.auth.totp import code_for
 from tests import support
+from tests.support import AgentHandle, HQHandle, make_user, start_agent, start_hq, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "screenshots"
@@ -114,3 +120,88 @@ async def axe_violations(
         for v in result["violations"]
         if v.get("impact") in impacts
     ]
+
+
+SITE, OTHER = "shop-1", "shop-2"
+
+
+@dataclass
+class World:
+    """One HQ, its first agent (site shop-1), a global engineer with TOTP, a
+    technician of another site, and one browser, shared by a test module."""
+
+    hq: HQHandle
+    tmp: Path
+    browser: Any
+    agent: AgentHandle
+    engineer: support.TestUser
+    tech_other: support.TestUser
+    agents: list[AgentHandle] = field(default_factory=list)
+    logins: dict[str, Any] = field(default_factory=dict)
+
+    async def page_as(self, user: support.TestUser, **context: Any) -> Any:
+        """A new browser context logged in as `user` (through the login form
+        once; later contexts reuse its cookies, as another tab would)."""
+        state = self.logins.get(user.username)
+        if state is not None:
+            return await new_page(self.browser, storage_state=state, **context)
+        page = await new_page(self.browser, **context)
+        await log_in(page, self.hq.url, user)
+        self.logins[user.username] = await page.context.storage_state()
+        return page
+
+    async def engineer_page(self, **context: Any) -> Any:
+        page = await self.page_as(self.engineer, **context)
+        await page.goto(self.hq.url + "/")
+        return page
+
+    async def agent_online(self, site: str = SITE, **policy: Any) -> AgentHandle:
+        handle = await start_agent(
+            self.hq, self.tmp / f"ag-{secrets.token_hex(3)}", site=site, run=False
+        )
+        write_default(handle.dir.policy_file, Policy(**policy))
+        self.agents.append(handle)
+        await handle.start()
+        await wait_until(
+            lambda: self.hq.hq.svc.gateway.registry.get(handle.agent_id), what="online"
+        )
+        return handle
+
+    async def api(self, method: str, path: str, **kw: Any) -> Any:
+        async with self.hq.client(self.hq.admin_token) as api:
+            return await api.ok(method, path, **kw)
+
+    async def ticket_with_agent(self, title: str) -> str:
+        made = await self.api(
+            "POST",
+            "/api/v1/tickets",
+            json={"title": title, "site": SITE, "agent_ids": [self.agent.agent_id]},
+        )
+        return str(made["number"])
+
+
+@asynccontextmanager
+async def console_world(tmp: Path) -> AsyncIterator[World]:
+    from playwright.async_api import async_playwright
+
+    chromium_path()  # skip (or fail under CI) before starting anything
+    hq = await start_hq(tmp / "hq", f"sqlite+aiosqlite:///{tmp / 'hq.db'}")
+    playwright = await async_playwright().start()
+    browser = await launch(playwright)
+    w = World(
+        hq=hq,
+        tmp=tmp,
+        browser=browser,
+        agent=None,  # type: ignore[arg-type]  # set just below, once online
+        engineer=await make_user(hq, "hq_engineer", None, totp=True),
+        tech_other=await make_user(hq, "site_tech", OTHER, totp=True),
+    )
+    try:
+        w.agent = await w.agent_online(SITE, allow_exec=True)
+        yield w
+    finally:
+        await browser.close()
+        await playwright.stop()
+        for handle in reversed(w.agents):
+            await handle.stop()
+        await hq.stop()
