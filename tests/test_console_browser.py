@@ -97,7 +97,8 @@ async def test_a_job_over_a_site_shows_each_machine_progress(world: World) -> No
 
 async def test_an_alert_ticket_appears_on_the_dashboard(world: World) -> None:
     """A rule that fires at once opens a ticket; the open dashboard shows the
-    firing alert and the ticket without a reload."""
+    firing alert and the ticket without a reload; on the ticket, the triage
+    result (disk.usage, run when it fired) opens as a table."""
     page = await world.engineer_page()
     await page.evaluate("window.__noReload = true")
     rule = await world.api(
@@ -110,6 +111,7 @@ async def test_an_alert_ticket_appears_on_the_dashboard(world: World) -> None:
             "threshold": 1,
             "priority": "P2",
             "site": SITE,
+            "diagnostics": ["disk.usage"],
         },
     )
     alert = page.locator("#firing-alerts li", has_text="disk-any").first
@@ -119,6 +121,16 @@ async def test_an_alert_ticket_appears_on_the_dashboard(world: World) -> None:
     assert int(await page.locator("[data-priority=P2]").inner_text()) >= 1
     assert await page.evaluate("window.__noReload")
     await world.api("PATCH", f"/api/v1/alert-rules/{rule['id']}", json={"enabled": False})
+    number = await link.first.inner_text()
+    shown = page.locator("[data-result]")
+    for _ in range(40):  # the triage runs right after the ticket opens
+        await page.goto(f"{world.hq.url}/tickets/{number}")
+        if await shown.count():
+            break
+        await page.wait_for_timeout(500)
+    await shown.first.click()
+    await page.locator("#timeline .result table.result-table").first.wait_for()
+    assert not page.fieldlink_errors, page.fieldlink_errors
     await page.context.close()
 
 
