@@ -76,15 +76,19 @@ async def test_run_disk_usage_from_the_machine_page_shows_a_table(world: World) 
 
 
 async def test_a_job_over_a_site_shows_each_machine_progress(world: World) -> None:
-    """Starting a job over a site from the jobs page leads to its page, where
-    every machine of the site reaches a final status live, with its result."""
+    """Starting a job over a site from the jobs page (parameters from the
+    entry's schema) leads to its page, where every machine of the site reaches
+    a final status live, with its result."""
     second = await world.agent_online(SITE)
     page = await world.engineer_page()
     await page.goto(f"{world.hq.url}/jobs")
-    await page.select_option("#j-name", "system.summary")
+    await page.select_option("#j-name", "process.top")
+    await page.fill("#f-job-process-top-n", "3")
     await page.select_option("#j-site", SITE)
     await page.click("#job-form button[type=submit]")
     await page.wait_for_url("**/jobs/jb_*")
+    job = await world.api("GET", "/api/v1/jobs/" + page.url.rsplit("/", 1)[1])
+    assert job["name"] == "process.top" and job["params"]["n"] == 3
     for agent_id in (world.agent.agent_id, second.agent_id):
         row = page.locator(f"tr[data-agent='{agent_id}']")
         await row.locator("[data-item-status]", has_text="ok").wait_for()

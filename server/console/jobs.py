@@ -3,15 +3,19 @@ progress live (the API's server-sent events), read the results."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from server.api.authn import principal
 from server.api.jobs import job_out, recent_jobs
 from server.api.routing import ApiRouter
 from server.console import i18n
+from server.console.forms import fields_of
 from server.console.render import page
 from server.context import services
 from server.store import fleet
+from server.store.models import Agent
 
 routes = ApiRouter("console", console=True)
 
@@ -26,9 +30,20 @@ async def jobs(request: web.Request) -> web.StreamResponse:
         "jobs": await recent_jobs(request, 50),
         "sites": sorted({site for a, site in live if who.allowed("diag:run", a.site_id)}),
         "tags": sorted({t for a, _ in live for t in a.tags or []}),
-        "names": sorted({str(e.get("name")) for a, _ in live for e in a.catalog or []}),
+        "entries": _entries(live),
     }
     return page(request, "jobs.html", ctx, title=i18n.gettext("Jobs"))
+
+
+def _entries(agents: list[tuple[Agent, str]]) -> list[dict[str, Any]]:
+    """Each catalog entry the caller's machines offer, once, with its form fields."""
+    seen: dict[str, dict[str, Any]] = {}
+    for agent, _ in agents:
+        for entry in agent.catalog or []:
+            name = str(entry.get("name"))
+            if name not in seen:
+                seen[name] = {"name": name, "fields": fields_of(entry.get("params_schema") or {})}
+    return [seen[name] for name in sorted(seen)]
 
 
 @routes.route("GET", "/jobs/{job_id}", permission="diag:run", summary="One job, live")
