@@ -59,7 +59,8 @@ async def test_a_machine_coming_online_appears_without_a_reload(world: World) ->
 
 
 async def test_run_disk_usage_from_the_machine_page_shows_a_table(world: World) -> None:
-    """The catalog form runs disk.usage through the API and renders its data as a table."""
+    """The catalog form runs disk.usage through the API and renders its data as
+    a table; tags set on the page filter the machines list."""
     page = await world.engineer_page()
     await page.goto(f"{world.hq.url}/machines/{world.agent.agent_id}")
     entry = page.locator("details[data-entry='disk.usage']")
@@ -71,6 +72,12 @@ async def test_run_disk_usage_from_the_machine_page_shows_a_table(world: World) 
     assert headers and await table.locator("tbody tr").count() >= 1
     assert "/" in await table.locator("tbody").inner_text()
     await screenshot(page, "machine")
+    async with page.expect_navigation():  # the tags form reloads the page when saved
+        await page.fill("#tags", "till, front")
+        await page.click("#tags ~ button")
+    await page.goto(f"{world.hq.url}/machines?tag=till")
+    await page.locator(f"tr[data-agent='{world.agent.agent_id}']").wait_for()
+    assert await page.locator("#machines tbody tr[data-agent]").count() == 1
     assert not page.fieldlink_errors, page.fieldlink_errors
     await page.context.close()
 

@@ -129,5 +129,7 @@ async def machine(request: web.Request) -> web.StreamResponse:
         "policy": agent.policy or {},
         "tickets": tickets,
         "sessions": sessions,
+        "may_tag": who.allowed("agents:enroll", agent.site_id),
+        "may_revoke": who.allowed("agents:revoke", agent.site_id) and agent.revoked_at is None,
     }
     return page(request, "machine.html", ctx, title=agent.hostname)

@@ -23,10 +23,15 @@ STATES = ("requested", "awaiting_consent", "active", "ended", "denied", "expired
 @routes.route("GET", "/sessions", permission="tickets:read", summary="Remote sessions")
 async def sessions(request: web.Request) -> web.StreamResponse:
     state = request.query.get("state", "")
-    q = ListQuery(state=state if state in STATES else None, limit=200)
+    origin = request.query.get("origin", "")
+    q = ListQuery(
+        state=state if state in STATES else None,
+        origin=origin if origin in ("hq", "site") else None,
+        limit=200,
+    )
     async with services(request).sessions() as session:
         rows = await find_sessions(session, principal(request), q)
-    ctx = {"rows": rows, "state": q.state or "", "states": STATES}
+    ctx = {"rows": rows, "state": q.state or "", "origin": q.origin or "", "states": STATES}
     return page(request, "sessions.html", ctx, title=i18n.gettext("Sessions"))
 
 
