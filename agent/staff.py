@@ -318,9 +318,10 @@ def consent_answer_lines(answer: ConsentAnswer, now: datetime) -> list[str]:
     if s.state == "denied" and answer.action == "deny":
         return [f"denied: {s.engineer} may not {doing(s.kind)} for {s.ticket}"]
     if answer.action == "end" and s.state in FINAL:
+        if not s.engineer:  # nobody from HQ had taken the site's request yet
+            return [f"withdrawn: nobody from HQ will take over for {s.ticket}"]
         closed = f"; {answer.stopped} open here closed" if answer.stopped else ""
-        who = f"{s.engineer}'s " if s.engineer else ""
-        return [f"ended: {who}{what} is over{closed}"]
+        return [f"ended: {s.engineer}'s {what} is over{closed}"]
     why = f" ({s.end_reason})" if s.end_reason else ""
     return [f"{s.id} is {s.state.replace('_', ' ')}{why}"]
 

@@ -203,6 +203,15 @@ def test_consent_answers_read_as_sentences():
     assert consent_answer_lines(ended, NOW) == [
         "ended: alice's shell session for FL-12 is over; 1 open here closed"
     ]
+    withdrawn = ConsentAnswer(
+        action="end",
+        connected=True,
+        state="answered",
+        session=view(state="ended", engineer="", origin="site"),
+    )
+    assert consent_answer_lines(withdrawn, NOW) == [
+        "withdrawn: nobody from HQ will take over for FL-12"
+    ]
     offline = ConsentAnswer(action="end", connected=False, state="queued", session=view())
     lines = consent_answer_lines(offline, NOW)
     assert "HQ is unreachable right now; your answer is saved" in lines[0]

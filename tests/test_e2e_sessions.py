@@ -644,7 +644,7 @@ async def test_assist_withdrawn_with_ctrl_c_or_left_to_expire(sqlite_hq, agent_f
     await lapsing.line(r"Waiting for someone at HQ to take over")
 
     withdrawn.proc.send_signal(signal.SIGINT)
-    await withdrawn.line(r"^ended: shell session for FL-\d+ is over$")
+    await withdrawn.line(r"^withdrawn: nobody from HQ will take over for FL-\d+$")
     assert await withdrawn.exit_code() == 0
 
     await lapsing.line(
