@@ -159,3 +159,33 @@ async def test_main_pages_have_no_serious_accessibility_violations(world: World)
     assert not problems, problems
     await page.context.close()
     await login.context.close()
+
+
+async def test_alert_rules_are_created_edited_and_switched_off_in_the_page(world: World) -> None:
+    """An engineer creates a rule from the form, edits its threshold, turns it
+    off and deletes it; the API sees each change."""
+    page = await world.engineer_page()
+    await page.goto(f"{world.hq.url}/alert-rules")
+    await page.fill("#r-name", "hot-cpu")
+    await page.fill("#r-metric", "cpu.percent")
+    await page.fill("#r-threshold", "95")
+    await page.select_option("#r-site", SITE)
+    async with page.expect_navigation():
+        await page.click("text=Create rule")
+    row = page.locator("tr[data-rule='hot-cpu']")
+    await row.locator("summary").click()
+    await row.locator("input[name=threshold]").fill("90")
+    async with page.expect_navigation():
+        await row.locator("form[data-method=PATCH] button:text('Save')").click()
+    rules = await world.api("GET", "/api/v1/alert-rules")
+    rule = next(r for r in rules["items"] if r["name"] == "hot-cpu")
+    assert rule["threshold"] == 90 and rule["site"] == SITE and rule["enabled"]
+    async with page.expect_navigation():
+        await page.locator("tr[data-rule='hot-cpu'] input[name=enabled] ~ button").click()
+    assert not (await world.api("GET", f"/api/v1/alert-rules/{rule['id']}"))["enabled"]
+    page.on("dialog", lambda d: d.accept())
+    async with page.expect_navigation():
+        await page.locator("tr[data-rule='hot-cpu'] button.danger").click()
+    assert await page.locator("tr[data-rule='hot-cpu']").count() == 0
+    assert not page.fieldlink_errors, page.fieldlink_errors
+    await page.context.close()

@@ -6,10 +6,13 @@ kept live by server-sent events. People who only ask for help land on their
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.api.agents import AgentListQuery, visible_agents
 from server.api.alerts import AlertQuery, alert_items
@@ -22,11 +25,28 @@ from server.console.render import fragment, page
 from server.context import Services, services
 from server.itsm.tickets import number_text
 from server.ops import ticketing
+from server.store.models import Ticket
 
 routes = ApiRouter("console", console=True)
 
 PRIORITIES = ("P1", "P2", "P3", "P4")
 AT_RISK = ("warning", "breached")
+# SLA clocks of open tickets, kept briefly: every open dashboard asks every few
+# seconds, and a clock only moves with time or with a change to its ticket.
+CLOCK_TTL = 30.0
+_clocks: dict[str, tuple[float, datetime, dict[str, Any]]] = {}
+
+
+async def clocks_of(session: AsyncSession, ticket: Ticket) -> dict[str, Any]:
+    now = time.monotonic()
+    kept = _clocks.get(ticket.id)
+    if kept is not None and kept[1] == ticket.updated_at and now - kept[0] < CLOCK_TTL:
+        return kept[2]
+    found = dict(await ticketing.clocks(session, ticket))
+    if len(_clocks) > 10000:
+        _clocks.clear()
+    _clocks[ticket.id] = (now, ticket.updated_at, found)
+    return found
 
 
 async def summary(svc: Services, who: Principal) -> dict[str, Any]:
@@ -48,7 +68,7 @@ async def summary(svc: Services, who: Principal) -> dict[str, Any]:
             counts = Counter(t.priority for t in open_tickets)
             out["priorities"] = [{"priority": p, "count": counts[p]} for p in PRIORITIES]
             for t in open_tickets:
-                clocks = await ticketing.clocks(session, t)
+                clocks = await clocks_of(session, t)
                 risky = [(kind, c) for kind, c in clocks.items() if c.state in AT_RISK]
                 if risky:
                     kind, clock = risky[0]
