@@ -28,6 +28,10 @@
     }
     if (!resp.ok) {
       const err = (json && json.error) || {};
+      if (resp.status === 401 && (err.code === "session_expired" || err.code === "unauthorized")) {
+        // the console session ended (idle, logged out elsewhere): log in again, then come back
+        window.location.assign("/login?next=" + encodeURIComponent(window.location.pathname));
+      }
       const problem = new Error(err.message || gettext("The request failed."));
       problem.status = resp.status;
       problem.fields = err.fields || {};
