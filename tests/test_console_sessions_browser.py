@@ -137,3 +137,40 @@ async def test_shell_in_the_browser_approved_at_the_machine_then_replayed(world:
     await screenshot(viewer, "replay")
     assert not viewer.fieldlink_errors, viewer.fieldlink_errors
     await viewer.context.close()
+
+
+async def test_take_over_a_session_the_site_asked_for(world: World) -> None:
+    """`fieldlink-agent help --assist` puts an offer in the sites' queue; the
+    engineer takes it from the sessions page, types in its terminal, and sees
+    it end live when the site ends it from the machine."""
+    from tests.test_e2e_sessions import ME, AssistCLI
+
+    agent = await world.agent_online(
+        "shop-assist", allow_shell=True, shell_user=ME, require_consent=True
+    )
+    await wait_until(
+        lambda: "hello" in world.hq.hq.svc.gateway.registry.get(agent.agent_id).info,
+        what="hello",
+    )
+    cli = await AssistCLI.start(agent, "printer jammed, please take over")
+    number = (await cli.line(r"Your request is ticket (FL-\d+)\.")).group(1)
+    page = await world.engineer_page()
+    await page.goto(f"{world.hq.url}/sessions?state=requested&origin=site")
+    await page.locator(f"tr:has(a:text-is('{number}')) a[href^='/sessions/']").click()
+    await page.wait_for_url("**/sessions/*")
+    async with page.expect_navigation():  # taking it reloads the page
+        await page.click("text=Take this session")
+    await page.locator("#session-state", has_text="active").wait_for()
+    await cli.line(r"from HQ joined at")
+    await page.click("#open-terminal")
+    await page.locator("#term-note", has_text="Connected").wait_for()
+    await page.locator("#terminal").click()
+    await page.keyboard.type("echo assisted-$((40+2))\n")
+    shows = f"() => ({TERMINAL_TEXT % 'terminal'})().includes('assisted-42')"
+    await page.wait_for_function(shows, timeout=20000)
+    await cli.type("end\n")
+    assert await cli.exit_code() == 0
+    await page.locator("#session-state", has_text="ended").wait_for()
+    await page.locator("#term-note", has_text="Closed").wait_for()
+    assert not page.fieldlink_errors, page.fieldlink_errors
+    await page.context.close()
