@@ -40,6 +40,8 @@ async def test_request_a_session_and_see_consent_arrive_live(world: World) -> No
 
     tech = await make_user(world.hq, "site_tech", SITE, totp=True)
     other = await world.page_as(tech)
+    await other.goto(world.hq.url + "/")  # the technician's dashboard lists it
+    await other.locator("#dashboard-consents li", has_text=number).wait_for()
     await other.goto(f"{world.hq.url}/consents")
     item = other.locator("#pending-consents li", has_text="check the spooler")
     await item.wait_for()

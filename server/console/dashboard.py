@@ -22,6 +22,7 @@ from server.api.routing import SELF, ApiRouter
 from server.api.tickets import ListQuery, find_tickets
 from server.console import i18n, live
 from server.console.render import fragment, page
+from server.console.sessions import pending
 from server.context import Services, services
 from server.itsm.tickets import number_text
 from server.ops import ticketing
@@ -51,7 +52,13 @@ async def clocks_of(session: AsyncSession, ticket: Ticket) -> dict[str, Any]:
 
 async def summary(svc: Services, who: Principal) -> dict[str, Any]:
     """What the dashboard shows, for this caller."""
-    out: dict[str, Any] = {"sites": [], "alerts": [], "priorities": [], "at_risk": []}
+    out: dict[str, Any] = {
+        "sites": [],
+        "alerts": [],
+        "priorities": [],
+        "at_risk": [],
+        "consents": None,
+    }
     async with svc.sessions() as session:
         if who.holds("agents:read"):
             per_site: dict[str, Counter[str]] = {}
@@ -82,6 +89,8 @@ async def summary(svc: Services, who: Principal) -> dict[str, Any]:
                             "due": clock.due,
                         }
                     )
+    if who.holds("sessions:consent"):
+        out["consents"] = await pending(svc, who)
     out["online"] = sum(s["online"] for s in out["sites"])
     out["offline"] = sum(s["offline"] for s in out["sites"])
     return out
