@@ -813,3 +813,20 @@ async def test_console_pages_carry_a_strict_content_security_policy(world: World
     assert resp.headers["X-Frame-Options"] == "DENY"
     assert "<script>" not in html and " on" + "click=" not in html
     assert 'name="csrf_token"' in html
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_times_without_an_offset_are_refused_and_console_dates_work(world: World) -> None:
+    """The API answers 422 (not 500) to a time without a UTC offset; the console's
+    date filters (KPIs, audit) are sent with one and work."""
+    async with world.hq.client(world.hq.admin_token) as api:
+        for path in (
+            "/api/v1/kpis?from=2026-01-01T00:00:00",
+            "/api/v1/audit?since=2026-01-01",
+            f"/api/v1/agents/{world.agent_id}/health?until=2026-01-01T00:00:00",
+        ):
+            status, body = await api.get(path)
+            assert status == 422 and body["error"]["code"] == "invalid", path
+        for path in ("/kpis?from=2026-01-01&to=2026-12-31", "/audit?since=2026-01-01T10:00"):
+            status, _ = await api.get(path)
+            assert status == 200, path

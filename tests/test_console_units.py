@@ -95,3 +95,14 @@ def test_login_only_redirects_to_our_own_paths():
         "evil",
     ):
         assert safe_next(bad) == "/", bad
+
+
+def test_console_dates_become_utc_times_for_the_api():
+    """Date and datetime-local inputs turn into RFC 3339 UTC times; an end date
+    counts its whole day; what cannot be read is left for the API to refuse."""
+    from server.console.reports import _utc
+
+    assert _utc("2026-03-01") == "2026-03-01T00:00:00+00:00"
+    assert _utc("2026-03-01", next_day=True) == "2026-03-02T00:00:00+00:00"
+    assert _utc("2026-03-01T09:30") == "2026-03-01T09:30:00+00:00"
+    assert _utc(None) is None and _utc("soon") == "soon"

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.api.authn import Principal, principal
@@ -162,8 +162,8 @@ async def get_agent(request: web.Request) -> web.Response:
 
 
 class HealthQuery(BaseModel):
-    since: datetime | None = Field(None, description="reports sampled at or after (RFC 3339)")
-    until: datetime | None = Field(None, description="reports sampled before (RFC 3339)")
+    since: AwareDatetime | None = Field(None, description="reports sampled at or after (RFC 3339)")
+    until: AwareDatetime | None = Field(None, description="reports sampled before (RFC 3339)")
     after: int = Field(0, ge=0, description="cursor: only reports with seq greater than this")
     limit: int = Field(500, ge=1, le=5000)
 

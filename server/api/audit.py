@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from server.api.authn import principal
 from server.api.routing import ApiRouter, json_response, query
@@ -23,8 +23,8 @@ class AuditQuery(BaseModel):
     action: str | None = Field(None, description="exact, or a prefix ending in * (auth.*)")
     site: str | None = Field(None, description="site name")
     ticket: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
     after: int = Field(0, ge=0, description="cursor: entries with seq greater than this")
     limit: int = Field(100, ge=1, le=1000)
 

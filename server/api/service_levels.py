@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, Field, field_validator
 from sqlalchemy import select
 
 from server.api.authn import Principal, principal
@@ -134,8 +134,10 @@ async def put_policy(request: web.Request) -> web.Response:
 class KpiQuery(BaseModel):
     site: str | None = None
     engineer: str | None = Field(None, description="assignee user name")
-    from_: datetime | None = Field(None, alias="from", description="tickets created at or after")
-    to: datetime | None = Field(None, description="tickets created before")
+    from_: AwareDatetime | None = Field(
+        None, alias="from", description="tickets created at or after (RFC 3339, with offset)"
+    )
+    to: AwareDatetime | None = Field(None, description="tickets created before (RFC 3339)")
     group_by: Literal["site", "engineer", "priority", "week"] | None = None
 
 

@@ -4,6 +4,7 @@ and the hash chain's verification status (checked by the page's script on
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +34,21 @@ def _query(model: type[Any], raw: dict[str, str]) -> Any:
 
 def _raw(request: web.Request, keys: tuple[str, ...]) -> dict[str, str]:
     return {k: request.query[k].strip() for k in keys if request.query.get(k, "").strip()}
+
+
+def _utc(value: str | None, *, next_day: bool = False) -> str | None:
+    """A date (`YYYY-MM-DD`) or a `datetime-local` value as an RFC 3339 time in
+    UTC, as the API wants; a date that ends a range counts its whole day."""
+    if not value:
+        return None
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value) + timedelta(days=1 if next_day else 0)
+            return datetime.combine(day, time(), UTC).isoformat()
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return value  # the query model names what is wrong
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).isoformat()
 
 
 @routes.route(
@@ -69,7 +85,9 @@ TIMES = ("time_to_acknowledge", "time_to_first_response", "time_to_resolve")
 @routes.route("GET", "/kpis", permission="kpi:read", summary="KPI reports")
 async def kpis(request: web.Request) -> web.StreamResponse:
     raw = _raw(request, ("site", "engineer", "from", "to", "group_by"))
-    q = _query(KpiQuery, {"group_by": "site", **raw})
+    params: dict[str, Any] = {"group_by": "site", **raw}
+    params["from"], params["to"] = _utc(raw.get("from")), _utc(raw.get("to"), next_day=True)
+    q = _query(KpiQuery, {k: v for k, v in params.items() if v is not None})
     async with services(request).sessions() as session:
         report = await kpi_report(session, principal(request), q)
     ctx = {"report": report, "f": raw, "rates": RATES, "times": TIMES}
@@ -81,7 +99,8 @@ async def audit(request: web.Request) -> web.StreamResponse:
     who = principal(request)
     raw = _raw(request, ("actor", "action", "site", "ticket", "since", "until", "after"))
     params: dict[str, Any] = {**raw, "limit": 100}
-    q = _query(AuditQuery, params)
+    params["since"], params["until"] = _utc(raw.get("since")), _utc(raw.get("until"))
+    q = _query(AuditQuery, {k: v for k, v in params.items() if v is not None})
     rows = [audit_item(e) for e in await audit_page(request, q, 100)]
     ctx = {
         "rows": rows,
