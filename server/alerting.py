@@ -122,19 +122,25 @@ class AlertEngine:
         if not rules:
             return
         now = now or utcnow()
+        # Only the columns needed: decoding every agent's JSON here would stall HQ.
         async with self.svc.sessions() as session:
-            agents = (await session.scalars(select(Agent).where(Agent.revoked_at.is_(None)))).all()
-        for agent in agents:
-            offline = (
-                0.0
-                if agent.online
-                else ((now - (agent.last_seen or agent.enrolled_at)).total_seconds())
-            )
+            rows = (
+                await session.execute(
+                    select(
+                        Agent.id,
+                        Agent.site_id,
+                        Agent.tags,
+                        Agent.online,
+                        Agent.last_seen,
+                        Agent.enrolled_at,
+                    ).where(Agent.revoked_at.is_(None))
+                )
+            ).all()
+        for agent_id, site_id, tags, online, last_seen, enrolled_at in rows:
+            offline = 0.0 if online else (now - (last_seen or enrolled_at)).total_seconds()
             for rule in rules:
-                if self._matches(rule, agent.site_id, tuple(agent.tags or ())):
-                    await self._evaluate(
-                        rule, agent.id, agent.site_id, offline, agent.latest_health or {}, now
-                    )
+                if self._matches(rule, site_id, tuple(tags or ())):
+                    await self._evaluate(rule, agent_id, site_id, offline, {}, now)
 
     def _matches(self, rule: AlertRule, site: str, tags: tuple[str, ...]) -> bool:
         if rule.site_id is not None and rule.site_id != site:
@@ -252,6 +258,8 @@ class AlertEngine:
         else:
             agent = await session.get(Agent, alert.agent_id)
             host = agent.hostname if agent else alert.agent_id
+            if not report and agent is not None:
+                report = agent.latest_health or {}  # timer-evaluated rules: the last known health
             ticket = await ticketing.create(
                 session,
                 site_id=alert.site_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 from collections.abc import Coroutine
@@ -34,7 +35,9 @@ from server.webhooks import Sender
 
 log = structlog.get_logger(__name__)
 
-KEY_REFRESH_SECONDS = 10.0
+# Revocations reach the gateway at once (API, control socket); this catches
+# changes made by other HQ replicas.
+KEY_REFRESH_SECONDS = 60.0
 PRUNE_SECONDS = 3600.0
 
 
@@ -147,6 +150,9 @@ class HQ:
                 "node_id": self.settings.node_id,
             }
         )
+        # Start-up objects (modules, models, validators) live for the whole run: keep
+        # them out of the collector's full passes, which otherwise pause the loop.
+        gc.freeze()
         log.info(
             "hq_started",
             url=self.url,

@@ -80,6 +80,8 @@ class Sessions:
         self.shells: dict[str, LiveShell] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # one ending at a time per session, so concurrent ends record it once
+        self._ending: dict[str, asyncio.Lock] = {}
 
     # --- waiting for changes (CLI and console follow a session live) ------------------
 
@@ -316,7 +318,8 @@ class Sessions:
             except RecordingError as exc:
                 log.error("recording_close_failed", session_id=session_id, error=str(exc))
             shell.close()
-        async with self.svc.sessions.begin() as session:
+        lock = self._ending.setdefault(session_id, asyncio.Lock())
+        async with lock, self.svc.sessions.begin() as session:
             rs = await session.get(RemoteSession, session_id)
             if rs is None or rs.state in policy.FINAL:
                 if rs is not None and recording is not None and rs.recording_sha256 is None:
@@ -331,6 +334,7 @@ class Sessions:
                 rs.recording_sha256, rs.recording_bytes = recording
                 details.update(recording_sha256=recording[0], recording_bytes=recording[1])
             await self._record(session, rs, actor, state, f"session {state}: {reason}", **details)
+        self._ending.pop(session_id, None)
         log.info("session_end", session_id=session_id, state=state, reason=reason)
         await self._push(rs)
         return rs
@@ -444,6 +448,18 @@ class Sessions:
             if agent is None or ticket is None:
                 return
             who = f"{frame.user}@{agent.hostname}" if frame.user else agent.hostname
+            if (agent.policy or {}).get("allow_shell") is False:
+                await ticketing.record_event(
+                    session,
+                    ticket,
+                    SYSTEM,
+                    "session",
+                    "session_not_offered",
+                    "the site asked for someone to take over, but this machine's policy "
+                    "does not allow shells (allow_shell = false)",
+                    internal=True,
+                )
+                return
             rs = await self.request(
                 session,
                 agent=agent,

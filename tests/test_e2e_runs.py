@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import psutil
@@ -79,8 +80,17 @@ def closed_port() -> int:
 async def test_hello_carries_catalog_and_policy(sqlite_hq, agent_factory):
     """The hello advertises every entry with its JSON schema, and the policy summary."""
     agent = await start_agent(sqlite_hq, agent_factory, allow_exec=True, max_concurrent=3)
-    link = sqlite_hq.hq.svc.gateway.registry.get(agent.agent_id)
-    hello = await wait_until(lambda: link.info.get("hello"), what="hello")
+
+    async def advertised() -> dict[str, Any] | None:
+        async with sqlite_hq.client(sqlite_hq.admin_token) as api:
+            body = await api.ok("GET", f"/api/v1/agents/{agent.agent_id}/catalog")
+        return body if body["items"] and body["policy"] else None
+
+    body = await wait_until(advertised, what="hello stored at HQ")
+    hello = SimpleNamespace(
+        catalog=[SimpleNamespace(**e) for e in body["items"]],
+        policy=SimpleNamespace(**body["policy"]),
+    )
     names = [e.name for e in hello.catalog]
     assert set(names) == set(catalog.entries())
     assert len(names) == len(set(names))
@@ -644,7 +654,7 @@ async def test_policy_reload_applies_and_a_broken_file_keeps_the_old(sqlite_hq, 
     file is logged and the previous policy stays."""
     agent = await start_agent(sqlite_hq, agent_factory)
     link = sqlite_hq.hq.svc.gateway.registry.get(agent.agent_id)
-    await wait_until(lambda: link.info.get("hello"), what="hello")
+    await wait_until(lambda: link.info.get("hello_at"), what="hello")
     _, r = await run(sqlite_hq, agent, "exec", {"argv": ["true"]})
     assert r.status == "refused"
 
@@ -652,7 +662,13 @@ async def test_policy_reload_applies_and_a_broken_file_keeps_the_old(sqlite_hq, 
     assert agent.daemon.reload_policy() is True
     _, r = await run(sqlite_hq, agent, "exec", {"argv": ["true"]})
     assert r.status == "ok"
-    await wait_until(lambda: link.info["hello"].policy.allow_exec, what="new hello at HQ")
+
+    async def announced() -> bool:
+        async with sqlite_hq.client(sqlite_hq.admin_token) as api:
+            body = await api.ok("GET", f"/api/v1/agents/{agent.agent_id}/catalog")
+        return bool(body["policy"]["allow_exec"])
+
+    await wait_until(announced, what="new hello at HQ")
 
     agent.dir.policy_file.write_text("allow_exec = false\nallow_exe = true\n")
     with capture_logs() as logs:

@@ -69,7 +69,7 @@ async def start_agent(hq: HQHandle, agent_factory: Any, **policy: Any) -> AgentH
 
     def hello_in() -> bool:
         link = registry.get(agent.agent_id)
-        return link is not None and "hello" in link.info
+        return link is not None and "hello_at" in link.info
 
     await wait_until(hello_in, what="the agent's hello at HQ")
     return agent

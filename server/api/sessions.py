@@ -9,6 +9,7 @@ TOTP code verified within the last few minutes (step-up).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from datetime import datetime
@@ -795,16 +796,24 @@ async def upload(request: web.Request) -> web.Response:
             remote = await sftp.open(q.path, "wb")
         except (asyncssh.Error, OSError) as exc:
             raise _sftp_error(exc) from exc
-        async with remote:
-            async for chunk in request.content.iter_chunked(256 * 1024):
-                size += len(chunk)
-                if size > MAX_FILE_BYTES:
-                    raise Invalid("file too large", fields={"body": f"over {MAX_FILE_BYTES} bytes"})
-                sha.update(chunk)
-                try:
-                    await remote.write(chunk)
-                except (asyncssh.Error, OSError) as exc:
-                    raise _sftp_error(exc) from exc
+        try:
+            async with remote:
+                async for chunk in request.content.iter_chunked(256 * 1024):
+                    size += len(chunk)
+                    if size > MAX_FILE_BYTES:
+                        raise Invalid(
+                            "file too large", fields={"body": f"over {MAX_FILE_BYTES} bytes"}
+                        )
+                    sha.update(chunk)
+                    try:
+                        await remote.write(chunk)
+                    except (asyncssh.Error, OSError) as exc:
+                        raise _sftp_error(exc) from exc
+        except BaseException:
+            # never leave half a file behind on the machine
+            with contextlib.suppress(asyncssh.Error, OSError):
+                await sftp.remove(q.path)
+            raise
     finally:
         sftp.exit()
     await _audit_file(svc, who, rs, "files.put", q.path, size, sha.hexdigest())

@@ -104,6 +104,8 @@ class Gateway:
         self.on_hello: list[Callable[[str], Awaitable[None]]] = []
         self.on_consent: Callable[[str, Any], Awaitable[None]] | None = None
         self._pending = 0
+        # Newly authenticated agents checked in at once: bounds database work in a storm.
+        self._admitting = asyncio.Semaphore(32)
         self._peers: weakref.WeakKeyDictionary[asyncssh.SSHClientConnection, str] = (
             weakref.WeakKeyDictionary()
         )
@@ -194,25 +196,17 @@ class Gateway:
         task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, conn: asyncssh.SSHClientConnection) -> None:
-        key = conn.get_server_host_key()
-        fp = key.get_fingerprint("sha256") if key is not None else ""
-        peer = self._peers.get(conn, "?")
-        async with self.sessions() as session:
-            agent = await fleet.agent_by_fingerprint(session, fp)
-        if agent is None or agent.revoked_at is not None:
-            self.metrics.agent_refusals.labels("revoked").inc()
-            log.warning(
-                "agent_key_refused", peer=peer, key_fingerprint=fp, reason="revoked or unknown"
-            )
+        try:
+            async with self._admitting:
+                link = await self._admit(conn)
+        except Exception:
+            # e.g. the database pool is exhausted during a reconnect storm: drop the
+            # connection so the agent tries again, rather than hold it without telemetry.
+            log.exception("agent_admission_failed", peer=self._peers.get(conn, "?"))
             conn.close()
             return
-        link = AgentLink(agent.id, conn, peer)
-        structlog.contextvars.bind_contextvars(agent_id=agent.id)
-        self.registry.attach(link)
-        self.metrics.agents_connected.set(len(self.registry))
-        async with self.sessions.begin() as session:
-            await fleet.set_online(session, agent.id, self.node_id)
-        log.info("agent_connected", peer=peer)
+        if link is None:
+            return
         try:
             for hook in self.on_connect:
                 await hook(link)
@@ -227,10 +221,36 @@ class Gateway:
             conn.close()
             await conn.wait_closed()
             if self.registry.detach(link):
-                async with self.sessions.begin() as session:
-                    await fleet.set_offline(session, agent.id, self.node_id)
-                log.info("agent_disconnected", peer=peer)
+                try:
+                    async with self.sessions.begin() as session:
+                        await fleet.set_offline(session, link.agent_id, self.node_id)
+                except Exception:
+                    log.exception("agent_offline_not_recorded", agent_id=link.agent_id)
+                log.info("agent_disconnected", peer=link.peer)
             self.metrics.agents_connected.set(len(self.registry))
+
+    async def _admit(self, conn: asyncssh.SSHClientConnection) -> AgentLink | None:
+        """Check the agent in the database and mark it online; None if refused."""
+        key = conn.get_server_host_key()
+        fp = key.get_fingerprint("sha256") if key is not None else ""
+        peer = self._peers.get(conn, "?")
+        async with self.sessions() as session:
+            agent = await fleet.agent_by_fingerprint(session, fp)
+        if agent is None or agent.revoked_at is not None:
+            self.metrics.agent_refusals.labels("revoked").inc()
+            log.warning(
+                "agent_key_refused", peer=peer, key_fingerprint=fp, reason="revoked or unknown"
+            )
+            conn.close()
+            return None
+        link = AgentLink(agent.id, conn, peer)
+        structlog.contextvars.bind_contextvars(agent_id=agent.id)
+        self.registry.attach(link)
+        self.metrics.agents_connected.set(len(self.registry))
+        async with self.sessions.begin() as session:
+            await fleet.set_online(session, agent.id, self.node_id)
+        log.info("agent_connected", peer=peer)
+        return link
 
     async def stop(self) -> None:
         if self._acceptor is not None:

@@ -4,6 +4,7 @@ the agent's connection; HQ carries on."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import structlog
@@ -29,7 +30,7 @@ async def run_telemetry(link: AgentLink, gw: Gateway) -> None:
         link.send(p.Ack(kind="health", seqs=seqs))
 
     decoder = p.FrameDecoder()
-    hello: p.Hello | None = None
+    hello_seen = False
     while True:
         data = await reader.read(65536)
         if not data:
@@ -42,15 +43,15 @@ async def run_telemetry(link: AgentLink, gw: Gateway) -> None:
                         raise p.FrameError(
                             f"hello names agent {frame.agent_id}, but the key is {link.agent_id}'s"
                         )
-                    hello = frame
-                    link.info["hello"] = frame
+                    hello_seen = True
+                    link.info["hello_at"] = time.time()  # not the frame: it is big
                     async with gw.sessions.begin() as session:
                         await fleet.record_hello(session, link.agent_id, frame)
                     log.info("agent_hello", version=frame.version, dropped=frame.spool_dropped)
                     await gw.push_tickets({link.agent_id})
                     for hook in gw.on_hello:
                         await hook(link.agent_id)
-                elif hello is None:
+                elif not hello_seen:
                     raise p.FrameError(f"{frame.type} frame before hello")
                 elif isinstance(frame, p.Health):
                     await gw.ingestor.submit(link.agent_id, frame, ack)
