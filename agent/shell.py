@@ -46,6 +46,9 @@ from shared import protocol as p
 
 log = structlog.get_logger(__name__)
 
+# How long a shell request waits for HQ's word that its session is active.
+ACTIVATION_WAIT = 3.0
+
 CHUNK = 64 * 1024
 GRACE = 1.0  # seconds between hanging up the terminal and SIGKILL
 LINGER = 0.5  # seconds to read what is left once the shell has exited
@@ -385,6 +388,12 @@ class ShellService:
         self._idle = asyncio.Event()
         self._idle.set()
 
+    def _may_still_arrive(self, session_id: str) -> bool:
+        known = self._book.get(session_id)
+        return bool(session_id) and (
+            known is None or known.info.state in ("requested", "awaiting_consent")
+        )
+
     async def serve(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         env = {str(k): str(v) for k, v in process.env.items()}
         session_id = env.get(p.SESSION_ENV, "")
@@ -396,6 +405,13 @@ class ShellService:
             refuse(process, "this machine's policy does not allow shells (allow_shell = false)")
             return
         why = self._book.refusal(session_id, "shell", env)
+        if why is not None and self._may_still_arrive(session_id):
+            # HQ sends "active" on the telemetry channel just before it opens the
+            # shell channel; give that word a moment to be read here.
+            await self._book.wait(
+                lambda: self._book.refusal(session_id, "shell", env) is None, ACTIVATION_WAIT
+            )
+            why = self._book.refusal(session_id, "shell", env)
         if why is not None:
             refuse(process, why)
             return

@@ -36,7 +36,7 @@ async def linked(hq: HQHandle, agent_factory: Any, **policy: Any) -> tuple[Agent
 
     def ready() -> Any:
         link = registry.get(agent.agent_id)
-        return link if link is not None and "hello" in link.info else None
+        return link if link is not None and "hello_at" in link.info else None
 
     return agent, await wait_until(ready, what="the agent's hello")
 
