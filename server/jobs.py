@@ -15,13 +15,14 @@ from typing import Any
 
 import structlog
 from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.audit import Actor
 from server.context import Services
 from server.gateway.registry import AgentLink
 from server.itsm.runs import TicketView
 from server.runs import Prepared, execute
-from server.store.models import Job, JobItem, utcnow
+from server.store.models import Job, JobItem, RunRecord, utcnow
 
 log = structlog.get_logger(__name__)
 
@@ -97,15 +98,13 @@ class Jobs:
 
     async def _run_item(self, item_id: int) -> None:
         async with self._sem:
-            if self.svc.gateway.registry.get(await self._agent_of(item_id)) is None:
-                return  # stays queued until the agent connects here
             now = utcnow()
             expired = finished = False
             prep: Prepared | None = None
             async with self.svc.sessions.begin() as session:
                 item = await session.get(JobItem, item_id)
-                if item is None:
-                    return
+                if item is None or self.svc.gateway.registry.get(item.agent_id) is None:
+                    return  # stays queued until the agent connects here
                 job = await session.get(Job, item.job_id)
                 assert job is not None
                 if job.expires_at <= now:
@@ -144,25 +143,25 @@ class Jobs:
                     self._publish(job.id, {"done": True})
                 return
             self._publish(job.id, {"agent_id": item.agent_id, "status": "running"})
-            record = await execute(self.svc, prep)
-            status = record.status if record.status != "offline" else "interrupted"
-            async with self.svc.sessions.begin() as session:
+            status = "interrupted"
+
+            async def item_done(session: AsyncSession, record: RunRecord) -> None:
+                # in the transaction that stores the result: never one without the other
+                nonlocal status, finished
+                status = record.status if record.status != "offline" else "interrupted"
                 await session.execute(
                     update(JobItem)
                     .where(JobItem.id == item_id)
                     .values(status=status, result_id=record.id, updated_at=utcnow())
                 )
                 finished = await self._maybe_finish(session, job.id)
+
+            record = await execute(self.svc, prep, also=item_done)
             self._publish(
                 job.id, {"agent_id": item.agent_id, "status": status, "result_id": record.id}
             )
             if finished:
                 self._publish(job.id, {"done": True})
-
-    async def _agent_of(self, item_id: int) -> str:
-        async with self.svc.sessions() as session:
-            item = await session.get(JobItem, item_id)
-            return item.agent_id if item is not None else ""
 
     async def _ticket(self, session: Any, ticket_id: str | None) -> TicketView | None:
         if ticket_id is None:

@@ -40,6 +40,7 @@ DEFAULT_TIMEOUT = 60.0
 MAX_TIMEOUT = 3600.0
 
 OutputSink = Callable[[p.RunOutput], Awaitable[None]]
+StoreHook = Callable[[AsyncSession, RunRecord], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,12 @@ class Prepared:
 
 
 def schema_for(agent: Agent, name: str) -> dict[str, Any] | None:
-    for entry in agent.catalog or []:
+    return schema_in(agent.catalog, name)
+
+
+def schema_in(catalog: list[dict[str, Any]] | None, name: str) -> dict[str, Any] | None:
+    """The parameter schema a catalog advertises for `name`."""
+    for entry in catalog or []:
         if entry.get("name") == name:
             schema = entry.get("params_schema")
             return schema if isinstance(schema, dict) else None
@@ -181,9 +187,16 @@ class _Collected:
         self.sizes[frame.stream] = size + len(data)
 
 
-async def execute(svc: Services, prep: Prepared, sink: OutputSink | None = None) -> RunRecord:
+async def execute(
+    svc: Services,
+    prep: Prepared,
+    sink: OutputSink | None = None,
+    *,
+    also: StoreHook | None = None,
+) -> RunRecord:
     """Run on the agent now; store and return the result (status `offline` if
-    the agent has no live link here)."""
+    the agent has no live link here). `also` runs in the transaction that
+    stores the result (a job records its item there)."""
     run_id = new_id("rn")
     request = p.RunRequest(
         id=run_id,
@@ -235,6 +248,8 @@ async def execute(svc: Services, prep: Prepared, sink: OutputSink | None = None)
         record.finished_at = result.finished_at
     async with svc.sessions.begin() as session:
         await store(session, record, prep)
+        if also is not None:
+            await also(session, record)
     log.info(
         "run_done",
         agent_id=prep.agent_id,

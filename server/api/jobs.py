@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,8 +19,8 @@ from server.api.routing import ApiRouter, body, json_response, query
 from server.audit import Event
 from server.context import services
 from server.itsm.runs import TIER_PERMISSION, ticket_requirement, tier_of
-from server.store import auditlog, fleet, people
-from server.store.models import Agent, Job, JobItem, RunRecord, utcnow
+from server.store import auditlog, people
+from server.store.models import Agent, Job, JobItem, RunRecord, Site, utcnow
 from shared.errors import Forbidden, Invalid, NotFound
 
 routes = ApiRouter("jobs")
@@ -85,30 +86,57 @@ class JobList(BaseModel):
     next: str | None = None
 
 
-async def _targets(session: Any, who: Principal, target: Target) -> list[Agent]:
+@dataclass(frozen=True)
+class _Targeted:
+    id: str
+    site_id: str
+
+
+async def _targets(session: Any, who: Principal, target: Target) -> list[_Targeted]:
+    """The agents a job goes to: ids and sites only (not their catalogs, facts
+    and health, which a job over a whole fleet would otherwise load for each)."""
     scope = who.sites("agents:read")
-    site_id = None
+    stmt = (
+        select(Agent.id, Agent.site_id, Agent.tags)
+        .join(Site, Site.id == Agent.site_id)
+        .where(Agent.revoked_at.is_(None))
+    )
+    if scope is not None:
+        stmt = stmt.where(Agent.site_id.in_(scope))
     if target.site:
         site = await people.site_by_name(session, target.site)
         if site is None or (scope is not None and site.id not in scope):
             raise NotFound("site not found", fields={"target.site": "no such site"})
-        site_id = site.id
-    rows = await fleet.list_agents(session, scope, site_id=site_id)
-    agents = [a for a, _ in rows if a.revoked_at is None]
+        stmt = stmt.where(Agent.site_id == site.id)
+    rows = (await session.execute(stmt.order_by(Site.name, Agent.hostname))).all()
     if target.agent_ids is not None:
         wanted = set(target.agent_ids)
-        agents = [a for a in agents if a.id in wanted]
-        missing = wanted - {a.id for a in agents}
+        rows = [r for r in rows if r.id in wanted]
+        missing = wanted - {r.id for r in rows}
         if missing:
             raise NotFound(
                 "agent not found", fields={"target.agent_ids": ", ".join(sorted(missing)[:10])}
             )
     if target.tags:
         need = set(target.tags)
-        agents = [a for a in agents if need <= set(a.tags or [])]
-    if not agents:
+        rows = [r for r in rows if need <= set(r.tags or [])]
+    if not rows:
         raise Invalid("no agents match the target", fields={"target": "matches no agent"})
-    return agents
+    return [_Targeted(r.id, r.site_id) for r in rows]
+
+
+async def _advertised(session: Any, agents: list[_Targeted], name: str) -> list[Any] | None:
+    """The catalog of the first targeted agent that offers `name`, read a few
+    agents at a time (usually the first one does)."""
+    for start in range(0, len(agents), 100):
+        ids = [a.id for a in agents[start : start + 100]]
+        rows = await session.execute(select(Agent.id, Agent.catalog).where(Agent.id.in_(ids)))
+        catalogs = {row.id: row.catalog for row in rows}
+        for agent_id in ids:
+            catalog = catalogs.get(agent_id)
+            if tier_of(name, catalog):
+                return catalog or []
+    return None
 
 
 @routes.route(
@@ -127,13 +155,13 @@ async def create_job(request: web.Request) -> web.Response:
     req = body(request, JobRequest)
     async with svc.sessions.begin() as session:
         agents = await _targets(session, who, req.target)
-        advertised = next((a for a in agents if tier_of(req.name, a.catalog)), None)
+        advertised = await _advertised(session, agents, req.name)
         if advertised is None:
             raise Invalid(
                 f"no targeted agent offers {req.name!r}",
                 fields={"name": "not in the targeted agents' catalogs"},
             )
-        tier = tier_of(req.name, advertised.catalog)
+        tier = tier_of(req.name, advertised)
         assert tier is not None
         permission = TIER_PERMISSION[tier]
         denied = [a.id for a in agents if not who.allowed(permission, a.site_id)]
@@ -142,7 +170,7 @@ async def create_job(request: web.Request) -> web.Response:
                 f"this {tier} needs {permission} on every targeted site",
                 fields={"target": f"{len(denied)} agent(s) beyond your rights"},
             )
-        runs.validate_params(runs.schema_for(advertised, req.name), req.params)
+        runs.validate_params(runs.schema_in(advertised, req.name), req.params)
         ticket = await runs.resolve_ticket(session, who, req.ticket_id)
         for agent in agents:
             reason = ticket_requirement(tier, ticket, agent.site_id)
