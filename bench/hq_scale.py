@@ -22,9 +22,11 @@ What it does:
    `shared.protocol` (one real HealthReport sampled on this machine, with
    its own seq and sampled_at) every interval, spread evenly over the
    interval across the fleet, re-sends unacked frames after a reconnect and
-   applies HQ's acks. Connections are ramped: at most
-   `--connect-concurrency` handshakes in flight per worker, with backoff
-   and jitter on failure, like real agents.
+   applies HQ's acks. It also serves the `fieldlink-run` subsystem as the
+   agent does (one RunRequest in; RunOutput, then one RunResult out; see
+   `SimAgent._serve_run`), which `job_fanout.py` uses. Connections are
+   ramped: at most `--connect-concurrency` handshakes in flight per worker,
+   with backoff and jitter on failure, like real agents.
 4. Once all N are connected: `--warmup` seconds, then a `--duration`
    window in which it measures the HQ process with psutil (CPU percent of
    one core = CPU seconds / wall seconds; RSS sampled every second) and
@@ -73,7 +75,10 @@ from benchlib import (
     raise_nofile,
     write_json,
 )
+from pydantic import ValidationError
 
+from agent import catalog
+from agent.policy import Policy, check_run
 from shared import protocol as p
 from shared.version import PROTOCOL_VERSION, __version__
 
@@ -119,6 +124,7 @@ class Worker:
         self.report = p.HealthReport.model_validate_json(spec["report"])
         self.hello = p.Hello.model_validate_json(spec["hello"])
         self.gate = asyncio.Semaphore(spec["connect_concurrency"])
+        self.policy = Policy()  # what `fieldlink-agent enroll` writes
         self.stopping = False
         self.t0 = 0.0
         self.agents = [
@@ -137,6 +143,8 @@ class Worker:
         self.other_frames = 0
         # (sampled_at, seconds to ack) for every acked frame
         self.lags: list[tuple[float, float]] = []
+        # (agent_id, request read, result written, status) for every run served
+        self.runs: list[tuple[str, float, float, str]] = []
 
     def first_telemetry(self) -> None:
         self.unconnected -= 1
@@ -203,6 +211,9 @@ class SimAgent:
     # --- the telemetry subsystem, as agent.link.Telemetry ---------------------------------
 
     async def _process(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        if process.subsystem == p.RUN_SUBSYSTEM:
+            await self._serve_run(process)
+            return
         if process.subsystem != p.TELEMETRY_SUBSYSTEM:
             process.stderr.write(b"fieldlink-agent: not offered\n")
             process.exit(127)
@@ -240,6 +251,73 @@ class SimAgent:
             if self.channel is process:
                 self.channel = None
             process.exit(0)
+
+    # --- the fieldlink-run subsystem, as agent.run.RunService ------------------------------
+
+    async def _serve_run(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        """One run per channel, on the wire as the real agent: read one
+        RunRequest line, check the entry and its parameters with the agent's
+        own catalog models and the default policy, answer one RunOutput line
+        and one RunResult, close. The entry itself is not run: the answer is
+        what `net.tcp_check` says about a port that accepts."""
+        started = datetime.now(UTC)
+        decoder = p.FrameDecoder(limit=256 * 1024)
+        request: p.RunRequest | None = None
+        try:
+            async with asyncio.timeout(10):
+                while request is None:
+                    data = await process.stdin.read(65536)
+                    if not data:
+                        break
+                    lines = decoder.feed(data)
+                    if lines:
+                        request = p.decode_run_request(lines[0])
+        except (TimeoutError, asyncssh.Error, OSError, p.FrameError):
+            request = None
+        if request is None:
+            process.exit(0)
+            return
+        received = time.time()
+        result = self._answer(request, started)
+        try:
+            if result.status == "ok":
+                data = result.data or {}
+                line = f"{data.get('host')}:{data.get('port')}: connected in 0.1 ms\n"
+                process.stdout.write(p.encode(p.RunOutput(stream="stdout", data=line)))
+            process.stdout.write(p.encode(result))
+            await process.stdout.drain()
+        except (asyncssh.Error, OSError, BrokenPipeError):
+            pass
+        self.w.runs.append((self.agent_id, received, time.time(), result.status))
+        process.exit(0)
+
+    def _answer(self, request: p.RunRequest, started: datetime) -> p.RunResult:
+        def result(status: p.RunStatus, **kw: Any) -> p.RunResult:
+            finished = datetime.now(UTC)
+            return p.RunResult(status=status, started_at=started, finished_at=finished, **kw)
+
+        entry = catalog.get(request.name)
+        if entry is None:
+            return result("refused", reason=f"no catalog entry named {request.name!r}")
+        try:
+            params = entry.params.model_validate(request.params)
+        except ValidationError as exc:
+            return result("refused", reason=f"invalid parameters: {exc.errors()[0]['msg']}")
+        denied = check_run(self.w.policy, entry.tier, shell=entry.wants_shell(params))
+        if denied is not None:
+            return result("refused", reason=denied)
+        fields = params.model_dump()
+        return result(
+            "ok",
+            data={
+                "host": fields.get("host"),
+                "port": fields.get("port"),
+                "address": fields.get("host"),
+                "connected": True,
+                "seconds": 0.0001,
+                "error": None,
+            },
+        )
 
     async def _sample_loop(self) -> None:
         """A report every interval at this agent's own phase, like the real
@@ -295,7 +373,13 @@ async def worker_main(spec: dict[str, Any]) -> None:
         _emit("all_connected", t=time.time(), failures=worker.connect_failures)
 
     reporter = asyncio.create_task(report_connected())
-    await stdin.readline()  # "stop" (or EOF: the controller went away)
+    while True:  # "stop" (or EOF: the controller went away) ends the run
+        command = (await stdin.readline()).decode().strip()
+        if command == "runs":  # the runs served since the last ask
+            _emit("runs", runs=worker.runs)
+            worker.runs = []
+            continue
+        break
     worker.stopping = True
     reporter.cancel()
     await asyncio.gather(*(agent.stop() for agent in worker.agents))
@@ -312,6 +396,7 @@ async def worker_main(spec: dict[str, Any]) -> None:
         acked=worker.acked,
         unacked=sum(len(a.pending) for a in worker.agents),
         lags=worker.lags,
+        runs=worker.runs,
     )
 
 
