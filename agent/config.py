@@ -34,7 +34,8 @@ class AgentConfig(BaseModel):
     hq_public_key: str
     interval: float = Field(default=15.0, gt=0)
     backoff_cap: float = Field(default=60.0, gt=0)
-    keepalive_interval: float = Field(default=10.0, gt=0)
+    # Longer than the report interval, so acks keep the link alive on their own.
+    keepalive_interval: float = Field(default=20.0, gt=0)
     spool_max_frames: int = Field(default=20_000, ge=10)
     # The local socket for `fieldlink-agent help|tickets|rate` (agent.local):
     # its path (default DIR/agent.sock; relative paths are inside DIR) and the

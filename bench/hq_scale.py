@@ -88,7 +88,7 @@ KB = 1000
 LAG = "fieldlink_ingest_lag_seconds"
 
 # The agent's connection settings (agent/link.py and agent/config.py defaults).
-AGENT_KEEPALIVE = 10.0
+AGENT_KEEPALIVE = 20.0  # the agent's default (agent/config.py)
 
 
 # =====================================================================================

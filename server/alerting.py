@@ -71,7 +71,7 @@ class AlertEngine:
                 newest[item.agent_id] = item
         for agent_id, item in newest.items():
             site, tags = self._agents.get(agent_id, ("", ()))
-            report = item.frame.report.model_dump(mode="json", by_alias=True)
+            report = item.report_json
             try:
                 self._queue.put_nowait(_Report(agent_id, site, tags, report, utcnow()))
             except asyncio.QueueFull:

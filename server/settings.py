@@ -46,8 +46,10 @@ class Settings(BaseSettings):
         None, description="port agents dial for SSH; default the --ssh port"
     )
     report_interval: float = Field(15.0, gt=0, description="seconds between agent health reports")
+    # Longer than the report interval: a link that carries reports needs no
+    # keepalive traffic at all (the timer restarts on every packet received).
     keepalive_interval: float = Field(
-        10.0, gt=0, description="SSH keepalive interval; a dead link is noticed within 3 of them"
+        20.0, gt=0, description="SSH keepalive interval; a dead link is noticed within 3 of them"
     )
     health_retention_days: float = Field(7.0, gt=0, description="raw health kept this long")
     max_pending_handshakes: int = Field(

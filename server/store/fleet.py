@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -174,6 +175,11 @@ class Ingest:
     agent_id: str
     frame: p.Health
 
+    @functools.cached_property
+    def report_json(self) -> dict[str, Any]:
+        """The report as stored JSON, made once for the store and the alert engine."""
+        return self.frame.report.model_dump(mode="json", by_alias=True)
+
 
 def _insert(session: AsyncSession) -> Any:
     return sqlite_insert if _dialect(session) == "sqlite" else pg_insert
@@ -206,7 +212,7 @@ async def store_health(session: AsyncSession, items: Sequence[Ingest]) -> int:
     if not items:
         return 0
     now = utcnow()
-    reports = [it.frame.report.model_dump(mode="json", by_alias=True) for it in items]
+    reports = [it.report_json for it in items]
     rows = [
         {
             "agent_id": it.agent_id,
@@ -217,13 +223,16 @@ async def store_health(session: AsyncSession, items: Sequence[Ingest]) -> int:
         }
         for it, report in zip(items, reports, strict=True)
     ]
-    inserted = 0
-    insert = _insert(session)
-    for i in range(0, len(rows), 400):
-        stmt = insert(HealthRecord).values(rows[i : i + 400])
-        stmt = stmt.on_conflict_do_nothing(index_elements=["agent_id", "seq"])
-        res = await session.execute(stmt)
-        inserted += max(_rowcount(res), 0)
+    # One cached statement, many parameter sets: SQLAlchemy sends them as batched
+    # multi-row INSERTs without compiling SQL for every batch; RETURNING counts
+    # what was new (duplicates are skipped by ON CONFLICT DO NOTHING).
+    stmt = (
+        _insert(session)(HealthRecord)
+        .on_conflict_do_nothing(index_elements=["agent_id", "seq"])
+        .returning(HealthRecord.id)
+    )
+    res = await session.execute(stmt, rows)
+    inserted = len(res.all())
     newest: dict[str, int] = {}
     for i, it in enumerate(items):
         best = newest.get(it.agent_id)
