@@ -125,6 +125,7 @@ class HQ:
         self._spawn(self._refresh_keys_loop(), "key-refresh")
         self._spawn(self._prune_loop(), "prune")
         self._spawn(jobs.sweep_loop(), "job-sweep")
+        self._spawn(jobs.writer(), "job-results")
         await ensure_default_rules(svc)
         svc._alerts = alert_engine = AlertEngine(svc)
         ingestor.listeners.append(alert_engine.on_ingest)

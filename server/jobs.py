@@ -3,25 +3,25 @@
 Items for connected agents run at once with bounded concurrency; items for
 offline agents wait in the database (a durable queue) and run when their
 agent connects, until the job's TTL passes (then `expired`, never silently
-dropped). An item is claimed with a conditional update, so it runs once even
-when reconnects race. Items left `running` by an HQ that died are marked
-`interrupted` at start-up, never `ok`.
+dropped). Items are claimed with a conditional update, so each runs once even
+when reconnects race; results are stored in batches by one writer. Items
+left `running` by an HQ that died are marked `interrupted` at start-up,
+never `ok`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table, bindparam, func, select, update
 
 from server.audit import Actor
 from server.context import Services
 from server.gateway.registry import AgentLink
 from server.itsm.runs import TicketView
-from server.runs import Prepared, execute
+from server.runs import Prepared, perform, store_many
 from server.store.models import Job, JobItem, RunRecord, utcnow
 
 log = structlog.get_logger(__name__)
@@ -29,6 +29,9 @@ log = structlog.get_logger(__name__)
 FINAL = frozenset({"ok", "failed", "timeout", "refused", "interrupted", "expired", "offline"})
 MAX_CONCURRENT = 64
 SWEEP_SECONDS = 5.0
+WRITE_BATCH = 200
+WRITE_LINGER = 0.02
+STOP_FLUSH_SECONDS = 10.0
 
 
 class Subscription:
@@ -60,6 +63,7 @@ class Jobs:
         self._sem = asyncio.Semaphore(MAX_CONCURRENT)
         self._subs: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._done: asyncio.Queue[tuple[int, Prepared, RunRecord]] = asyncio.Queue()
 
     # --- events ------------------------------------------------------------------
 
@@ -73,21 +77,24 @@ class Jobs:
         return Subscription(self._subs, job_id)
 
     # --- running -------------------------------------------------------------------
+    #
+    # Items are claimed in one statement per dispatch, run with bounded
+    # concurrency, and their results stored by one writer in batches (results,
+    # audit entries, item statuses and the job's end in the same transaction).
 
-    def _spawn(self, item_id: int) -> None:
-        task = asyncio.create_task(self._run_item(item_id))
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def start(self, item_ids: list[int]) -> None:
-        for item_id in item_ids:
-            self._spawn(item_id)
+        if item_ids:
+            self._spawn(self._dispatch(item_ids))
 
     async def on_agent_connected(self, link: AgentLink) -> None:
         async with self.svc.sessions() as session:
             rows = await session.scalars(
                 select(JobItem.id)
-                .join(Job, Job.id == JobItem.job_id)
                 .where(JobItem.agent_id == link.agent_id, JobItem.status == "queued")
                 .order_by(JobItem.id)
             )
@@ -96,72 +103,134 @@ class Jobs:
             log.info("queued_items_dispatched", agent_id=link.agent_id, count=len(ids))
         self.start(ids)
 
-    async def _run_item(self, item_id: int) -> None:
-        async with self._sem:
-            now = utcnow()
-            expired = finished = False
-            prep: Prepared | None = None
-            async with self.svc.sessions.begin() as session:
-                item = await session.get(JobItem, item_id)
-                if item is None or self.svc.gateway.registry.get(item.agent_id) is None:
-                    return  # stays queued until the agent connects here
-                job = await session.get(Job, item.job_id)
-                assert job is not None
-                if job.expires_at <= now:
-                    claimed = await session.execute(
-                        update(JobItem)
-                        .where(JobItem.id == item_id, JobItem.status == "queued")
-                        .values(status="expired", updated_at=now)
-                    )
-                    expired = bool(getattr(claimed, "rowcount", 0))
-                    finished = expired and await self._maybe_finish(session, job.id)
-                else:
-                    claimed = await session.execute(
-                        update(JobItem)
-                        .where(JobItem.id == item_id, JobItem.status == "queued")
-                        .values(status="running", updated_at=now)
-                    )
-                    if not getattr(claimed, "rowcount", 0):
-                        return  # someone else has it
-                    prep = Prepared(
-                        agent_id=item.agent_id,
-                        site_id=item.site_id,
+    async def _dispatch(self, item_ids: list[int]) -> None:
+        """Claim what can run now (agents connected here), expire what is past
+        its job's TTL, leave the rest queued."""
+        now = utcnow()
+        registry = self.svc.gateway.registry
+        preps: dict[int, Prepared] = {}
+        expired: list[tuple[str, str]] = []
+        finished: list[str] = []
+        async with self.svc.sessions.begin() as session:
+            rows = (
+                await session.execute(
+                    select(JobItem.id, JobItem.agent_id, JobItem.site_id, Job)
+                    .join(Job, Job.id == JobItem.job_id)
+                    .where(JobItem.id.in_(item_ids), JobItem.status == "queued")
+                )
+            ).all()
+            late = [r for r in rows if r[3].expires_at <= now]
+            ready = [r for r in rows if r[3].expires_at > now and registry.get(r[1])]
+            if late:
+                res = await session.execute(
+                    update(JobItem)
+                    .where(JobItem.id.in_([r[0] for r in late]), JobItem.status == "queued")
+                    .values(status="expired", updated_at=now)
+                    .returning(JobItem.id)
+                )
+                gone = set(res.scalars())
+                expired = [(r[3].id, r[1]) for r in late if r[0] in gone]
+                for job_id in {job for job, _ in expired}:
+                    if await self._maybe_finish(session, job_id):
+                        finished.append(job_id)
+            if ready:
+                res = await session.execute(
+                    update(JobItem)
+                    .where(JobItem.id.in_([r[0] for r in ready]), JobItem.status == "queued")
+                    .values(status="running", updated_at=now)
+                    .returning(JobItem.id)
+                )
+                claimed = set(res.scalars())  # the rest was taken by a racing dispatch
+                tickets: dict[str | None, TicketView | None] = {}
+                for item_id, agent_id, site_id, job in ready:
+                    if item_id not in claimed:
+                        continue
+                    if job.ticket_id not in tickets:
+                        tickets[job.ticket_id] = await self._ticket(session, job.ticket_id)
+                    preps[item_id] = Prepared(
+                        agent_id=agent_id,
+                        site_id=site_id,
                         name=job.name,
                         tier=job.tier,
                         params=job.params,
-                        ticket=await self._ticket(session, job.ticket_id),
+                        ticket=tickets[job.ticket_id],
                         timeout=job.timeout,
                         actor=Actor("user", job.created_by, job.created_by_name, "job"),
                         user_id=job.created_by,
                         job_id=job.id,
                     )
-            # events go out once committed, so a listener that reads the job sees them
-            if prep is None:
-                if expired:
-                    self._publish(job.id, {"agent_id": item.agent_id, "status": "expired"})
-                if finished:
-                    self._publish(job.id, {"done": True})
+        # events go out once committed, so a listener that reads the job sees them
+        for job_id, agent_id in expired:
+            self._publish(job_id, {"agent_id": agent_id, "status": "expired"})
+        for job_id in finished:
+            self._publish(job_id, {"done": True})
+        for item_id, prep in preps.items():
+            assert prep.job_id is not None
+            self._publish(prep.job_id, {"agent_id": prep.agent_id, "status": "running"})
+            self._spawn(self._run(item_id, prep))
+
+    async def _run(self, item_id: int, prep: Prepared) -> None:
+        async with self._sem:
+            record = await perform(self.svc, prep)
+        await self._done.put((item_id, prep, record))
+
+    async def writer(self) -> None:
+        """Stores finished items in batches; runs for HQ's lifetime."""
+        while True:
+            batch = [await self._done.get()]
+            await asyncio.sleep(WRITE_LINGER)  # let a wave of results share a transaction
+            while not self._done.empty() and len(batch) < WRITE_BATCH:
+                batch.append(self._done.get_nowait())
+            try:
+                await self._write(batch)
+            finally:
+                for _ in batch:
+                    self._done.task_done()
+
+    async def _write(self, batch: list[tuple[int, Prepared, RunRecord]]) -> None:
+        try:
+            await self._store(batch)
+        except Exception:
+            if len(batch) == 1:
+                log.exception("job_result_not_stored", item_id=batch[0][0])
                 return
-            self._publish(job.id, {"agent_id": item.agent_id, "status": "running"})
-            status = "interrupted"
+            # one bad result must not cost the others theirs: store them one by one
+            log.exception("job_results_batch_failed", items=len(batch))
+            for one in batch:
+                await self._write([one])
 
-            async def item_done(session: AsyncSession, record: RunRecord) -> None:
-                # in the transaction that stores the result: never one without the other
-                nonlocal status, finished
-                status = record.status if record.status != "offline" else "interrupted"
-                await session.execute(
-                    update(JobItem)
-                    .where(JobItem.id == item_id)
-                    .values(status=status, result_id=record.id, updated_at=utcnow())
-                )
-                finished = await self._maybe_finish(session, job.id)
-
-            record = await execute(self.svc, prep, also=item_done)
-            self._publish(
-                job.id, {"agent_id": item.agent_id, "status": status, "result_id": record.id}
+    async def _store(self, batch: list[tuple[int, Prepared, RunRecord]]) -> None:
+        now = utcnow()
+        statuses = {
+            item_id: record.status if record.status != "offline" else "interrupted"
+            for item_id, _, record in batch
+        }
+        finished: list[str] = []
+        async with self.svc.sessions.begin() as session:
+            await store_many(session, [(record, prep) for _, prep, record in batch])
+            items = cast(Table, JobItem.__table__)  # Core: an executemany, one statement
+            await session.execute(
+                update(items)
+                .where(items.c.id == bindparam("b_id"))
+                .values(
+                    status=bindparam("b_status"), result_id=bindparam("b_result"), updated_at=now
+                ),
+                [
+                    {"b_id": item_id, "b_status": statuses[item_id], "b_result": record.id}
+                    for item_id, _, record in batch
+                ],
             )
-            if finished:
-                self._publish(job.id, {"done": True})
+            for job_id in {prep.job_id for _, prep, _ in batch if prep.job_id}:
+                if await self._maybe_finish(session, job_id):
+                    finished.append(job_id)
+        for item_id, prep, record in batch:
+            assert prep.job_id is not None
+            self._publish(
+                prep.job_id,
+                {"agent_id": prep.agent_id, "status": statuses[item_id], "result_id": record.id},
+            )
+        for job_id in finished:
+            self._publish(job_id, {"done": True})
 
     async def _ticket(self, session: Any, ticket_id: str | None) -> TicketView | None:
         if ticket_id is None:
@@ -235,6 +304,12 @@ class Jobs:
                 log.warning("job_sweep_failed", error=str(exc))
 
     async def stop(self) -> None:
+        """Items still running stay `running` (marked `interrupted` at the next
+        start); results already in are stored before HQ goes."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self._done.join(), STOP_FLUSH_SECONDS)
+        except TimeoutError:
+            log.warning("job_results_not_flushed", pending=self._done.qsize())

@@ -196,7 +196,17 @@ async def execute(
 ) -> RunRecord:
     """Run on the agent now; store and return the result (status `offline` if
     the agent has no live link here). `also` runs in the transaction that
-    stores the result (a job records its item there)."""
+    stores the result."""
+    record = await perform(svc, prep, sink)
+    async with svc.sessions.begin() as session:
+        await store(session, record, prep)
+        if also is not None:
+            await also(session, record)
+    return record
+
+
+async def perform(svc: Services, prep: Prepared, sink: OutputSink | None = None) -> RunRecord:
+    """Run on the agent now and return the (not yet stored) result."""
     run_id = new_id("rn")
     request = p.RunRequest(
         id=run_id,
@@ -246,10 +256,6 @@ async def execute(
         record.reason = result.reason
         record.started_at = result.started_at
         record.finished_at = result.finished_at
-    async with svc.sessions.begin() as session:
-        await store(session, record, prep)
-        if also is not None:
-            await also(session, record)
     log.info(
         "run_done",
         agent_id=prep.agent_id,
@@ -261,47 +267,54 @@ async def execute(
     return record
 
 
-async def store(session: AsyncSession, record: RunRecord, prep: Prepared) -> None:
-    session.add(record)
+def audit_event(record: RunRecord, prep: Prepared) -> tuple[Actor, Event]:
     outcome = {"ok": "success", "refused": "denied", "offline": "failure"}.get(
         record.status, "failure"
     )
-    await auditlog.append(
-        session,
-        prep.actor,
-        Event(
-            f"run.{prep.tier}",
-            outcome=outcome,
-            target_type="agent",
-            target_id=prep.agent_id,
-            site_id=prep.site_id,
-            ticket_id=prep.ticket.id if prep.ticket else None,
-            details={
-                "name": prep.name,
-                "params": prep.params,
-                "status": record.status,
-                "exit_code": record.exit_code,
-                "run_id": record.id,
-                "job_id": prep.job_id,
-                "reason": record.reason,
-            },
-        ),
+    return prep.actor, Event(
+        f"run.{prep.tier}",
+        outcome=outcome,
+        target_type="agent",
+        target_id=prep.agent_id,
+        site_id=prep.site_id,
+        ticket_id=prep.ticket.id if prep.ticket else None,
+        details={
+            "name": prep.name,
+            "params": prep.params,
+            "status": record.status,
+            "exit_code": record.exit_code,
+            "run_id": record.id,
+            "job_id": prep.job_id,
+            "reason": record.reason,
+        },
     )
-    if prep.ticket is not None:
-        await tickets.add_event(
-            session,
-            prep.ticket.id,
-            prep.actor,
-            "run",
-            f"{prep.name} on {prep.agent_id}: {record.status}",
-            internal=True,
-            data={
-                "run_id": record.id,
-                "name": prep.name,
-                "agent_id": prep.agent_id,
-                "status": record.status,
-            },
-        )
+
+
+async def store(session: AsyncSession, record: RunRecord, prep: Prepared) -> None:
+    await store_many(session, [(record, prep)])
+
+
+async def store_many(session: AsyncSession, done: list[tuple[RunRecord, Prepared]]) -> None:
+    """Store results with their audit entries and ticket events (one audit
+    chain update for the whole batch)."""
+    session.add_all([record for record, _ in done])
+    await auditlog.append_many(session, [audit_event(record, prep) for record, prep in done])
+    for record, prep in done:
+        if prep.ticket is not None:
+            await tickets.add_event(
+                session,
+                prep.ticket.id,
+                prep.actor,
+                "run",
+                f"{prep.name} on {prep.agent_id}: {record.status}",
+                internal=True,
+                data={
+                    "run_id": record.id,
+                    "name": prep.name,
+                    "agent_id": prep.agent_id,
+                    "status": record.status,
+                },
+            )
 
 
 def result_json(record: RunRecord) -> dict[str, Any]:

@@ -6,7 +6,7 @@ together with the change it records, or not at all.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -18,43 +18,58 @@ from server.store.models import AuditEntry, AuditHead, utcnow
 
 
 async def append(session: AsyncSession, actor: Actor, event: Event) -> AuditEntry:
-    # Take the head row's lock first: it serialises concurrent appenders.
+    return (await append_many(session, [(actor, event)]))[0]
+
+
+async def append_many(
+    session: AsyncSession, entries: Sequence[tuple[Actor, Event]]
+) -> list[AuditEntry]:
+    """Append entries in order, chained, in the caller's transaction. Takes the
+    head row's lock first (one update for the whole batch): it serialises
+    concurrent appenders."""
+    if not entries:
+        return []
+    count = len(entries)
     res = await session.execute(
         update(AuditHead)
         .where(AuditHead.id == 1)
-        .values(seq=AuditHead.seq + 1)
+        .values(seq=AuditHead.seq + count)
         .returning(AuditHead.seq, AuditHead.hash)
     )
     row = res.one_or_none()
     if row is None:
-        session.add(AuditHead(id=1, seq=1, hash=GENESIS))
+        session.add(AuditHead(id=1, seq=count, hash=GENESIS))
         await session.flush()
-        seq, prev = 1, GENESIS
+        last, prev = count, GENESIS
     else:
-        seq, prev = int(row[0]), str(row[1])
+        last, prev = int(row[0]), str(row[1])
     at = utcnow()
-    fields = entry_fields(seq, at, actor, event, prev)
-    digest = entry_hash(fields)
-    entry = AuditEntry(
-        seq=seq,
-        at=at,
-        actor_type=actor.type,
-        actor_id=actor.id,
-        actor_name=actor.name,
-        source=actor.source,
-        action=event.action,
-        target_type=event.target_type,
-        target_id=event.target_id,
-        site_id=event.site_id,
-        ticket_id=event.ticket_id,
-        outcome=event.outcome,
-        details=event.details,
-        prev_hash=prev,
-        hash=digest,
-    )
-    session.add(entry)
-    await session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=digest))
-    return entry
+    made: list[AuditEntry] = []
+    for seq, (actor, event) in enumerate(entries, start=last - count + 1):
+        digest = entry_hash(entry_fields(seq, at, actor, event, prev))
+        made.append(
+            AuditEntry(
+                seq=seq,
+                at=at,
+                actor_type=actor.type,
+                actor_id=actor.id,
+                actor_name=actor.name,
+                source=actor.source,
+                action=event.action,
+                target_type=event.target_type,
+                target_id=event.target_id,
+                site_id=event.site_id,
+                ticket_id=event.ticket_id,
+                outcome=event.outcome,
+                details=event.details,
+                prev_hash=prev,
+                hash=digest,
+            )
+        )
+        prev = digest
+    session.add_all(made)
+    await session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=prev))
+    return made
 
 
 def fields_of(entry: AuditEntry) -> dict[str, Any]:
