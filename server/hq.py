@@ -39,6 +39,7 @@ log = structlog.get_logger(__name__)
 # changes made by other HQ replicas.
 KEY_REFRESH_SECONDS = 60.0
 PRUNE_SECONDS = 3600.0
+DRAIN_SECONDS = 10.0  # at shutdown, for health already received to be stored
 
 
 class HQ:
@@ -214,15 +215,35 @@ class HQ:
             await self.svc.alerts.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.svc.gateway.ingestor.drain(DRAIN_SECONDS)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        async with self.svc.sessions.begin() as session:
-            await fleet.mark_node_offline(session, self.settings.node_id)
+        await self._mark_offline()
         await self.svc.engine.dispose()
         self.datadir.clear_serve_info()
         self._stopped.set()
         log.info("hq_stopped")
+
+    async def _mark_offline(self) -> None:
+        """The last write: none of this replica's agents is connected any more.
+
+        A task cancelled in the middle of a statement leaves its SQLite
+        connection closed only in name: the unfinished statement keeps the
+        write lock until the garbage collector frees it, and nothing else runs
+        the collector while HQ waits here. So collect while the write waits.
+        """
+
+        async def mark() -> None:
+            async with self.svc.sessions.begin() as session:
+                await fleet.mark_node_offline(session, self.settings.node_id)
+
+        task = asyncio.create_task(mark())
+        while not task.done():
+            gc.collect()
+            await asyncio.wait({task}, timeout=0.2)
+        if task.exception() is not None:  # the next start does it anyway
+            log.warning("agents_not_marked_offline", error=str(task.exception()))
 
     async def run_until_signalled(self) -> None:
         await self.start()

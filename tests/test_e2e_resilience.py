@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import time
+from typing import Any
 
 import asyncssh
 from sqlalchemy import select
@@ -251,3 +252,52 @@ async def test_health_older_than_retention_is_pruned(sqlite_hq, agent_factory):
     before = await count()
     assert await sqlite_hq.hq.prune_once() == before
     assert await count() == 0
+
+
+async def test_stop_frees_the_database_from_a_write_cancelled_half_way(sqlite_hq, agent_factory):
+    """A background write cancelled in the middle of its statement at shutdown
+    (SQLite keeps such a connection's write lock until it is garbage collected):
+    HQ still marks its agents offline on the way out, and the file is free."""
+    from sqlalchemy import text
+
+    from server.store.models import Agent
+
+    handle = await agent_factory(sqlite_hq)
+    hq = sqlite_hq.hq
+
+    async def online() -> bool | None:
+        async with sqlite_hq.sessions() as session:
+            return await session.scalar(select(Agent.online).where(Agent.id == handle.agent_id))
+
+    await wait_until(online, what="the agent online")
+    await handle.stop()
+    await wait_until(lambda: _not(online), what="the agent offline")
+    async with sqlite_hq.sessions.begin() as session:  # as if the link were still up
+        await session.execute(text("UPDATE agents SET online = 1"))
+        await session.execute(text("CREATE TABLE scratch (v TEXT)"))
+    writing = asyncio.Event()
+
+    async def slow_write() -> None:  # the ingestor's kind of write, only bigger
+        async with hq.svc.sessions.begin() as session:
+            writing.set()
+            while True:  # a statement is running whenever HQ cancels this
+                await session.execute(
+                    text("INSERT INTO scratch (v) VALUES (:v)"), [{"v": "x" * 200}] * 20000
+                )
+
+    hq._spawn(slow_write(), "slow-write")
+    await writing.wait()
+    with capture_logs() as logs:
+        await sqlite_hq.stop()
+    assert not [e for e in logs if e["event"] == "agents_not_marked_offline"], logs
+    engine = make_engine(sqlite_hq.settings.db_url())
+    try:
+        async with sessionmaker(engine).begin() as session:
+            assert await session.scalar(select(Agent.online)) is False
+            await session.execute(text("UPDATE sites SET name = name"))
+    finally:
+        await engine.dispose()
+
+
+async def _not(probe: Any) -> bool:
+    return not await probe()

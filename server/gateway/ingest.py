@@ -64,7 +64,22 @@ class Ingestor:
                 await asyncio.sleep(self._linger)
             while len(items) < self._batch and not self._queue.empty():
                 items.append(self._queue.get_nowait())
-            await self._commit(items)
+            try:
+                await self._commit(items)
+            finally:
+                for _ in items:
+                    self._queue.task_done()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until every frame handed in is committed (at shutdown, before the
+        writer is cancelled: a transaction cancelled half-way can leave SQLite
+        locked). False if that took longer than `timeout`."""
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout)
+        except TimeoutError:
+            log.warning("ingest_not_drained", pending=self._queue.qsize())
+            return False
+        return True
 
     async def _commit(self, items: list[_Item]) -> None:
         batch = [fleet.Ingest(it.agent_id, it.frame) for it in items]
