@@ -159,7 +159,10 @@ async def add_user(
         user = await accounts.create_user(
             session, username=username, password=password, actor=actor
         )
-        await accounts.bind_role(session, user=user, role=role, site_name=site, actor=actor)
+        # like `enroll-token --site`, a site named here is created if new
+        await accounts.bind_role(
+            session, user=user, role=role, site_name=site, actor=actor, create_site=True
+        )
     return generated
 
 

@@ -123,6 +123,22 @@ async def test_hq_and_agent_command_lines(tmp_path: Path):
             check=False,
         )
         assert bad.returncode == 1 and "role" in bad.stderr
+        # a site named here for the first time is created, as by enroll-token
+        run(
+            "fieldlink",
+            "admin",
+            "--data-dir",
+            data,
+            "user",
+            "add",
+            "dee",
+            "--role",
+            "site_staff",
+            "--site",
+            "shop-new",
+            "--password-stdin",
+            stdin="a-long-password-2\n",
+        )
 
         revoked = run("fieldlink", "admin", "--data-dir", data, "agent", "revoke", agent_id)
         assert "revoked" in revoked.stderr

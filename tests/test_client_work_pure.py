@@ -148,6 +148,10 @@ def test_ticket_command_line_values():
     }
     with pytest.raises(UsageError, match="--reason"):
         tickets.transition_body("wait", None, None, None)
+    for spelled in ("on site", "On-Site", "on_site", "site", " on  site "):
+        assert tickets.wait_reason(spelled) == "on_site"
+    with pytest.raises(UsageError, match="--reason"):
+        tickets.wait_reason("on holiday")
     assert tickets.transition_body("resolve", None, "new cable", "fixed") == {
         "action": "resolve",
         "note": "new cable",

@@ -60,6 +60,12 @@ async def test_lifecycle_and_illegal_transitions(hq):
         status, err = await api.post(f"/api/v1/tickets/{n}/transition", {"action": "wait"})
         assert status == 409  # closed tickets do not wait, whatever the reason
         final = await api.ok("GET", f"/api/v1/tickets/{n}")
+        # the audit trail, by the ticket's number or its id
+        for ref in (n, final["id"]):
+            trail = (await api.ok("GET", "/api/v1/audit", params={"ticket": ref}))["items"]
+            assert {e["ticket_id"] for e in trail} == {final["id"]} and len(trail) >= 7
+        nothing = await api.ok("GET", "/api/v1/audit", params={"ticket": "FL-999999"})
+        assert nothing["items"] == []
     kinds = [e["kind"] for e in final["timeline"]]
     assert kinds[0] == "created" and kinds.count("state") == 6
     assert final["status"] == "closed" and final["resolution_text"] == "new cable"

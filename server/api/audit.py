@@ -12,7 +12,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from server.api.authn import principal
 from server.api.routing import ApiRouter, json_response, query
 from server.context import services
-from server.store import auditlog, people
+from server.store import auditlog, people, tickets
 from server.store.models import AuditEntry
 
 routes = ApiRouter("audit")
@@ -22,7 +22,7 @@ class AuditQuery(BaseModel):
     actor: str | None = Field(None, description="user name or id")
     action: str | None = Field(None, description="exact, or a prefix ending in * (auth.*)")
     site: str | None = Field(None, description="site name")
-    ticket: str | None = None
+    ticket: str | None = Field(None, description="ticket id or number (FL-42)")
     since: AwareDatetime | None = None
     until: AwareDatetime | None = None
     after: int = Field(0, ge=0, description="cursor: entries with seq greater than this")
@@ -89,13 +89,19 @@ async def audit_page(request: web.Request, q: AuditQuery, limit: int) -> list[Au
             if site is None or (scope is not None and site.id not in scope):
                 return []
             site_id = site.id
+        ticket_id = q.ticket
+        if q.ticket:
+            ticket = await tickets.find(session, q.ticket)
+            if ticket is None:
+                return []
+            ticket_id = ticket.id
         return await auditlog.query(
             session,
             actor=q.actor,
             action=q.action,
             site_ids=scope,
             site_id=site_id,
-            ticket_id=q.ticket,
+            ticket_id=ticket_id,
             since=q.since,
             until=q.until,
             after_seq=q.after,

@@ -42,10 +42,11 @@ def status_filter(text: str) -> str:
 
 
 def wait_reason(text: str | None) -> str:
-    """`--reason` for `ticket wait`: on_site, on_requester or on_vendor (`site` will do). Pure."""
+    """`--reason` for `ticket wait`: on_site, on_requester or on_vendor (`site`,
+    `on site` and `on-site` will do). Pure."""
     if not text:
         raise UsageError(f"ticket wait needs --reason: one of {', '.join(WAIT_REASONS)}")
-    word = text.strip().lower().replace("-", "_")
+    word = "_".join(text.lower().replace("-", " ").replace("_", " ").split())
     if word in ("site", "requester", "vendor"):
         word = "on_" + word
     if word not in WAIT_REASONS:
