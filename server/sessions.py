@@ -529,7 +529,13 @@ class Sessions:
                 "engineer": rs.requested_by_name,
             },
         }
-        recorder = Recorder(path, self.svc.master_key, rs.id, header)
+        try:
+            recorder = Recorder(path, self.svc.master_key, rs.id, header)
+        except RecordingError as exc:  # no recording, no shell: fail closed
+            log.error("recording_open_failed", session_id=rs.id, error=str(exc))
+            reason = f"the recording could not be written ({exc}); the session was stopped"
+            await self.end(rs.id, reason, by="hq", actor=SYSTEM, state="failed")
+            raise Conflict(reason) from exc
         env = {
             p.SESSION_ENV: rs.id,
             p.TICKET_ENV: number_text(ticket_number),

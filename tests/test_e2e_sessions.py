@@ -359,6 +359,25 @@ async def test_denied_at_the_machine_and_timed_out(sqlite_hq, agent_factory):
         assert "Waiting for your answer" not in out
 
 
+async def test_no_recording_no_shell(sqlite_hq, agent_factory):
+    """When HQ cannot create a session's recording, no terminal opens and the
+    session ends `failed` saying why: recording fails closed."""
+    hq = sqlite_hq
+    agent = await start_agent(hq, agent_factory, require_consent=False)
+    async with desk(hq, agent) as d:
+        rs = await active_shell(d)
+        blocker = hq.hq.svc.datadir.path / "recordings" / f"{rs['id']}.cast.enc"
+        blocker.mkdir(parents=True)  # where the recording would go, something else is
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            async with d.terminal(rs["id"]):
+                pass
+        assert refused.value.status == 409
+        found = await d.session(rs["id"])
+        assert found["state"] == "failed" and found["ended_by"] == "hq"
+        assert found["end_reason"].startswith("the recording could not be written")
+        await d.heard(rs["id"], "failed")
+
+
 async def test_ended_at_the_machine_kills_the_shell(hq, agent_factory):
     """`consent --end` ends the session at HQ (who ended it, from the machine),
     closes the engineer's terminal and leaves none of the shell's processes."""
