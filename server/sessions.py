@@ -448,32 +448,57 @@ class Sessions:
             if agent is None or ticket is None:
                 return
             who = f"{frame.user}@{agent.hostname}" if frame.user else agent.hostname
-            if (agent.policy or {}).get("allow_shell") is False:
-                await ticketing.record_event(
-                    session,
-                    ticket,
-                    SYSTEM,
-                    "session",
-                    "session_not_offered",
-                    "the site asked for someone to take over, but this machine's policy "
-                    "does not allow shells (allow_shell = false)",
-                    internal=True,
-                )
-                return
-            rs = await self.request(
+            rs = await self.offer(
                 session,
                 agent=agent,
                 ticket=ticket,
-                kind="shell",
-                reason=frame.text[:2000],
-                max_minutes=60,
-                requested_by=None,
-                requested_by_name="",
-                origin="site",
+                reason=frame.text,
+                asked_by=who,
                 actor=Actor("agent", agent_id, who, "machine"),
             )
-            rs.consent_by = who
-        await self._push(rs)
+        if rs is not None:
+            await self._push(rs)
+
+    async def offer(
+        self,
+        session: AsyncSession,
+        *,
+        agent: Agent,
+        ticket: Ticket,
+        reason: str,
+        asked_by: str,
+        actor: Actor,
+    ) -> RemoteSession | None:
+        """A site asks for someone at HQ to take over `agent`: a shell session
+        offer on `ticket`, waiting in HQ's queue; the site's asking is its
+        consent. None (and a note on the ticket) when the machine's policy
+        allows no shells. The caller pushes the offer once committed."""
+        if (agent.policy or {}).get("allow_shell") is False:
+            await ticketing.record_event(
+                session,
+                ticket,
+                SYSTEM,
+                "session",
+                "session_not_offered",
+                "the site asked for someone to take over, but this machine's policy "
+                "does not allow shells (allow_shell = false)",
+                internal=True,
+            )
+            return None
+        rs = await self.request(
+            session,
+            agent=agent,
+            ticket=ticket,
+            kind="shell",
+            reason=reason[:2000],
+            max_minutes=60,
+            requested_by=None,
+            requested_by_name="",
+            origin="site",
+            actor=actor,
+        )
+        rs.consent_by = asked_by
+        return rs
 
     # --- consent from the machine -----------------------------------------------------------
 

@@ -202,6 +202,18 @@ def alive(pid: int) -> bool:
         return False
 
 
+def running(parent: int, word: str) -> bool:
+    """Whether a live child of `parent` has `word` in its command line (children
+    that are exiting meanwhile, zombies included, are skipped)."""
+    for child in psutil.Process(parent).children():
+        try:
+            if word in " ".join(child.cmdline()):
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
 async def gone(*pids: int) -> None:
     await wait_until(lambda: not any(alive(pid) for pid in pids), what=f"{pids} gone")
 
@@ -389,12 +401,7 @@ async def test_ended_at_the_machine_kills_the_shell(hq, agent_factory):
             await term.type("sleep 1000 & echo pids=$$,$!\r")
             shell_pid, job_pid = (int(x) for x in (await term.expect(r"pids=(\d+),(\d+)")).groups())
             await term.type("sleep 1001\r")
-            await wait_until(
-                lambda: any(
-                    "1001" in " ".join(p.cmdline()) for p in psutil.Process(shell_pid).children()
-                ),
-                what="the foreground sleep",
-            )
+            await wait_until(lambda: running(shell_pid, "1001"), what="the foreground sleep")
             code, out, err = await agent_cli(agent, "consent", "--end", rs["id"])
             assert code == 0, err
             assert out.strip() == (
@@ -644,6 +651,58 @@ async def test_assisted_session_asked_for_at_the_machine(sqlite_hq, agent_factor
             assert await term.wait_closed() == f"ended at the machine by {AT_MACHINE}"
         ended = await api.ok("GET", f"/api/v1/sessions/{offer['id']}")
         assert ended["state"] == "ended" and ended["ended_by"] == AT_MACHINE
+
+
+async def test_site_staff_ask_for_a_takeover_through_the_api(sqlite_hq, agent_factory):
+    """A site_staff user asks through the API (`assist: true`): the ticket and its
+    offer in HQ's queue; an engineer accepts it; the staff member sees who
+    joined and ends it. HQ engineers cannot fake a site's asking."""
+    hq = sqlite_hq
+    agent = await start_agent(hq, agent_factory, require_consent=True)
+    staff = await make_user(hq, "site_staff", "shop-1")
+    engineer = await make_user(hq, "hq_engineer", totp=True)
+    ask = {
+        "title": "scanner dead",
+        "description": "the scanner at till 2 beeps and does nothing",
+        "site": "shop-1",
+        "type": "service_request",
+        "agent_ids": [agent.agent_id],
+        "assist": True,
+    }
+    async with hq.client(engineer.token) as api:
+        status, err = await api.post("/api/v1/tickets", ask)
+        assert status == 403 and "assist" in err["error"]["fields"]
+    async with hq.client(staff.token) as api:
+        status, err = await api.post("/api/v1/tickets", {**ask, "agent_ids": []})
+        assert status == 422 and "agent_ids" in err["error"]["fields"]
+        ticket = await api.ok("POST", "/api/v1/tickets", json=ask)
+        [mine] = (await api.ok("GET", "/api/v1/sessions", params={"ticket": ticket["number"]}))[
+            "items"
+        ]
+        assert mine["state"] == "requested" and mine["origin"] == "site"
+        assert mine["consent_by"] == staff.username and mine["consent_via"] == "site_request"
+
+    async with hq.client(engineer.token) as api:
+        queue = await api.ok(
+            "GET", "/api/v1/sessions", params={"state": "requested", "origin": "site"}
+        )
+        [offer] = [s for s in queue["items"] if s["ticket"] == ticket["number"]]
+        assert offer["id"] == mine["id"] and offer["reason"] == ask["description"]
+        accepted = await api.ok("POST", f"/api/v1/sessions/{offer['id']}/accept")
+        assert accepted["state"] == "active"
+
+    async with hq.client(staff.token) as api:
+        seen = await api.ok("GET", f"/api/v1/sessions/{offer['id']}")
+        assert seen["state"] == "active" and seen["started_at"]
+        assert seen["requested_by"] == engineer.username  # who joined
+        ended = await api.ok(
+            "POST", f"/api/v1/sessions/{offer['id']}/end", json={"reason": "works again"}
+        )
+        assert ended["state"] == "ended" and ended["ended_by"] == staff.username
+    other = await make_user(hq, "site_staff", "shop-1")
+    async with hq.client(other.token) as api:  # not theirs: not even its existence
+        assert (await api.get(f"/api/v1/sessions/{offer['id']}"))[0] == 404
+        assert (await api.ok("GET", "/api/v1/sessions"))["items"] == []
 
 
 async def test_assist_withdrawn_with_ctrl_c_or_left_to_expire(sqlite_hq, agent_factory):

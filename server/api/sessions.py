@@ -20,7 +20,7 @@ import asyncssh
 import structlog
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server import recording
@@ -236,7 +236,9 @@ async def find_sessions(session: AsyncSession, who: Principal, q: ListQuery) -> 
     scope = _visible_sites(who)
     stmt = select(RemoteSession)
     if scope is not None:
-        stmt = stmt.where(RemoteSession.site_id.in_(scope))
+        # and the sessions on the caller's own requests (site staff asking for help)
+        own = select(Ticket.id).where(Ticket.requester_id == who.user_id)
+        stmt = stmt.where(or_(RemoteSession.site_id.in_(scope), RemoteSession.ticket_id.in_(own)))
     if q.ticket:
         ticket = await tickets.find(session, q.ticket)
         stmt = stmt.where(RemoteSession.ticket_id == (ticket.id if ticket else "-"))
@@ -259,11 +261,24 @@ async def load_session(session: AsyncSession, request: web.Request) -> RemoteSes
 
 
 async def readable_session(session: AsyncSession, who: Principal, session_id: str) -> RemoteSession:
-    """A session the caller may see (its site's tickets, or its own); else 404."""
+    """A session the caller may see (its site's tickets, its own, or one on a
+    ticket the caller asked for); else 404."""
     rs = await session.get(RemoteSession, session_id)
-    if rs is None or not (who.sees_all_tickets(rs.site_id) or rs.requested_by == who.user_id):
+    if rs is None:
+        raise NotFound("not found")
+    if not (
+        who.sees_all_tickets(rs.site_id)
+        or rs.requested_by == who.user_id
+        or await _asked_by(session, who, rs)
+    ):
         raise NotFound("not found")
     return rs
+
+
+async def _asked_by(session: AsyncSession, who: Principal, rs: RemoteSession) -> bool:
+    """Whether `rs` is on a ticket the caller opened (their own request)."""
+    ticket = await session.get(Ticket, rs.ticket_id)
+    return ticket is not None and ticket.requester_id == who.user_id
 
 
 class GetQuery(BaseModel):
@@ -361,7 +376,8 @@ class EndRequest(BaseModel):
     permission="tickets:read",
     body=EndRequest,
     response=SessionOut,
-    summary="End a session: its engineer, or an admin or site technician of its site",
+    summary="End a session: its engineer, whoever asked for it at the site, or an admin "
+    "or site technician of its site",
 )
 async def end_session(request: web.Request) -> web.Response:
     svc = services(request)
@@ -369,10 +385,18 @@ async def end_session(request: web.Request) -> web.Response:
     req = body(request, EndRequest)
     async with svc.sessions() as session:
         rs = await load_session(session, request)
-    if rs.requested_by != who.user_id and not (
-        who.allowed("sessions:consent", rs.site_id) or who.allowed("users:admin", rs.site_id)
+        asked = rs.origin == "site" and await _asked_by(session, who, rs)
+    if (
+        rs.requested_by != who.user_id
+        and not asked
+        and not (
+            who.allowed("sessions:consent", rs.site_id) or who.allowed("users:admin", rs.site_id)
+        )
     ):
-        raise Forbidden("only the session's engineer, an admin or the site's technician can end it")
+        raise Forbidden(
+            "only the session's engineer, whoever asked for it, an admin or the site's "
+            "technician can end it"
+        )
     await sessions_of(request).end(rs.id, req.reason, by=who.username, actor=who.actor())
     async with svc.sessions() as session:
         out = await session_out(session, await load_session(session, request))

@@ -253,6 +253,12 @@ class NewTicket(BaseModel):
     tier: Literal["site", "hq"] | None = Field(
         None, description="default: site when opened by site people, else hq"
     )
+    assist: bool = Field(
+        False,
+        description="ask for someone at HQ to take over the machine (exactly one in "
+        "agent_ids): a shell session offer waits in HQ's queue, the site's asking "
+        "counting as its consent; for site staff and those who consent for the site",
+    )
 
 
 @routes.route(
@@ -272,17 +278,28 @@ async def create_ticket(request: web.Request) -> web.Response:
         site = await people.site_by_name(session, req.site)
         if site is None or not who.allowed("tickets:write", site.id):
             raise NotFound("site not found", fields={"site": "no such site"})
+        staff = not who.sees_all_tickets(site.id)
+        if req.assist:
+            if not (staff or who.allowed("sessions:consent", site.id)):
+                raise Forbidden(
+                    "only the site's people can ask for someone to take over",
+                    fields={"assist": "HQ requests sessions with POST /api/v1/sessions"},
+                )
+            if len(req.agent_ids) != 1:
+                raise Invalid(
+                    "name the machine to take over",
+                    fields={"agent_ids": "assist needs exactly one machine"},
+                )
+        agents: list[Agent] = []
         for agent_id in req.agent_ids:
             found = await fleet.get_agent(session, agent_id)
-            if (
-                found is None
-                or found[0].site_id != site.id
-                or not who.allowed("agents:read", site.id)
-            ):
+            # site people asking for help name their own machine without agents:read
+            may_name = who.allowed("agents:read", site.id) or req.assist
+            if found is None or found[0].site_id != site.id or not may_name:
                 raise Invalid(
                     "unknown agent", fields={"agent_ids": f"{agent_id}: not on this site"}
                 )
-        staff = not who.sees_all_tickets(site.id)
+            agents.append(found[0])
         if staff and req.priority is not None:
             raise Forbidden("site staff cannot set a priority", fields={"priority": "not allowed"})
         hq_side = who.allowed("tickets:write", None)
@@ -302,7 +319,19 @@ async def create_ticket(request: web.Request) -> web.Response:
             agent_ids=req.agent_ids,
             actor=who.actor(),
         )
+        offer = None
+        if req.assist:
+            offer = await svc.remote.offer(
+                session,
+                agent=agents[0],
+                ticket=ticket,
+                reason=req.description or req.title,
+                asked_by=who.username,
+                actor=who.actor(),
+            )
         out = await detail(session, ticket, who)
+    if offer is not None:
+        await svc.remote._push(offer)
     return json_response(out, status=201)
 
 
