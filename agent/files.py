@@ -116,7 +116,7 @@ class FileServer(asyncssh.SFTPServer):
         self._env = env
         self._stopped: str | None = None
         self._files: set[OpenFile] = set()
-        why = book.refusal(self.session_id, "files", env)
+        why = book.refusal(self.session_id, "files", env, policy().require_consent)
         self._attached = why is None
         if why is None:
             book.attach(self.session_id, self)
@@ -134,10 +134,11 @@ class FileServer(asyncssh.SFTPServer):
     def _check(self) -> Policy:
         if self._stopped is not None:
             raise Refused(f"the session is over ({self._stopped})")
-        why = self._book.refusal(self.session_id, "files", self._env)
+        policy = self._policy()
+        why = self._book.refusal(self.session_id, "files", self._env, policy.require_consent)
         if why is not None:
             raise Refused(why)
-        return self._policy()
+        return policy
 
     def _path(self, path: bytes, *, follow: bool = True) -> str:
         policy = self._check()

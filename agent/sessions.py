@@ -57,6 +57,9 @@ class Channel(Protocol):
     def stop(self, reason: str, *, failure: bool = False) -> None: ...
 
 
+NOBODY = "nobody"  # HQ's consent_by when a site lets silence mean yes
+
+
 @dataclass(frozen=True)
 class Known:
     """HQ's latest word on a session, when it came (epoch seconds), and why
@@ -80,8 +83,11 @@ def refusal(
     kind: str,
     env: Mapping[str, str],
     now: datetime,
+    require_consent: bool = False,
 ) -> str | None:
-    """Why a `kind` channel may not open for this session now, or None if it may."""
+    """Why a `kind` channel may not open for this session now, or None if it may.
+    With this machine's `require_consent`, a session nobody at the site consented
+    to is refused here, whatever HQ decided (HQ cannot lower that floor)."""
     if not session_id:
         return f"no session named: the channel must carry {p.SESSION_ENV}"
     if known is None:
@@ -94,6 +100,11 @@ def refusal(
         return f"session {session_id} is {info.state.replace('_', ' ')}, not active{why}"
     if info.kind != kind:
         return f"session {session_id} is a {info.kind} session, not a {kind} one"
+    if require_consent and info.consent_by in (None, "", NOBODY):
+        return (
+            f"this machine's policy requires consent (require_consent = true) "
+            f"and nobody at the site gave it for session {session_id}"
+        )
     ends = aware(info.expires_at)
     if ends is not None and now >= ends:
         return f"session {session_id} reached its end time"
@@ -154,8 +165,12 @@ class SessionBook:
         found = [k for k in self.all() if k.info.ticket == ticket and k.info.origin == origin]
         return found[-1] if found else None
 
-    def refusal(self, session_id: str, kind: str, env: Mapping[str, str]) -> str | None:
-        return refusal(session_id, self.get(session_id), kind, env, datetime.now(UTC))
+    def refusal(
+        self, session_id: str, kind: str, env: Mapping[str, str], require_consent: bool = False
+    ) -> str | None:
+        return refusal(
+            session_id, self.get(session_id), kind, env, datetime.now(UTC), require_consent
+        )
 
     async def wait(self, ready: Callable[[], bool], timeout: float) -> bool:
         """Wait until `ready()` holds, re-checked at every change; False on timeout."""

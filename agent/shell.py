@@ -404,14 +404,16 @@ class ShellService:
         if not policy.allow_shell:
             refuse(process, "this machine's policy does not allow shells (allow_shell = false)")
             return
-        why = self._book.refusal(session_id, "shell", env)
+        floor = policy.require_consent
+        why = self._book.refusal(session_id, "shell", env, floor)
         if why is not None and self._may_still_arrive(session_id):
             # HQ sends "active" on the telemetry channel just before it opens the
             # shell channel; give that word a moment to be read here.
             await self._book.wait(
-                lambda: self._book.refusal(session_id, "shell", env) is None, ACTIVATION_WAIT
+                lambda: self._book.refusal(session_id, "shell", env, floor) is None,
+                ACTIVATION_WAIT,
             )
-            why = self._book.refusal(session_id, "shell", env)
+            why = self._book.refusal(session_id, "shell", env, floor)
         if why is not None:
             refuse(process, why)
             return

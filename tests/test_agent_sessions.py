@@ -65,6 +65,28 @@ def test_admission_rule(known, kind, env, expected):
         assert found is not None and expected in found
 
 
+@pytest.mark.parametrize(
+    ("consent_by", "origin", "refused"),
+    [
+        (None, "hq", True),  # HQ asked nobody
+        ("nobody", "hq", True),  # a site that lets silence mean yes
+        ("root@till-3", "hq", False),  # approved at the machine
+        ("tech-ann", "hq", False),  # approved by the site's technician
+        ("maria@till-3", "site", False),  # the site asked for it
+    ],
+)
+def test_the_machines_consent_floor(consent_by, origin, refused):
+    """With `require_consent` here, an active session nobody at the site
+    consented to is refused, whatever HQ decided; without it, HQ's word does."""
+    known = Known(info(consent_by=consent_by, origin=origin), 0)
+    found = refusal(SID, known, "shell", ENV, NOW, require_consent=True)
+    if refused:
+        assert found is not None and "policy requires consent (require_consent = true)" in found
+    else:
+        assert found is None
+    assert refusal(SID, known, "shell", ENV, NOW, require_consent=False) is None
+
+
 def test_a_channel_must_name_its_session():
     assert refusal("", Known(info(), 0), "shell", {}, NOW) == (
         "no session named: the channel must carry FIELDLINK_SESSION"

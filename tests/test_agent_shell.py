@@ -49,6 +49,7 @@ async def tell(agent: AgentHandle, link: Any, sid: str, state: str = "active", *
     """HQ's word on a session, sent on the telemetry channel; wait until heard."""
     kw.setdefault("kind", "shell")
     kw.setdefault("expires_at", datetime.now(UTC) + timedelta(minutes=10))
+    kw.setdefault("consent_by", "root@till-3")  # as HQ says once the site consented
     frame = p.SessionInfo(session_id=sid, state=state, engineer=ENGINEER, ticket=TICKET, **kw)
     assert link.send(frame)
     assert agent.daemon is not None

@@ -491,6 +491,30 @@ async def test_the_machines_policy_refuses_a_shell_hq_allowed(hq, agent_factory)
         assert failed["end_reason"] == reason
 
 
+async def test_the_machines_consent_floor_holds_against_hq(sqlite_hq, agent_factory):
+    """A session HQ made active without anyone's consent (the machine did not
+    ask for it then) is refused once the machine's policy requires consent:
+    the agent enforces its floor itself, and HQ ends the session `failed`."""
+    hq = sqlite_hq
+    agent = await start_agent(hq, agent_factory, require_consent=False)
+    assert agent.daemon is not None
+    async with desk(hq, agent) as d:
+        rs = await active_shell(d)
+        assert rs["consent_by"] is None
+        floor = Policy(require_consent=True, allow_shell=True, shell_user=ME)
+        write_default(agent.dir.policy_file, floor)
+        assert agent.daemon.reload_policy()
+        async with d.terminal(rs["id"]) as ws:
+            reason = await Terminal(ws).wait_closed()
+        policy_says = (
+            "this machine's policy requires consent (require_consent = true) "
+            f"and nobody at the site gave it for session {rs['id']}"
+        )
+        assert reason == f"the machine refused the shell: {policy_says}"
+        failed = await d.until(rs["id"], "failed")
+        assert failed["end_reason"] == reason and failed["ended_by"] == "machine"
+
+
 # --- files -----------------------------------------------------------------------------------
 
 
