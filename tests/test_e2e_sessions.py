@@ -515,6 +515,30 @@ async def test_the_machines_consent_floor_holds_against_hq(sqlite_hq, agent_fact
         assert failed["end_reason"] == reason and failed["ended_by"] == "machine"
 
 
+async def test_a_site_can_require_a_session_for_commands(sqlite_hq, agent_factory):
+    """`require_session_for: ["exec"]`: a command on a ticket is refused (422
+    naming the ticket) until the engineer holds an active session on that
+    ticket and machine; diagnostics never need one."""
+    hq = sqlite_hq
+    agent = await start_agent(hq, agent_factory, require_consent=False, allow_exec=True)
+    await site_policy(
+        hq, consent={"shell": False, "exec": False, "files": False}, require_session_for=["exec"]
+    )
+    async with desk(hq, agent) as d:
+        url = f"/api/v1/agents/{agent.agent_id}/run"
+        run = {"name": "exec", "params": {"argv": ["echo", "in-session"]}, "ticket_id": d.ticket}
+        status, err = await d.api.post(url, run)
+        assert status == 422, err
+        assert "only inside an active session on the ticket" in err["error"]["fields"]["ticket_id"]
+        diag = await d.api.ok("POST", url, json={"name": "system.summary", "params": {}})
+        assert diag["status"] == "ok"
+
+        rs = await d.ask(kind="exec")
+        assert rs["state"] == "active"
+        done = await d.api.ok("POST", url, json=run)
+        assert done["status"] == "ok" and "in-session" in done["stdout"]
+
+
 # --- files -----------------------------------------------------------------------------------
 
 

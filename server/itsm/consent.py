@@ -95,8 +95,3 @@ def decide(
     # With the machine itself requiring consent, silence can never mean yes.
     on_timeout = "deny" if agent_floor else site.on_timeout
     return Decision(True, why, site.consent_timeout_seconds, on_timeout)
-
-
-def session_required(tier: str, site: SitePolicy) -> bool:
-    """Must a run of this tier happen inside an active session on its ticket?"""
-    return tier in site.require_session_for
