@@ -539,6 +539,49 @@ async def test_a_site_can_require_a_session_for_commands(sqlite_hq, agent_factor
         assert done["status"] == "ok" and "in-session" in done["stdout"]
 
 
+async def test_hq_ends_sessions_past_their_time_or_whose_engineer_lost_the_right(
+    sqlite_hq, agent_factory
+):
+    """HQ's own sweep ends a session past `max_minutes` (the deadline is moved
+    into the past here rather than waited for), and one whose engineer no
+    longer holds the rights for it; both end on the machine too."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from server.store.models import RemoteSession, utcnow
+
+    hq = sqlite_hq
+    agent = await start_agent(hq, agent_factory, require_consent=False)
+    async with desk(hq, agent) as d:
+        timed = await active_shell(d, max_minutes=5)
+        async with hq.sessions.begin() as session:
+            await session.execute(
+                update(RemoteSession)
+                .where(RemoteSession.id == timed["id"])
+                .values(ends_at=utcnow() - timedelta(seconds=1))
+            )
+        over = await d.until(timed["id"], "ended")
+        assert over["end_reason"] == "reached its limit of 5 minutes" and over["ended_by"] == "hq"
+        await d.heard(timed["id"], "ended")
+
+        kept = await d.ask()
+        assert kept["state"] == "active"
+        async with hq.client(hq.admin_token) as admin:
+            bindings = await admin.ok("GET", "/api/v1/bindings", params={"user_id": d.engineer.id})
+            for b in bindings["items"]:
+                await admin.ok("DELETE", f"/api/v1/bindings/{b['id']}")
+        async with hq.client(hq.admin_token) as admin:
+
+            async def ended() -> Any:
+                found = await admin.ok("GET", f"/api/v1/sessions/{kept['id']}")
+                return found if found["state"] == "ended" else None
+
+            gone_rights = await wait_until(ended, timeout=20, what="the session ended")
+        assert gone_rights["end_reason"] == "the engineer's rights were revoked"
+        await d.heard(kept["id"], "ended")
+
+
 # --- files -----------------------------------------------------------------------------------
 
 
