@@ -154,6 +154,8 @@ async def test_sla_pauses_while_waiting_and_breaches_are_events(sqlite_hq):
     after = await admin(sqlite_hq, "GET", f"/api/v1/tickets/{n}")
     kinds = [e["data"].get("clock") for e in after["timeline"] if e["kind"] == "sla_breach"]
     assert kinds == ["ack"] and after["sla"]["ack"]["state"] == "breached"
+    warned = [e["data"].get("clock") for e in after["timeline"] if e["kind"] == "sla_warning"]
+    assert warned == ["response"] and after["sla"]["response"]["state"] == "warning"
     await admin(sqlite_hq, "POST", f"/api/v1/tickets/{n}/transition", json={"action": "start"})
     await admin(
         sqlite_hq,
