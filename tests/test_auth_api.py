@@ -9,7 +9,7 @@ import json
 
 import pytest
 import structlog
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 
 from server import admin
 from server.auth import totp
@@ -57,6 +57,33 @@ async def test_login_session_cookie_is_locked_down_and_needs_csrf_for_writes(sql
         assert status == 200
         status, err = await api.get("/api/v1/me")
         assert status == 401
+
+
+async def test_console_sessions_end_when_idle_or_too_old(sqlite_hq):
+    """A console session ends after `session_idle_minutes` without use (30) and
+    `session_max_hours` after login (12), however used; the row goes too."""
+    from datetime import timedelta
+
+    from server.store.models import WebSession
+
+    user = await make_user(sqlite_hq, "auditor")
+    for field, moved in (("last_seen_at", timedelta(minutes=31)), ("expires_at", timedelta(0))):
+        async with sqlite_hq.client() as api:
+            assert (await login(api, user.username, user.password))[0] == 200
+            assert (await api.get("/api/v1/me"))[0] == 200
+            async with sqlite_hq.sessions.begin() as session:
+                await session.execute(
+                    update(WebSession)
+                    .where(WebSession.user_id == user.id)
+                    .values({field: utcnow() - moved})
+                )
+            status, err = await api.get("/api/v1/me")
+            assert status == 401 and err["error"]["code"] == "session_expired", field
+        async with sqlite_hq.sessions() as session:
+            left = await session.scalar(
+                select(func.count()).select_from(WebSession).where(WebSession.user_id == user.id)
+            )
+        assert left == 0
 
 
 async def test_login_with_totp_enrollment_flow(sqlite_hq):
@@ -153,6 +180,25 @@ async def test_brute_force_hits_the_limit(sqlite_hq):
         )
     async with sqlite_hq.client() as api:
         assert (await login(api, user.username, user.password))[0] == 200
+
+
+async def test_one_address_guessing_many_names_is_throttled(sqlite_hq):
+    """Failures spread over many user names (none reaching its own limit) still
+    throttle their source address: then even a real user's right password gets 429."""
+    user = await make_user(sqlite_hq, "auditor")
+    async with sqlite_hq.client() as api:
+        statuses = [(await login(api, f"name-{i}", "guess"))[0] for i in range(12)]
+        assert statuses[0] == 401 and statuses[-1] == 429
+        assert (await login(api, user.username, user.password))[0] == 429
+
+
+async def test_api_tokens_live_no_longer_than_the_setting_allows(sqlite_hq):
+    """`max_token_ttl` (90 days by default) bounds what a token may ask for."""
+    async with sqlite_hq.client(sqlite_hq.admin_token) as api:
+        status, err = await api.post("/api/v1/tokens", {"name": "long", "ttl": "365d"})
+        assert status == 422 and err["error"]["fields"] == {"ttl": "at most 90d"}
+        made = await api.ok("POST", "/api/v1/tokens", json={"name": "ok", "ttl": "90d"})
+        assert made["token"] and made["expires_at"]
 
 
 async def test_tokens_expire_revoke_and_stay_within_owner_rights(sqlite_hq, agent_factory):

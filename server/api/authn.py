@@ -133,19 +133,23 @@ async def from_bearer(request: web.Request, token: str) -> Principal:
 async def from_cookie(request: web.Request, cookie: str) -> Principal:
     svc = services(request)
     key = digest(cookie)
+    expired = Unauthorized("session expired; log in again", code="session_expired")
     async with svc.sessions.begin() as session:
         found = await people.web_session(session, key)
         if found is None:
-            raise Unauthorized("session expired; log in again", code="session_expired")
+            raise expired
         ws, user = found
         now = utcnow()
         idle = timedelta(minutes=svc.settings.session_idle_minutes)
-        if ws.expires_at <= now or now - ws.last_seen_at > idle or user.disabled:
-            await people.delete_web_session(session, key)
-            raise Unauthorized("session expired; log in again", code="session_expired")
-        if (now - ws.last_seen_at).total_seconds() > 30:
-            ws.last_seen_at = now
-        rights = await people.rights_for(session, user.id)
+        over = ws.expires_at <= now or now - ws.last_seen_at > idle or user.disabled
+        if over:
+            await people.delete_web_session(session, key)  # committed, then refused
+        else:
+            if (now - ws.last_seen_at).total_seconds() > 30:
+                ws.last_seen_at = now
+            rights = await people.rights_for(session, user.id)
+    if over:
+        raise expired
     return Principal(
         user_id=user.id,
         username=user.username,
