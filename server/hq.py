@@ -231,8 +231,11 @@ class HQ:
         A task cancelled in the middle of a statement leaves its SQLite
         connection closed only in name: the unfinished statement keeps the
         write lock until the garbage collector frees it, and nothing else runs
-        the collector while HQ waits here. So collect while the write waits.
+        the collector while HQ waits here. So collect while the write waits,
+        with what start-up froze collectable again (the pool's connections are
+        among it).
         """
+        gc.unfreeze()
 
         async def mark() -> None:
             async with self.svc.sessions.begin() as session:
