@@ -795,6 +795,25 @@ def report(r: dict[str, Any]) -> None:
         print("  (the goal is stated for N = 2000 at a 15 s interval)")
 
 
+def add_fleet_options(parser: argparse.ArgumentParser) -> None:
+    """Options of every benchmark that runs a simulated fleet against HQ."""
+    parser.add_argument(
+        "--db",
+        default="sqlite",
+        help="sqlite (default), or a postgresql+asyncpg:// URL of a server where a temporary "
+        "database is created and dropped",
+    )
+    parser.add_argument(
+        "--connect-concurrency",
+        type=int,
+        default=25,
+        help="handshakes in flight per worker while ramping up (default 25)",
+    )
+    parser.add_argument(
+        "--connect-timeout", type=float, default=300.0, help="give up connecting after (300 s)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="hq_scale.py",
@@ -817,21 +836,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="seconds after all connected before the window (default interval + 5)",
     )
-    parser.add_argument(
-        "--db",
-        default="sqlite",
-        help="sqlite (default), or a postgresql+asyncpg:// URL of a server where a temporary "
-        "database is created and dropped",
-    )
-    parser.add_argument(
-        "--connect-concurrency",
-        type=int,
-        default=25,
-        help="handshakes in flight per worker while ramping up (default 25)",
-    )
-    parser.add_argument(
-        "--connect-timeout", type=float, default=300.0, help="give up connecting after (300 s)"
-    )
+    add_fleet_options(parser)
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     parser.add_argument(
         "--workdir",

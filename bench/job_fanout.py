@@ -58,7 +58,13 @@ from benchlib import (
     summary_ms,
     write_json,
 )
-from hq_scale import WorkerProc, _create_identities, _poll_connected, realistic_sample
+from hq_scale import (
+    WorkerProc,
+    _create_identities,
+    _poll_connected,
+    add_fleet_options,
+    realistic_sample,
+)
 
 GOAL_SECONDS = 3.0
 ENTRY = "net.tcp_check"
@@ -390,18 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--warmup", type=float, default=3.0, help="seconds after HQ settles, before the jobs (3)"
     )
-    parser.add_argument(
-        "--db",
-        default="sqlite",
-        help="sqlite (default), or a postgresql+asyncpg:// URL of a server where a temporary "
-        "database is created and dropped",
-    )
-    parser.add_argument(
-        "--connect-concurrency", type=int, default=25, help="handshakes in flight per worker (25)"
-    )
-    parser.add_argument(
-        "--connect-timeout", type=float, default=300.0, help="give up connecting after (300 s)"
-    )
+    add_fleet_options(parser)
     parser.add_argument(
         "--profile",
         metavar="FILE",

@@ -12,10 +12,12 @@ never `ok`.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any, cast
 
 import structlog
 from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.audit import Actor
 from server.context import Services
@@ -122,25 +124,14 @@ class Jobs:
             late = [r for r in rows if r[3].expires_at <= now]
             ready = [r for r in rows if r[3].expires_at > now and registry.get(r[1])]
             if late:
-                res = await session.execute(
-                    update(JobItem)
-                    .where(JobItem.id.in_([r[0] for r in late]), JobItem.status == "queued")
-                    .values(status="expired", updated_at=now)
-                    .returning(JobItem.id)
-                )
-                gone = set(res.scalars())
+                gone = await _move_queued(session, [r[0] for r in late], "expired", now)
                 expired = [(r[3].id, r[1]) for r in late if r[0] in gone]
                 for job_id in {job for job, _ in expired}:
                     if await self._maybe_finish(session, job_id):
                         finished.append(job_id)
             if ready:
-                res = await session.execute(
-                    update(JobItem)
-                    .where(JobItem.id.in_([r[0] for r in ready]), JobItem.status == "queued")
-                    .values(status="running", updated_at=now)
-                    .returning(JobItem.id)
-                )
-                claimed = set(res.scalars())  # the rest was taken by a racing dispatch
+                # the rest was taken by a racing dispatch
+                claimed = await _move_queued(session, [r[0] for r in ready], "running", now)
                 tickets: dict[str | None, TicketView | None] = {}
                 for item_id, agent_id, site_id, job in ready:
                     if item_id not in claimed:
@@ -313,3 +304,16 @@ class Jobs:
             await asyncio.wait_for(self._done.join(), STOP_FLUSH_SECONDS)
         except TimeoutError:
             log.warning("job_results_not_flushed", pending=self._done.qsize())
+
+
+async def _move_queued(
+    session: AsyncSession, item_ids: list[int], status: str, now: datetime
+) -> set[int]:
+    """Move those of `item_ids` still queued to `status`; the ids moved."""
+    res = await session.execute(
+        update(JobItem)
+        .where(JobItem.id.in_(item_ids), JobItem.status == "queued")
+        .values(status=status, updated_at=now)
+        .returning(JobItem.id)
+    )
+    return set(res.scalars())

@@ -40,7 +40,6 @@ DEFAULT_TIMEOUT = 60.0
 MAX_TIMEOUT = 3600.0
 
 OutputSink = Callable[[p.RunOutput], Awaitable[None]]
-StoreHook = Callable[[AsyncSession, RunRecord], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -187,21 +186,12 @@ class _Collected:
         self.sizes[frame.stream] = size + len(data)
 
 
-async def execute(
-    svc: Services,
-    prep: Prepared,
-    sink: OutputSink | None = None,
-    *,
-    also: StoreHook | None = None,
-) -> RunRecord:
+async def execute(svc: Services, prep: Prepared, sink: OutputSink | None = None) -> RunRecord:
     """Run on the agent now; store and return the result (status `offline` if
-    the agent has no live link here). `also` runs in the transaction that
-    stores the result."""
+    the agent has no live link here)."""
     record = await perform(svc, prep, sink)
     async with svc.sessions.begin() as session:
-        await store(session, record, prep)
-        if also is not None:
-            await also(session, record)
+        await store_many(session, [(record, prep)])
     return record
 
 
@@ -288,10 +278,6 @@ def audit_event(record: RunRecord, prep: Prepared) -> tuple[Actor, Event]:
             "reason": record.reason,
         },
     )
-
-
-async def store(session: AsyncSession, record: RunRecord, prep: Prepared) -> None:
-    await store_many(session, [(record, prep)])
 
 
 async def store_many(session: AsyncSession, done: list[tuple[RunRecord, Prepared]]) -> None:

@@ -166,7 +166,7 @@ class Sessions:
             record_input=rs.record_input,
         )
 
-    async def _push(self, rs: RemoteSession) -> None:
+    async def push(self, rs: RemoteSession) -> None:
         """Tell the machine (if connected here) and anyone following the session."""
         self._signal(rs.id)
         link = self.svc.gateway.registry.get(rs.agent_id)
@@ -319,24 +319,27 @@ class Sessions:
                 log.error("recording_close_failed", session_id=session_id, error=str(exc))
             shell.close()
         lock = self._ending.setdefault(session_id, asyncio.Lock())
-        async with lock, self.svc.sessions.begin() as session:
-            rs = await session.get(RemoteSession, session_id)
-            if rs is None or rs.state in policy.FINAL:
-                if rs is not None and recording is not None and rs.recording_sha256 is None:
+        try:
+            async with lock, self.svc.sessions.begin() as session:
+                rs = await session.get(RemoteSession, session_id)
+                if rs is None or rs.state in policy.FINAL:
+                    if rs is not None and recording is not None and rs.recording_sha256 is None:
+                        rs.recording_sha256, rs.recording_bytes = recording
+                    return rs
+                rs.state = state
+                rs.ended_at = utcnow()
+                rs.end_reason = reason
+                rs.ended_by = by
+                details: dict[str, Any] = {"reason": reason, "by": by}
+                if recording is not None:
                     rs.recording_sha256, rs.recording_bytes = recording
-                return rs
-            rs.state = state
-            rs.ended_at = utcnow()
-            rs.end_reason = reason
-            rs.ended_by = by
-            details: dict[str, Any] = {"reason": reason, "by": by}
-            if recording is not None:
-                rs.recording_sha256, rs.recording_bytes = recording
-                details.update(recording_sha256=recording[0], recording_bytes=recording[1])
-            await self._record(session, rs, actor, state, f"session {state}: {reason}", **details)
-        self._ending.pop(session_id, None)
+                    details.update(recording_sha256=recording[0], recording_bytes=recording[1])
+                summary = f"session {state}: {reason}"
+                await self._record(session, rs, actor, state, summary, **details)
+        finally:  # later ends find the session final in the database
+            self._ending.pop(session_id, None)
         log.info("session_end", session_id=session_id, state=state, reason=reason)
-        await self._push(rs)
+        await self.push(rs)
         return rs
 
     async def sweep(self) -> None:
@@ -363,7 +366,7 @@ class Sessions:
                                 session, live, SYSTEM, "no answer; the site allows on timeout"
                             )
                             rs = live
-                    await self._push(rs)
+                    await self.push(rs)
                 else:
                     await self.end(
                         rs.id,
@@ -457,7 +460,7 @@ class Sessions:
                 actor=Actor("agent", agent_id, who, "machine"),
             )
         if rs is not None:
-            await self._push(rs)
+            await self.push(rs)
 
     async def offer(
         self,
@@ -527,7 +530,7 @@ class Sessions:
         if end_now:
             await self.end(frame.session_id, f"ended at the machine by {who}", by=who, actor=actor)
         else:
-            await self._push(rs)
+            await self.push(rs)
 
     # --- the shell bridge ---------------------------------------------------------------------
 

@@ -193,7 +193,7 @@ async def create_session(request: web.Request) -> web.Response:
             actor=who.actor(),
         )
         out = await session_out(session, rs)
-    await sessions_of(request)._push(rs)
+    await sessions_of(request).push(rs)
     return json_response(out, status=201)
 
 
@@ -337,7 +337,7 @@ async def consent(request: web.Request) -> web.Response:
             session, rs, req.approve, by=who.username, via="user", actor=who.actor()
         )
         out = await session_out(session, rs)
-    await sessions_of(request)._push(rs)
+    await sessions_of(request).push(rs)
     return json_response(out)
 
 
@@ -362,7 +362,7 @@ async def accept(request: web.Request) -> web.Response:
             session, rs, user_id=who.user_id, username=who.username, actor=who.actor()
         )
         out = await session_out(session, rs)
-    await sessions_of(request)._push(rs)
+    await sessions_of(request).push(rs)
     return json_response(out)
 
 

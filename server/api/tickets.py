@@ -331,7 +331,7 @@ async def create_ticket(request: web.Request) -> web.Response:
             )
         out = await detail(session, ticket, who)
     if offer is not None:
-        await svc.remote._push(offer)
+        await svc.remote.push(offer)
     return json_response(out, status=201)
 
 
