@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 DEMO_DIR ?= .demo
 
-.PHONY: run test bench lint format venv clean i18n
+.PHONY: run test fuzz bench lint format venv clean i18n
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -32,6 +32,14 @@ run: $(STAMP) $(NODE_STAMP)
 
 test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Fuzz the API: schemathesis against a real HQ's /api/openapi.json with an admin
+# token (no 5xx, every status code documented, responses match their schemas).
+# Bounded by FUZZ_EXAMPLES test cases per operation and phase, and by FUZZ_TIME
+# seconds when set; FUZZ_SEED repeats a run, FUZZ_DB picks the database.
+FUZZ_EXAMPLES ?= 25
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m tests.fuzz.run
 
 # Refresh the console's message catalogs after changing its strings.
 i18n: $(STAMP)
