@@ -27,7 +27,7 @@ from server.context import services
 from server.itsm.consent import SitePolicy
 from server.ops import accounts
 from server.store import auditlog, people
-from server.store.models import Agent, Binding, Role, Site, User
+from server.store.models import Agent, Binding, Role, Site, Ticket, User
 from shared.errors import Conflict, Invalid, NotFound
 
 routes = ApiRouter("administration")
@@ -598,11 +598,15 @@ class SessionPolicyIn(BaseModel):
 class Calendar(BaseModel):
     timezone: str = Field("UTC", description="IANA time zone, e.g. Asia/Seoul")
     work_days: list[int] = Field(
-        default_factory=lambda: [0, 1, 2, 3, 4], description="0 = Monday ... 6 = Sunday"
+        default_factory=lambda: [0, 1, 2, 3, 4],
+        min_length=1,
+        description="0 = Monday ... 6 = Sunday; at least one",
     )
     work_start: str = Field("09:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     work_end: str = Field("18:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
-    holidays: list[date] = Field(default_factory=list)
+    # Fewer than the working days of ten years (one a week): SLA clocks always
+    # find working time.
+    holidays: list[date] = Field(default_factory=list, max_length=500)
 
     @field_validator("timezone")
     @classmethod
@@ -794,7 +798,7 @@ async def patch_site(request: web.Request) -> web.Response:
     "/api/v1/sites/{site_id}",
     permission="users:admin",
     response=SiteItem,
-    summary="Delete a site that has no agents",
+    summary="Delete a site that has no agents and no tickets",
 )
 async def delete_site(request: web.Request) -> web.Response:
     svc = services(request)
@@ -802,11 +806,20 @@ async def delete_site(request: web.Request) -> web.Response:
     who.require("users:admin", None)
     async with svc.sessions.begin() as session:
         site = await _load_site(session, request, who)
-        agents = await session.scalar(
-            select(func.count()).select_from(Agent).where(Agent.site_id == site.id)
-        )
-        if agents:
-            raise Conflict(f"site has {agents} agent(s); revoke and remove them first")
+        # Tickets are records and stay; agents must be revoked and removed first.
+        held = {
+            what: await session.scalar(
+                select(func.count()).select_from(model).where(model.site_id == site.id)
+            )
+            for what, model in (("agent(s)", Agent), ("ticket(s)", Ticket))
+        }
+        if any(held.values()):
+            holders = " and ".join(f"{n} {what}" for what, n in held.items() if n)
+            raise Conflict(
+                f"site {site.name} still has {holders}; a site with agents or tickets "
+                "cannot be deleted (revoke and remove its agents; tickets are kept as records)",
+                extra={"agents": held["agent(s)"], "tickets": held["ticket(s)"]},
+            )
         item = site_item(site)
         await session.delete(site)
         await auditlog.append(

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.api.authn import Principal, principal
-from server.api.routing import ApiRouter, body, json_response, query
+from server.api.routing import ApiRouter, PatchBody, body, json_response, query
 from server.audit import Event
 from server.context import services
 from server.itsm import alerts as pure
@@ -57,7 +57,9 @@ class RuleIn(BaseModel):
         return value
 
 
-class RulePatch(BaseModel):
+class RulePatch(PatchBody):
+    nullable = frozenset({"clear_threshold"})
+
     name: str | None = Field(None, min_length=1, max_length=200)
     op: Op | None = None
     threshold: float | None = None

@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from server.api.middleware import INT_MAX, INT_MIN
 from server.api.routing import ROUTE_ATTR, RouteSpec
 from shared.version import __version__
 
@@ -30,6 +31,19 @@ ERROR_SCHEMA: dict[str, Any] = {
         }
     },
 }
+
+
+def _bound_integers(node: Any) -> None:
+    """Integers are 64-bit (the middleware refuses others): say so in every schema."""
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            node.setdefault("minimum", INT_MIN)
+            node.setdefault("maximum", INT_MAX)
+        for value in node.values():
+            _bound_integers(value)
+    elif isinstance(node, list):
+        for value in node:
+            _bound_integers(value)
 
 
 def route_specs(app: web.Application) -> list[RouteSpec]:
@@ -112,6 +126,8 @@ def document(app: web.Application) -> dict[str, Any]:
             op["security"] = [{"bearer": []}, {"session": []}]
         paths.setdefault(spec.path, {})[spec.method.lower()] = op
 
+    _bound_integers(paths)
+    _bound_integers(components)
     return {
         "openapi": "3.1.0",
         "info": {

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
@@ -100,6 +100,39 @@ class ApiRouter:
     def install(self, app: web.Application) -> None:
         for spec in self.specs:
             app.router.add_route(spec.method, spec.path, spec.handler)
+
+
+def _drop_null(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """In the JSON schema, a field `PatchBody.nullable` does not list takes no null."""
+    nullable: frozenset[str] = getattr(model, "nullable", frozenset())
+    for name, prop in schema.get("properties", {}).items():
+        choices = prop.get("anyOf")
+        if name in nullable or not isinstance(choices, list):
+            continue
+        kept = [c for c in choices if c != {"type": "null"}]
+        prop.pop("anyOf")
+        if prop.get("default", ...) is None:
+            prop.pop("default")
+        if len(kept) == 1:
+            prop.update(kept[0])
+        else:
+            prop["anyOf"] = kept
+
+
+class PatchBody(BaseModel):
+    """A PATCH body: a field left out keeps its value; null is refused (422
+    naming the field) unless the field is listed in `nullable`, where null
+    means "back to the default". Handlers apply `model_dump(exclude_unset=True)`."""
+
+    nullable: ClassVar[frozenset[str]] = frozenset()
+    model_config = ConfigDict(json_schema_extra=_drop_null)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _refuse_null(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None and info.field_name not in cls.nullable:
+            raise ValueError("may not be null: leave the field out to keep its value")
+        return value
 
 
 def spec_of(request: web.Request) -> RouteSpec | None:

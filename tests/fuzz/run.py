@@ -137,6 +137,7 @@ def _summary(report: Path) -> dict[str, Any]:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    args.report_dir = args.report_dir.resolve()
     args.report_dir.mkdir(parents=True, exist_ok=True)
     log_path = args.report_dir / "hq.log"
     ndjson = args.report_dir / "events.ndjson"
@@ -179,7 +180,8 @@ async def _run(args: argparse.Namespace) -> int:
             if args.seed is not None:
                 argv += ["--seed", str(args.seed)]
             started = time.monotonic()
-            proc = await asyncio.create_subprocess_exec(*argv)
+            # schemathesis keeps its example database in .schemathesis/ of its cwd
+            proc = await asyncio.create_subprocess_exec(*argv, cwd=args.report_dir)
             code = await proc.wait()
             elapsed = time.monotonic() - started
             async with hq.client(token) as api:
