@@ -49,3 +49,20 @@ async def test_openapi_document_is_valid_and_complete(sqlite_hq):
             assert op["x-permission"], f"{method} {path}"
             if op["x-permission"] != "public":
                 assert "401" in op["responses"]
+
+
+async def test_route_specific_error_codes_are_documented(sqlite_hq):
+    """Codes a route answers beyond the generic ones (409 conflicts, 404 for a
+    named object in the body, 429 throttling, 503) are in its responses, and a
+    body can always be too large (413)."""
+    async with sqlite_hq.client() as api:
+        _, doc = await api.get("/api/openapi.json")
+    paths = doc["paths"]
+    assert "409" in paths["/api/v1/sites/{site_id}"]["delete"]["responses"]
+    assert {"401", "429"} <= set(paths["/api/v1/auth/login"]["post"]["responses"])
+    assert "404" in paths["/api/v1/tickets"]["post"]["responses"]
+    assert "503" in paths["/healthz"]["get"]["responses"]
+    for ops in paths.values():
+        for op in ops.values():
+            if "requestBody" in op:
+                assert "413" in op["responses"]

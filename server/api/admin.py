@@ -112,6 +112,7 @@ async def list_users(request: web.Request) -> web.Response:
 @routes.route(
     "POST",
     "/api/v1/users",
+    errors=(409,),
     permission="users:admin",
     body=NewUser,
     response=CreatedUser,
@@ -167,6 +168,7 @@ async def _guard_last_admin(session: AsyncSession, user_id: str) -> None:
 @routes.route(
     "PATCH",
     "/api/v1/users/{user_id}",
+    errors=(409,),
     permission="users:admin",
     body=UserPatch,
     response=UserItem,
@@ -219,6 +221,7 @@ async def patch_user(request: web.Request) -> web.Response:
 @routes.route(
     "DELETE",
     "/api/v1/users/{user_id}",
+    errors=(409,),
     permission="users:admin",
     response=UserItem,
     summary="Delete a user (their bindings, sessions and tokens go with them)",
@@ -325,6 +328,7 @@ async def list_roles(request: web.Request) -> web.Response:
 @routes.route(
     "POST",
     "/api/v1/roles",
+    errors=(409,),
     permission="users:admin",
     body=NewRole,
     response=RoleItem,
@@ -367,6 +371,7 @@ async def _custom_role(session: AsyncSession, request: web.Request) -> Role:
 @routes.route(
     "PATCH",
     "/api/v1/roles/{name}",
+    errors=(409,),
     permission="users:admin",
     body=RolePatch,
     response=RoleItem,
@@ -399,6 +404,7 @@ async def patch_role(request: web.Request) -> web.Response:
 @routes.route(
     "DELETE",
     "/api/v1/roles/{name}",
+    errors=(409,),
     permission="users:admin",
     response=RoleItem,
     summary="Delete a custom role that no binding uses",
@@ -476,6 +482,7 @@ async def _scope_site(session: AsyncSession, scope: str) -> str | None:
 @routes.route(
     "POST",
     "/api/v1/bindings",
+    errors=(404, 409),
     permission="users:admin",
     body=NewBinding,
     response=BindingItem,
@@ -705,6 +712,7 @@ async def list_sites(request: web.Request) -> web.Response:
 @routes.route(
     "POST",
     "/api/v1/sites",
+    errors=(409,),
     permission="users:admin",
     body=NewSite,
     response=SiteItem,
@@ -761,6 +769,7 @@ async def get_site(request: web.Request) -> web.Response:
 @routes.route(
     "PATCH",
     "/api/v1/sites/{site_id}",
+    errors=(409,),
     permission="users:admin",
     body=SitePatch,
     response=SiteItem,
@@ -796,6 +805,7 @@ async def patch_site(request: web.Request) -> web.Response:
 @routes.route(
     "DELETE",
     "/api/v1/sites/{site_id}",
+    errors=(409,),
     permission="users:admin",
     response=SiteItem,
     summary="Delete a site that has no agents and no tickets",

@@ -147,6 +147,7 @@ async def visible_rules(session: AsyncSession, who: Principal) -> list[RuleOut]:
 @routes.route(
     "POST",
     "/api/v1/alert-rules",
+    errors=(404,),
     permission="alerts:manage",
     body=RuleIn,
     response=RuleOut,

@@ -59,6 +59,7 @@ def user_info(user: User) -> UserInfo:
 @routes.route(
     "POST",
     "/api/v1/auth/login",
+    errors=(401, 429),
     public=True,
     body=LoginRequest,
     response=LoginResponse,
@@ -262,6 +263,7 @@ class TotpSetup(BaseModel):
 @routes.route(
     "POST",
     "/api/v1/me/totp",
+    errors=(409,),
     permission=SELF,
     response=TotpSetup,
     before_2fa=True,
@@ -339,6 +341,7 @@ async def verify_code(svc: Services, who: Principal, code: str, *, enabling: boo
 @routes.route(
     "POST",
     "/api/v1/me/totp/confirm",
+    errors=(409,),
     permission=SELF,
     body=CodeRequest,
     response=Empty,
@@ -355,6 +358,7 @@ async def totp_confirm(request: web.Request) -> web.Response:
 @routes.route(
     "POST",
     "/api/v1/auth/step-up",
+    errors=(409,),
     permission=SELF,
     body=CodeRequest,
     response=Empty,

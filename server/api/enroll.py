@@ -40,6 +40,7 @@ class EnrollResponse(BaseModel):
 @routes.route(
     "POST",
     "/api/v1/enroll",
+    errors=(401, 409),
     public=True,
     body=EnrollRequest,
     response=EnrollResponse,
@@ -119,6 +120,7 @@ def public_url(svc: Services, request: web.Request | None = None) -> str:
 @routes.route(
     "POST",
     "/api/v1/enroll-tokens",
+    errors=(404,),
     permission="agents:enroll",
     body=EnrollTokenRequest,
     response=EnrollTokenResponse,

@@ -142,6 +142,7 @@ async def _advertised(session: Any, agents: list[_Targeted], name: str) -> list[
 @routes.route(
     "POST",
     "/api/v1/jobs",
+    errors=(404,),
     permission="diag:run",
     body=JobRequest,
     response=JobOut,

@@ -116,10 +116,13 @@ def document(app: web.Application) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
         }
         codes = ["400", "422"] if spec.body or spec.query else []
+        if spec.body:
+            codes.append("413")
         if not spec.public:
             codes += ["401", "403"]
         if "{" in spec.path:
             codes.append("404")
+        codes += [str(code) for code in spec.errors]
         for code in codes:
             op["responses"][code] = err
         if not spec.public:

@@ -44,6 +44,10 @@ class RouteSpec:
     # A web console page (HTML): errors render as pages, a missing login
     # redirects to /login, and the OpenAPI document leaves it out.
     console: bool = False
+    # Status codes it can answer beyond the ones every route of its kind can
+    # (400/422 with a body or query, 401/403 unless public, 404 with a path
+    # parameter, 413 with a body), for the OpenAPI document.
+    errors: tuple[int, ...] = ()
 
 
 class ApiRouter:
@@ -68,6 +72,7 @@ class ApiRouter:
         websocket: bool = False,
         scoped: bool = True,
         before_2fa: bool = False,
+        errors: tuple[int, ...] = (),
     ) -> Callable[[Handler], Handler]:
         if permission is None and not public:
             raise ValueError(f"{method} {path}: declare a permission or public=True")
@@ -90,6 +95,7 @@ class ApiRouter:
                 scoped=scoped,
                 before_2fa=before_2fa,
                 console=self.console,
+                errors=errors,
             )
             setattr(handler, ROUTE_ATTR, spec)
             self.specs.append(spec)

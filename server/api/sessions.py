@@ -148,6 +148,7 @@ def check_agent_policy(agent: Agent, kind: str) -> None:
 @routes.route(
     "POST",
     "/api/v1/sessions",
+    errors=(404, 409),
     permission="sessions:request",
     body=SessionRequest,
     response=SessionOut,
@@ -319,6 +320,7 @@ class ConsentRequest(BaseModel):
 @routes.route(
     "POST",
     "/api/v1/sessions/{session_id}/consent",
+    errors=(409,),
     permission="sessions:consent",
     body=ConsentRequest,
     response=SessionOut,
@@ -344,6 +346,7 @@ async def consent(request: web.Request) -> web.Response:
 @routes.route(
     "POST",
     "/api/v1/sessions/{session_id}/accept",
+    errors=(409,),
     permission="sessions:request",
     response=SessionOut,
     summary="Take a session a site asked for (same rights and step-up as a request)",
@@ -425,6 +428,7 @@ def _check_origin(request: web.Request, who: Principal) -> None:
 @routes.route(
     "GET",
     "/api/v1/sessions/{session_id}/terminal",
+    errors=(409,),
     permission="tickets:read",
     query=TerminalQuery,
     websocket=True,
@@ -636,6 +640,7 @@ async def _watch(request: web.Request, manager: Sessions, rs: RemoteSession) -> 
 @routes.route(
     "GET",
     "/api/v1/sessions/{session_id}/recording",
+    errors=(409,),
     permission="audit:read",
     content_type="application/x-asciicast",
     summary="The session's recording (asciicast v2), decrypted and verified; reading it is audited",
@@ -759,6 +764,7 @@ async def _audit_file(
 @routes.route(
     "GET",
     "/api/v1/sessions/{session_id}/files",
+    errors=(409,),
     permission="files:read",
     query=FileQuery,
     content_type="application/octet-stream",
@@ -802,6 +808,7 @@ async def download(request: web.Request) -> web.StreamResponse:
 @routes.route(
     "PUT",
     "/api/v1/sessions/{session_id}/files",
+    errors=(409,),
     permission="files:write",
     query=FileQuery,
     content_type="application/octet-stream",

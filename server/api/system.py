@@ -24,7 +24,12 @@ class Health(BaseModel):
 
 
 @routes.route(
-    "GET", "/healthz", public=True, summary="Liveness and database check", response=Health
+    "GET",
+    "/healthz",
+    public=True,
+    summary="Liveness and database check",
+    response=Health,
+    errors=(503,),
 )
 async def healthz(request: web.Request) -> web.Response:
     svc = services(request)

@@ -264,6 +264,7 @@ class NewTicket(BaseModel):
 @routes.route(
     "POST",
     "/api/v1/tickets",
+    errors=(404,),
     permission="tickets:write",
     body=NewTicket,
     response=TicketDetail,
@@ -433,6 +434,7 @@ class TransitionRequest(BaseModel):
 @routes.route(
     "POST",
     "/api/v1/tickets/{ticket_id}/transition",
+    errors=(409,),
     permission="tickets:write",
     body=TransitionRequest,
     response=TicketDetail,
@@ -535,6 +537,7 @@ class EscalateRequest(BaseModel):
 @routes.route(
     "POST",
     "/api/v1/tickets/{ticket_id}/escalate",
+    errors=(409,),
     permission="tickets:assign",
     body=EscalateRequest,
     response=TicketDetail,
@@ -625,6 +628,7 @@ class RatingRequest(BaseModel):
 @routes.route(
     "POST",
     "/api/v1/tickets/{ticket_id}/rating",
+    errors=(409,),
     permission="tickets:write",
     body=RatingRequest,
     response=TicketDetail,
