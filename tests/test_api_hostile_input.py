@@ -154,3 +154,28 @@ async def test_a_calendar_without_working_time_is_refused(sqlite_hq: HQHandle):
         assert status == 200 and len(listed["items"]) == 1
         status, _ = await api.get("/api/v1/kpis")
         assert status == 200
+
+
+async def test_text_with_a_nul_character_is_refused(hq):
+    """A NUL character in a body field, a query parameter or a path id is a
+    4xx on both databases (PostgreSQL refused it: 500 before), and nothing is
+    stored."""
+    async with hq.client(hq.admin_token) as api:
+        await api.ok("POST", "/api/v1/sites", json={"name": "shop-5"})
+        ticket = await api.ok("POST", "/api/v1/tickets", json={"title": "till", "site": "shop-5"})
+        with capture_logs() as logs:
+            status, err = await api.post(
+                "/api/v1/sites", {"name": "shop-6", "description": "a\x00b"}
+            )
+            assert status == 422 and "description" in err["error"]["fields"], err
+            status, err = await api.post(
+                f"/api/v1/tickets/{ticket['id']}/agents", {"agent_id": "ag_\x00"}
+            )
+            assert status == 422 and "agent_id" in err["error"]["fields"], err
+            status, err = await api.get("/api/v1/tickets", params={"site": "shop\x00"})
+            assert status == 422 and "site" in err["error"]["fields"], err
+            status, err = await api.get("/api/v1/agents/ag_%00x")
+            assert status == 404, err
+        assert not _failed(logs)
+        sites = await api.ok("GET", "/api/v1/sites")
+        assert "shop-6" not in {s["name"] for s in sites["items"]}

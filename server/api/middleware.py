@@ -196,12 +196,18 @@ async def _read_json(request: web.Request) -> Any:
         raise BadRequest("request body is not valid JSON", fields={"body": "not JSON"}) from None
 
 
-def _out_of_range(value: Any, where: str) -> str | None:
-    """The first integer outside the 64-bit range in a validated model, by its field path."""
+def _unstorable(value: Any, where: str) -> tuple[str, str] | None:
+    """The first value in a validated model that no database column can hold,
+    as (field path, why): an integer beyond 64 bits, or text with a NUL
+    character (PostgreSQL refuses those in any text)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return where if not INT_MIN <= value <= INT_MAX else None
+        if INT_MIN <= value <= INT_MAX:
+            return None
+        return where, f"must be between {INT_MIN} and {INT_MAX}"
+    if isinstance(value, str):
+        return (where, "must not contain NUL characters") if "\x00" in value else None
     items: Any = ()
     if isinstance(value, BaseModel):
         items = (
@@ -209,11 +215,14 @@ def _out_of_range(value: Any, where: str) -> str | None:
             for name, info in type(value).model_fields.items()
         )
     elif isinstance(value, dict):
+        for key in value:
+            if isinstance(key, str) and "\x00" in key:
+                return where or "body", "keys must not contain NUL characters"
         items = value.items()
     elif isinstance(value, list | tuple | set | frozenset):
         items = enumerate(value)
     for key, item in items:
-        found = _out_of_range(item, f"{where}.{key}" if where else str(key))
+        found = _unstorable(item, f"{where}.{key}" if where else str(key))
         if found is not None:
             return found
     return None
@@ -224,14 +233,12 @@ def validate(model: type[BaseModel], data: Any, where: str) -> BaseModel:
         value = model.model_validate(data)
     except ValidationError as exc:
         raise Invalid(f"invalid {where}", fields=_fields(exc)) from None
-    # Python's integers have no bound, the database's do: refuse before a query
-    # overflows (one check for every route, rather than a bound on each field).
-    field = _out_of_range(value, "")
-    if field is not None:
-        raise Invalid(
-            f"invalid {where}",
-            fields={field: f"must be between {INT_MIN} and {INT_MAX}"},
-        )
+    # Python's integers have no bound and its strings may hold NUL, the
+    # databases' may not: refuse before a query fails (one check for every
+    # route, rather than a bound on each field).
+    found = _unstorable(value, "")
+    if found is not None:
+        raise Invalid(f"invalid {where}", fields={found[0]: found[1]})
     return value
 
 
@@ -272,6 +279,8 @@ async def enforce(request: web.Request, handler: Handler) -> web.StreamResponse:
             value = form.get("csrf_token")
             form_token = value if isinstance(value, str) else None
         check_csrf(request, who, form_token)
+    if any("\x00" in part for part in request.match_info.values()):
+        raise NotFound("not found")  # no id or name holds a NUL character
     if spec.query is not None:
         request[QUERY_KEY] = validate(spec.query, dict(request.query), "query parameters")
     if spec.body is not None:
