@@ -31,6 +31,7 @@ from server.store import fleet, people
 from server.store.db import make_engine, migrate, sessionmaker
 from server.store.hooks import CommitHooks
 from server.store.models import utcnow
+from server.webguard import Guard, GuardedSite
 from server.webhooks import Sender
 
 log = structlog.get_logger(__name__)
@@ -117,8 +118,11 @@ class HQ:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         host, port = self.settings.http_addr
-        site = web.TCPSite(
-            self._runner, host, port, ssl_context=self.datadir.ssl_context(), reuse_address=True
+        guard = Guard(
+            self.settings.http_header_timeout, self.settings.http_max_unauthenticated, metrics
+        )
+        site = GuardedSite(
+            self._runner, host, port, ssl_context=self.datadir.ssl_context(), guard=guard
         )
         await site.start()
         svc.http_port = self._runner.addresses[0][1]
