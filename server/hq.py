@@ -25,6 +25,7 @@ from server.gateway.ingest import Ingestor
 from server.gateway.listener import Gateway
 from server.jobs import Jobs
 from server.metrics import Metrics
+from server.ops import helprequests
 from server.sessions import Sessions
 from server.settings import Settings
 from server.store import fleet, people
@@ -95,6 +96,7 @@ class HQ:
             node_id=self.settings.node_id,
             keepalive_interval=self.settings.keepalive_interval,
             max_pending=self.settings.max_pending_handshakes,
+            help_limits=helprequests.Limits.of(self.settings),
         )
         hooks.tickets_changed.append(gateway.tickets_changed)
         self.services = svc = Services(

@@ -67,6 +67,17 @@ class Settings(BaseSettings):
         description="HTTPS connections one address may hold open before an authenticated "
         "request; more are closed at once",
     )
+    help_limit_per_machine: int = Field(
+        10, ge=1, description="help requests one machine may make per window"
+    )
+    help_limit_per_asker: int = Field(
+        5,
+        ge=1,
+        description="help requests one person (at a machine, or a user) may make per window",
+    )
+    help_limit_window_minutes: float = Field(
+        60.0, gt=0, description="the window of the help request limits, in minutes"
+    )
     metrics_public: bool = Field(True, description="serve /metrics without a token")
     log_level: str = Field(
         "info", pattern="^(debug|info|warning|error)$", description="debug, info, warning or error"
