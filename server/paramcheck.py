@@ -101,10 +101,11 @@ def vet_schema(schema: Any) -> None:
     """Raise SchemaRefused unless HQ can check parameters against `schema` in bounded time."""
     if not isinstance(schema, dict):
         raise SchemaRefused("not a JSON object")
+    pairs = list(_walk(schema, 1))  # the depth first: what follows recurses
     size = len(json.dumps(schema, separators=(",", ":")))
     if size > MAX_SCHEMA_BYTES:
         raise SchemaRefused(f"{size} bytes of schema, more than {MAX_SCHEMA_BYTES}")
-    for key, value in _walk(schema, 1):
+    for key, value in pairs:
         if key in REFUSED_KEYWORDS:
             raise SchemaRefused(f"uses {key}, which HQ does not check")
         if key == "$ref" and not (isinstance(value, str) and value.startswith("#")):

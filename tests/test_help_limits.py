@@ -185,3 +185,12 @@ async def test_site_staff_api_requests_fold_and_are_limited(hq_factory, sqlite_u
             made = await api.ok("POST", "/api/v1/tickets", json={"title": "t", "site": "shop-1"})
             numbers.add(made["number"])
         assert len(numbers) == 5
+
+
+async def test_openapi_documents_the_repeat_and_the_limit(sqlite_hq):
+    async with sqlite_hq.client() as api:
+        doc = await api.ok("GET", "/api/openapi.json")
+    answers = doc["paths"]["/api/v1/tickets"]["post"]["responses"]
+    assert {"200", "201", "429"} <= set(answers)
+    assert answers["200"]["content"] == answers["201"]["content"]
+    assert answers["429"]["content"]["application/json"]["schema"]["$ref"].endswith("/Error")
