@@ -93,7 +93,11 @@ def _parser() -> argparse.ArgumentParser:
                 "comes the request stays saved on this machine and goes later",
             )
 
-    h = add("help", "ask HQ's IT team for help with this machine; prints the ticket number")
+    h = add(
+        "help",
+        "ask HQ's IT team for help with this machine; prints the ticket number (asking again "
+        "what you have open adds to that ticket; HQ limits how many requests are made per hour)",
+    )
     h.add_argument("text", nargs="+", metavar="TEXT", help="what is wrong, in your words")
     h.add_argument(
         "--assist",

@@ -47,6 +47,7 @@ from agent.local import (
     TicketsRequest,
     call,
 )
+from shared import protocol as p
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -122,6 +123,12 @@ def _ago(value: datetime, now: datetime) -> str:
 
 
 def help_lines(answer: HelpAnswer, wait: float) -> tuple[list[str], int]:
+    if answer.state == "answered" and answer.ok and answer.message.startswith(p.HELP_REPEAT):
+        return [
+            f"You already have this request open as ticket {answer.ticket}: HQ added what "
+            "you wrote to it instead of opening another. Follow it with "
+            "`fieldlink-agent tickets`."
+        ], EXIT_OK
     if answer.state == "answered" and answer.ok:
         return [
             f"Your request is ticket {answer.ticket}. HQ's IT team has it; "

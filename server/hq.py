@@ -25,12 +25,14 @@ from server.gateway.ingest import Ingestor
 from server.gateway.listener import Gateway
 from server.jobs import Jobs
 from server.metrics import Metrics
+from server.ops import helprequests
 from server.sessions import Sessions
 from server.settings import Settings
 from server.store import fleet, people
 from server.store.db import make_engine, migrate, sessionmaker
 from server.store.hooks import CommitHooks
 from server.store.models import utcnow
+from server.webguard import Guard, GuardedSite
 from server.webhooks import Sender
 
 log = structlog.get_logger(__name__)
@@ -94,6 +96,7 @@ class HQ:
             node_id=self.settings.node_id,
             keepalive_interval=self.settings.keepalive_interval,
             max_pending=self.settings.max_pending_handshakes,
+            help_limits=helprequests.Limits.of(self.settings),
         )
         hooks.tickets_changed.append(gateway.tickets_changed)
         self.services = svc = Services(
@@ -117,8 +120,11 @@ class HQ:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         host, port = self.settings.http_addr
-        site = web.TCPSite(
-            self._runner, host, port, ssl_context=self.datadir.ssl_context(), reuse_address=True
+        guard = Guard(
+            self.settings.http_header_timeout, self.settings.http_max_unauthenticated, metrics
+        )
+        site = GuardedSite(
+            self._runner, host, port, ssl_context=self.datadir.ssl_context(), guard=guard
         )
         await site.start()
         svc.http_port = self._runner.addresses[0][1]

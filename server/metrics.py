@@ -37,6 +37,11 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.http_refused = Counter(
+            "fieldlink_http_connections_refused",
+            "HTTPS connections closed at once: too many unauthenticated ones from their address",
+            registry=self.registry,
+        )
         self.bad_frames = Counter(
             "fieldlink_bad_frames",
             "Malformed or oversized frames from agents",

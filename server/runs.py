@@ -13,10 +13,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonschema
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server import paramcheck
 from server.api.authn import Principal
 from server.audit import Actor, Event
 from server.context import Services
@@ -69,26 +69,6 @@ def schema_in(catalog: list[dict[str, Any]] | None, name: str) -> dict[str, Any]
     return None
 
 
-def validate_params(schema: dict[str, Any] | None, params: dict[str, Any]) -> None:
-    """Check params against the agent's advertised JSON schema; 422 naming the field."""
-    if schema is None:
-        return
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
-    if not errors:
-        return
-    fields: dict[str, str] = {}
-    for err in errors:
-        path = ".".join(str(x) for x in err.absolute_path)
-        if not path and err.validator == "required":
-            missing = err.message.split("'")[1] if "'" in err.message else "params"
-            path = missing
-        if not path and err.validator == "additionalProperties":
-            path = "params"
-        fields.setdefault(f"params.{path}" if path != "params" else "params", err.message)
-    raise Invalid("invalid parameters", fields=fields)
-
-
 async def resolve_ticket(
     session: AsyncSession, who: Principal | None, ref: str | None
 ) -> TicketView | None:
@@ -123,7 +103,7 @@ async def prepare(
             f"running a{'n' if tier[0] in 'ae' else ''} {tier} here needs "
             f"the {permission} permission on this site"
         )
-    validate_params(schema_for(agent, name), params)
+    await paramcheck.validate_params(schema_for(agent, name), params)
     ticket = await resolve_ticket(session, who, ticket_ref)
     reason = ticket_requirement(tier, ticket, agent.site_id)
     if reason is None and ticket is not None and tier != "diagnostic":

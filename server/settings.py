@@ -55,6 +55,29 @@ class Settings(BaseSettings):
     max_pending_handshakes: int = Field(
         500, ge=1, description="unauthenticated SSH connections in progress before refusing"
     )
+    http_header_timeout: float = Field(
+        20.0,
+        gt=0,
+        description="seconds a client has for the TLS handshake, then for each request's "
+        "headers (from connecting or the previous response); then the connection is closed",
+    )
+    http_max_unauthenticated: int = Field(
+        32,
+        ge=1,
+        description="HTTPS connections one address may hold open before an authenticated "
+        "request; more are closed at once",
+    )
+    help_limit_per_machine: int = Field(
+        10, ge=1, description="help requests one machine may make per window"
+    )
+    help_limit_per_asker: int = Field(
+        5,
+        ge=1,
+        description="help requests one person (at a machine, or a user) may make per window",
+    )
+    help_limit_window_minutes: float = Field(
+        60.0, gt=0, description="the window of the help request limits, in minutes"
+    )
     metrics_public: bool = Field(True, description="serve /metrics without a token")
     log_level: str = Field(
         "info", pattern="^(debug|info|warning|error)$", description="debug, info, warning or error"

@@ -263,6 +263,11 @@ class Ack(Model):
     seqs: list[int]
 
 
+# A receipt's message for a help request folded into one the asker already has
+# open (HQ: server.ops.helprequests); the ticket field names that request.
+HELP_REPEAT = "added to your open request"
+
+
 class Receipt(Model):
     """HQ's answer to a help request or rating, sent before its ack: the ticket
     it opened, or why it refused."""

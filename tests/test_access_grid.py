@@ -127,7 +127,8 @@ async def _delete_user(world: World, who: tuple[str, str]) -> tuple[str, str, An
 
 
 async def _get_user(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
-    return "GET", f"/api/v1/users/{await _fresh_user(world, who)}", None
+    """A user of site A: a site-scoped admin of another site does not see it."""
+    return "GET", f"/api/v1/users/{(await make_user(world.hq, 'site_staff', SITE_A)).id}", None
 
 
 async def _new_user(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
@@ -379,7 +380,7 @@ GRID: dict[tuple[str, str], Cell] = {
     ("DELETE", "/api/v1/tokens/{token_id}"): Cell("self", None, _own_token),
     ("GET", "/api/v1/users"): Cell("list", "users:admin", fixed("GET", "/api/v1/users")),
     ("POST", "/api/v1/users"): Cell("list", "users:admin", _new_user, ok=201),
-    ("GET", "/api/v1/users/{user_id}"): Cell("list", "users:admin", _get_user),
+    ("GET", "/api/v1/users/{user_id}"): Cell("object", "users:admin", _get_user),
     ("PATCH", "/api/v1/users/{user_id}"): Cell("global", "users:admin", _patch_user),
     ("DELETE", "/api/v1/users/{user_id}"): Cell("global", "users:admin", _delete_user),
     ("GET", "/api/v1/permissions"): Cell(

@@ -3,7 +3,9 @@
 Rules: nobody grants a permission on a scope they do not hold it on; the
 last enabled global admin cannot be removed, disabled or unbound; built-in
 roles cannot be changed. Users and roles are global objects: changing them
-needs users:admin globally; a site-scoped admin manages bindings on its site.
+needs users:admin globally; a site-scoped admin manages bindings on its site
+and sees only the users bound to its sites (or to none yet): any other user
+answers 404, as if it did not exist.
 """
 
 from __future__ import annotations
@@ -80,8 +82,15 @@ class UserPatch(BaseModel):
     reset_totp: bool = Field(False, description="turn 2FA off so the user enrolls again")
 
 
-async def user_item(session: AsyncSession, user: User) -> UserItem:
-    bindings = await binding_infos(session, await people.bindings_of(session, [user.id]))
+async def user_item(
+    session: AsyncSession, user: User, scope: frozenset[str] | None = None
+) -> UserItem:
+    """The user as an admin with users:admin on `scope` sees it (None: global):
+    a site-scoped admin sees only the bindings on its own sites."""
+    rows = await people.bindings_of(session, [user.id])
+    if scope is not None:
+        rows = [b for b in rows if b.site_id in scope]
+    bindings = await binding_infos(session, rows)
     return UserItem(
         id=user.id,
         username=user.username,
@@ -103,10 +112,31 @@ async def user_item(session: AsyncSession, user: User) -> UserItem:
     summary="Users, with their bindings",
 )
 async def list_users(request: web.Request) -> web.Response:
+    scope = principal(request).sites("users:admin")
     async with services(request).sessions() as session:
-        users = await people.list_users(session)
-        items = [await user_item(session, u) for u in users]
+        users = await visible_users(session, scope)
+        items = [await user_item(session, u, scope) for u in users]
     return json_response(UserList(items=items))
+
+
+async def visible_users(session: AsyncSession, scope: frozenset[str] | None) -> list[User]:
+    """The users an admin with users:admin on `scope` may see and act on: all of
+    them for a global admin; for a site-scoped admin, those bound to one of its
+    sites and those bound nowhere yet (so a user it just created can be bound)."""
+    users = await people.list_users(session)
+    if scope is None:
+        return users
+    sites: dict[str, set[str | None]] = {}
+    for b in await people.bindings_of(session, [u.id for u in users]):
+        sites.setdefault(b.user_id, set()).add(b.site_id)
+    return [u for u in users if u.id not in sites or sites[u.id] & scope]
+
+
+async def sees_user(session: AsyncSession, scope: frozenset[str] | None, user: User) -> bool:
+    if scope is None:
+        return True
+    held = {b.site_id for b in await people.bindings_of(session, [user.id])}
+    return not held or bool(held & scope)
 
 
 @routes.route(
@@ -140,8 +170,11 @@ async def create_user(request: web.Request) -> web.Response:
 
 
 async def _load_user(session: AsyncSession, request: web.Request) -> User:
+    """The user in the path, if the caller may see it: a user bound only to
+    sites (or the global scope) beyond a site-scoped admin's answers 404, as
+    one that does not exist."""
     user = await session.get(User, request.match_info["user_id"])
-    if user is None:
+    if user is None or not await sees_user(session, principal(request).sites("users:admin"), user):
         raise NotFound("not found")
     return user
 
@@ -154,8 +187,9 @@ async def _load_user(session: AsyncSession, request: web.Request) -> User:
     summary="One user",
 )
 async def get_user(request: web.Request) -> web.Response:
+    scope = principal(request).sites("users:admin")
     async with services(request).sessions() as session:
-        item = await user_item(session, await _load_user(session, request))
+        item = await user_item(session, await _load_user(session, request), scope)
     return json_response(item)
 
 
@@ -177,10 +211,10 @@ async def _guard_last_admin(session: AsyncSession, user_id: str) -> None:
 async def patch_user(request: web.Request) -> web.Response:
     svc = services(request)
     who = principal(request)
-    who.require("users:admin", None)
     req = body(request, UserPatch)
     async with svc.sessions.begin() as session:
         user = await _load_user(session, request)
+        who.require("users:admin", None)
         changed: list[str] = []
         if req.display_name is not None:
             user.display_name = req.display_name
@@ -229,9 +263,9 @@ async def patch_user(request: web.Request) -> web.Response:
 async def delete_user(request: web.Request) -> web.Response:
     svc = services(request)
     who = principal(request)
-    who.require("users:admin", None)
     async with svc.sessions.begin() as session:
         user = await _load_user(session, request)
+        who.require("users:admin", None)
         await _guard_last_admin(session, user.id)
         item = await user_item(session, user)
         for binding in await people.bindings_of(session, [user.id]):
@@ -497,7 +531,7 @@ async def create_binding(request: web.Request) -> web.Response:
         site_id = await _scope_site(session, req.scope)
         who.require("users:admin", site_id)
         user = await session.get(User, req.user_id)
-        if user is None:
+        if user is None or not await sees_user(session, who.sites("users:admin"), user):
             raise Invalid("unknown user", fields={"user_id": "no such user"})
         role = await session.get(Role, req.role)
         if role is None:

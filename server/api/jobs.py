@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import select
 
-from server import runs
+from server import paramcheck, runs
 from server.api.authn import Principal, principal
 from server.api.routing import ApiRouter, body, json_response, query
 from server.audit import Event
@@ -171,7 +171,7 @@ async def create_job(request: web.Request) -> web.Response:
                 f"this {tier} needs {permission} on every targeted site",
                 fields={"target": f"{len(denied)} agent(s) beyond your rights"},
             )
-        runs.validate_params(runs.schema_in(advertised, req.name), req.params)
+        await paramcheck.validate_params(runs.schema_in(advertised, req.name), req.params)
         ticket = await runs.resolve_ticket(session, who, req.ticket_id)
         for agent in agents:
             reason = ticket_requirement(tier, ticket, agent.site_id)

@@ -27,6 +27,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from server import webguard
 from server.api.authn import PRINCIPAL_KEY, SAFE_METHODS, authenticate, check_csrf
 from server.api.routing import BODY_KEY, QUERY_KEY, SELF, Handler, spec_of
 from server.auth import rbac
@@ -253,6 +254,7 @@ async def enforce(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise NotFound("not found")
     if not spec.public:
         who = await authenticate(request)
+        webguard.authenticated(request)
         request[PRINCIPAL_KEY] = who
         structlog.contextvars.bind_contextvars(user=who.username)
         if who.needs_2fa and not spec.before_2fa:

@@ -125,6 +125,8 @@ def document(app: web.Application) -> dict[str, Any]:
         codes += [str(code) for code in spec.errors]
         for code in codes:
             op["responses"][code] = err
+        for extra in spec.also:
+            op["responses"][str(extra)] = ok if extra < 400 else err
         if not spec.public:
             op["security"] = [{"bearer": []}, {"session": []}]
         paths.setdefault(spec.path, {})[spec.method.lower()] = op

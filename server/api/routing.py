@@ -48,6 +48,8 @@ class RouteSpec:
     # (400/422 with a body or query, 401/403 unless public, 404 with a path
     # parameter, 413 with a body), for the OpenAPI document.
     errors: tuple[int, ...] = ()
+    # Further success statuses it answers (with the response's body).
+    also: tuple[int, ...] = ()
 
 
 class ApiRouter:
@@ -73,6 +75,7 @@ class ApiRouter:
         scoped: bool = True,
         before_2fa: bool = False,
         errors: tuple[int, ...] = (),
+        also: tuple[int, ...] = (),
     ) -> Callable[[Handler], Handler]:
         if permission is None and not public:
             raise ValueError(f"{method} {path}: declare a permission or public=True")
@@ -96,6 +99,7 @@ class ApiRouter:
                 before_2fa=before_2fa,
                 console=self.console,
                 errors=errors,
+                also=also,
             )
             setattr(handler, ROUTE_ATTR, spec)
             self.specs.append(spec)

@@ -16,14 +16,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from server.api.authn import Principal, principal
 from server.api.routing import ApiRouter, body, json_response, query
 from server.auth import rbac
-from server.context import services
+from server.context import Services, services
 from server.itsm.tickets import OPEN, allowed_actions, number_text, priority_of
-from server.ops import ticketing
+from server.ops import helprequests, ticketing
 from server.store import fleet, people, tickets
 from server.store.models import Agent, RunRecord, Site, Ticket, TicketAgent, TicketEvent, User
-from shared.errors import Forbidden, Invalid, NotFound
+from shared.errors import Forbidden, Invalid, NotFound, RateLimited
 
 routes = ApiRouter("tickets")
+REPEAT_HEADER = "X-Fieldlink-Repeat-Of"  # a site request folded into this open one
 
 TicketType = Literal["incident", "service_request", "problem", "change"]
 Priority = Literal["P1", "P2", "P3", "P4"]
@@ -264,12 +265,14 @@ class NewTicket(BaseModel):
 @routes.route(
     "POST",
     "/api/v1/tickets",
-    errors=(404,),
+    errors=(404, 429),
     permission="tickets:write",
     body=NewTicket,
     response=TicketDetail,
     status=201,
-    summary="Open a ticket",
+    also=(200,),
+    summary="Open a ticket (site people: a repeat of their open request answers 200 with "
+    "it, and past the help request limits 429)",
 )
 async def create_ticket(request: web.Request) -> web.Response:
     svc = services(request)
@@ -303,6 +306,13 @@ async def create_ticket(request: web.Request) -> web.Response:
             agents.append(found[0])
         if staff and req.priority is not None:
             raise Forbidden("site staff cannot set a priority", fields={"priority": "not allowed"})
+        if staff:
+            repeat = await _site_request(session, svc, who, site.id, req)
+            if repeat is not None:
+                # a repeat of the asker's open request: that ticket, 200 not 201
+                answer = json_response(await detail(session, repeat, who), status=200)
+                answer.headers[REPEAT_HEADER] = number_text(repeat.number)
+                return answer
         hq_side = who.allowed("tickets:write", None)
         ticket = await ticketing.create(
             session,
@@ -334,6 +344,29 @@ async def create_ticket(request: web.Request) -> web.Response:
     if offer is not None:
         await svc.remote.push(offer)
     return json_response(out, status=201)
+
+
+async def _site_request(
+    session: AsyncSession, svc: Services, who: Principal, site_id: str, req: NewTicket
+) -> Ticket | None:
+    """A request from the site's people: 429 past the help request limits; the
+    open request it repeats (the repeat added to it), or None for a new ticket."""
+    asker = helprequests.Asker(
+        site_id, req.agent_ids[0] if len(req.agent_ids) == 1 else None, who.username, who.user_id
+    )
+    limited = await helprequests.check(session, asker, helprequests.Limits.of(svc.settings))
+    if limited is not None:
+        raise RateLimited(
+            limited.message,
+            headers={"Retry-After": str(int(limited.retry_after + 0.999))},
+        )
+    if req.assist:
+        return None
+    text = f"{req.title}\n{req.description}".strip()
+    repeat = await helprequests.open_repeat(session, asker, text)
+    if repeat is not None:
+        await helprequests.fold(session, repeat, who.actor(), text)
+    return repeat
 
 
 async def detail(session: AsyncSession, ticket: Ticket, who: Principal) -> TicketDetail:

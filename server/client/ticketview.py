@@ -216,6 +216,7 @@ LABELS = {
     "sla_warning": "SLA warning",
     "sla_breach": "SLA breach",
     "update": "changed",
+    "help_repeat": "asked again",
 }
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.api.admin import role_item, site_item, user_item
+from server.api.admin import role_item, site_item, user_item, visible_users
 from server.api.authn import principal
 from server.api.routing import ApiRouter
 from server.auth import rbac
@@ -27,7 +27,7 @@ async def admin(request: web.Request) -> web.StreamResponse:
     who = principal(request)
     scope = who.sites("users:admin")
     async with services(request).sessions() as session:
-        users = [await user_item(session, u) for u in await people.list_users(session)]
+        users = [await user_item(session, u, scope) for u in await visible_users(session, scope)]
         roles = [role_item(r) for r in await people.list_roles(session)]
         sites = [
             site_item(s) for s in await people.list_sites(session) if scope is None or s.id in scope

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import asyncssh
@@ -22,6 +23,7 @@ from server.gateway.ingest import Ingestor
 from server.gateway.registry import AgentLink, Registry
 from server.gateway.telemetry import run_telemetry
 from server.metrics import Metrics
+from server.ops.helprequests import Limits
 from server.store import fleet
 
 log = structlog.get_logger(__name__)
@@ -89,7 +91,9 @@ class Gateway:
         node_id: str,
         keepalive_interval: float,
         max_pending: int,
+        help_limits: Limits | None = None,
     ) -> None:
+        self.help_limits = help_limits or Limits(10, 5, timedelta(hours=1))
         self.sessions = sessions
         self.hq_key = hq_key
         self.metrics = metrics

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.audit import Actor
 from server.itsm.tickets import OPEN, number_text
-from server.ops import ticketing
+from server.ops import helprequests, ticketing
 from server.store import tickets
 from server.store.models import Agent, AgentRequest, Ticket, TicketAgent, User, utcnow
 from shared import protocol as p
@@ -78,6 +78,36 @@ async def handle_help(gw: Gateway, agent_id: str, frame: p.Help) -> p.Receipt:
         # crash the channel (the frame would come back after every reconnect).
         title = (frame.text.strip().splitlines() or ["help requested"])[0][:120]
         description = frame.text.strip()
+        asker = helprequests.Asker(agent.site_id, agent_id, who[:200])
+        limited = await helprequests.check(session, asker, gw.help_limits)
+        repeat = (
+            None
+            if limited is not None or frame.assist
+            else await helprequests.open_repeat(session, asker, description)
+        )
+        if limited is not None or repeat is not None:
+            if repeat is not None:
+                message = await helprequests.fold(session, repeat, actor, description)
+                receipt = p.Receipt(
+                    kind="help",
+                    seq=frame.seq,
+                    ok=True,
+                    ticket=number_text(repeat.number),
+                    message=message,
+                )
+            else:
+                assert limited is not None
+                receipt = p.Receipt(kind="help", seq=frame.seq, ok=False, message=limited.message)
+            await _remember(
+                session, agent_id, "help", frame.seq, receipt, repeat.id if repeat else None
+            )
+            log.info(
+                "help_request_repeat" if repeat is not None else "help_request_limited",
+                agent_id=agent_id,
+                ticket=receipt.ticket,
+                message=receipt.message,
+            )
+            return receipt
         ticket = await ticketing.create(
             session,
             site_id=agent.site_id,

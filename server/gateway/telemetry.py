@@ -4,11 +4,13 @@ the agent's connection; HQ carries on."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
 import structlog
 
+from server import paramcheck
 from server.gateway import requests
 from server.store import fleet
 from shared import protocol as p
@@ -45,6 +47,7 @@ async def run_telemetry(link: AgentLink, gw: Gateway) -> None:
                         )
                     hello_seen = True
                     link.info["hello_at"] = time.time()  # not the frame: it is big
+                    frame = await _vetted(frame)
                     async with gw.sessions.begin() as session:
                         await fleet.record_hello(session, link.agent_id, frame)
                     log.info("agent_hello", version=frame.version, dropped=frame.spool_dropped)
@@ -70,3 +73,15 @@ async def run_telemetry(link: AgentLink, gw: Gateway) -> None:
             log.warning("agent_frame_rejected", peer=link.peer, error=str(exc))
             link.close()
             return
+
+
+async def _vetted(hello: p.Hello) -> p.Hello:
+    """The hello with only the catalog entries whose parameter schema HQ can
+    check in bounded time (see server.paramcheck); the others are logged and
+    not offered."""
+    kept, refused = await asyncio.to_thread(paramcheck.vet_catalog, list(hello.catalog))
+    for name, reason in refused.items():
+        log.warning("agent_catalog_entry_refused", entry=name[:100], reason=reason)
+    if not refused:
+        return hello
+    return hello.model_copy(update={"catalog": kept})

@@ -1,0 +1,199 @@
+"""Help requests from a site's people: limited per machine and per asker, and
+a repeat folded into the request already open.
+
+A help request comes from a person at a machine (`fieldlink-agent help`, a
+`help` frame) or from site staff through `POST /api/v1/tickets`. Within
+`help_limit_window_minutes`, `help_limit_per_machine` requests may be made at
+one machine (whoever asks there; a site person's API request for a takeover
+of the machine is held to that count too) and one asker (a local account at a
+machine, or a user) may make `help_limit_per_asker`; one more is refused with
+the time until the next is possible. A request whose text is the same as (or close to) one the same
+asker still has open, from the same machine, is not a new ticket: it is
+added to the open one as a `help_repeat` event, and the asker is told which
+ticket. Repeats count against the limits too. The counts are read from the
+tickets and their events, so they hold across restarts and replicas.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server.audit import Actor
+from server.itsm.tickets import OPEN, number_text
+from server.ops import ticketing
+from server.settings import Settings
+from server.store.models import Ticket, TicketAgent, TicketEvent, utcnow
+from shared import protocol as p
+
+REPEAT_KIND = "help_repeat"
+SIMILAR = 0.85  # difflib ratio from which two requests are "the same"
+COMPARED_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class Limits:
+    per_machine: int
+    per_asker: int
+    window: timedelta
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        return cls(
+            settings.help_limit_per_machine,
+            settings.help_limit_per_asker,
+            timedelta(minutes=settings.help_limit_window_minutes),
+        )
+
+
+@dataclass(frozen=True)
+class Asker:
+    """Who asks: a local account at a machine (`agent_id` and `name` as
+    "user@host"), or a HQ user (`user_id`, `name` its user name) about a
+    machine or none."""
+
+    site_id: str
+    agent_id: str | None
+    name: str
+    user_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Limited:
+    message: str
+    retry_after: float  # seconds
+
+
+def normal(text: str) -> str:
+    """Text compared for repeats: case, punctuation and spacing do not count."""
+    return " ".join(re.sub(r"[\W_]+", " ", text.casefold()).split())[:COMPARED_CHARS]
+
+
+def similar(a: str, b: str) -> bool:
+    x, y = normal(a), normal(b)
+    if not x or not y:
+        return x == y
+    return x == y or difflib.SequenceMatcher(None, x, y).ratio() >= SIMILAR
+
+
+def _wait(times: list[datetime], limit: int, window: timedelta, now: datetime) -> float | None:
+    """Seconds until one more request fits, or None if one fits now."""
+    if len(times) < limit:
+        return None
+    times = sorted(times)
+    frees_at = times[len(times) - limit] + window
+    return max(1.0, (frees_at - now).total_seconds())
+
+
+async def _machine_times(session: AsyncSession, agent_id: str, since: datetime) -> list[datetime]:
+    """When requests were made at the machine (help frames and their repeats)."""
+    opened = await session.scalars(
+        select(Ticket.created_at).where(
+            Ticket.requester_agent_id == agent_id, Ticket.created_at >= since
+        )
+    )
+    repeated = await session.scalars(
+        select(TicketEvent.at).where(
+            TicketEvent.actor_type == "agent",
+            TicketEvent.actor_id == agent_id,
+            TicketEvent.kind == REPEAT_KIND,
+            TicketEvent.at >= since,
+        )
+    )
+    return [*opened, *repeated]
+
+
+async def _asker_times(session: AsyncSession, asker: Asker, since: datetime) -> list[datetime]:
+    mine: ColumnElement[bool]
+    by: ColumnElement[bool]
+    if asker.user_id is not None:
+        mine = Ticket.requester_id == asker.user_id
+        by = TicketEvent.actor_type.in_(("user", "token"))
+    else:
+        mine = (Ticket.requester_agent_id == asker.agent_id) & (Ticket.requester_name == asker.name)
+        by = (TicketEvent.actor_type == "agent") & (TicketEvent.actor_id == asker.agent_id)
+    opened = await session.scalars(
+        select(Ticket.created_at).where(mine, Ticket.created_at >= since)
+    )
+    repeated = await session.scalars(
+        select(TicketEvent.at).where(
+            by,
+            TicketEvent.actor_name == asker.name,
+            TicketEvent.kind == REPEAT_KIND,
+            TicketEvent.at >= since,
+        )
+    )
+    return [*opened, *repeated]
+
+
+async def check(session: AsyncSession, asker: Asker, limits: Limits) -> Limited | None:
+    """None if the asker may make one more request now; else why not and for how long."""
+    now = utcnow()
+    since = now - limits.window
+    minutes = f"{limits.window.total_seconds() / 60:g} minutes"
+    if asker.agent_id is not None:
+        times = await _machine_times(session, asker.agent_id, since)
+        wait = _wait(times, limits.per_machine, limits.window, now)
+        if wait is not None:
+            return Limited(
+                f"too many help requests from this machine ({len(times)} in the last "
+                f"{minutes}); try again in {_human(wait)}",
+                wait,
+            )
+    times = await _asker_times(session, asker, since)
+    wait = _wait(times, limits.per_asker, limits.window, now)
+    if wait is not None:
+        return Limited(
+            f"too many help requests from {asker.name} ({len(times)} in the last {minutes}); "
+            f"try again in {_human(wait)}",
+            wait,
+        )
+    return None
+
+
+def _human(seconds: float) -> str:
+    if seconds < 90:
+        return f"{int(seconds + 0.999)} s"
+    return f"{int(seconds / 60 + 0.999)} minutes"
+
+
+async def open_repeat(session: AsyncSession, asker: Asker, text: str) -> Ticket | None:
+    """The asker's open request from the same machine that `text` repeats, if any."""
+    stmt = select(Ticket).where(Ticket.status.in_(sorted(OPEN)), Ticket.site_id == asker.site_id)
+    if asker.user_id is not None:
+        stmt = stmt.where(Ticket.requester_id == asker.user_id)
+        if asker.agent_id is not None:
+            stmt = stmt.where(
+                Ticket.id.in_(
+                    select(TicketAgent.ticket_id).where(TicketAgent.agent_id == asker.agent_id)
+                )
+            )
+    else:
+        stmt = stmt.where(
+            Ticket.requester_agent_id == asker.agent_id, Ticket.requester_name == asker.name
+        )
+    for ticket in await session.scalars(stmt.order_by(Ticket.number.desc()).limit(20)):
+        said = f"{ticket.title}\n{ticket.description}"
+        if similar(text, ticket.description or ticket.title) or similar(text, said):
+            return ticket
+    return None
+
+
+async def fold(session: AsyncSession, ticket: Ticket, actor: Actor, text: str) -> str:
+    """Add the repeated request to the open ticket; the receipt's message."""
+    number = number_text(ticket.number)
+    await ticketing.record_event(
+        session,
+        ticket,
+        actor,
+        REPEAT_KIND,
+        "help_repeat",
+        f"asked again: {text}",
+        data={"text": text[:5000]},
+    )
+    return f"{p.HELP_REPEAT} {number}"
