@@ -163,6 +163,15 @@ async def test_tickets_as_a_person_sees_them(
     assert (made["title"], made["impact"], made["urgency"]) == (title, 1, 1)
     assert made["priority"] == "P1"
 
+    # 2. the dashboard's SLAs at risk say the same words
+    await page.goto(f"{url}/")
+    risky = page.locator(f"a[href='/tickets/{tickets.breached}'] ~ [data-sla]")
+    assert words["overdue"] in await risky.inner_text()
+    risky = page.locator(f"a[href='/tickets/{tickets.warning}'] ~ [data-sla]")
+    assert words["left"] in await risky.inner_text()
+    await _fits(page, phone)
+    await screenshot(page, f"person-dashboard-{tag}")
+
     # 2. the ticket page: the badge and every clock with its due time
     await page.goto(f"{url}/tickets/{tickets.ok}")
     clocks = page.locator("#sla-clocks li")
@@ -202,6 +211,7 @@ async def test_tickets_as_a_person_sees_them(
         await page.locator("#resolution p").inner_text()
         == "Paired the scanner with the till again."
     )
+    await screenshot(page, f"person-resolved-{tag}")
     assert not page.fieldlink_errors, page.fieldlink_errors
     await page.context.close()
 
