@@ -8,6 +8,7 @@ set-up says when done, and the only admin not offered for disabling.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -178,6 +179,9 @@ async def test_tickets_as_a_person_sees_them(
     assert await clocks.count() == 3
     ack = await page.locator("#sla-clocks li[data-clock='ack']").inner_text()
     assert words["left"] in ack and re.search(r"\d{4}|\d+:\d\d", ack), ack
+    # 10. linked machines by host name
+    machine = page.locator(f"dl.facts a[href='/machines/{world.agent.agent_id}']")
+    assert await machine.inner_text() == os.uname().nodename
     # 10. the Work panel's rows: their fields start at one line, on a desktop
     boxes = [
         await page.locator(sel).bounding_box() for sel in ("#set-prio", "#link-agent", "#assign-to")

@@ -115,3 +115,23 @@ def test_demo_names_a_busy_port_and_how_to_choose_another(tmp_path, busy):
     assert "make run HTTP_PORT=" in err and "--http 127.0.0.1:" in err
     assert "Errno" not in err and "Traceback" not in err
     assert "Fieldlink demo is running" not in out
+
+
+def test_make_run_passes_ports_and_address_to_the_demo():
+    """`make run HTTP_PORT=... SSH_PORT=... BIND=...` runs the demo on them; by
+    default on 127.0.0.1:8443 and :8022."""
+    root = Path(__file__).resolve().parent.parent
+
+    def planned(*assignments: str) -> str:
+        done = subprocess.run(
+            ["make", "-n", "run", *assignments], cwd=root, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return next(line for line in done.stdout.splitlines() if "fieldlink demo" in line)
+
+    assert planned().endswith(
+        "fieldlink demo --data-dir .demo --http 127.0.0.1:8443 --ssh 127.0.0.1:8022"
+    )
+    assert planned("HTTP_PORT=9443", "SSH_PORT=9022", "BIND=0.0.0.0").endswith(
+        "--http 0.0.0.0:9443 --ssh 0.0.0.0:9022"
+    )
