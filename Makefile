@@ -8,6 +8,10 @@ STAMP := $(VENV)/.installed
 # The web console's front-end libraries, from npm by the committed lock file.
 NODE_STAMP := node_modules/.installed
 DEMO_DIR ?= .demo
+# `make run` listens on BIND (this machine only by default) at these ports.
+BIND ?= 127.0.0.1
+HTTP_PORT ?= 8443
+SSH_PORT ?= 8022
 
 .PHONY: run test fuzz bench lint format venv clean i18n
 
@@ -28,7 +32,7 @@ $(NODE_STAMP): package.json package-lock.json
 venv: $(STAMP) $(NODE_STAMP)
 
 run: $(STAMP) $(NODE_STAMP)
-	$(BIN)/fieldlink demo --data-dir $(DEMO_DIR)
+	$(BIN)/fieldlink demo --data-dir $(DEMO_DIR) --http $(BIND):$(HTTP_PORT) --ssh $(BIND):$(SSH_PORT)
 
 test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

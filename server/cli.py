@@ -9,7 +9,7 @@ On the HQ machine (work on the data directory directly):
     fieldlink admin --data-dir DIR fingerprint
     fieldlink admin --data-dir DIR user add NAME --role ROLE [--site SITE] [--password-stdin]
     fieldlink admin --data-dir DIR audit verify
-    fieldlink demo  [--data-dir DIR]
+    fieldlink demo  [--data-dir DIR] [--http HOST:PORT] [--ssh HOST:PORT]
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from shared.version import __version__
 DEFAULT_DATA_DIR = "/var/lib/fieldlink"
 LOG_FORMATS: dict[str, bool | None] = {"auto": None, "json": True, "console": False}
 HQ_COMMANDS = frozenset({"init", "serve", "admin", "demo"})
+# The demo listens on loopback unless told otherwise.
+DEMO_HTTP = "127.0.0.1:8443"
+DEMO_SSH = "127.0.0.1:8022"
 
 
 def _hq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -101,13 +104,27 @@ def _hq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "verify", help="walk the hash chain; non-zero exit naming the first broken entry"
     )
 
-    demo = sub.add_parser("demo", help="HQ plus one local agent on SQLite (what `make run` runs)")
+    demo = sub.add_parser(
+        "demo",
+        help="HQ plus one local agent on SQLite (what `make run` runs)",
+        description="Start HQ and one local agent, then print the URL, the admin password "
+        "and the TLS fingerprint. Logs go to DATA_DIR/demo.log; Ctrl-C stops both.",
+        epilog="example:\n  fieldlink demo --http 127.0.0.1:9443 --ssh 127.0.0.1:9022\n"
+        "  make run HTTP_PORT=9443 SSH_PORT=9022 BIND=0.0.0.0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     data_dir(demo, ".demo")
     demo.add_argument(
-        "--http", metavar="HOST:PORT", help="HTTPS listen address (default 0.0.0.0:8443)"
+        "--http",
+        metavar="HOST:PORT",
+        default=DEMO_HTTP,
+        help=f"HTTPS listen address (default {DEMO_HTTP}: this machine only)",
     )
     demo.add_argument(
-        "--ssh", metavar="HOST:PORT", help="SSH listen address (default 0.0.0.0:8022)"
+        "--ssh",
+        metavar="HOST:PORT",
+        default=DEMO_SSH,
+        help=f"SSH listen address for the agent (default {DEMO_SSH})",
     )
     demo.add_argument("--interval", type=float, help="agent report interval (default 15)")
 
@@ -142,7 +159,15 @@ def _run_hq_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"fieldlink: invalid settings: {exc}", file=sys.stderr)
         return 2
-    logs.configure(json=LOG_FORMATS[args.log_format], level=settings.log_level)
+    log_file = None
+    if args.command == "demo":
+        from server.demo import open_log
+
+        # the terminal keeps the banner; the logs of HQ and the agent go to a file
+        log_file = open_log(args.data_dir)
+        logs.configure(json=True, level=settings.log_level, stream=log_file)
+    else:
+        logs.configure(json=LOG_FORMATS[args.log_format], level=settings.log_level)
 
     try:
         if args.command == "init":
@@ -161,7 +186,7 @@ def _run_hq_command(args: argparse.Namespace) -> int:
         if args.command == "demo":
             from server.demo import run_demo
 
-            return asyncio.run(run_demo(settings))
+            return asyncio.run(run_demo(settings, log_file))
         return _admin(args, settings)
     except KeyboardInterrupt:
         return 130

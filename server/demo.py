@@ -4,6 +4,10 @@ Initialises the data directory on first use, starts HQ, enrolls a local
 agent through the real enrollment path (`fieldlink-agent enroll`, over
 HTTPS with the pinned fingerprint), runs it as a separate process and
 prints how to log in. Ctrl-C stops both.
+
+The terminal shows only the banner (last, after start-up) and plain
+messages; the logs of HQ and the agent go to `DATA_DIR/demo.log`. It binds
+127.0.0.1 unless told otherwise (`--http`/`--ssh`, or `make run BIND=...`).
 """
 
 from __future__ import annotations
@@ -15,20 +19,45 @@ import signal
 import sys
 import tomllib
 from pathlib import Path
+from typing import IO, Any
 
 from server import admin
 from server.datadir import DataDir
-from server.hq import HQ
+from server.hq import HQ, PortInUse
 from server.ops import enrollment
 from server.settings import Settings
 from shared.durations import parse_duration
+
+LOG_NAME = "demo.log"
+
+
+def log_path(data_dir: Path) -> Path:
+    """Where `fieldlink demo` writes the logs of HQ and its agent."""
+    return data_dir / LOG_NAME
+
+
+def open_log(data_dir: Path) -> IO[str]:
+    """The demo's log file, appended to (the data dir is made if new)."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = log_path(data_dir)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    return path.open("a", buffering=1, encoding="utf-8")
 
 
 def _password_file(datadir: DataDir) -> Path:
     return datadir.path / "demo-admin-password"
 
 
-async def _enroll_local_agent(hq: HQ, agent_dir: Path) -> str:
+def _port_hint(exc: PortInUse) -> str:
+    return (
+        f"fieldlink demo: {exc.message}.\n"
+        "  Choose other ports, e.g.:\n"
+        "    make run HTTP_PORT=9443 SSH_PORT=9022\n"
+        "    fieldlink demo --http 127.0.0.1:9443 --ssh 127.0.0.1:9022"
+    )
+
+
+async def _enroll_local_agent(hq: HQ, agent_dir: Path, log: IO[str] | None) -> str:
     config = agent_dir / "config.toml"
     if not config.exists():
         async with hq.svc.sessions.begin() as session:
@@ -50,11 +79,18 @@ async def _enroll_local_agent(hq: HQ, agent_dir: Path) -> str:
             "--config-dir",
             str(agent_dir),
             "--force",
+            **_output(log),
         )
         if await proc.wait() != 0:
-            raise RuntimeError("enrolling the local agent failed (see above)")
+            where = f"see {log.name}" if log is not None else "see above"
+            raise RuntimeError(f"enrolling the local agent failed ({where})")
         _allow_exec(agent_dir / "policy.toml")
     return str(tomllib.loads(config.read_text())["agent_id"])
+
+
+def _output(log: IO[str] | None) -> dict[str, Any]:
+    """A child's output goes to the demo's log file (or the terminal, without one)."""
+    return {} if log is None else {"stdout": log, "stderr": log}
 
 
 def _allow_exec(policy: Path) -> None:
@@ -65,7 +101,8 @@ def _allow_exec(policy: Path) -> None:
     policy.write_text("\n".join(lines) + "\n")
 
 
-async def run_demo(settings: Settings) -> int:
+async def run_demo(settings: Settings, log: IO[str] | None = None) -> int:
+    """Run the demo until Ctrl-C; `log` takes the children's output (None: the terminal)."""
     datadir = DataDir(settings.data_dir)
     pw_file = _password_file(datadir)
     if not datadir.is_initialized():
@@ -80,7 +117,13 @@ async def run_demo(settings: Settings) -> int:
     )
 
     hq = HQ(settings)
-    await hq.start()
+    try:
+        await hq.start()
+    except PortInUse as exc:
+        with contextlib.suppress(Exception):
+            await hq.stop()
+        print(_port_hint(exc), file=sys.stderr, flush=True)
+        return 1
     agent_dir = datadir.path / "agent"
     agent_proc: asyncio.subprocess.Process | None = None
     stop = asyncio.Event()
@@ -89,7 +132,7 @@ async def run_demo(settings: Settings) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        agent_id = await _enroll_local_agent(hq, agent_dir)
+        agent_id = await _enroll_local_agent(hq, agent_dir, log)
         agent_proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -99,7 +142,9 @@ async def run_demo(settings: Settings) -> int:
             str(agent_dir),
             "--interval",
             str(settings.report_interval),
+            **_output(log),
         )
+        logs_line = f"    logs:             {log.name}\n" if log is not None else ""
         print(
             "\n"
             "  Fieldlink demo is running\n"
@@ -110,6 +155,7 @@ async def run_demo(settings: Settings) -> int:
             f"    admin password:   {password}\n"
             f"    local agent id:   {agent_id}\n"
             f"    agent config:     {agent_dir}\n"
+            f"{logs_line}"
             "\n"
             "  Try:\n"
             f"    TOKEN=$(.venv/bin/fieldlink admin --data-dir {datadir.path} "
@@ -124,7 +170,8 @@ async def run_demo(settings: Settings) -> int:
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         if waiter.done():
-            print(f"the local agent exited with status {waiter.result()}", file=sys.stderr)
+            where = f" (see {log.name})" if log is not None else ""
+            print(f"the local agent exited with status {waiter.result()}{where}", file=sys.stderr)
             return 1
         waiter.cancel()
         return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import os
 import signal
@@ -34,6 +35,7 @@ from server.store.hooks import CommitHooks
 from server.store.models import utcnow
 from server.webguard import Guard, GuardedSite
 from server.webhooks import Sender
+from shared.errors import FieldlinkError
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +44,27 @@ log = structlog.get_logger(__name__)
 KEY_REFRESH_SECONDS = 60.0
 PRUNE_SECONDS = 3600.0
 DRAIN_SECONDS = 10.0  # at shutdown, for health already received to be stored
+
+
+class PortInUse(FieldlinkError):
+    """A listen address HQ needs is taken (by another HQ or another program)."""
+
+    code = "port_in_use"
+
+    def __init__(self, what: str, address: str) -> None:
+        super().__init__(
+            f"the {what} port {address} is already in use (another Fieldlink or another "
+            "program listens there)",
+            fields={what.lower(): f"{address} is in use"},
+        )
+        self.what = what
+        self.address = address
+
+
+def _bind_error(exc: OSError, what: str, address: str) -> Exception:
+    if exc.errno == errno.EADDRINUSE:
+        return PortInUse(what, address)
+    return exc
 
 
 class HQ:
@@ -114,7 +137,10 @@ class HQ:
         svc._jobs = jobs = Jobs(svc)
         await jobs.recover()
         gateway.on_connect.append(jobs.on_agent_connected)
-        _, svc.ssh_port = await gateway.start(*self.settings.ssh_addr)
+        try:
+            _, svc.ssh_port = await gateway.start(*self.settings.ssh_addr)
+        except OSError as exc:
+            raise _bind_error(exc, "SSH", self.settings.ssh) from exc
 
         app = make_app(svc)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -126,7 +152,10 @@ class HQ:
         site = GuardedSite(
             self._runner, host, port, ssl_context=self.datadir.ssl_context(), guard=guard
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise _bind_error(exc, "HTTPS", self.settings.http) from exc
         svc.http_port = self._runner.addresses[0][1]
 
         self._spawn(self._refresh_keys_loop(), "key-refresh")

@@ -285,14 +285,18 @@ async def test_nobody_grants_themselves_more(sqlite_hq):
     async with sqlite_hq.client(sqlite_hq.admin_token) as api:
         users = await api.ok("GET", "/api/v1/users")
         root = next(u for u in users["items"] if u["username"] == "admin")
-        status, _ = await api.request("DELETE", f"/api/v1/users/{root['id']}")
-        assert status == 409
-        status, _ = await api.request(
+        status, err = await api.request("DELETE", f"/api/v1/users/{root['id']}")
+        assert status == 409 and err["error"]["code"] == "last_admin"
+        assert list(err["error"]["fields"]) == ["user_id"]
+        status, err = await api.request(
             "PATCH", f"/api/v1/users/{root['id']}", json={"disabled": True}
         )
-        assert status == 409
-        status, _ = await api.request("DELETE", f"/api/v1/bindings/{root['bindings'][0]['id']}")
-        assert status == 409
+        assert status == 409 and err["error"]["code"] == "last_admin"
+        assert list(err["error"]["fields"]) == ["disabled"]
+        status, err = await api.request("DELETE", f"/api/v1/bindings/{root['bindings'][0]['id']}")
+        assert status == 409 and list(err["error"]["fields"]) == ["binding_id"]
+        again = await api.ok("GET", f"/api/v1/users/{root['id']}")
+        assert again["disabled"] is False and again["bindings"] == root["bindings"]
         # a custom role, bound and used
         await api.ok(
             "POST",

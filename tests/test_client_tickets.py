@@ -105,7 +105,7 @@ async def test_ticket_lifecycle_from_the_command_line(sqlite_hq, agent_factory, 
     for expected in (
         f"{number} P2 resolved",
         "Till 3 freezes",
-        agent.agent_id,
+        f"{os.uname().nodename} ({agent.agent_id})",  # the machine by its host name
         "fixed: replaced the cable",
         "acknowledge",
         "met",
@@ -129,6 +129,35 @@ async def test_ticket_lifecycle_from_the_command_line(sqlite_hq, agent_factory, 
 
     missing = await fieldlink("ticket", "show", "FL-99999", env=env)
     assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+async def test_ticket_show_prints_the_health_snapshot_of_a_help_request(
+    sqlite_hq, agent_factory, tmp_path
+):
+    """A help request's snapshot (CPU, load, memory, disks, top processes) is
+    printed by `ticket show`, with the machine by its host name."""
+    from tests.test_e2e_help import cli as agent_cli
+    from tests.test_e2e_help import number_in, until_linked
+
+    hq = sqlite_hq
+    agent = await agent_factory(hq)
+    await until_linked(agent)
+    code, out, err = await agent_cli(agent, "help", "the till is very slow")
+    assert code == 0, err
+    number = number_in(out)
+    user = await make_user(hq, "hq_engineer", totp=True)
+    env = as_user(tmp_path / "cfg", hq, user.token, COLUMNS="160")
+    shown = await fieldlink("ticket", "show", number, env=env)
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout
+    assert "Health snapshot (when help was asked" in text
+    rows = {line.split()[0]: line for line in text.splitlines() if line.split()}
+    assert re.search(r"CPU\s+\d+% of \d+ cores", rows["CPU"]), rows["CPU"]
+    assert re.search(r"load\s+\d+\.\d\d / \d+\.\d\d / \d+\.\d\d", rows["load"])
+    assert re.search(r"memory\s+\d+% \(.+iB of .+iB\)", rows["memory"])
+    assert re.search(r"│ / +│ .+iB │ .+iB │ +\d+% │", text), text
+    assert "pid" in text and "process" in text
+    assert f"{os.uname().nodename} ({agent.agent_id})" in text
 
 
 def table_rows(text: str) -> dict[str, str]:

@@ -106,3 +106,34 @@ def test_console_dates_become_utc_times_for_the_api():
     assert _utc("2026-03-01", next_day=True) == "2026-03-02T00:00:00+00:00"
     assert _utc("2026-03-01T09:30") == "2026-03-01T09:30:00+00:00"
     assert _utc(None) is None and _utc("soon") == "soon"
+
+
+def test_the_machines_list_highlights_full_cpu_memory_and_disk():
+    """100 % CPU stands out in the machines list (90 % and up: red, 75 % and up:
+    amber); ordinary values stay plain."""
+    import re
+
+    import aiohttp_jinja2
+    from aiohttp import web
+
+    from server.console import render
+
+    app = web.Application()
+    render.setup(app)
+    env = aiohttp_jinja2.get_env(app)
+    i18n.activate("en")
+    row = {
+        "id": "ag_1",
+        "hostname": "till-1",
+        "site": "shop-1",
+        "status": "online",
+        "health": {"cpu_percent": 100.0, "memory_percent": 40.0, "disk_percent": 80.0},
+        "last_seen": None,
+        "tags": [],
+    }
+    html = env.get_template("machines_rows.html").render(rows=[row])
+    cells = re.findall(r'<td class="num">(.*?)</td>', html)
+    assert len(cells) == 3, html
+    assert 'class="bad hot"' in cells[0] and "data-hot" in cells[0] and "100%" in cells[0]
+    assert cells[1] == "<span>40%</span>"
+    assert 'class="warn"' in cells[2] and "80%" in cells[2]

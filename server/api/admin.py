@@ -193,10 +193,16 @@ async def get_user(request: web.Request) -> web.Response:
     return json_response(item)
 
 
-async def _guard_last_admin(session: AsyncSession, user_id: str) -> None:
+async def _guard_last_admin(session: AsyncSession, user_id: str, field: str) -> None:
+    """Refuse (409 `last_admin`, naming `field`) to disable, delete or demote the
+    only enabled global admin: nobody could administer HQ afterwards."""
     admins = await people.global_admins(session)
     if admins == {user_id}:
-        raise Conflict("this is the last enabled global admin; make another admin first")
+        raise Conflict(
+            "this is the last enabled global admin; make another admin first",
+            code="last_admin",
+            fields={field: "the only enabled global admin"},
+        )
 
 
 @routes.route(
@@ -229,7 +235,7 @@ async def patch_user(request: web.Request) -> web.Response:
             changed.append("password")
         if req.disabled is not None and req.disabled != user.disabled:
             if req.disabled:
-                await _guard_last_admin(session, user.id)
+                await _guard_last_admin(session, user.id, "disabled")
                 await people.drop_user_sessions(session, user.id)
             user.disabled = req.disabled
             changed.append("disabled")
@@ -266,7 +272,7 @@ async def delete_user(request: web.Request) -> web.Response:
     async with svc.sessions.begin() as session:
         user = await _load_user(session, request)
         who.require("users:admin", None)
-        await _guard_last_admin(session, user.id)
+        await _guard_last_admin(session, user.id, "user_id")
         item = await user_item(session, user)
         for binding in await people.bindings_of(session, [user.id]):
             await session.delete(binding)
@@ -588,7 +594,7 @@ async def delete_binding(request: web.Request) -> web.Response:
                 fields={"binding_id": "beyond your own rights"},
             )
         if binding.role == "admin" and binding.site_id is None:
-            await _guard_last_admin(session, binding.user_id)
+            await _guard_last_admin(session, binding.user_id, "binding_id")
         info = (await binding_infos(session, [binding]))[0]
         await session.delete(binding)
         await auditlog.append(

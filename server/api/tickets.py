@@ -85,7 +85,15 @@ class EventOut(BaseModel):
     data: dict[str, Any]
 
 
+class MachineRef(BaseModel):
+    id: str
+    hostname: str
+
+
 class TicketDetail(TicketOut):
+    machines: list[MachineRef] = Field(
+        default_factory=list, description="the linked machines (`agents`) with their host names"
+    )
     timeline: list[EventOut]
 
 
@@ -375,8 +383,14 @@ async def detail(session: AsyncSession, ticket: Ticket, who: Principal) -> Ticke
     if not who.sees_all_tickets(ticket.site_id):
         stmt = stmt.where(TicketEvent.internal.is_(False))
     events = (await session.scalars(stmt)).all()
+    hosts = dict(
+        (
+            await session.execute(select(Agent.id, Agent.hostname).where(Agent.id.in_(base.agents)))
+        ).all()
+    )
     return TicketDetail(
         **base.model_dump(),
+        machines=[MachineRef(id=a, hostname=hosts.get(a, a)) for a in base.agents],
         timeline=[
             EventOut(
                 id=e.id,

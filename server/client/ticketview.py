@@ -16,9 +16,8 @@ from rich.table import Table
 from rich.text import Text
 
 from server.client.render import parse_time
+from server.itsm import sla
 
-# worst first: the badge shows the worst state of a ticket's clocks
-BADGE_ORDER = ("breached", "missed", "warning", "paused", "ok", "met")
 BADGE_STYLE = {
     "breached": "bold red",
     "missed": "red",
@@ -88,23 +87,15 @@ def when(value: Any) -> str:
 def sla_badge(clocks: dict[str, Any], now: datetime | None = None) -> tuple[str, str]:
     """(label, style) for a ticket's worst SLA clock. Running clocks count as
     `ok`; the label carries the time to the nearest due (or past it). Pure."""
-    now = now or datetime.now(UTC)
-    states: dict[str, list[dict[str, Any]]] = {}
-    for clock in clocks.values():
-        if isinstance(clock, dict):
-            state = str(clock.get("state"))
-            states.setdefault("ok" if state == "running" else state, []).append(clock)
-    for badge in BADGE_ORDER:
-        if badge not in states:
-            continue
-        dues = [d for d in (parse_time(c.get("due")) for c in states[badge]) if d is not None]
-        label = badge
-        if dues and badge in ("ok", "warning"):
-            label = f"{badge} {short_span((min(dues) - now).total_seconds())} left"
-        elif dues and badge == "breached":
-            label = f"breached {short_span((now - min(dues)).total_seconds())} ago"
-        return label, BADGE_STYLE[badge]
-    return "-", ""
+    got = sla.badge(clocks, now or datetime.now(UTC))
+    if not got.state:
+        return "-", ""
+    label = got.state
+    if got.seconds is not None and got.state in ("ok", "warning"):
+        label = f"{got.state} {short_span(got.seconds)} left"
+    elif got.seconds is not None and got.state == "breached":
+        label = f"breached {short_span(got.seconds)} ago"
+    return label, BADGE_STYLE[got.state]
 
 
 def one_line(value: Any) -> Text:
@@ -143,7 +134,11 @@ def _fields(t: dict[str, Any]) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
-    agents = ", ".join(str(a) for a in t.get("agents") or []) or "-"
+    machines = t.get("machines")
+    if isinstance(machines, list) and machines:
+        agents = ", ".join(f"{m.get('hostname')} ({m.get('id')})" for m in machines)
+    else:
+        agents = ", ".join(str(a) for a in t.get("agents") or []) or "-"
     rows: list[tuple[str, str]] = [
         ("type", str(t.get("type", "-"))),
         ("priority", f"{t.get('priority')} (impact {t.get('impact')}, urgency {t.get('urgency')})"),
@@ -288,6 +283,76 @@ def timeline_table(events: list[dict[str, Any]]) -> Table:
     return table
 
 
+def _pct(value: Any) -> Text:
+    if not isinstance(value, int | float):
+        return Text("-")
+    style = "bold red" if value >= 90 else "yellow" if value >= 75 else ""
+    return Text(f"{value:.0f}%", style=style)
+
+
+def _size(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(value)
+
+
+def snapshot_view(s: dict[str, Any]) -> RenderableType:
+    """A health snapshot (a help request's): CPU, load, memory, disks and the
+    top processes by CPU. Pure."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    cpu = s.get("cpu") or {}
+    grid.add_row(
+        "CPU", Text.assemble(_pct(cpu.get("percent")), f" of {cpu.get('count', '?')} cores")
+    )
+    load = s.get("load") or {}
+    grid.add_row("load", " / ".join(f"{load.get(k, 0):.2f}" for k in ("1m", "5m", "15m")))
+    mem = s.get("memory") or {}
+    grid.add_row(
+        "memory",
+        Text.assemble(
+            _pct(mem.get("percent")), f" ({_size(mem.get('used'))} of {_size(mem.get('total'))})"
+        ),
+    )
+    if s.get("uptime_seconds") is not None:
+        grid.add_row("up for", span(float(s["uptime_seconds"])))
+    if s.get("process_count") is not None:
+        grid.add_row("processes", str(s["process_count"]))
+    parts: list[RenderableType] = [grid]
+    disks = Table(header_style="bold", title=None)
+    for name in ("disk", "used", "size", "full"):
+        disks.add_column(name, no_wrap=True, justify="left" if name == "disk" else "right")
+    for d in s.get("disks") or []:
+        disks.add_row(
+            Text(str(d.get("mount", "?"))),
+            _size(d.get("used")),
+            _size(d.get("total")),
+            _pct(d.get("percent")),
+        )
+    if disks.row_count:
+        parts.append(disks)
+    procs = Table(header_style="bold", title=None)
+    for name in ("pid", "process", "user", "CPU", "memory"):
+        procs.add_column(name, no_wrap=name != "process")
+    for p in s.get("top_cpu") or []:
+        procs.add_row(
+            str(p.get("pid", "?")),
+            one_line(p.get("name")),
+            Text(str(p.get("user") or "-")),
+            f"{p.get('cpu_percent', 0):.1f}%",
+            f"{p.get('memory_percent', 0):.1f}%",
+        )
+    if procs.row_count:
+        parts.append(procs)
+    return Group(*parts)
+
+
 def ticket_detail(t: dict[str, Any], now: datetime | None = None) -> RenderableType:
     """A ticket: its heading, fields, SLA clocks, description and timeline."""
     label, style = sla_badge(t.get("sla") or {}, now)
@@ -308,6 +373,11 @@ def ticket_detail(t: dict[str, Any], now: datetime | None = None) -> RenderableT
         parts += [Text(""), Text(str(t["description"]))]
     parts += [Text(""), clocks_table(t.get("sla") or {}, now)]
     events = t.get("timeline") or []
+    snapshots = [e for e in events if e.get("kind") == "snapshot" and e.get("data")]
+    if snapshots and isinstance(snapshots[-1]["data"].get("snapshot"), dict):
+        data = snapshots[-1]["data"]
+        heading = f"Health snapshot (when help was asked, {when(data.get('sampled_at'))})"
+        parts += [Text(""), Text(heading, style="bold"), snapshot_view(data["snapshot"])]
     parts += [Text(""), Text(f"Timeline ({len(events)} events)", style="bold")]
     parts.append(timeline_table(events))
     return Group(*parts)

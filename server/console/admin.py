@@ -32,7 +32,10 @@ async def admin(request: web.Request) -> web.StreamResponse:
         sites = [
             site_item(s) for s in await people.list_sites(session) if scope is None or s.id in scope
         ]
+        admins = await people.global_admins(session)
     ctx = {
+        # the API refuses to disable or demote the only enabled global admin: not offered
+        "only_admin": next(iter(admins)) if len(admins) == 1 else None,
         "users": users,
         "roles": roles,
         "sites": sites,

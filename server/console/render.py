@@ -40,6 +40,10 @@ def setup(app: web.Application) -> None:
     env.filters["duration"] = duration
     env.filters["bytes"] = human_bytes
     env.filters["jsonattr"] = jsonattr
+    from server.console import sla
+
+    env.globals["sla_badge"] = sla.badge
+    env.globals["sla_clocks"] = sla.clock_rows
 
 
 def when(value: datetime | str | None) -> Markup:

@@ -9,9 +9,10 @@ while the ticket waits (on site, on the requester, on a vendor).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 MAX_DAYS = 3660  # a calendar without working time must not loop forever
@@ -154,3 +155,62 @@ def clock(
     else:
         state = "running"
     return Clock(kind, target, spent, due, state)
+
+
+# --- the badge people see (CLI and console) -------------------------------------------------
+
+# worst first: a ticket's badge shows the worst state of its clocks; a running clock is `ok`
+BADGE_ORDER = ("breached", "missed", "warning", "paused", "ok", "met")
+
+
+@dataclass(frozen=True)
+class Badge:
+    """A ticket's SLA at a glance: its worst clock state and, for `ok` and
+    `warning`, the time left to the nearest due (`breached`: the time past it)."""
+
+    state: str  # one of BADGE_ORDER; "" when the ticket has no clocks
+    seconds: float | None  # left (ok, warning) or overdue (breached); None otherwise
+    due: datetime | None  # the nearest due time of the clocks in that state
+    kind: str | None  # which clock that is (ack, response, resolve)
+
+
+def _field(clock: Any, name: str) -> Any:
+    return clock.get(name) if isinstance(clock, Mapping) else getattr(clock, name, None)
+
+
+def _as_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, str) and value:
+        try:
+            return _as_time(datetime.fromisoformat(value))
+        except ValueError:
+            return None
+    return None
+
+
+def badge(clocks: Mapping[str, Any], now: datetime) -> Badge:
+    """The badge for a ticket's clocks: API JSON (dicts, due as ISO text) or
+    objects with `state` and `due`. Pure."""
+    states: dict[str, list[tuple[str, datetime | None]]] = {}
+    for kind, clock in clocks.items():
+        if clock is None or isinstance(clock, str | int | float):
+            continue
+        state = str(_field(clock, "state"))
+        states.setdefault("ok" if state == "running" else state, []).append(
+            (kind, _as_time(_field(clock, "due")))
+        )
+    for state in BADGE_ORDER:
+        if state not in states:
+            continue
+        dues = sorted((due, kind) for kind, due in states[state] if due is not None)
+        if not dues:
+            return Badge(state, None, None, states[state][0][0])
+        due, kind = dues[0]
+        seconds: float | None = None
+        if state in ("ok", "warning"):
+            seconds = (due - now).total_seconds()
+        elif state == "breached":
+            seconds = (now - due).total_seconds()
+        return Badge(state, seconds, due, kind)
+    return Badge("", None, None, None)
