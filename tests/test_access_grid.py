@@ -293,9 +293,11 @@ async def _change(world: World, state: str = "requested") -> str:
         return f"CHG-{change.number}"
 
 
-def on_change(method: str, suffix: str, body: Any = None, state: str = "requested") -> Build:
+def on_change(
+    method: str, suffix: str, body: Any = None, state: str = "requested", prefix: str = "/api/v1"
+) -> Build:
     async def build(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
-        return method, f"/api/v1/changes/{await _change(world, state)}{suffix}", body
+        return method, f"{prefix}/changes/{await _change(world, state)}{suffix}", body
 
     return build
 
@@ -376,6 +378,10 @@ CONSOLE: dict[tuple[str, str], Cell] = {
     ),
     ("GET", "/jobs"): page("/jobs", "list", "diag:run"),
     ("GET", "/jobs/{job_id}"): page("/jobs/jb_grid", "object", "diag:run"),
+    ("GET", "/changes"): page("/changes", "list", "changes:read"),
+    ("GET", "/changes/{change_id}"): Cell(
+        "object", "changes:read", on_change("GET", "", prefix=""), console=True
+    ),
     ("GET", "/sessions"): page("/sessions", "list", "tickets:read"),
     ("GET", "/sessions/{session_id}"): Cell(
         "ticket",
