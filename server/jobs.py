@@ -255,15 +255,20 @@ class Jobs:
     async def cancel(self, job_id: str) -> int:
         """Cancel the job's items still queued (those running finish); how many."""
         async with self.svc.sessions.begin() as session:
-            ids = list(
-                await session.scalars(
-                    select(JobItem.id).where(JobItem.job_id == job_id, JobItem.status == "queued")
+            rows = (
+                await session.execute(
+                    select(JobItem.id, JobItem.agent_id).where(
+                        JobItem.job_id == job_id, JobItem.status == "queued"
+                    )
                 )
+            ).all()
+            agents = {r[0]: r[1] for r in rows}
+            gone = (
+                await _move_queued(session, list(agents), "cancelled", utcnow()) if rows else set()
             )
-            gone = await _move_queued(session, ids, "cancelled", utcnow()) if ids else set()
             finished = await self._maybe_finish(session, job_id)
-        for _ in gone:
-            self._publish(job_id, {"status": "cancelled"})
+        for item_id in gone:
+            self._publish(job_id, {"agent_id": agents[item_id], "status": "cancelled"})
         if finished:
             self._publish(job_id, {"done": True})
         return len(gone)
