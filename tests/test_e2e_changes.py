@@ -180,6 +180,7 @@ async def test_bad_requests_name_the_field(sqlite_hq, agent_factory):
         ({"pilot_agent_ids": ["ag_nope"]}, "pilot_agent_ids"),
         ({"failure_threshold": 101}, "failure_threshold"),
         ({"gate_minutes": -1}, "gate_minutes"),
+        ({"planned_start": "2030-01-01T10:00:00"}, "planned_start"),
     ]
     for extra, field in cases:
         status, err = await call(
@@ -274,6 +275,34 @@ async def test_failures_above_the_threshold_halt_the_rest_and_cancel_what_waits(
     assert {i["agent_id"] for i in job["items"]} == {pilot.agent_id, refusing.agent_id}
     done = {i["agent_id"]: i for i in job["items"]}
     assert done[pilot.agent_id]["result"]["stdout"].strip() == "restored"
+
+
+async def test_failures_within_the_threshold_carry_on_in_batches(sqlite_hq, agent_factory):
+    """One refusal in a batch of two is 50%, not above a 50% threshold (whichever batch it
+    falls in): the change carries on batch by batch (pilot, rest of 2, rest of 2) and
+    reaches review not halted."""
+    hq = sqlite_hq
+    pilot = await online_agent(hq, agent_factory, allow_exec=True)
+    refusing = await online_agent(hq, agent_factory)  # allow_exec = false
+    others = [await online_agent(hq, agent_factory, allow_exec=True) for _ in range(3)]
+    engineer, approver = await engineer_and_approver(hq)
+    spec = exec_change(
+        [pilot, refusing, *others],
+        pilot_agent_ids=[pilot.agent_id],
+        failure_threshold=50,
+        batch_size=2,
+    )
+    n = await approved_change(hq, engineer, approver, spec)
+    await ok(hq, engineer.token, "POST", f"/api/v1/changes/{n}/start")
+    done = await wait_until(lambda: state_of(hq, n, "review"), timeout=60, what="review")
+    assert not done["halted"]
+    assert [s["stage"] for s in done["stages"]] == ["pilot", "rest", "rest"]
+    assert [s["agents"] for s in done["stages"]] == [1, 2, 2]
+    counts: dict[str, int] = {}
+    for stage in done["stages"][1:]:
+        for status, k in stage["counts"].items():
+            counts[status] = counts.get(status, 0) + k
+    assert counts == {"ok": 3, "refused": 1}
 
 
 async def test_the_gate_catches_a_new_alert_on_a_pilot_machine(sqlite_hq, agent_factory):

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, Field, model_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -72,7 +72,7 @@ class ChangeRequest(BaseModel):
     )
     timeout: float | None = Field(None, gt=0, le=runs.MAX_TIMEOUT)
     approvals_required: int = Field(1, ge=1, le=10)
-    planned_start: datetime | None = None
+    planned_start: AwareDatetime | None = Field(None, description="RFC 3339, with offset")
 
 
 class Decision(BaseModel):
