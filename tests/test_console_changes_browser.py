@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from tests.browser import SITE, World, console_world, screenshot
+from tests.browser import SITE, World, axe_violations, console_world, screenshot
 from tests.support import make_user
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -128,3 +128,27 @@ async def test_korean_approver_rejects_and_the_site_sees_upcoming_changes(world:
     await screenshot(ko, "change-rejected-ko")
     assert not ko.fieldlink_errors, ko.fieldlink_errors
     await ko.context.close()
+
+
+async def test_change_pages_have_no_serious_accessibility_violations(world: World) -> None:
+    """axe-core finds no serious or critical violation on the changes list (with its form)
+    and a change's page."""
+
+    made = await world.api(
+        "POST",
+        "/api/v1/changes",
+        json={
+            "title": "axe",
+            "risk": "low",
+            "action": {"name": "exec", "params": {"argv": ["true"]}},
+            "target": {"sites": [SITE]},
+        },
+    )
+    page = await world.page_as(world.engineer, bypass_csp=True)
+    problems: dict[str, list[str]] = {}
+    for path in ("/changes", f"/changes/{made['number']}"):
+        await page.goto(world.hq.url + path)
+        if found := await axe_violations(page):
+            problems[path] = found
+    assert not problems, problems
+    await page.context.close()
