@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -237,7 +238,7 @@ class ChangeRunner:
 
     async def advance(self, change_id: str) -> None:
         start: list[int] = []
-        cancel: str | None = None
+        announce: list[Callable[[], None]] = []
         async with self.svc.sessions.begin() as session:
             change = await session.scalar(
                 select(Change).where(Change.id == change_id).with_for_update()
@@ -251,8 +252,8 @@ class ChangeRunner:
             running = sum(n for status, n in counts.items() if status in OPEN_ITEMS)
             if change.stage == "pilot":
                 if bad:
-                    cancel = current
                     await halt(session, change, f"pilot: {bad} of {total} item(s) not ok")
+                    announce.append(await self.cancel_stage(session, current))
                 elif not running:
                     change.stage = "gate"
                     change.gate_started_at = utcnow()
@@ -276,7 +277,7 @@ class ChangeRunner:
                     start = await self.next_batch(session, change)
             elif change.stage == "rest":
                 if total and bad * 100.0 / total > change.failure_threshold:
-                    cancel = current
+                    announce.append(await self.cancel_stage(session, current))
                     await halt(
                         session,
                         change,
@@ -285,11 +286,19 @@ class ChangeRunner:
                     )
                 elif not running:
                     start = await self.next_batch(session, change)
-        if cancel is not None:
-            await self.svc.jobs.cancel(cancel)
+        for told in announce:
+            told()
         if start:
             self.svc.jobs.start(start)
             self.wake()
+
+    async def cancel_stage(self, session: AsyncSession, job_id: str | None) -> Callable[[], None]:
+        """Cancel what waits in a stage, in the halt's own transaction (so whoever
+        sees the change halted sees its queued items cancelled)."""
+        if job_id is None:
+            return lambda: None
+        _, announce = await self.svc.jobs.cancel_in(session, job_id)
+        return announce
 
     async def gate_alert(self, session: AsyncSession, change: Change) -> str | None:
         """Why the gate fails: an alert fired on a pilot machine since the pilot began."""
@@ -318,9 +327,10 @@ class ChangeRunner:
         done = set(
             await session.scalars(select(JobItem.agent_id).where(JobItem.job_id.in_(job_ids)))
         )
-        left = [a["id"] for a in change.agents if a["id"] not in done]
-        batch = left[: change.batch_size] if change.batch_size else left
-        agents = await live_agents(session, change, batch)
+        left = await live_agents(
+            session, change, [a["id"] for a in change.agents if a["id"] not in done]
+        )
+        agents = left[: change.batch_size] if change.batch_size else left
         if not agents:
             change.stage = None
             change.state = "review"

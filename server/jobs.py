@@ -12,6 +12,7 @@ never `ok`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, cast
 
@@ -255,23 +256,31 @@ class Jobs:
     async def cancel(self, job_id: str) -> int:
         """Cancel the job's items still queued (those running finish); how many."""
         async with self.svc.sessions.begin() as session:
-            rows = (
-                await session.execute(
-                    select(JobItem.id, JobItem.agent_id).where(
-                        JobItem.job_id == job_id, JobItem.status == "queued"
-                    )
+            count, announce = await self.cancel_in(session, job_id)
+        announce()
+        return count
+
+    async def cancel_in(self, session: AsyncSession, job_id: str) -> tuple[int, Callable[[], None]]:
+        """Cancel the job's queued items in the caller's transaction: how many,
+        and what to call once it is committed (it tells the job's listeners)."""
+        rows = (
+            await session.execute(
+                select(JobItem.id, JobItem.agent_id).where(
+                    JobItem.job_id == job_id, JobItem.status == "queued"
                 )
-            ).all()
-            agents = {r[0]: r[1] for r in rows}
-            gone = (
-                await _move_queued(session, list(agents), "cancelled", utcnow()) if rows else set()
             )
-            finished = await self._maybe_finish(session, job_id)
-        for item_id in gone:
-            self._publish(job_id, {"agent_id": agents[item_id], "status": "cancelled"})
-        if finished:
-            self._publish(job_id, {"done": True})
-        return len(gone)
+        ).all()
+        agents = {r[0]: r[1] for r in rows}
+        gone = await _move_queued(session, list(agents), "cancelled", utcnow()) if rows else set()
+        finished = await self._maybe_finish(session, job_id)
+
+        def announce() -> None:
+            for item_id in gone:
+                self._publish(job_id, {"agent_id": agents[item_id], "status": "cancelled"})
+            if finished:
+                self._publish(job_id, {"done": True})
+
+        return len(gone), announce
 
     # --- housekeeping -------------------------------------------------------------------
 

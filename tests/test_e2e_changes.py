@@ -382,3 +382,27 @@ async def test_site_sees_upcoming_changes_for_its_machines_only(sqlite_hq, agent
     )
     listed = await ok(hq, staff.token, "GET", "/api/v1/changes", params={"upcoming": "true"})
     assert listed["items"] == []
+
+
+async def test_cancelling_a_running_change_halts_it_and_cancels_what_waits(
+    sqlite_hq, agent_factory
+):
+    """The pilot machine is offline, so its item waits; cancelling the running change halts
+    it at once (to review, with who and why) and the waiting item is cancelled, never run."""
+    hq = sqlite_hq
+    agent = await online_agent(hq, agent_factory, allow_exec=True)
+    await agent.stop()
+    await wait_until(lambda: not hq.hq.svc.gateway.registry.get(agent.agent_id), what="gone")
+    engineer, approver = await engineer_and_approver(hq)
+    n = await approved_change(hq, engineer, approver, exec_change([agent]))
+    started = await ok(hq, engineer.token, "POST", f"/api/v1/changes/{n}/start")
+    assert started["stages"][0]["counts"] == {"queued": 1}
+    halted = await ok(
+        hq, engineer.token, "POST", f"/api/v1/changes/{n}/cancel", json={"reason": "wrong week"}
+    )
+    assert halted["state"] == "review" and halted["halted"]
+    assert engineer.username in halted["halt_reason"] and "wrong week" in halted["halt_reason"]
+    assert halted["stages"][0]["counts"] == {"cancelled": 1}
+    assert halted["stages"][0]["status"] == "done"
+    status, err = await call(hq, engineer.token, "POST", f"/api/v1/changes/{n}/cancel", json={})
+    assert status == 409 and err["error"]["fields"]["state"] == "review"

@@ -7,6 +7,7 @@ sites it touches (only their sites' machines are listed). Deciding needs
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -739,14 +740,15 @@ async def start_change(request: web.Request) -> web.Response:
 
 
 async def cancel(
-    session: AsyncSession, who: Principal, ref: str, reason: str
-) -> tuple[Change, str | None]:
+    session: AsyncSession, svc: Any, who: Principal, ref: str, reason: str
+) -> tuple[Change, Callable[[], None]]:
     change = await _load(session, who, ref, lock=True)
     _require_all(who, "changes:request", change, "cancelling a change")
     _state_is(change, "requested", "approved", "in_progress", doing="cancelling it")
-    job = None
+    announce: Callable[[], None] = lambda: None  # noqa: E731
     if change.state == "in_progress":
-        job = change.jobs[-1]["job_id"] if change.jobs and change.stage != "gate" else None
+        if change.jobs and change.stage != "gate":
+            _, announce = await svc.jobs.cancel_in(session, change.jobs[-1]["job_id"])
         await ch.halt(
             session,
             change,
@@ -757,7 +759,7 @@ async def cancel(
         change.closed_at = change.updated_at = utcnow()
         ch.add_event(session, change, who.username, "cancelled", reason)
     await ch.audit(session, who.actor(), change, "change.cancel", {"reason": reason})
-    return change, job
+    return change, announce
 
 
 @routes.route(
@@ -774,11 +776,10 @@ async def cancel_change(request: web.Request) -> web.Response:
     svc = services(request)
     req = body(request, Cancel)
     async with svc.sessions.begin() as session:
-        change, job = await cancel(
-            session, principal(request), request.match_info["change_id"], req.reason
+        change, announce = await cancel(
+            session, svc, principal(request), request.match_info["change_id"], req.reason
         )
-    if job is not None:
-        await svc.jobs.cancel(job)
+    announce()
     return await _answer(request, change.id)
 
 
