@@ -11,6 +11,7 @@ from server.api import (
     alerts,
     audit,
     auth,
+    changes,
     enroll,
     jobs,
     runs,
@@ -36,6 +37,7 @@ ROUTERS: list[ApiRouter] = [
     alerts.routes,
     service_levels.routes,
     sessions.routes,
+    changes.routes,
 ]
 
 MAX_BODY = 1024 * 1024

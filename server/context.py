@@ -15,6 +15,7 @@ from server.settings import Settings
 
 if TYPE_CHECKING:
     from server.alerting import AlertEngine
+    from server.changes import ChangeRunner
     from server.jobs import Jobs
     from server.sessions import Sessions
     from server.webhooks import Sender
@@ -38,6 +39,13 @@ class Services:
     _alerts: AlertEngine | None = None
     _webhooks: Sender | None = None
     _remote: Sessions | None = None
+    _changes: ChangeRunner | None = None
+
+    @property
+    def changes(self) -> ChangeRunner:
+        """Advances changes in progress (stages, the health gate, halting)."""
+        assert self._changes is not None, "changes not started"
+        return self._changes
 
     @property
     def remote(self) -> Sessions:

@@ -19,6 +19,7 @@ from aiohttp import web
 from server import slamonitor
 from server.alerting import AlertEngine, ensure_default_rules
 from server.app import make_app
+from server.changes import ChangeRunner
 from server.context import Services
 from server.control import ControlServer
 from server.datadir import DataDir
@@ -176,6 +177,8 @@ class HQ:
         gateway.on_hello.append(remote.push_live)
         gateway.on_consent = remote.from_machine
         self._spawn(remote.loop(), "sessions")
+        svc._changes = change_runner = ChangeRunner(svc)
+        self._spawn(change_runner.run(), "changes")
         self._control = ControlServer(self.datadir.control_socket, self._on_control)
         await self._control.start()
         self.datadir.write_serve_info(

@@ -12,6 +12,7 @@ never `ok`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, cast
 
@@ -28,7 +29,9 @@ from server.store.models import Job, JobItem, RunRecord, utcnow
 
 log = structlog.get_logger(__name__)
 
-FINAL = frozenset({"ok", "failed", "timeout", "refused", "interrupted", "expired", "offline"})
+FINAL = frozenset(
+    {"ok", "failed", "timeout", "refused", "interrupted", "expired", "offline", "cancelled"}
+)
 MAX_CONCURRENT = 64
 SWEEP_SECONDS = 5.0
 WRITE_BATCH = 200
@@ -250,6 +253,35 @@ class Jobs:
             return True
         return False
 
+    async def cancel(self, job_id: str) -> int:
+        """Cancel the job's items still queued (those running finish); how many."""
+        async with self.svc.sessions.begin() as session:
+            count, announce = await self.cancel_in(session, job_id)
+        announce()
+        return count
+
+    async def cancel_in(self, session: AsyncSession, job_id: str) -> tuple[int, Callable[[], None]]:
+        """Cancel the job's queued items in the caller's transaction: how many,
+        and what to call once it is committed (it tells the job's listeners)."""
+        rows = (
+            await session.execute(
+                select(JobItem.id, JobItem.agent_id).where(
+                    JobItem.job_id == job_id, JobItem.status == "queued"
+                )
+            )
+        ).all()
+        agents = {r[0]: r[1] for r in rows}
+        gone = await _move_queued(session, list(agents), "cancelled", utcnow()) if rows else set()
+        finished = await self._maybe_finish(session, job_id)
+
+        def announce() -> None:
+            for item_id in gone:
+                self._publish(job_id, {"agent_id": agents[item_id], "status": "cancelled"})
+            if finished:
+                self._publish(job_id, {"done": True})
+
+        return len(gone), announce
+
     # --- housekeeping -------------------------------------------------------------------
 
     async def recover(self) -> None:
@@ -304,6 +336,44 @@ class Jobs:
             await asyncio.wait_for(self._done.join(), STOP_FLUSH_SECONDS)
         except TimeoutError:
             log.warning("job_results_not_flushed", pending=self._done.qsize())
+
+
+async def insert(
+    session: AsyncSession,
+    *,
+    name: str,
+    tier: str,
+    params: dict[str, Any],
+    target: dict[str, Any],
+    timeout: float,
+    ticket_id: str | None,
+    created_by: str | None,
+    created_by_name: str | None,
+    expires_at: datetime,
+    agents: list[tuple[str, str]],
+) -> tuple[Job, list[int]]:
+    """Store a job and its queued items (agent id, site id); start them with
+    `Jobs.start(item_ids)` once committed."""
+    job = Job(
+        name=name,
+        tier=tier,
+        params=params,
+        target=target,
+        timeout=timeout,
+        ticket_id=ticket_id,
+        created_by=created_by,
+        created_by_name=created_by_name,
+        expires_at=expires_at,
+    )
+    session.add(job)
+    await session.flush()
+    items = [
+        JobItem(job_id=job.id, agent_id=agent_id, site_id=site_id, status="queued")
+        for agent_id, site_id in agents
+    ]
+    session.add_all(items)
+    await session.flush()
+    return job, [i.id for i in items]
 
 
 async def _move_queued(

@@ -269,6 +269,40 @@ def on_session(
     return build
 
 
+async def _change(world: World, state: str = "requested") -> str:
+    """A change on site A's agent, made directly in a given state."""
+    from server.store import tickets as ticket_store
+    from server.store.models import Change
+
+    async with world.hq.sessions.begin() as session:
+        change = Change(
+            number=await ticket_store.next_number(session, "change"),
+            title="grid",
+            risk="low",
+            action="exec",
+            params={"argv": ["true"]},
+            tier="exec",
+            target={"sites": [SITE_A]},
+            agents=[{"id": world.agent_id, "site_id": world.site_a_id, "hostname": "grid"}],
+            site_ids=[world.site_a_id],
+            gate_seconds=0,
+            state=state,
+            requester_name="someone",
+        )
+        session.add(change)
+        await session.flush()
+        return f"CHG-{change.number}"
+
+
+def on_change(
+    method: str, suffix: str, body: Any = None, state: str = "requested", prefix: str = "/api/v1"
+) -> Build:
+    async def build(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+        return method, f"{prefix}/changes/{await _change(world, state)}{suffix}", body
+
+    return build
+
+
 def session_end_rule(role: str, scope: str) -> int:
     """Ending someone else's session: site technicians (consent) and admins only."""
     perms = BUILTIN_ROLES[role][1]
@@ -345,6 +379,10 @@ CONSOLE: dict[tuple[str, str], Cell] = {
     ),
     ("GET", "/jobs"): page("/jobs", "list", "diag:run"),
     ("GET", "/jobs/{job_id}"): page("/jobs/jb_grid", "object", "diag:run"),
+    ("GET", "/changes"): page("/changes", "list", "changes:read"),
+    ("GET", "/changes/{change_id}"): Cell(
+        "object", "changes:read", on_change("GET", "", prefix=""), console=True
+    ),
     ("GET", "/sessions"): page("/sessions", "list", "tickets:read"),
     ("GET", "/sessions/{session_id}"): Cell(
         "ticket",
@@ -596,6 +634,38 @@ GRID: dict[tuple[str, str], Cell] = {
     ),
     ("PUT", "/api/v1/agents/{agent_id}/tags"): Cell(
         "object", "agents:enroll", fixed("PUT", "/api/v1/agents/{agent}/tags", {"tags": ["till"]})
+    ),
+    ("GET", "/api/v1/changes"): Cell("list", "changes:read", fixed("GET", "/api/v1/changes")),
+    ("POST", "/api/v1/changes"): Cell(
+        "object",
+        "changes:request",
+        fixed(
+            "POST",
+            "/api/v1/changes",
+            {
+                "title": "grid",
+                "risk": "low",
+                "action": {"name": "exec", "params": {"argv": ["true"]}},
+                "target": {"sites": [SITE_A]},
+            },
+        ),
+        ok=201,
+    ),
+    ("GET", "/api/v1/changes/{change_id}"): Cell("object", "changes:read", on_change("GET", "")),
+    ("POST", "/api/v1/changes/{change_id}/approve"): Cell(
+        "object", "changes:approve", on_change("POST", "/approve", {})
+    ),
+    ("POST", "/api/v1/changes/{change_id}/reject"): Cell(
+        "object", "changes:approve", on_change("POST", "/reject", {"comment": "no"})
+    ),
+    ("POST", "/api/v1/changes/{change_id}/start"): Cell(
+        "object", "changes:request", on_change("POST", "/start", state="approved")
+    ),
+    ("POST", "/api/v1/changes/{change_id}/cancel"): Cell(
+        "object", "changes:request", on_change("POST", "/cancel", {})
+    ),
+    ("POST", "/api/v1/changes/{change_id}/review"): Cell(
+        "object", "changes:request", on_change("POST", "/review", {"outcome": "failed"}, "review")
     ),
 }
 

@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import select
 
-from server import paramcheck, runs
+from server import jobs, paramcheck, runs
 from server.api.authn import Principal, principal
 from server.api.routing import ApiRouter, body, json_response, query
 from server.audit import Event
@@ -177,7 +177,8 @@ async def create_job(request: web.Request) -> web.Response:
             reason = ticket_requirement(tier, ticket, agent.site_id)
             if reason is not None:
                 raise Invalid(reason, fields={"ticket_id": reason})
-        job = Job(
+        job, item_ids = await jobs.insert(
+            session,
             name=req.name,
             tier=tier,
             params=req.params,
@@ -187,16 +188,8 @@ async def create_job(request: web.Request) -> web.Response:
             created_by=who.user_id,
             created_by_name=who.username,
             expires_at=utcnow() + timedelta(seconds=req.ttl),
+            agents=[(a.id, a.site_id) for a in agents],
         )
-        session.add(job)
-        await session.flush()
-        items = [
-            JobItem(job_id=job.id, agent_id=a.id, site_id=a.site_id, status="queued")
-            for a in agents
-        ]
-        session.add_all(items)
-        await session.flush()
-        item_ids = [i.id for i in items]
         await auditlog.append(
             session,
             who.actor(),

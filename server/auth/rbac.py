@@ -30,6 +30,9 @@ PERMISSIONS: dict[str, str] = {
     "sessions:consent": "approve or deny remote sessions for a site",
     "alerts:manage": "edit alert rules",
     "kb:write": "write knowledge-base articles",
+    "changes:read": "see changes (planned work on machines) touching a site",
+    "changes:request": "request changes and run approved ones",
+    "changes:approve": "approve or reject changes (not one's own)",
     "users:admin": "manage users, roles, bindings and sites",
     "audit:read": "read and export the audit trail",
     "kpi:read": "read KPI reports",
@@ -60,6 +63,8 @@ BUILTIN_ROLES: dict[str, tuple[str, frozenset[str]]] = {
                 "alerts:manage",
                 "kb:write",
                 "kpi:read",
+                "changes:read",
+                "changes:request",
             }
         ),
     ),
@@ -76,16 +81,26 @@ BUILTIN_ROLES: dict[str, tuple[str, frozenset[str]]] = {
                 "tickets:assign",
                 "sessions:consent",
                 "kpi:read",
+                "changes:read",
             }
         ),
     ),
     "site_staff": (
         "site staff: opens, comments on and rates its own requests",
-        frozenset({"tickets:read", "tickets:write"}),
+        frozenset({"tickets:read", "tickets:write", "changes:read"}),
     ),
     "auditor": (
         "auditor: reads the audit trail, KPIs, agents, health and tickets; changes nothing",
-        frozenset({"audit:read", "kpi:read", "agents:read", "health:read", "tickets:read"}),
+        frozenset(
+            {
+                "audit:read",
+                "kpi:read",
+                "agents:read",
+                "health:read",
+                "tickets:read",
+                "changes:read",
+            }
+        ),
     ),
 }
 

@@ -9,6 +9,7 @@
                   [--ticket T] [--ttl 1h] [--json]
     fieldlink tickets | ticket ... | kpi            (ticket_args.py)
     fieldlink shell | session ... | files ...       (session_args.py)
+    fieldlink change ...                            (change_args.py)
 
 `run(args)` reads the environment once (config dir and the FIELDLINK_SERVER /
 FIELDLINK_TOKEN / FIELDLINK_TLS_FINGERPRINT overrides), runs the command and
@@ -24,13 +25,14 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from server.client import session_args, ticket_args
+from server.client import change_args, session_args, ticket_args
 from server.client.argparsing import add_command, duration, seconds
 from server.client.errors import ApiError, ClientError
 
 COMMANDS = frozenset(
     {"login", "logout", "agents", "run", "exec", "job"}
     | ticket_args.COMMANDS
+    | change_args.COMMANDS
     | session_args.COMMANDS
 )
 
@@ -179,6 +181,7 @@ def register(sub: Any) -> None:
 
     ticket_args.register(sub)
     session_args.register(sub)
+    change_args.register(sub)
 
 
 def describe(exc: ClientError) -> str:
@@ -258,6 +261,8 @@ def dispatch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return asyncio.run(jobs.job(creds, job_spec))
     if args.command in ticket_args.COMMANDS:
         return ticket_args.dispatch(args, creds)
+    if args.command in change_args.COMMANDS:
+        return change_args.dispatch(args, creds)
     if args.command in session_args.COMMANDS:
         return session_args.dispatch(args, creds, environ)
     raise ClientError(f"unknown command {args.command}")

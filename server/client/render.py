@@ -28,7 +28,9 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-FINAL = frozenset({"ok", "failed", "timeout", "refused", "interrupted", "expired", "offline"})
+FINAL = frozenset(
+    {"ok", "failed", "timeout", "refused", "interrupted", "expired", "offline", "cancelled"}
+)
 STATUS_STYLE = {
     "ok": "green",
     "online": "green",
@@ -36,6 +38,7 @@ STATUS_STYLE = {
     "queued": "yellow",
     "offline": "yellow",
     "expired": "yellow",
+    "cancelled": "dim",
     "failed": "red",
     "timeout": "red",
     "refused": "red",

@@ -19,6 +19,8 @@ from server.api.sessions import find_sessions
 from server.api.tickets import ListQuery as TicketQuery
 from server.api.tickets import find_tickets, ticket_out
 from server.console import i18n, live
+from server.console.changes import labels as change_labels
+from server.console.changes import upcoming_for
 from server.console.forms import fields_of
 from server.console.render import fragment, page
 from server.context import Services, services
@@ -106,6 +108,7 @@ async def machine(request: web.Request) -> web.StreamResponse:
             rows = await find_tickets(session, who, TicketQuery(agent_id=agent.id, limit=20))
             tickets = [await ticket_out(session, t, who) for t in rows]
         sessions = await find_sessions(session, who, SessionQuery(agent_id=agent.id, limit=20))
+        changes = await upcoming_for(session, who, agent.id)
     catalog = []
     for entry in [*(agent.catalog or [])]:
         tier = str(entry.get("tier", "diagnostic"))
@@ -129,7 +132,8 @@ async def machine(request: web.Request) -> web.StreamResponse:
         "policy": agent.policy or {},
         "tickets": tickets,
         "sessions": sessions,
+        "changes": changes,
         "may_tag": who.allowed("agents:enroll", agent.site_id),
         "may_revoke": who.allowed("agents:revoke", agent.site_id) and agent.revoked_at is None,
     }
-    return page(request, "machine.html", ctx, title=agent.hostname)
+    return page(request, "machine.html", {**ctx, **change_labels()}, title=agent.hostname)

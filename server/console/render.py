@@ -96,6 +96,7 @@ NAV: list[tuple[str, str, tuple[str, ...]]] = [
     ("/", N_("Dashboard"), ("agents:read",)),
     ("/machines", N_("Machines"), ("agents:read",)),
     ("/jobs", N_("Jobs"), ("diag:run",)),
+    ("/changes", N_("Changes"), ("changes:read",)),
     ("/tickets", N_("Tickets"), ("agents:read",)),
     ("/help", N_("Get help"), ("tickets:write",)),
     ("/sessions", N_("Sessions"), ("agents:read",)),

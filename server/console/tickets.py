@@ -19,6 +19,8 @@ from server.api.sessions import ListQuery as SessionQuery
 from server.api.sessions import find_sessions
 from server.api.tickets import ListQuery, detail, find_tickets, readable_ticket, ticket_out
 from server.console import i18n
+from server.console.changes import labels as change_labels
+from server.console.changes import upcoming_for
 from server.console.render import page
 from server.context import services
 from server.itsm.tickets import OPEN
@@ -63,7 +65,13 @@ async def help_page(request: web.Request) -> web.StreamResponse:
     async with services(request).sessions() as session:
         mine = await find_tickets(session, who, ListQuery(mine=True, limit=100))
         rows = [await ticket_out(session, t, who) for t in mine]
-    ctx = {"rows": rows, "sites": await writable_sites(request, who)}
+        upcoming = await upcoming_for(session, who)
+    ctx = {
+        "rows": rows,
+        "sites": await writable_sites(request, who),
+        "upcoming": upcoming,
+        **change_labels(),
+    }
     return page(request, "help.html", ctx, title=i18n.gettext("Get help"))
 
 

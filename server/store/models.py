@@ -565,3 +565,94 @@ class RemoteSession(Base):
     recording_sha256: Mapped[str | None] = mapped_column(String(64))
     recording_bytes: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- changes (ITSM change management) ------------------------------------------------------
+
+
+class Change(Base):
+    """A planned change to machines: approved, then run as staged jobs
+    (a pilot, a health gate, the rest) and reviewed."""
+
+    __tablename__ = "changes"
+    __table_args__ = (Index("ix_change_state", "state"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ch"))
+    number: Mapped[int] = mapped_column(BigInteger, unique=True)
+    title: Mapped[str] = mapped_column(String(300))
+    description: Mapped[str] = mapped_column(Text, default="")
+    risk: Mapped[str] = mapped_column(String(10))  # low | medium | high
+    plan: Mapped[str] = mapped_column(Text, default="")
+    backout_plan: Mapped[str] = mapped_column(Text, default="")
+    # what it runs: a catalog entry or `exec`, with its parameters, and its tier
+    action: Mapped[str] = mapped_column(String(100))
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    tier: Mapped[str] = mapped_column(String(20))
+    backout_action: Mapped[str | None] = mapped_column(String(100))
+    backout_params: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    backout_tier: Mapped[str | None] = mapped_column(String(20))
+    target: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    # the machines it touches, resolved when requested: [{"id", "site_id", "hostname"}]
+    agents: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    site_ids: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    pilot_size: Mapped[int] = mapped_column(Integer, default=1)
+    # named when requested, or the first `pilot_size` (connected ones first) at start
+    pilot_agent_ids: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    gate_seconds: Mapped[float] = mapped_column(default=900.0)
+    failure_threshold: Mapped[float] = mapped_column(default=0.0)  # percent of a stage
+    batch_size: Mapped[int | None] = mapped_column(Integer)
+    timeout: Mapped[float] = mapped_column(default=60.0)
+    approvals_required: Mapped[int] = mapped_column(Integer, default=1)
+    planned_start: Mapped[datetime | None]
+    # requested | approved | rejected | cancelled | in_progress | review
+    # | successful | failed | rolled_back
+    state: Mapped[str] = mapped_column(String(20))
+    stage: Mapped[str | None] = mapped_column(String(10))  # pilot | gate | rest
+    requester_id: Mapped[str | None] = mapped_column(String(40))
+    requester_name: Mapped[str] = mapped_column(String(200), default="")
+    started_by: Mapped[str | None] = mapped_column(String(40))
+    started_by_name: Mapped[str | None] = mapped_column(String(200))
+    # [{"stage": "pilot"|"rest"|"backout", "job_id", "agents": n, "started_at"}]
+    jobs: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    halted: Mapped[bool] = mapped_column(Boolean, default=False)
+    halt_reason: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[str | None] = mapped_column(String(20))
+    review_comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    approved_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    pilot_started_at: Mapped[datetime | None]
+    gate_started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]  # into review
+    closed_at: Mapped[datetime | None]
+
+
+class ChangeApproval(Base):
+    """One approver's decision on a change: once per approver."""
+
+    __tablename__ = "change_approvals"
+    __table_args__ = (UniqueConstraint("change_id", "approver_id", name="uq_change_approver"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    change_id: Mapped[str] = mapped_column(ForeignKey("changes.id", ondelete="CASCADE"), index=True)
+    approver_id: Mapped[str] = mapped_column(String(40))
+    approver_name: Mapped[str] = mapped_column(String(200))
+    decision: Mapped[str] = mapped_column(String(10))  # approve | reject
+    comment: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ChangeEvent(Base):
+    """The change's history: append-only."""
+
+    __tablename__ = "change_events"
+    __table_args__ = (Index("ix_change_event_change", "change_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    change_id: Mapped[str] = mapped_column(ForeignKey("changes.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor_name: Mapped[str | None] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(30))
+    body: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)

@@ -1,0 +1,359 @@
+"""Changes: planned work on machines, approved by others, run as staged jobs.
+
+A change names one catalog entry (or `exec`) with its parameters and the
+machines it touches (sites, tags, agents, resolved when it is requested).
+Approvers holding `changes:approve` on every site it touches decide: one
+refusal rejects; `approvals_required` approvals approve; nobody decides on
+their own change. Started, it runs as jobs (`server.jobs`, the same fan-out
+as `POST /api/v1/jobs`) in stages:
+
+    pilot job -> health gate -> rest job(s) -> review
+
+The gate passes when every pilot item is `ok` and no alert has fired on a
+pilot machine since the pilot started, for `gate_seconds` after the pilot
+finished. Any pilot item not `ok` halts the change; in the rest, failures
+above `failure_threshold` percent of a stage's items halt it. Halting
+cancels the queued items and moves the change to `review`, where a person
+closes it as successful, failed or rolled back (optionally running the
+backout action on the machines it ran on).
+
+All state is in the database; `ChangeRunner` (one background task in HQ)
+advances changes in progress, so they carry on after an HQ restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server import jobs as jobs_mod
+from server.audit import Actor, Event
+from server.context import Services
+from server.store import auditlog
+from server.store.models import Agent, Alert, AlertRule, Change, ChangeEvent, JobItem, utcnow
+
+log = structlog.get_logger(__name__)
+
+RISKS = ("low", "medium", "high")
+OUTCOMES = ("successful", "failed", "rolled_back")
+OPEN_STATES = ("requested", "approved", "in_progress")
+STATES = (
+    "requested",
+    "approved",
+    "rejected",
+    "cancelled",
+    "in_progress",
+    "review",
+    "successful",
+    "failed",
+    "rolled_back",
+)
+# job item statuses that count as a failure of the change's run
+BAD = frozenset({"failed", "timeout", "refused", "interrupted", "expired", "offline"})
+OPEN_ITEMS = frozenset({"queued", "running"})
+TICK_SECONDS = 1.0
+STAGE_TTL = timedelta(days=1)  # how long a stage's items may wait for offline machines
+
+_NUMBER = re.compile(r"^CHG-(\d{1,12})$", re.IGNORECASE)
+
+
+def label(change: Change) -> str:
+    return f"CHG-{change.number}"
+
+
+async def find(session: AsyncSession, ref: str) -> Change | None:
+    """A change by id (`ch_...`) or number (`CHG-7`)."""
+    match = _NUMBER.match(ref.strip())
+    if match:
+        return await session.scalar(select(Change).where(Change.number == int(match.group(1))))
+    return await session.get(Change, ref)
+
+
+def add_event(
+    session: AsyncSession,
+    change: Change,
+    actor_name: str | None,
+    kind: str,
+    body: str = "",
+    data: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        ChangeEvent(
+            change_id=change.id, actor_name=actor_name, kind=kind, body=body, data=data or {}
+        )
+    )
+
+
+def audit_site(change: Change) -> str | None:
+    return change.site_ids[0] if len(change.site_ids) == 1 else None
+
+
+async def audit(
+    session: AsyncSession,
+    actor: Actor,
+    change: Change,
+    action: str,
+    details: dict[str, Any] | None = None,
+    outcome: str = "success",
+) -> None:
+    await auditlog.append(
+        session,
+        actor,
+        Event(
+            action,
+            outcome=outcome,
+            target_type="change",
+            target_id=change.id,
+            site_id=audit_site(change),
+            details={"number": label(change), **(details or {})},
+        ),
+    )
+
+
+async def stage_counts(session: AsyncSession, job_ids: list[str]) -> dict[str, dict[str, int]]:
+    """Item statuses per job."""
+    out: dict[str, dict[str, int]] = {j: {} for j in job_ids}
+    if not job_ids:
+        return out
+    rows = await session.execute(
+        select(JobItem.job_id, JobItem.status, func.count())
+        .where(JobItem.job_id.in_(job_ids))
+        .group_by(JobItem.job_id, JobItem.status)
+    )
+    for job_id, status, n in rows:
+        out[job_id][status] = int(n)
+    return out
+
+
+async def live_agents(
+    session: AsyncSession, change: Change, ids: list[str]
+) -> list[tuple[str, str]]:
+    """(agent id, site id) of those of `ids` not revoked, in the change's order."""
+    if not ids:
+        return []
+    rows = await session.execute(
+        select(Agent.id, Agent.site_id).where(Agent.id.in_(ids), Agent.revoked_at.is_(None))
+    )
+    sites = {r[0]: r[1] for r in rows}
+    return [(i, sites[i]) for i in ids if i in sites]
+
+
+async def open_stage(
+    session: AsyncSession, change: Change, stage: str, agents: list[tuple[str, str]]
+) -> list[int]:
+    """Store one stage's job (as the person who started the change); the item
+    ids to start once committed."""
+    name = change.backout_action if stage == "backout" else change.action
+    params = change.backout_params if stage == "backout" else change.params
+    tier = change.backout_tier if stage == "backout" else change.tier
+    assert name is not None
+    assert tier is not None
+    job, item_ids = await jobs_mod.insert(
+        session,
+        name=name,
+        tier=tier,
+        params=params or {},
+        target={"change": label(change), "stage": stage, "agent_ids": [a for a, _ in agents]},
+        timeout=change.timeout,
+        ticket_id=None,
+        created_by=change.started_by,
+        created_by_name=change.started_by_name,
+        expires_at=utcnow() + STAGE_TTL,
+        agents=agents,
+    )
+    change.jobs = [
+        *change.jobs,
+        {
+            "stage": stage,
+            "job_id": job.id,
+            "agents": len(agents),
+            "started_at": utcnow().isoformat(),
+        },
+    ]
+    add_event(
+        session,
+        change,
+        change.started_by_name,
+        "stage",
+        f"{stage}: {len(agents)} machine(s)",
+        {"stage": stage, "job_id": job.id, "agents": len(agents)},
+    )
+    await audit(
+        session,
+        Actor("user", change.started_by, change.started_by_name, "change"),
+        change,
+        "change.stage",
+        {"stage": stage, "job_id": job.id, "agents": len(agents)},
+    )
+    return item_ids
+
+
+def choose_pilot(change: Change, connected: set[str]) -> list[str]:
+    """The pilot: named agents, or the first `pilot_size`, connected ones first."""
+    ids = [a["id"] for a in change.agents]
+    if change.pilot_agent_ids:
+        return [i for i in ids if i in set(change.pilot_agent_ids)]
+    ordered = [i for i in ids if i in connected] + [i for i in ids if i not in connected]
+    return ordered[: max(1, change.pilot_size)]
+
+
+class ChangeRunner:
+    """Advances changes in progress: stage results, the gate, halting."""
+
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.advance_all()
+            except Exception as exc:
+                log.warning("changes_advance_failed", error=repr(exc))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), TICK_SECONDS)
+
+    async def advance_all(self) -> None:
+        async with self.svc.sessions() as session:
+            ids = list(
+                await session.scalars(select(Change.id).where(Change.state == "in_progress"))
+            )
+        for change_id in ids:
+            try:
+                await self.advance(change_id)
+            except Exception:
+                log.exception("change_advance_failed", change_id=change_id)
+
+    async def advance(self, change_id: str) -> None:
+        start: list[int] = []
+        announce: list[Callable[[], None]] = []
+        async with self.svc.sessions.begin() as session:
+            change = await session.scalar(
+                select(Change).where(Change.id == change_id).with_for_update()
+            )
+            if change is None or change.state != "in_progress":
+                return
+            current = change.jobs[-1]["job_id"] if change.jobs else None
+            counts = (await stage_counts(session, [current]))[current] if current else {}
+            total = sum(counts.values())
+            bad = sum(n for status, n in counts.items() if status in BAD)
+            running = sum(n for status, n in counts.items() if status in OPEN_ITEMS)
+            if change.stage == "pilot":
+                if bad:
+                    await halt(session, change, f"pilot: {bad} of {total} item(s) not ok")
+                    announce.append(await self.cancel_stage(session, current))
+                elif not running:
+                    change.stage = "gate"
+                    change.gate_started_at = utcnow()
+                    change.updated_at = utcnow()
+                    add_event(
+                        session,
+                        change,
+                        None,
+                        "gate",
+                        f"pilot ok on {total} machine(s); watching for {change.gate_seconds:g}s",
+                    )
+            elif change.stage == "gate":
+                reason = await self.gate_alert(session, change)
+                if reason is not None:
+                    await halt(session, change, reason)
+                elif change.gate_started_at is not None and utcnow() >= (
+                    change.gate_started_at + timedelta(seconds=change.gate_seconds)
+                ):
+                    add_event(session, change, None, "gate_passed", "health gate passed")
+                    await audit(session, Actor.system("changes"), change, "change.gate_passed")
+                    start = await self.next_batch(session, change)
+            elif change.stage == "rest":
+                if total and bad * 100.0 / total > change.failure_threshold:
+                    announce.append(await self.cancel_stage(session, current))
+                    await halt(
+                        session,
+                        change,
+                        f"{bad} of {total} item(s) failed, above the "
+                        f"{change.failure_threshold:g}% threshold",
+                    )
+                elif not running:
+                    start = await self.next_batch(session, change)
+        for told in announce:
+            told()
+        if start:
+            self.svc.jobs.start(start)
+            self.wake()
+
+    async def cancel_stage(self, session: AsyncSession, job_id: str | None) -> Callable[[], None]:
+        """Cancel what waits in a stage, in the halt's own transaction (so whoever
+        sees the change halted sees its queued items cancelled)."""
+        if job_id is None:
+            return lambda: None
+        _, announce = await self.svc.jobs.cancel_in(session, job_id)
+        return announce
+
+    async def gate_alert(self, session: AsyncSession, change: Change) -> str | None:
+        """Why the gate fails: an alert fired on a pilot machine since the pilot began."""
+        if change.pilot_started_at is None or not change.pilot_agent_ids:
+            return None
+        row = (
+            await session.execute(
+                select(Alert.agent_id, AlertRule.name)
+                .join(AlertRule, AlertRule.id == Alert.rule_id)
+                .where(
+                    Alert.agent_id.in_(change.pilot_agent_ids),
+                    Alert.fired_at.is_not(None),
+                    Alert.fired_at >= change.pilot_started_at,
+                )
+                .limit(1)
+            )
+        ).first()
+        if row is None:
+            return None
+        host = next((a.get("hostname") for a in change.agents if a["id"] == row[0]), row[0])
+        return f"health gate: alert {row[1]!r} fired on pilot machine {host}"
+
+    async def next_batch(self, session: AsyncSession, change: Change) -> list[int]:
+        """Start the next batch of the rest, or move the change to review."""
+        job_ids = [s["job_id"] for s in change.jobs]
+        done = set(
+            await session.scalars(select(JobItem.agent_id).where(JobItem.job_id.in_(job_ids)))
+        )
+        left = await live_agents(
+            session, change, [a["id"] for a in change.agents if a["id"] not in done]
+        )
+        agents = left[: change.batch_size] if change.batch_size else left
+        if not agents:
+            change.stage = None
+            change.state = "review"
+            change.finished_at = change.updated_at = utcnow()
+            add_event(session, change, None, "state", "every stage ran: ready for review")
+            await audit(
+                session, Actor.system("changes"), change, "change.review_ready", {"halted": False}
+            )
+            return []
+        change.stage = "rest"
+        change.updated_at = utcnow()
+        return await open_stage(session, change, "rest", agents)
+
+
+async def halt(session: AsyncSession, change: Change, reason: str) -> None:
+    """Stop a running change: no further stage; to review, with the reason."""
+    change.halted = True
+    change.halt_reason = reason
+    change.stage = None
+    change.state = "review"
+    change.finished_at = change.updated_at = utcnow()
+    add_event(session, change, None, "halted", reason)
+    await audit(
+        session, Actor.system("changes"), change, "change.halt", {"reason": reason}, "failure"
+    )
+    log.info("change_halted", change=label(change), reason=reason)
