@@ -194,3 +194,12 @@ async def test_openapi_documents_the_repeat_and_the_limit(sqlite_hq):
     assert {"200", "201", "429"} <= set(answers)
     assert answers["200"]["content"] == answers["201"]["content"]
     assert answers["429"]["content"]["application/json"]["schema"]["$ref"].endswith("/Error")
+
+
+def test_what_counts_as_the_same_request():
+    from server.ops.helprequests import similar
+
+    assert similar("The receipt printer jams on page 2", "the receipt printer JAMS on page 2!")
+    assert similar("till freezes\nsince 9am", "Till freezes -- since 9 am")
+    assert not similar("the screen flickers", "the receipt printer jams")
+    assert not similar("printer 1 is down", "printer 2 is down and the scanner too")

@@ -16,6 +16,7 @@ tickets and their events, so they hold across restarts and replicas.
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import re
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from shared import protocol as p
 
 REPEAT_KIND = "help_repeat"
 SIMILAR = 0.85  # difflib ratio from which two requests are "the same"
-COMPARED_CHARS = 1000
+COMPARED_CHARS = 500  # bounds the comparison (quadratic) on the event loop
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,10 @@ def similar(a: str, b: str) -> bool:
     x, y = normal(a), normal(b)
     if not x or not y:
         return x == y
-    return x == y or difflib.SequenceMatcher(None, x, y).ratio() >= SIMILAR
+    if x == y:
+        return True
+    m = difflib.SequenceMatcher(None, x, y)
+    return m.real_quick_ratio() >= SIMILAR and m.quick_ratio() >= SIMILAR and m.ratio() >= SIMILAR
 
 
 def _wait(times: list[datetime], limit: int, window: timedelta, now: datetime) -> float | None:
@@ -177,10 +181,19 @@ async def open_repeat(session: AsyncSession, asker: Asker, text: str) -> Ticket 
         stmt = stmt.where(
             Ticket.requester_agent_id == asker.agent_id, Ticket.requester_name == asker.name
         )
-    for ticket in await session.scalars(stmt.order_by(Ticket.number.desc()).limit(20)):
-        said = f"{ticket.title}\n{ticket.description}"
-        if similar(text, ticket.description or ticket.title) or similar(text, said):
-            return ticket
+    found = list(await session.scalars(stmt.order_by(Ticket.number.desc()).limit(10)))
+    if not found:
+        return None
+    said = [(t.description or t.title, f"{t.title}\n{t.description}") for t in found]
+    # the comparison is quadratic in the (bounded) text: off the event loop
+    hit = await asyncio.to_thread(_first_similar, text, said)
+    return None if hit is None else found[hit]
+
+
+def _first_similar(text: str, said: list[tuple[str, str]]) -> int | None:
+    for i, (one, other) in enumerate(said):
+        if similar(text, one) or similar(text, other):
+            return i
     return None
 
 
