@@ -29,6 +29,7 @@ from server.audit import Actor, Event
 from server.context import Services
 from server.itsm import alerts as pure
 from server.itsm.tickets import OPEN, number_text
+from server.ops import problems as problem_ops
 from server.ops import ticketing
 from server.runs import Prepared, execute
 from server.store import auditlog
@@ -284,6 +285,7 @@ class AlertEngine:
                 what,
                 data={"rule_id": rule.id, "value": value, "count": alert.count, "snapshot": report},
             )
+        await problem_ops.after_alert_fired(session, rule, ticket)
         await auditlog.append(
             session,
             SYSTEM,

@@ -362,6 +362,25 @@ CONSOLE: dict[tuple[str, str], Cell] = {
     ("GET", "/enroll"): page("/enroll", "list", "agents:enroll"),
 }
 
+
+async def _problem(world: World, link: bool = False) -> str:
+    """A problem on site A (made by the admin), optionally tied to the grid's ticket."""
+    body: dict[str, Any] = {"title": "grid", "site": SITE_A}
+    if link:
+        body["tickets"] = [world.ticket]
+    async with world.hq.client(world.hq.admin_token) as api:
+        made = await api.ok("POST", "/api/v1/problems", json=body)
+    return str(made["number"])
+
+
+def on_problem(method: str, suffix: str, body: Any = None, link: bool = False) -> Build:
+    async def build(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+        number = await _problem(world, link=link)
+        return method, f"/api/v1/problems/{number}{suffix.format(ticket=world.ticket)}", body
+
+    return build
+
+
 GRID: dict[tuple[str, str], Cell] = {
     ("POST", "/api/v1/auth/logout"): Cell("self", None, _logout),
     ("GET", "/api/v1/me"): Cell("self", None, fixed("GET", "/api/v1/me")),
@@ -593,6 +612,28 @@ GRID: dict[tuple[str, str], Cell] = {
         on_session("GET", "/recording", state="ended"),
         expect=ticket_rule("audit:read", 404),
     ),
+    ("GET", "/api/v1/problems"): Cell("list", "problems:read", fixed("GET", "/api/v1/problems")),
+    ("POST", "/api/v1/problems"): Cell(
+        "object",
+        "problems:write",
+        fixed("POST", "/api/v1/problems", {"title": "grid", "site": SITE_A}),
+        ok=201,
+    ),
+    ("GET", "/api/v1/problems/{problem_id}"): Cell(
+        "object", "problems:read", on_problem("GET", "")
+    ),
+    ("PATCH", "/api/v1/problems/{problem_id}"): Cell(
+        "object", "problems:write", on_problem("PATCH", "", {"root_cause": "grid"})
+    ),
+    ("POST", "/api/v1/problems/{problem_id}/transition"): Cell(
+        "object", "problems:write", on_problem("POST", "/transition", {"status": "investigating"})
+    ),
+    ("POST", "/api/v1/problems/{problem_id}/tickets"): Cell(
+        "object", "problems:write", on_problem("POST", "/tickets", {"ticket": "{ticket}"})
+    ),
+    ("DELETE", "/api/v1/problems/{problem_id}/tickets/{ticket_id}"): Cell(
+        "object", "problems:write", on_problem("DELETE", "/tickets/{ticket}", link=True)
+    ),
     ("PUT", "/api/v1/agents/{agent_id}/tags"): Cell(
         "object", "agents:enroll", fixed("PUT", "/api/v1/agents/{agent}/tags", {"tags": ["till"]})
     ),
@@ -735,6 +776,8 @@ async def test_grid(world: World, role: str, scope: str, method: str, path: str)
     m, p, body = await cell.build(world, who)
     if isinstance(body, dict) and body.get("agent_id") == "{agent}":
         body = {**body, "agent_id": world.agent_id}
+    if isinstance(body, dict) and body.get("ticket") == "{ticket}":
+        body = {**body, "ticket": world.ticket}
     async with world.hq.client(token) as api:
         status, answer = await api.request(m, p, json=body)
     want = expected(cell, role, scope)

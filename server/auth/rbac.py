@@ -30,6 +30,8 @@ PERMISSIONS: dict[str, str] = {
     "sessions:consent": "approve or deny remote sessions for a site",
     "alerts:manage": "edit alert rules",
     "kb:write": "write knowledge-base articles",
+    "problems:read": "read problem records and proposals",
+    "problems:write": "open, work, link and accept or dismiss problem records",
     "users:admin": "manage users, roles, bindings and sites",
     "audit:read": "read and export the audit trail",
     "kpi:read": "read KPI reports",
@@ -59,6 +61,8 @@ BUILTIN_ROLES: dict[str, tuple[str, frozenset[str]]] = {
                 "sessions:request",
                 "alerts:manage",
                 "kb:write",
+                "problems:read",
+                "problems:write",
                 "kpi:read",
             }
         ),
@@ -75,6 +79,8 @@ BUILTIN_ROLES: dict[str, tuple[str, frozenset[str]]] = {
                 "tickets:write",
                 "tickets:assign",
                 "sessions:consent",
+                "problems:read",
+                "problems:write",
                 "kpi:read",
             }
         ),
@@ -85,7 +91,16 @@ BUILTIN_ROLES: dict[str, tuple[str, frozenset[str]]] = {
     ),
     "auditor": (
         "auditor: reads the audit trail, KPIs, agents, health and tickets; changes nothing",
-        frozenset({"audit:read", "kpi:read", "agents:read", "health:read", "tickets:read"}),
+        frozenset(
+            {
+                "audit:read",
+                "kpi:read",
+                "agents:read",
+                "health:read",
+                "tickets:read",
+                "problems:read",
+            }
+        ),
     ),
 }
 
