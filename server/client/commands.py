@@ -8,6 +8,7 @@
     fieldlink job NAME [key=value ...] (--site SITE | --tag TAG | --agent ID ...)
                   [--ticket T] [--ttl 1h] [--json]
     fieldlink tickets | ticket ... | kpi            (ticket_args.py)
+    fieldlink problem ...                           (problem_args.py)
     fieldlink shell | session ... | files ...       (session_args.py)
 
 `run(args)` reads the environment once (config dir and the FIELDLINK_SERVER /
@@ -24,13 +25,14 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from server.client import session_args, ticket_args
+from server.client import problem_args, session_args, ticket_args
 from server.client.argparsing import add_command, duration, seconds
 from server.client.errors import ApiError, ClientError
 
 COMMANDS = frozenset(
     {"login", "logout", "agents", "run", "exec", "job"}
     | ticket_args.COMMANDS
+    | problem_args.COMMANDS
     | session_args.COMMANDS
 )
 
@@ -178,6 +180,7 @@ def register(sub: Any) -> None:
     job.add_argument("--json", action="store_true", help="print only the final job as JSON")
 
     ticket_args.register(sub)
+    problem_args.register(sub)
     session_args.register(sub)
 
 
@@ -258,6 +261,8 @@ def dispatch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return asyncio.run(jobs.job(creds, job_spec))
     if args.command in ticket_args.COMMANDS:
         return ticket_args.dispatch(args, creds)
+    if args.command in problem_args.COMMANDS:
+        return problem_args.dispatch(args, creds)
     if args.command in session_args.COMMANDS:
         return session_args.dispatch(args, creds, environ)
     raise ClientError(f"unknown command {args.command}")

@@ -216,6 +216,7 @@ LABELS = {
     "sla_warning": "SLA warning",
     "sla_breach": "SLA breach",
     "update": "changed",
+    "problem": "problem",
 }
 
 
@@ -305,6 +306,11 @@ def ticket_detail(t: dict[str, Any], now: datetime | None = None) -> RenderableT
     parts: list[RenderableType] = [head, Text(""), _fields(t)]
     if t.get("description"):
         parts += [Text(""), Text(str(t["description"]))]
+    from server.client import problemview  # it draws with this module's styles
+
+    linked = problemview.ticket_problems(t.get("problems") or [])
+    if linked:
+        parts += [Text(""), *linked]
     parts += [Text(""), clocks_table(t.get("sla") or {}, now)]
     events = t.get("timeline") or []
     parts += [Text(""), Text(f"Timeline ({len(events)} events)", style="bold")]
