@@ -316,6 +316,26 @@ def holds_rule(permission: str, ok: int, otherwise: int) -> Callable[[str, str],
     return rule
 
 
+async def _problem(world: World, link: bool = False) -> str:
+    """A problem on site A (made by the admin), optionally tied to the grid's ticket."""
+    body: dict[str, Any] = {"title": "grid", "site": SITE_A}
+    if link:
+        body["tickets"] = [world.ticket]
+    async with world.hq.client(world.hq.admin_token) as api:
+        made = await api.ok("POST", "/api/v1/problems", json=body)
+    return str(made["number"])
+
+
+def on_problem(
+    method: str, suffix: str, body: Any = None, link: bool = False, prefix: str = "/api/v1"
+) -> Build:
+    async def build(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+        number = await _problem(world, link=link)
+        return method, f"{prefix}/problems/{number}{suffix.format(ticket=world.ticket)}", body
+
+    return build
+
+
 CONSOLE: dict[tuple[str, str], Cell] = {
     ("POST", "/logout"): page("/logout", method="POST", ok=303),
     ("GET", "/totp"): page("/totp"),
@@ -342,6 +362,10 @@ CONSOLE: dict[tuple[str, str], Cell] = {
     ("GET", "/tickets/{ticket_id}"): page(
         "/tickets/{ticket}", expect=ticket_rule("tickets:read", 200)
     ),
+    ("GET", "/problems"): page("/problems", "list", "problems:read"),
+    ("GET", "/problems/{problem_id}"): Cell(
+        "object", "problems:read", on_problem("GET", "", prefix=""), console=True
+    ),
     ("GET", "/jobs"): page("/jobs", "list", "diag:run"),
     ("GET", "/jobs/{job_id}"): page("/jobs/jb_grid", "object", "diag:run"),
     ("GET", "/sessions"): page("/sessions", "list", "tickets:read"),
@@ -361,24 +385,6 @@ CONSOLE: dict[tuple[str, str], Cell] = {
     ("GET", "/admin/sites/{site_id}"): page("/admin/sites/{site}", "object", "users:admin"),
     ("GET", "/enroll"): page("/enroll", "list", "agents:enroll"),
 }
-
-
-async def _problem(world: World, link: bool = False) -> str:
-    """A problem on site A (made by the admin), optionally tied to the grid's ticket."""
-    body: dict[str, Any] = {"title": "grid", "site": SITE_A}
-    if link:
-        body["tickets"] = [world.ticket]
-    async with world.hq.client(world.hq.admin_token) as api:
-        made = await api.ok("POST", "/api/v1/problems", json=body)
-    return str(made["number"])
-
-
-def on_problem(method: str, suffix: str, body: Any = None, link: bool = False) -> Build:
-    async def build(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
-        number = await _problem(world, link=link)
-        return method, f"/api/v1/problems/{number}{suffix.format(ticket=world.ticket)}", body
-
-    return build
 
 
 GRID: dict[tuple[str, str], Cell] = {

@@ -424,7 +424,9 @@ async def patch_problem(request: web.Request) -> web.Response:
             )
         if not changes:
             raise Invalid("nothing to change", fields={"body": "name a field to change"})
-        await ops.update(session, problem, changes, who.actor())
+        changes = {k: v for k, v in changes.items() if getattr(problem, k) != v}
+        if changes:
+            await ops.update(session, problem, changes, who.actor())
         out = await detail(session, problem, who)
     return json_response(out)
 

@@ -93,6 +93,7 @@ NAV: list[tuple[str, str, tuple[str, ...]]] = [
     ("/machines", N_("Machines"), ("agents:read",)),
     ("/jobs", N_("Jobs"), ("diag:run",)),
     ("/tickets", N_("Tickets"), ("agents:read",)),
+    ("/problems", N_("Problems"), ("problems:read",)),
     ("/help", N_("Get help"), ("tickets:write",)),
     ("/sessions", N_("Sessions"), ("agents:read",)),
     ("/consents", N_("Consents"), ("sessions:consent",)),

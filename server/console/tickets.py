@@ -98,5 +98,6 @@ async def ticket(request: web.Request) -> web.StreamResponse:
         and row.assignee_id != who.user_id
         and not works,
         "may_results": who.allowed("diag:run", row.site_id),
+        "may_problems": who.holds("problems:read"),
     }
     return page(request, "ticket.html", ctx, title=f"{t.number} {t.title}")
