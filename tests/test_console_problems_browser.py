@@ -161,3 +161,27 @@ async def test_problem_pages_in_korean(world: World) -> None:
     await screenshot(page, "ticket-workaround-ko")
     assert not page.fieldlink_errors, page.fieldlink_errors
     await page.context.close()
+
+
+async def test_link_an_incident_to_a_problem_from_its_page(world: World) -> None:
+    """The ticket page offers the active problems of its site and HQ-wide ones;
+    picking one links the incident (the problem then shows on the page)."""
+    incident = await _ticket(world, "Till 6 freezes")
+    made = await world.api("POST", "/api/v1/problems", json={"title": "Noon freezes (HQ)"})
+    done = await world.api("POST", "/api/v1/problems", json={"title": "Old one", "site": SITE})
+    await world.api(
+        "POST",
+        f"/api/v1/problems/{done['number']}/transition",
+        json={"status": "resolved", "root_cause": "r", "resolution": "s"},
+    )
+    page = await world.engineer_page()
+    await page.goto(f"{world.hq.url}/tickets/{incident}")
+    offered = await page.locator("#link-prb option").evaluate_all("els => els.map(e => e.value)")
+    assert made["number"] in offered and done["number"] not in offered
+    await page.select_option("#link-prb", made["number"])
+    await page.click("#link-problem button")
+    await page.locator("#ticket-problems a", has_text=made["number"]).wait_for()
+    linked = await world.api("GET", f"/api/v1/problems/{made['number']}")
+    assert [t["number"] for t in linked["tickets"]] == [incident]
+    assert not page.fieldlink_errors, page.fieldlink_errors
+    await page.context.close()

@@ -285,3 +285,17 @@ async def test_an_alert_rule_firing_on_three_machines_proposes_one_problem(
     assert prop["origin_label"] == "Disk cluster" and prop["priority"] == "P2"
     assert prop["site"] == "shop-1" and "3 machines" in prop["title"]
     assert len(await proposals()) == 1
+
+    # a fourth machine's incident joins the proposal rather than making another
+    fourth = await online_agent(hq, agent_factory)
+
+    async def joined() -> dict[str, Any] | None:
+        got = await admin(hq, "GET", f"/api/v1/problems/{prop['number']}")
+        return got if got["ticket_count"] == 4 else None
+
+    grown = await wait_until(joined, timeout=30, what="the fourth incident linked")
+    assert len(await proposals()) == 1
+    history = [h for h in grown["history"] if h["kind"] == "ticket_linked"]
+    assert len(history) == 4 and history[-1]["actor"] == "problems"
+    alert_tickets = await admin(hq, "GET", "/api/v1/tickets", params={"agent_id": fourth.agent_id})
+    assert alert_tickets["items"][0]["number"] == history[-1]["data"]["ticket"]
