@@ -640,6 +640,9 @@ GRID: dict[tuple[str, str], Cell] = {
     ("DELETE", "/api/v1/problems/{problem_id}/tickets/{ticket_id}"): Cell(
         "object", "problems:write", on_problem("DELETE", "/tickets/{ticket}", link=True)
     ),
+    ("POST", "/api/v1/problems/{problem_id}/notes"): Cell(
+        "object", "problems:write", on_problem("POST", "/notes", {"body": "grid"}), ok=201
+    ),
     ("PUT", "/api/v1/agents/{agent_id}/tags"): Cell(
         "object", "agents:enroll", fixed("PUT", "/api/v1/agents/{agent}/tags", {"tags": ["till"]})
     ),

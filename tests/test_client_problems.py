@@ -80,9 +80,23 @@ async def test_problem_commands(sqlite_hq, tmp_path):
     )
     assert resolved.returncode == 0, resolved.stderr
 
+    noted = await fieldlink(
+        "problem", "note", number, "-", env=env, stdin="vendor confirms the leak\n"
+    )
+    assert noted.returncode == 0 and noted.stdout == f"{number}: note added\n"
+    empty = await fieldlink("problem", "note", number, " ", env=env)
+    assert empty.returncode != 0 and "empty" in empty.stderr
     detail = await fieldlink("problem", "show", number, env=env)
     assert detail.returncode == 0, detail.stderr
-    for text in ("Workaround", "Root cause", "driver 4.2 leaks handles", "Resolution", t1, t2):
+    for text in (
+        "Workaround",
+        "Root cause",
+        "driver 4.2 leaks handles",
+        "Resolution",
+        "vendor confirms the leak",
+        t1,
+        t2,
+    ):
         assert text in detail.stdout, text
     assert "History" in detail.stdout and "known_error -> resolved" in detail.stdout
     as_json = await fieldlink("problem", "show", number, "--json", env=env)
@@ -108,7 +122,8 @@ async def test_problem_commands(sqlite_hq, tmp_path):
 
 def test_problem_help_texts():
     """Every problem command explains itself."""
-    for command in ("list", "show", "new", "edit", "link", "unlink", "status", "accept", "dismiss"):
+    commands = ("list", "show", "new", "edit", "link", "unlink", "status", "note", "accept")
+    for command in (*commands, "dismiss"):
         out = subprocess.run(
             [sys.executable, "-m", "server.cli", "problem", command, "--help"],
             capture_output=True,

@@ -74,6 +74,9 @@ async def test_work_a_problem_from_new_to_resolved(world: World) -> None:
     await page.locator(f"#incidents tr[data-ticket='{second}'] button").click()
     await page.locator(f"#incidents tr[data-ticket='{second}']").wait_for(state="detached")
 
+    await page.fill("#note-body", "Happens right after the 12:00 price sync")
+    await page.click("#add-note button")
+    await page.locator("#history li[data-kind=note]", has_text="12:00 price sync").wait_for()
     await page.fill("#rs-cause", "The noon price sync locks the printer queue")
     await page.fill("#rs-resolution", "Sync moved to 03:00")
     await page.click("button[data-move=resolved]")

@@ -114,6 +114,13 @@ async def test_problem_lifecycle_rules_and_workaround_on_linked_tickets(hq):
         closed = await api.ok(
             "POST", f"/api/v1/problems/{done['id']}/transition", json={"status": "closed"}
         )
+        status, err = await api.post(f"/api/v1/problems/{number}/notes", {"body": " "})
+        assert status == 422 and "body" in err["error"]["fields"]
+        noted = await api.ok(
+            "POST", f"/api/v1/problems/{number}/notes", json={"body": "vendor ships 4.3.1"}
+        )
+        assert noted["history"][-1]["kind"] == "note"
+        assert noted["history"][-1]["body"] == "vendor ships 4.3.1"
         assert closed["closed_at"] and closed["allowed_statuses"] == []
         status, err = await api.post(f"/api/v1/problems/{number}/tickets", {"ticket": t3})
         assert status == 409
@@ -123,7 +130,13 @@ async def test_problem_lifecycle_rules_and_workaround_on_linked_tickets(hq):
         assert kinds.count("ticket_linked") == 3 and kinds.count("ticket_unlinked") == 1
         trail = (await api.ok("GET", "/api/v1/audit", params={"limit": 500}))["items"]
         actions = [e["action"] for e in trail if e.get("target_id") == closed["id"]]
-        for action in ("problem.create", "problem.link", "problem.transition", "problem.update"):
+        for action in (
+            "problem.create",
+            "problem.link",
+            "problem.transition",
+            "problem.update",
+            "problem.note",
+        ):
             assert action in actions, action
 
         listed = await api.ok("GET", "/api/v1/problems", params={"status": "closed"})

@@ -518,3 +518,27 @@ async def unlink_ticket(request: web.Request) -> web.Response:
             raise NotFound("that ticket is not linked to this problem")
         out = await detail(session, problem, who)
     return json_response(out)
+
+
+class NoteRequest(BaseModel):
+    body: str = Field(min_length=1, max_length=20000, description="findings, what was tried")
+
+
+@routes.route(
+    "POST",
+    "/api/v1/problems/{problem_id}/notes",
+    permission="problems:write",
+    body=NoteRequest,
+    response=ProblemDetail,
+    status=201,
+    summary="Add a work note to the problem's history",
+)
+async def add_note(request: web.Request) -> web.Response:
+    req = body(request, NoteRequest)
+    async with services(request).sessions.begin() as session:
+        problem, who = await writable_problem(session, request)
+        if not req.body.strip():
+            raise Invalid("the note is empty", fields={"body": "write something"})
+        await ops.note(session, problem, who.actor(), req.body)
+        out = await detail(session, problem, who)
+    return json_response(out, status=201)

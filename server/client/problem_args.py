@@ -9,6 +9,7 @@ parser must not import the HTTP client), dispatched by `commands.dispatch`.
     fieldlink problem unlink PRB-N FL-N
     fieldlink problem status PRB-N STATUS [--workaround T] [--root-cause T]
                   [--resolution T] [--note T]
+    fieldlink problem note PRB-N TEXT
     fieldlink problem accept PRB-N
     fieldlink problem dismiss PRB-N --reason WHY
 """
@@ -187,6 +188,15 @@ def register(sub: Any) -> None:
     _texts(status)
     status.add_argument("--note", metavar="TEXT", help="a note on the history")
 
+    note = add_command(
+        psub,
+        "note",
+        help="add a work note to a problem's history",
+        description="Add a work note (findings, what was tried) to the problem's history.",
+    )
+    note.add_argument("ref", metavar="PRB-N", help="problem number or id")
+    note.add_argument("text", metavar="TEXT", help="the note; - reads it from stdin")
+
     accept = add_command(
         psub,
         "accept",
@@ -245,6 +255,8 @@ def dispatch(args: argparse.Namespace, login: Login) -> int:
         return asyncio.run(problems.link(login, args.ref, list(args.tickets)))
     if cmd == "unlink":
         return asyncio.run(problems.unlink(login, args.ref, args.ticket))
+    if cmd == "note":
+        return asyncio.run(problems.add_note(login, args.ref, args.text))
     if cmd == "accept":
         return asyncio.run(problems.move(login, args.ref, {"status": "new"}))
     if cmd == "dismiss":

@@ -1,5 +1,5 @@
 """Problem records: `fieldlink problem list|show|new|edit|link|unlink|status|
-accept|dismiss`. Thin shells around `/api/v1/problems`: build the request,
+note|accept|dismiss`. Thin shells around `/api/v1/problems`: build the request,
 send it pinned, draw the answer (problemview.py). HQ's refusals (409 naming
 the allowed statuses, 422 naming the missing text) reach the person through
 `commands.describe` with exit status 1.
@@ -156,4 +156,15 @@ async def move(login: Login, ref: str, body: dict[str, Any]) -> int:
     allowed = problem.get("allowed_statuses") or []
     if allowed:
         print(f"  next: {', '.join(allowed)}", file=sys.stderr)
+    return 0
+
+
+async def add_note(login: Login, ref: str, text: str) -> int:
+    if text == "-":
+        text = sys.stdin.read()
+    if not text.strip():
+        raise UsageError("the note is empty")
+    async with Api(login.url, login.fingerprint, login.token) as api:
+        problem = await api.post(_path(ref, "/notes"), {"body": text})
+    print(f"{problem['number']}: note added")
     return 0

@@ -218,6 +218,11 @@ async def move(
         )
 
 
+async def note(session: AsyncSession, problem: Problem, actor: Actor, text: str) -> None:
+    """A work note on the problem's history (findings, what was tried)."""
+    await record(session, problem, actor, "note", "note", text)
+
+
 async def _announce(
     session: AsyncSession, problem: Problem, actor: Actor, body: str, data: dict[str, Any]
 ) -> None:
