@@ -6,7 +6,10 @@ rule firing on three machines (real agents, real health reports)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from aiohttp import web
 
 from tests.support import HQHandle, make_user, wait_until
 from tests.test_e2e_runs_api import online_agent
@@ -312,3 +315,61 @@ async def test_an_alert_rule_firing_on_three_machines_proposes_one_problem(
     assert len(history) == 4 and history[-1]["actor"] == "problems"
     alert_tickets = await admin(hq, "GET", "/api/v1/tickets", params={"agent_id": fourth.agent_id})
     assert alert_tickets["items"][0]["number"] == history[-1]["data"]["ticket"]
+
+
+async def test_problem_events_reach_webhooks(sqlite_hq):
+    """A webhook subscribed to problem.* gets each problem event (with the known
+    error's workaround), signed like ticket events, and no ticket event."""
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(json.loads(await request.read()))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    hq = sqlite_hq
+    try:
+        await admin(
+            hq,
+            "POST",
+            "/api/v1/webhooks",
+            json={
+                "url": f"http://127.0.0.1:{port}/hook",
+                "secret": "webhook-secret-for-tests",
+                "events": ["problem.*"],
+            },
+        )
+        await admin(hq, "POST", "/api/v1/sites", json={"name": "shop-1"})
+        number = await ticket(hq, "shop-1")
+        made = await admin(
+            hq,
+            "POST",
+            "/api/v1/problems",
+            json={"title": "P", "site": "shop-1", "tickets": [number]},
+        )
+        await admin(
+            hq,
+            "POST",
+            f"/api/v1/problems/{made['number']}/transition",
+            json={"status": "known_error", "workaround": "reboot"},
+        )
+        hq.hq.svc.webhooks.wake()
+
+        def all_three() -> bool:
+            return len(received) >= 3
+
+        await wait_until(all_three, timeout=30, what="three deliveries")
+    finally:
+        await runner.cleanup()
+    events = sorted(p["event"] for p in received)
+    assert events == ["problem.create", "problem.link", "problem.transition"]
+    last = next(p for p in received if p["event"] == "problem.transition")
+    assert last["problem"]["number"] == made["number"]
+    assert last["problem"]["workaround"] == "reboot"
+    assert last["data"]["to"] == "known_error"

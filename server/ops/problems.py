@@ -21,7 +21,16 @@ from server.itsm.tickets import number_text as ticket_number
 from server.itsm.tickets import priority_of
 from server.store import auditlog, problems, tickets
 from server.store.hooks import mark_ticket_changed
-from server.store.models import Alert, AlertRule, Problem, ProblemTicket, Ticket, utcnow
+from server.store.models import (
+    Alert,
+    AlertRule,
+    OutboxItem,
+    Problem,
+    ProblemTicket,
+    Ticket,
+    Webhook,
+    utcnow,
+)
 from shared.errors import Conflict, Invalid
 
 log = structlog.get_logger(__name__)
@@ -44,6 +53,7 @@ async def record(
     """History event + audit entry for one change of a problem."""
     problem.updated_at = utcnow()
     await problems.add_event(session, problem.id, actor, kind, body, data=data)
+    await notify(session, f"problem.{action}", problem, data)
     await auditlog.append(
         session,
         actor,
@@ -56,6 +66,38 @@ async def record(
             details={"number": pure.number_text(problem.number), **(data or {})},
         ),
     )
+
+
+def problem_payload(problem: Problem) -> dict[str, Any]:
+    return {
+        "id": problem.id,
+        "number": pure.number_text(problem.number),
+        "title": problem.title,
+        "status": problem.status,
+        "priority": problem.priority,
+        "site_id": problem.site_id,
+        "origin": problem.origin,
+        "workaround": problem.workaround if problem.status == "known_error" else None,
+    }
+
+
+async def notify(
+    session: AsyncSession, event: str, problem: Problem, data: dict[str, Any] | None
+) -> None:
+    """Queue a webhook delivery of `event` for every enabled webhook that wants it
+    (no list: every event; `problem.*`: every problem event)."""
+    hooks = (await session.scalars(select(Webhook).where(Webhook.enabled.is_(True)))).all()
+    wanted = [h for h in hooks if not h.events or event in h.events or "problem.*" in h.events]
+    if not wanted:
+        return
+    payload = {
+        "event": event,
+        "at": utcnow().isoformat(),
+        "problem": problem_payload(problem),
+        **({"data": data} if data else {}),
+    }
+    for hook in wanted:
+        session.add(OutboxItem(webhook_id=hook.id, event=event, payload=payload))
 
 
 async def note_on_ticket(
