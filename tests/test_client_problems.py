@@ -21,13 +21,13 @@ async def _ticket(hq: HQHandle, site: str, title: str) -> str:
 
 
 async def test_problem_commands(sqlite_hq, tmp_path):
-    """Every problem command does what its help says, with HQ's refusals on stderr."""
+    """Open, list, refused and incomplete moves, known error: each does what its help
+    says, with HQ's refusals on stderr; `ticket show` draws the workaround."""
     hq = sqlite_hq
     async with hq.client(hq.admin_token) as api:
         await api.ok("POST", "/api/v1/sites", json={"name": "shop-p"})
     t1 = await _ticket(hq, "shop-p", "till 1 freezes")
     t2 = await _ticket(hq, "shop-p", "till 2 freezes")
-    t3 = await _ticket(hq, "shop-p", "till 3 freezes")
     user = await make_user(hq, "hq_engineer", totp=True)
     env = as_user(tmp_path / "cfg", hq, user.token)
 
@@ -66,6 +66,29 @@ async def test_problem_commands(sqlite_hq, tmp_path):
     assert f"Known error {number}: workaround" in shown.stdout
     assert "Restart the till service" in shown.stdout
 
+
+async def test_link_edit_note_resolve_and_show(sqlite_hq, tmp_path):
+    """link, unlink, edit, note, status resolved with its incidents, show."""
+    hq = sqlite_hq
+    async with hq.client(hq.admin_token) as api:
+        await api.ok("POST", "/api/v1/sites", json={"name": "shop-p"})
+        t1 = await _ticket(hq, "shop-p", "till 1 freezes")
+        t2 = await _ticket(hq, "shop-p", "till 2 freezes")
+        t3 = await _ticket(hq, "shop-p", "till 3 freezes")
+        made = await api.ok(
+            "POST",
+            "/api/v1/problems",
+            json={"title": "Tills freeze", "site": "shop-p", "tickets": [t1, t2]},
+        )
+        number = made["number"]
+        await api.ok(
+            "POST",
+            f"/api/v1/problems/{number}/transition",
+            json={"status": "known_error", "workaround": "Restart the till service"},
+        )
+    user = await make_user(hq, "hq_engineer", totp=True)
+    env = as_user(tmp_path / "cfg", hq, user.token)
+
     linked = await fieldlink("problem", "link", number, t3, env=env)
     assert linked.returncode == 0, linked.stderr
     assert f"{number}: 3 incident(s): {t1}, {t2}, {t3}" in linked.stdout
@@ -76,9 +99,16 @@ async def test_problem_commands(sqlite_hq, tmp_path):
     )
     assert edited.returncode == 0 and "root_cause" in edited.stdout
     resolved = await fieldlink(
-        "problem", "status", number, "resolved", "--resolution", "driver 4.3", env=env
-    )
+        "problem", "status", number, "resolved", "--resolution", "driver 4.3",
+        "--resolve-incidents", env=env,
+    )  # fmt: skip
     assert resolved.returncode == 0, resolved.stderr
+    async with hq.client(hq.admin_token) as api:
+        for ref in (t1, t2):
+            ticket_now = await api.ok("GET", f"/api/v1/tickets/{ref}")
+            assert ticket_now["resolution_code"] == "problem_resolved"
+        still_open = await api.ok("GET", f"/api/v1/tickets/{t3}")
+    assert still_open["status"] == "new"
 
     noted = await fieldlink(
         "problem", "note", number, "-", env=env, stdin="vendor confirms the leak\n"
@@ -102,7 +132,15 @@ async def test_problem_commands(sqlite_hq, tmp_path):
     as_json = await fieldlink("problem", "show", number, "--json", env=env)
     assert json.loads(as_json.stdout)["status"] == "resolved"
 
-    # a proposal: an incident reopened twice
+
+async def test_proposal_commands(sqlite_hq, tmp_path):
+    """An incident reopened twice from the command line shows up under
+    `problem list --proposed`; dismiss asks for a reason; accept makes it new."""
+    hq = sqlite_hq
+    async with hq.client(hq.admin_token) as api:
+        await api.ok("POST", "/api/v1/sites", json={"name": "shop-p"})
+    user = await make_user(hq, "hq_engineer", totp=True)
+    env = as_user(tmp_path / "cfg", hq, user.token)
     t4 = await _ticket(hq, "shop-p", "scanner drops")
     for _ in range(2):
         for action in ("resolve", "reopen"):

@@ -79,11 +79,17 @@ async def test_work_a_problem_from_new_to_resolved(world: World) -> None:
     await page.locator("#history li[data-kind=note]", has_text="12:00 price sync").wait_for()
     await page.fill("#rs-cause", "The noon price sync locks the printer queue")
     await page.fill("#rs-resolution", "Sync moved to 03:00")
+    await page.check("#rs-incidents")
     await page.click("button[data-move=resolved]")
     await page.locator("#problem-status[data-status=resolved]").wait_for()
+    solved = await world.api("GET", f"/api/v1/tickets/{first}")
+    assert solved["status"] == "resolved" and solved["resolution_code"] == "problem_resolved"
+    untouched = await world.api("GET", f"/api/v1/tickets/{second}")  # unlinked before
+    assert untouched["status"] == "new"
     await page.locator("#root-cause", has_text="printer queue").wait_for()
     kinds = await page.locator("#history li").evaluate_all("els => els.map(e => e.dataset.kind)")
     assert kinds.count("state") == 3 and kinds.count("ticket_linked") == 2
+    assert "incidents_resolved" in kinds
     assert "ticket_unlinked" in kinds
     await screenshot(page, "problem")
     assert not page.fieldlink_errors, page.fieldlink_errors

@@ -373,3 +373,49 @@ async def test_problem_events_reach_webhooks(sqlite_hq):
     assert last["problem"]["number"] == made["number"]
     assert last["problem"]["workaround"] == "reboot"
     assert last["data"]["to"] == "known_error"
+
+
+async def test_resolving_a_problem_can_resolve_its_incidents(sqlite_hq):
+    """With resolve_incidents, the open linked incidents the caller may work are
+    resolved with the problem's resolution; the others stay as they are."""
+    hq = sqlite_hq
+    for name in ("shop-a", "shop-b"):
+        await admin(hq, "POST", "/api/v1/sites", json={"name": name})
+    ta, tb, done = (
+        await ticket(hq, "shop-a"),
+        await ticket(hq, "shop-b"),
+        await ticket(hq, "shop-a"),
+    )
+    await admin(hq, "POST", f"/api/v1/tickets/{done}/transition", json={"action": "resolve"})
+    made = await admin(
+        hq, "POST", "/api/v1/problems", json={"title": "wide", "tickets": [ta, tb, done]}
+    )
+    number = made["number"]
+    # works HQ-wide problems, but tickets on shop-a only
+    manager = await make_user(hq, "site_tech", "shop-a", totp=True)
+    role = {"name": "problem_manager", "permissions": ["problems:read", "problems:write"]}
+    await admin(hq, "POST", "/api/v1/roles", json=role)
+    await admin(
+        hq,
+        "POST",
+        "/api/v1/bindings",
+        json={"user_id": manager.id, "role": "problem_manager", "scope": "global"},
+    )
+    path = f"/api/v1/problems/{number}/transition"
+    async with hq.client(manager.token) as api:
+        status, err = await api.post(path, {"status": "investigating", "resolve_incidents": True})
+        assert status == 422 and "resolve_incidents" in err["error"]["fields"]
+        await api.ok(
+            "POST",
+            path,
+            json={"status": "resolved", "root_cause": "r", "resolution": "new firmware",
+                  "resolve_incidents": True},
+        )  # fmt: skip
+    seen = {n: await admin(hq, "GET", f"/api/v1/tickets/{n}") for n in (ta, tb, done)}
+    final = await admin(hq, "GET", f"/api/v1/problems/{number}")
+    assert seen[ta]["status"] == "resolved" and seen[ta]["resolution_code"] == "problem_resolved"
+    assert seen[ta]["resolution_text"] == f"{number}: new firmware"
+    assert seen[tb]["status"] == "new"  # shop-b's: not the manager's to work
+    assert seen[done]["resolution_code"] != "problem_resolved"
+    event = final["history"][-1]
+    assert event["kind"] == "incidents_resolved" and event["data"]["tickets"] == [ta]

@@ -440,6 +440,11 @@ class TransitionRequest(BaseModel):
     resolution: str | None = Field(None, max_length=20000, description="stored with the move")
     reason: str | None = Field(None, max_length=5000, description="why a proposal is dismissed")
     note: str | None = Field(None, max_length=20000)
+    resolve_incidents: bool = Field(
+        False,
+        description="with status resolved: also resolve the open linked incidents the caller "
+        "may work (resolution code problem_resolved, the problem's resolution as text)",
+    )
 
 
 @routes.route(
@@ -467,6 +472,9 @@ async def transition_problem(request: web.Request) -> web.Response:
             resolution=req.resolution,
             reason=req.reason,
             note=req.note,
+            resolve_incidents=(lambda t: who.works_tickets(t.site_id))
+            if req.resolve_incidents
+            else None,
         )
         out = await detail(session, problem, who)
     return json_response(out)

@@ -8,7 +8,7 @@ parser must not import the HTTP client), dispatched by `commands.dispatch`.
     fieldlink problem link PRB-N FL-N [FL-N ...]
     fieldlink problem unlink PRB-N FL-N
     fieldlink problem status PRB-N STATUS [--workaround T] [--root-cause T]
-                  [--resolution T] [--note T]
+                  [--resolution T] [--note T] [--resolve-incidents]
     fieldlink problem note PRB-N TEXT
     fieldlink problem accept PRB-N
     fieldlink problem dismiss PRB-N --reason WHY
@@ -187,6 +187,11 @@ def register(sub: Any) -> None:
     status.add_argument("status", metavar="STATUS", type=_target, help=", ".join(TARGETS))
     _texts(status)
     status.add_argument("--note", metavar="TEXT", help="a note on the history")
+    status.add_argument(
+        "--resolve-incidents",
+        action="store_true",
+        help="resolved: also resolve the open linked incidents you may work",
+    )
 
     note = add_command(
         psub,
@@ -267,6 +272,8 @@ def dispatch(args: argparse.Namespace, login: Login) -> int:
     for key in ("root_cause", "workaround", "resolution", "note"):
         if getattr(args, key) is not None:
             move[key] = getattr(args, key)
+    if args.resolve_incidents:
+        move["resolve_incidents"] = True
     if args.status == "dismissed" and "note" in move:
         move["reason"] = move.pop("note")
     return asyncio.run(problems.move(login, args.ref, move))

@@ -8,6 +8,7 @@ notes it on their timelines, in the same transaction. Decisions come from
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -210,8 +211,16 @@ async def move(
     resolution: str | None = None,
     reason: str | None = None,
     note: str | None = None,
+    resolve_incidents: Callable[[Ticket], bool] | None = None,
 ) -> None:
-    """Move the problem to `target`; texts given here are stored with the move."""
+    """Move the problem to `target`; texts given here are stored with the move.
+    Resolving it with `resolve_incidents` also resolves each open linked
+    incident that callable allows (the caller may work it)."""
+    if resolve_incidents is not None and target != "resolved":
+        raise Invalid(
+            "only resolving a problem resolves its incidents",
+            fields={"resolve_incidents": "only with status resolved"},
+        )
     given = {"workaround": workaround, "root_cause": root_cause, "resolution": resolution}
     texts = {k: v if v is not None else getattr(problem, k) for k, v in given.items()}
     try:
@@ -251,13 +260,45 @@ async def move(
     if status == "known_error":
         await _announce_workaround(session, problem, actor)
     elif status == "resolved":
+        number = pure.number_text(problem.number)
         await _announce(
             session,
             problem,
             actor,
-            f"{pure.number_text(problem.number)} resolved: {problem.resolution}",
+            f"{number} resolved: {problem.resolution}",
             {"state": "resolved"},
         )
+        if resolve_incidents is not None:
+            await _resolve_incidents(session, problem, actor, resolve_incidents)
+
+
+async def _resolve_incidents(
+    session: AsyncSession, problem: Problem, actor: Actor, may: Callable[[Ticket], bool]
+) -> None:
+    from server.ops import ticketing  # it calls this module when a ticket reopens
+
+    number = pure.number_text(problem.number)
+    done: list[str] = []
+    for ticket in await problems.linked_tickets(session, problem.id):
+        if ticket.status in TICKET_OPEN and may(ticket):
+            await ticketing.act(
+                session,
+                ticket,
+                "resolve",
+                actor,
+                resolution_code="problem_resolved",
+                resolution_text=f"{number}: {problem.resolution}",
+            )
+            done.append(ticket_number(ticket.number))
+    await record(
+        session,
+        problem,
+        actor,
+        "incidents_resolved",
+        "resolve_incidents",
+        ", ".join(done),
+        data={"tickets": done},
+    )
 
 
 async def note(session: AsyncSession, problem: Problem, actor: Actor, text: str) -> None:
