@@ -9,6 +9,9 @@ a timer for `agent.offline`), and turns firing and recovery into tickets.
   on the agent at once and attach to it (auto-triage).
 - Recovery: noted on the ticket; the ticket resolves itself only if no human
   touched it and the rule says so.
+- Problems: after a firing is stored, its incident joins the rule's active
+  problem, or the rule's open incidents on 3+ machines become a proposed one
+  (`server.ops.problems`).
 
 Evaluation is pure (`server.itsm.alerts`); this module is the I/O around it.
 One task processes everything in order, so an agent's reports are never
@@ -29,6 +32,7 @@ from server.audit import Actor, Event
 from server.context import Services
 from server.itsm import alerts as pure
 from server.itsm.tickets import OPEN, number_text
+from server.ops import problems as problem_ops
 from server.ops import ticketing
 from server.runs import Prepared, execute
 from server.store import auditlog
@@ -197,8 +201,22 @@ class AlertEngine:
                 triage = await self._fire(session, rule, alert, value, report, now)
             else:
                 await self._recover(session, rule, alert, value, now)
+        if outcome.event == "fire" and alert.ticket_id:
+            await self._consider_problem(rule, alert.ticket_id)
         if triage is not None:
             self._spawn(self._triage(rule, triage))
+
+    async def _consider_problem(self, rule: AlertRule, ticket_id: str) -> None:
+        """After the incident is stored: join the rule's active problem, or propose
+        one when the rule fires on enough machines. In its own transaction, so a
+        failure here never costs the incident."""
+        try:
+            async with self.svc.sessions.begin() as session:
+                ticket = await session.get(Ticket, ticket_id)
+                if ticket is not None:
+                    await problem_ops.after_alert_fired(session, rule, ticket)
+        except Exception:
+            log.exception("problem_proposal_failed", rule=rule.name, ticket_id=ticket_id)
 
     async def _fire(
         self,

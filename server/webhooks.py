@@ -1,4 +1,4 @@
-"""Outbound webhooks for ticket events, from a durable outbox.
+"""Outbound webhooks for ticket and problem events, from a durable outbox.
 
 Deliveries are rows written in the transaction of the event they report, so
 an event is never lost and never sent for a change that rolled back. A

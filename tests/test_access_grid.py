@@ -351,6 +351,26 @@ def holds_rule(permission: str, ok: int, otherwise: int) -> Callable[[str, str],
     return rule
 
 
+async def _problem(world: World, link: bool = False) -> str:
+    """A problem on site A (made by the admin), optionally tied to the grid's ticket."""
+    body: dict[str, Any] = {"title": "grid", "site": SITE_A}
+    if link:
+        body["tickets"] = [world.ticket]
+    async with world.hq.client(world.hq.admin_token) as api:
+        made = await api.ok("POST", "/api/v1/problems", json=body)
+    return str(made["number"])
+
+
+def on_problem(
+    method: str, suffix: str, body: Any = None, link: bool = False, prefix: str = "/api/v1"
+) -> Build:
+    async def build(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+        number = await _problem(world, link=link)
+        return method, f"{prefix}/problems/{number}{suffix.format(ticket=world.ticket)}", body
+
+    return build
+
+
 CONSOLE: dict[tuple[str, str], Cell] = {
     ("POST", "/logout"): page("/logout", method="POST", ok=303),
     ("GET", "/totp"): page("/totp"),
@@ -377,6 +397,10 @@ CONSOLE: dict[tuple[str, str], Cell] = {
     ("GET", "/tickets/{ticket_id}"): page(
         "/tickets/{ticket}", expect=ticket_rule("tickets:read", 200)
     ),
+    ("GET", "/problems"): page("/problems", "list", "problems:read"),
+    ("GET", "/problems/{problem_id}"): Cell(
+        "object", "problems:read", on_problem("GET", "", prefix=""), console=True
+    ),
     ("GET", "/jobs"): page("/jobs", "list", "diag:run"),
     ("GET", "/jobs/{job_id}"): page("/jobs/jb_grid", "object", "diag:run"),
     ("GET", "/changes"): page("/changes", "list", "changes:read"),
@@ -400,6 +424,7 @@ CONSOLE: dict[tuple[str, str], Cell] = {
     ("GET", "/admin/sites/{site_id}"): page("/admin/sites/{site}", "object", "users:admin"),
     ("GET", "/enroll"): page("/enroll", "list", "agents:enroll"),
 }
+
 
 GRID: dict[tuple[str, str], Cell] = {
     ("POST", "/api/v1/auth/logout"): Cell("self", None, _logout),
@@ -632,6 +657,31 @@ GRID: dict[tuple[str, str], Cell] = {
         on_session("GET", "/recording", state="ended"),
         expect=ticket_rule("audit:read", 404),
     ),
+    ("GET", "/api/v1/problems"): Cell("list", "problems:read", fixed("GET", "/api/v1/problems")),
+    ("POST", "/api/v1/problems"): Cell(
+        "object",
+        "problems:write",
+        fixed("POST", "/api/v1/problems", {"title": "grid", "site": SITE_A}),
+        ok=201,
+    ),
+    ("GET", "/api/v1/problems/{problem_id}"): Cell(
+        "object", "problems:read", on_problem("GET", "")
+    ),
+    ("PATCH", "/api/v1/problems/{problem_id}"): Cell(
+        "object", "problems:write", on_problem("PATCH", "", {"root_cause": "grid"})
+    ),
+    ("POST", "/api/v1/problems/{problem_id}/transition"): Cell(
+        "object", "problems:write", on_problem("POST", "/transition", {"status": "investigating"})
+    ),
+    ("POST", "/api/v1/problems/{problem_id}/tickets"): Cell(
+        "object", "problems:write", on_problem("POST", "/tickets", {"ticket": "{ticket}"})
+    ),
+    ("DELETE", "/api/v1/problems/{problem_id}/tickets/{ticket_id}"): Cell(
+        "object", "problems:write", on_problem("DELETE", "/tickets/{ticket}", link=True)
+    ),
+    ("POST", "/api/v1/problems/{problem_id}/notes"): Cell(
+        "object", "problems:write", on_problem("POST", "/notes", {"body": "grid"}), ok=201
+    ),
     ("PUT", "/api/v1/agents/{agent_id}/tags"): Cell(
         "object", "agents:enroll", fixed("PUT", "/api/v1/agents/{agent}/tags", {"tags": ["till"]})
     ),
@@ -806,6 +856,8 @@ async def test_grid(world: World, role: str, scope: str, method: str, path: str)
     m, p, body = await cell.build(world, who)
     if isinstance(body, dict) and body.get("agent_id") == "{agent}":
         body = {**body, "agent_id": world.agent_id}
+    if isinstance(body, dict) and body.get("ticket") == "{ticket}":
+        body = {**body, "ticket": world.ticket}
     async with world.hq.client(token) as api:
         status, answer = await api.request(m, p, json=body)
     want = expected(cell, role, scope)

@@ -237,7 +237,8 @@ class WebhookIn(BaseModel):
     url: str = Field(min_length=8, max_length=2000)
     secret: str = Field(min_length=16, max_length=200, description="HMAC key; never shown again")
     events: list[str] = Field(
-        default_factory=list, description='e.g. ["ticket.create", "ticket.*"]; empty = all'
+        default_factory=list,
+        description='e.g. ["ticket.create", "ticket.*", "problem.*"]; empty = all',
     )
 
     @field_validator("url")
@@ -296,7 +297,7 @@ async def _hook_out(session: Any, hook: Webhook) -> WebhookOut:
     "/api/v1/webhooks",
     permission="users:admin",
     response=WebhookList,
-    summary="Outbound webhooks for ticket events (secrets never shown)",
+    summary="Outbound webhooks for ticket and problem events (secrets never shown)",
 )
 async def list_webhooks(request: web.Request) -> web.Response:
     principal(request).require("users:admin", None)

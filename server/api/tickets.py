@@ -17,9 +17,11 @@ from server.api.authn import Principal, principal
 from server.api.routing import ApiRouter, body, json_response, query
 from server.auth import rbac
 from server.context import Services, services
+from server.itsm import problems as problem_rules
 from server.itsm.tickets import OPEN, allowed_actions, number_text, priority_of
 from server.ops import helprequests, ticketing
 from server.store import fleet, people, tickets
+from server.store import problems as problem_store
 from server.store.models import Agent, RunRecord, Site, Ticket, TicketAgent, TicketEvent, User
 from shared.errors import Forbidden, Invalid, NotFound, RateLimited
 
@@ -90,9 +92,22 @@ class MachineRef(BaseModel):
     hostname: str
 
 
+class TicketProblem(BaseModel):
+    id: str
+    number: str
+    title: str
+    status: str
+    workaround: str | None = Field(
+        description="the known error's workaround (null until the problem is a known error)"
+    )
+
+
 class TicketDetail(TicketOut):
     machines: list[MachineRef] = Field(
         default_factory=list, description="the linked machines (`agents`) with their host names"
+    )
+    problems: list[TicketProblem] = Field(
+        description="problem records this incident is linked to (dismissed proposals left out)"
     )
     timeline: list[EventOut]
 
@@ -388,9 +403,22 @@ async def detail(session: AsyncSession, ticket: Ticket, who: Principal) -> Ticke
             await session.execute(select(Agent.id, Agent.hostname).where(Agent.id.in_(base.agents)))
         ).all()
     )
+    linked = await problem_store.problems_of_ticket(
+        session, ticket.id, include=frozenset(problem_rules.STATUSES) - {"dismissed"}
+    )
     return TicketDetail(
         **base.model_dump(),
         machines=[MachineRef(id=a, hostname=hosts.get(a, a)) for a in base.agents],
+        problems=[
+            TicketProblem(
+                id=p.id,
+                number=problem_rules.number_text(p.number),
+                title=p.title,
+                status=p.status,
+                workaround=p.workaround if p.status == "known_error" else None,
+            )
+            for p in linked
+        ],
         timeline=[
             EventOut(
                 id=e.id,

@@ -8,6 +8,7 @@
     fieldlink job NAME [key=value ...] (--site SITE | --tag TAG | --agent ID ...)
                   [--ticket T] [--ttl 1h] [--json]
     fieldlink tickets | ticket ... | kpi            (ticket_args.py)
+    fieldlink problem ...                           (problem_args.py)
     fieldlink shell | session ... | files ...       (session_args.py)
     fieldlink change ...                            (change_args.py)
 
@@ -25,7 +26,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from server.client import change_args, session_args, ticket_args
+from server.client import change_args, problem_args, session_args, ticket_args
 from server.client.argparsing import add_command, duration, seconds
 from server.client.errors import ApiError, ClientError
 
@@ -33,6 +34,7 @@ COMMANDS = frozenset(
     {"login", "logout", "agents", "run", "exec", "job"}
     | ticket_args.COMMANDS
     | change_args.COMMANDS
+    | problem_args.COMMANDS
     | session_args.COMMANDS
 )
 
@@ -180,6 +182,7 @@ def register(sub: Any) -> None:
     job.add_argument("--json", action="store_true", help="print only the final job as JSON")
 
     ticket_args.register(sub)
+    problem_args.register(sub)
     session_args.register(sub)
     change_args.register(sub)
 
@@ -263,6 +266,8 @@ def dispatch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return ticket_args.dispatch(args, creds)
     if args.command in change_args.COMMANDS:
         return change_args.dispatch(args, creds)
+    if args.command in problem_args.COMMANDS:
+        return problem_args.dispatch(args, creds)
     if args.command in session_args.COMMANDS:
         return session_args.dispatch(args, creds, environ)
     raise ClientError(f"unknown command {args.command}")

@@ -212,6 +212,7 @@ LABELS = {
     "sla_breach": "SLA breach",
     "update": "changed",
     "help_repeat": "asked again",
+    "problem": "problem",
 }
 
 
@@ -371,6 +372,11 @@ def ticket_detail(t: dict[str, Any], now: datetime | None = None) -> RenderableT
     parts: list[RenderableType] = [head, Text(""), _fields(t)]
     if t.get("description"):
         parts += [Text(""), Text(str(t["description"]))]
+    from server.client import problemview  # it draws with this module's styles
+
+    linked = problemview.ticket_problems(t.get("problems") or [])
+    if linked:
+        parts += [Text(""), *linked]
     parts += [Text(""), clocks_table(t.get("sla") or {}, now)]
     events = t.get("timeline") or []
     snapshots = [e for e in events if e.get("kind") == "snapshot" and e.get("data")]

@@ -98,6 +98,7 @@ NAV: list[tuple[str, str, tuple[str, ...]]] = [
     ("/jobs", N_("Jobs"), ("diag:run",)),
     ("/changes", N_("Changes"), ("changes:read",)),
     ("/tickets", N_("Tickets"), ("agents:read",)),
+    ("/problems", N_("Problems"), ("problems:read",)),
     ("/help", N_("Get help"), ("tickets:write",)),
     ("/sessions", N_("Sessions"), ("agents:read",)),
     ("/consents", N_("Consents"), ("sessions:consent",)),

@@ -12,12 +12,22 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.api.authn import Principal, principal
+from server.api.problems import ListQuery as ProblemListQuery
+from server.api.problems import ProblemOut, find_problems, may_write, problem_out
 from server.api.routing import ApiRouter
 from server.api.sessions import ListQuery as SessionQuery
 from server.api.sessions import find_sessions
-from server.api.tickets import ListQuery, detail, find_tickets, readable_ticket, ticket_out
+from server.api.tickets import (
+    ListQuery,
+    TicketDetail,
+    detail,
+    find_tickets,
+    readable_ticket,
+    ticket_out,
+)
 from server.console import i18n
 from server.console.changes import labels as change_labels
 from server.console.changes import upcoming_for
@@ -75,6 +85,22 @@ async def help_page(request: web.Request) -> web.StreamResponse:
     return page(request, "help.html", ctx, title=i18n.gettext("Get help"))
 
 
+async def problems_to_link(
+    session: AsyncSession, who: Principal, site_id: str, t: TicketDetail
+) -> list[ProblemOut]:
+    """Active problems this incident could join: of its site or HQ-wide, that the
+    caller may work, not linked yet."""
+    if not who.holds("problems:write"):
+        return []
+    q = ProblemListQuery(status="proposed,new,investigating,known_error", limit=100)
+    linked = {p.id for p in t.problems}
+    return [
+        await problem_out(session, p, who)
+        for p in await find_problems(session, who, q)
+        if p.id not in linked and p.site_id in (None, site_id) and may_write(who, p)
+    ]
+
+
 @routes.route("GET", "/tickets/{ticket_id}", permission="tickets:read", summary="One ticket's page")
 async def ticket(request: web.Request) -> web.StreamResponse:
     svc = services(request)
@@ -89,6 +115,7 @@ async def ticket(request: web.Request) -> web.StreamResponse:
                 {"id": a.id, "hostname": a.hostname, "linked": a.id in t.agents}
                 for a, _ in await fleet.list_agents(session, frozenset({row.site_id}))
             ]
+        linkable = await problems_to_link(session, who, row.site_id, t)
     works = who.works_tickets(row.site_id)
     ctx = {
         "t": t,
@@ -106,5 +133,7 @@ async def ticket(request: web.Request) -> web.StreamResponse:
         and row.assignee_id != who.user_id
         and not works,
         "may_results": who.allowed("diag:run", row.site_id),
+        "may_problems": who.holds("problems:read"),
+        "linkable": linkable if works else [],
     }
     return page(request, "ticket.html", ctx, title=f"{t.number} {t.title}")

@@ -22,6 +22,7 @@ from server.itsm.tickets import (
     priority_of,
     transition,
 )
+from server.ops import problems as problem_ops
 from server.store import auditlog, tickets
 from server.store.hooks import mark_ticket_changed
 from server.store.models import (
@@ -301,6 +302,8 @@ async def act(
             "resolution_code": ticket.resolution_code if action == "resolve" else None,
         },
     )
+    if change.reopened:
+        await problem_ops.after_reopen(session, ticket)
     return ticket
 
 

@@ -656,3 +656,79 @@ class ChangeEvent(Base):
     kind: Mapped[str] = mapped_column(String(30))
     body: Mapped[str] = mapped_column(Text, default="")
     data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+# --- problems -------------------------------------------------------------------------------
+
+
+class Problem(Base):
+    """A problem record (ITIL): the cause behind repeated incidents."""
+
+    __tablename__ = "problems"
+    __table_args__ = (
+        Index("ix_problem_status", "status"),
+        Index("ix_problem_site", "site_id"),
+        Index("ix_problem_origin", "origin", "origin_ref"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("pb"))
+    number: Mapped[int] = mapped_column(BigInteger, unique=True)
+    title: Mapped[str] = mapped_column(String(300))
+    description: Mapped[str] = mapped_column(Text, default="")
+    # proposed | new | investigating | known_error | resolved | closed | dismissed
+    status: Mapped[str] = mapped_column(String(20))
+    impact: Mapped[int] = mapped_column(Integer, default=3)
+    urgency: Mapped[int] = mapped_column(Integer, default=3)
+    priority: Mapped[str] = mapped_column(String(2))
+    # NULL = HQ-wide
+    site_id: Mapped[str | None] = mapped_column(ForeignKey("sites.id", ondelete="SET NULL"))
+    assignee_id: Mapped[str | None] = mapped_column(String(40))
+    root_cause: Mapped[str] = mapped_column(Text, default="")
+    workaround: Mapped[str] = mapped_column(Text, default="")
+    resolution: Mapped[str] = mapped_column(Text, default="")
+    # manual | alert_rule | reopened; origin_ref: the rule id or the reopened ticket's id
+    origin: Mapped[str] = mapped_column(String(20), default="manual")
+    origin_ref: Mapped[str | None] = mapped_column(String(40))
+    proposed_reason: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str | None] = mapped_column(String(40))
+    created_by_name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    accepted_at: Mapped[datetime | None]
+    known_error_at: Mapped[datetime | None]
+    resolved_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]
+    dismissed_at: Mapped[datetime | None]
+
+
+class ProblemTicket(Base):
+    """An incident linked to a problem (many incidents per problem)."""
+
+    __tablename__ = "problem_tickets"
+
+    problem_id: Mapped[str] = mapped_column(
+        ForeignKey("problems.id", ondelete="CASCADE"), primary_key=True
+    )
+    ticket_id: Mapped[str] = mapped_column(
+        ForeignKey("tickets.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    linked_at: Mapped[datetime] = mapped_column(default=utcnow)
+    linked_by: Mapped[str] = mapped_column(String(200), default="")
+
+
+class ProblemEvent(Base):
+    """The problem's history: append-only."""
+
+    __tablename__ = "problem_events"
+    __table_args__ = (Index("ix_problem_event_problem", "problem_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    problem_id: Mapped[str] = mapped_column(ForeignKey("problems.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor_type: Mapped[str] = mapped_column(String(20))
+    actor_id: Mapped[str | None] = mapped_column(String(100))
+    actor_name: Mapped[str | None] = mapped_column(String(200))
+    # created | proposed | state | update | ticket_linked | ticket_unlinked | note
+    kind: Mapped[str] = mapped_column(String(30))
+    body: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)

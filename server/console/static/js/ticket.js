@@ -1,5 +1,6 @@
-// The ticket page: attached results on demand, and a session request (a
-// fresh TOTP code first, as the API's step-up asks, then the request).
+// The ticket page: attached results on demand, linking the incident to a
+// problem, and a session request (a fresh TOTP code first, as the API's
+// step-up asks, then the request).
 "use strict";
 (function () {
   const { api, gettext, showError } = window.Fieldlink;
@@ -16,6 +17,26 @@
     } catch (e) {
       box.textContent = e.message;
     }
+  });
+
+  // Link this incident to a problem: the problem picked names the API's path.
+  document.addEventListener("DOMContentLoaded", () => {
+    const form = document.getElementById("link-problem");
+    if (!form) return;
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const old = form.querySelector(".form-error");
+      if (old) old.remove();
+      const problem = form.elements.problem.value;
+      try {
+        await api("POST", "/api/v1/problems/" + encodeURIComponent(problem) + "/tickets", {
+          ticket: form.dataset.ticket,
+        });
+        window.location.reload();
+      } catch (e) {
+        showError(form, e);
+      }
+    });
   });
 
   document.addEventListener("DOMContentLoaded", () => {

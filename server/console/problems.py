@@ -1,0 +1,67 @@
+"""Problems: the list (with HQ's proposals to accept or dismiss), the problem
+page (workaround, root cause, resolution, linked incidents, history, the moves
+the caller may make, editing) and the form for a new one.
+
+The pages read through the API's scoped queries; every change is a call to
+the API from the page (the same checks answer there).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from server.api.authn import principal
+from server.api.problems import ListQuery, detail, find_problems, may_write, problem_out
+from server.api.problems import readable_problem as load_problem
+from server.api.routing import ApiRouter
+from server.console import i18n
+from server.console.render import page
+from server.context import services
+from server.store import people
+from shared.errors import Invalid
+
+routes = ApiRouter("console", console=True)
+
+FILTERS = ("status", "site", "assignee", "origin", "q", "after")
+PAGE = 100
+
+
+def parse_filters(request: web.Request) -> tuple[ListQuery, dict[str, str]]:
+    raw = {k: request.query[k].strip() for k in FILTERS if request.query.get(k, "").strip()}
+    try:
+        return ListQuery.model_validate({**raw, "limit": PAGE}), raw
+    except ValidationError as exc:
+        fields = {".".join(map(str, e["loc"])): e["msg"] for e in exc.errors()}
+        raise Invalid("invalid filter", fields=fields) from None
+
+
+@routes.route("GET", "/problems", permission="problems:read", summary="Problems and proposals")
+async def problems(request: web.Request) -> web.StreamResponse:
+    who = principal(request)
+    q, f = parse_filters(request)
+    async with services(request).sessions() as session:
+        rows = [await problem_out(session, p, who) for p in await find_problems(session, who, q)]
+        sites = list(await people.list_sites(session))
+    older = rows[-1].number.removeprefix("PRB-") if len(rows) == PAGE else None
+    ctx = {
+        "rows": rows,
+        "f": f,
+        "older": older,
+        "proposals": f.get("status") == "proposed",
+        "sites": [s.name for s in sites if who.allowed("problems:write", s.id)],
+        "hq_wide": who.allowed("problems:write", None),
+    }
+    return page(request, "problems.html", ctx, title=i18n.gettext("Problems"))
+
+
+@routes.route(
+    "GET", "/problems/{problem_id}", permission="problems:read", summary="One problem's page"
+)
+async def problem(request: web.Request) -> web.StreamResponse:
+    who = principal(request)
+    async with services(request).sessions() as session:
+        row = await load_problem(session, who, request.match_info["problem_id"])
+        p = await detail(session, row, who)
+    ctx = {"p": p, "works": may_write(who, row)}
+    return page(request, "problem.html", ctx, title=f"{p.number} {p.title}")
