@@ -4,6 +4,7 @@ DIR/config.toml   identity, HQ endpoints, pinned HQ key, tuning (0600)
 DIR/agent_key     the agent's ed25519 host key, made on this machine (0600)
 DIR/spool.db      unacknowledged frames (see agent.spool)
 DIR/policy.toml   the site's local policy (see agent.policy)
+DIR/runs/         the process groups of runs in progress (see agent.groups)
 DIR/agent.sock    the running daemon's local socket for people at the machine
                   (see agent.local; `local_socket` may put it elsewhere)
 """
@@ -66,6 +67,10 @@ class ConfigDir:
     @property
     def policy_file(self) -> Path:
         return self.path / "policy.toml"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.path / "runs"
 
     @property
     def socket_file(self) -> Path:

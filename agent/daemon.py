@@ -23,6 +23,7 @@ import structlog
 from agent import catalog
 from agent.config import AgentConfig, ConfigDir
 from agent.desk import Desk
+from agent.groups import GroupBook
 from agent.link import Link, Telemetry
 from agent.local import LocalServer
 from agent.policy import Policy, PolicyError, ensure_policy, load_policy
@@ -43,9 +44,12 @@ class Daemon:
         self.interval = interval if interval is not None else self.config.interval
         if ensure_policy(config_dir.policy_file):
             log.warning("policy_written_default", path=str(config_dir.policy_file))
-        self.runs = RunService(load_policy(config_dir.policy_file))
-        self.spool = Spool(config_dir.spool_file, self.config.spool_max_frames)
         self.sessions = SessionBook()
+        self.groups = GroupBook(config_dir.runs_dir)
+        self.runs = RunService(
+            load_policy(config_dir.policy_file), sessions=self.sessions, groups=self.groups
+        )
+        self.spool = Spool(config_dir.spool_file, self.config.spool_max_frames)
         self.telemetry = Telemetry(self.spool, self._hello, self.sessions)
         self._shells: Any = None  # agent.shell.ShellService, made at the first shell
         self._lang = os.environ.get("LANG")  # a shell's LANG unless HQ sends one
@@ -206,6 +210,8 @@ class Daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signal.SIGHUP, self.reload_policy)
         try:
+            # runs a previous agent process left behind when it died: before any new one
+            await asyncio.to_thread(self.groups.reap)
             await self.local.start()
             log.info(
                 "agent_started",
