@@ -38,6 +38,7 @@ class AgentConfig(BaseModel):
     # Longer than the report interval, so acks keep the link alive on their own.
     keepalive_interval: float = Field(default=20.0, gt=0)
     spool_max_frames: int = Field(default=20_000, ge=10)
+    spool_max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
     # The local socket for `fieldlink-agent help|tickets|rate` (agent.local):
     # its path (default DIR/agent.sock; relative paths are inside DIR) and the
     # group whose members may use it (a name or a number; default the agent's

@@ -12,19 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
+import shutil
+import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
+from sqlalchemy import func, select
 
 from agent.policy import Policy, write_default
 from server.gateway import dispatch
+from server.store.models import HealthRecord
 from shared import protocol as p
-from tests.support import AgentHandle, HQHandle, make_user, spawn, wait_until
+from tests.support import AgentHandle, HQHandle, make_user, spawn, start_agent, wait_until
 from tests.test_client_cli import as_user, fieldlink
 from tests.test_e2e_sessions import agent_cli, desk, site_policy
 
@@ -303,3 +310,177 @@ async def test_a_run_ends_with_its_whole_group_killed(sqlite_hq, agent_factory):
     assert isinstance(result, p.RunResult) and result.status == "ok", result
     await wait_until(lambda: not sleeping(duration), timeout=10, what="the grandchild killed")
     assert not list(agent.dir.runs_dir.glob("*.json"))
+
+
+# --- item 3: a full spool disk ---------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of `size` at `path` (mounting needs root: skipped without)."""
+    path.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(path: Path) -> Path:
+    """Write a file at `path` until the disk is full."""
+    chunk = b"\0" * 4096
+    with path.open("wb", buffering=0) as fh, contextlib.suppress(OSError):
+        while True:
+            fh.write(chunk)
+    with contextlib.suppress(OSError), path.open("ab", buffering=0) as fh:
+        while True:  # the last few bytes too
+            fh.write(b"\0")
+    return path
+
+
+async def reports_at_hq(hq: HQHandle, agent_id: str) -> int:
+    async with hq.sessions() as session:
+        return int(
+            await session.scalar(
+                select(func.count())
+                .select_from(HealthRecord)
+                .where(HealthRecord.agent_id == agent_id)
+            )
+            or 0
+        )
+
+
+async def status_json(config_dir: Path) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agent.cli",
+        "status",
+        "--json",
+        "--config-dir",
+        str(config_dir),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err
+    data: dict[str, Any] = json.loads(out)
+    return data
+
+
+@pytest.mark.timeout(300)
+async def test_a_full_spool_disk_never_stops_the_agent(sqlite_hq, tmp_path):
+    """The issue's set-up: the config dir on a 3 MB tmpfs, reports as fast as
+    they come. The agent keeps running and reporting far past the ~105
+    reports where it used to stop (250 here); with the disk filled by something else it
+    still runs, restarts and keeps its link; while HQ is away too, reports
+    that cannot be written are dropped, counted and shown by `status` with
+    the error; once there is room again the count reaches HQ and reports
+    flow. SIGTERM ends it with status 0."""
+    hq = sqlite_hq
+    registry = hq.hq.svc.gateway.registry
+    with small_disk(tmp_path / "disk", "3m") as disk:
+        agent = await start_agent(hq, disk / "agent", run=False)
+        cdir = agent.dir.path
+        log = tmp_path / "agent.log"
+
+        async def run_agent() -> asyncio.subprocess.Process:
+            return await spawn(
+                log, "fieldlink-agent", "run", "--config-dir", str(cdir), "--interval", "0.02"
+            )
+
+        proc = await run_agent()
+        try:
+            await wait_until(lambda: registry.get(agent.agent_id), timeout=30, what="linked")
+            await wait_until(
+                lambda: reports_at_hq(hq, agent.agent_id),
+                timeout=30,
+                what="first report",
+            )
+
+            async def many() -> bool:
+                assert proc.returncode is None, log.read_text()[-3000:]
+                return await reports_at_hq(hq, agent.agent_id) >= 250
+
+            await wait_until(many, timeout=120, interval=0.5, what="250 reports at HQ")
+
+            # something else fills the disk: the agent goes on, and comes back after a restart
+            filler = fill(disk / "filler")
+            assert shutil.disk_usage(disk).free < 8192
+            proc.terminate()
+            assert await proc.wait() == 0
+            proc = await run_agent()
+            before = await reports_at_hq(hq, agent.agent_id)
+
+            async def flowing() -> bool:
+                assert proc.returncode is None, log.read_text()[-3000:]
+                return await reports_at_hq(hq, agent.agent_id) >= before + 50
+
+            await wait_until(flowing, timeout=120, interval=0.5, what="reports on a full disk")
+
+            # HQ away as well: the spool must grow and cannot; reports are dropped, counted
+            await hq.stop()
+
+            async def failing() -> dict[str, Any] | None:
+                assert proc.returncode is None, log.read_text()[-3000:]
+                status = await status_json(cdir)
+                return status if status["spool_error"] and status["spool_dropped"] else None
+
+            status = await wait_until(failing, timeout=60, interval=0.5, what="drops in status")
+            assert "full" in status["spool_error"] and status["spool_error_since"]
+            assert log.read_text().count("spool_write_failed") == 1  # once per episode
+
+            filler.unlink()
+            await hq.restart()
+            registry = hq.hq.svc.gateway.registry
+
+            async def dropped_at_hq() -> int:
+                async with hq.client(hq.admin_token) as api:
+                    body = await api.ok("GET", f"/api/v1/agents/{agent.agent_id}")
+                return int(body["spool_dropped"])
+
+            shown = await wait_until(dropped_at_hq, timeout=60, what="the drop count at HQ")
+            assert shown >= status["spool_dropped"]
+            recovered = await status_json(cdir)
+            assert recovered["spool_error"] is None and recovered["link"] == "connected"
+            assert "full" in recovered["spool_last_error"]
+            assert "spool_write_recovered" in log.read_text()
+            after = await reports_at_hq(hq, agent.agent_id)
+
+            async def again() -> bool:
+                return await reports_at_hq(hq, agent.agent_id) > after + 10
+
+            await wait_until(again, timeout=60, interval=0.5, what="reports again")
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+                code = await proc.wait()
+                assert code == 0
+
+
+async def test_a_fatal_start_error_exits_non_zero(sqlite_hq, tmp_path):
+    """An agent that cannot open its spool at all (a full disk, no spool yet)
+    exits non-zero with the reason, so a supervisor restarts it later."""
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        agent = await start_agent(sqlite_hq, disk / "agent", run=False)
+        for leftover in agent.dir.path.glob("spool.db*"):
+            leftover.unlink()
+        fill(disk / "filler")
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "agent.cli", "run", "--config-dir", str(agent.dir.path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 1, done
+    assert "fieldlink-agent: cannot start:" in done.stderr and "full" in done.stderr
+    assert "Traceback" not in done.stderr
