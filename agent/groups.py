@@ -19,6 +19,8 @@ run's group is long gone: nothing is killed.
 
 A process that leaves its group on purpose (setsid, a double fork into a
 new session) is not found this way; containing those would take a cgroup.
+Nor is a run whose agent died in the instant between starting its program
+and writing the record.
 """
 
 from __future__ import annotations

@@ -265,6 +265,14 @@ async def test_a_run_left_by_a_killed_agent_is_killed_at_its_restart(
         leader = psutil.Process(os.getpgid(sleep.pid))
         assert leader.cmdline()[1:] == ["-c", f"sleep {duration}; true"]
 
+        # the agent records the group right after starting it: let it (on a busy
+        # machine the sleep can be seen first); without records this waits in vain
+        with contextlib.suppress(AssertionError):
+            await wait_until(
+                lambda: agent.dir.runs_dir.exists() and list(agent.dir.runs_dir.glob("*.json")),
+                timeout=10,
+                what="the run's group recorded",
+            )
         first.kill()
         assert await first.wait() == -9
         await asyncio.sleep(0.5)
