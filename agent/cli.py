@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="replace an existing enrollment")
 
     r = add("run", "run the agent: sample health and keep the link to HQ up")
+    r.epilog = (
+        "Exit status: 0 when stopped by SIGTERM or SIGINT; 1 on a fatal error (a spool "
+        "it cannot open, a part of the agent that failed), with the reason on stderr. "
+        "A full disk is not fatal: reports that cannot be spooled are dropped and counted "
+        "(see status)."
+    )
     r.add_argument(
         "--interval",
         type=float,
@@ -63,7 +69,10 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between health reports (default: from config, 15)",
     )
 
-    s = add("status", "show this agent's identity, link state and spool")
+    s = add(
+        "status",
+        "show this agent's identity, link state and spool (pending, dropped, write errors)",
+    )
     s.add_argument("--json", action="store_true", help="print JSON")
 
     pol = add("policy", "check and show this machine's local policy (policy.toml)")
@@ -187,13 +196,17 @@ def _status(config_dir: ConfigDir, as_json: bool) -> int:
         return staff.status_command(config_dir.socket_file, as_json=as_json)
 
     config = config_dir.load()
-    spool = Spool(config_dir.spool_file, config.spool_max_frames)
+    spool = Spool(config_dir.spool_file, config.spool_max_frames, config.spool_max_bytes)
     try:
         stats = spool.stats()
     finally:
         spool.close()
     state = stats.values
-    connected = state.get("state:connected") == "1"
+    live = staff.live_status(config_dir.socket_path(config))
+    connected = state.get("state:connected") == "1" if live is None else live.connected
+    pending = stats.pending if live is None else live.spool_pending
+    dropped = stats.dropped if live is None else live.spool_dropped
+    error = None if live is None else live.spool_error
     info: dict[str, Any] = {
         "agent_id": config.agent_id,
         "site": config.site,
@@ -203,32 +216,92 @@ def _status(config_dir: ConfigDir, as_json: bool) -> int:
         "link_since": _fmt_time(state.get("state:since")),
         "last_ack": _fmt_time(state.get("last_ack_at")),
         "last_seq": stats.last_seq,
-        "spool_pending": stats.pending,
-        "spool_dropped": stats.dropped,
+        "spool_pending": pending,
+        "spool_bytes": stats.pending_bytes,
+        "spool_dropped": dropped,
+        "spool_error": error,
+        "spool_error_since": None if live is None else live.spool_error_since,
+        "spool_last_error": state.get("last_error"),
+        "spool_last_error_at": _fmt_time(state.get("last_error_at"))
+        if state.get("last_error_at")
+        else None,
         "interval": config.interval,
         "version": __version__,
     }
-    sessions = staff.live_sessions(config_dir.socket_path(config))
+    sessions = None if live is None else live.sessions
     if as_json:
+        info["spool_error_since"] = (
+            None if info["spool_error_since"] is None else info["spool_error_since"].isoformat()
+        )
         info["sessions"] = (
             None if sessions is None else [s.model_dump(mode="json") for s in sessions]
         )
         print(json.dumps(info, indent=2))
     else:
-        width = max(len(k) for k in info)
-        for key, value in info.items():
+        shown = dict(info)
+        shown["spool_error"] = staff.spool_error_text(error, info["spool_error_since"])
+        shown.pop("spool_error_since")
+        if shown["spool_last_error"] is None:
+            shown.pop("spool_last_error")
+            shown.pop("spool_last_error_at")
+        width = max(len(k) for k in shown)
+        for key, value in shown.items():
             print(f"{key.replace('_', ' '):<{width}}  {value}")
         if sessions is None:
             print("live sessions  unknown (the agent is not running)")
         else:
             for line in staff.sessions_lines(sessions, datetime.now(UTC)):
                 print(line)
-        if stats.dropped:
+        if error is not None:
             print(
-                f"warning: {stats.dropped} health reports were dropped because the spool was full "
-                "while HQ was unreachable",
+                f"warning: the spool cannot be written ({error}); new reports are dropped "
+                "and counted until it can (free space on the disk)",
                 file=sys.stderr,
             )
+        if dropped:
+            print(
+                f"warning: {dropped} reports were dropped: the spool was full while HQ was "
+                "unreachable, or the disk was",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def _run(config_dir: ConfigDir, interval: float | None) -> int:
+    """The daemon, until a signal stops it (0) or something fatal does (1): a
+    supervisor (systemd `Restart=on-failure`) then starts it again."""
+    import sqlite3
+
+    import structlog
+
+    from agent.daemon import Daemon
+    from agent.local import LocalError
+
+    log = structlog.get_logger("agent.cli")
+    try:
+        daemon = Daemon(config_dir, interval=interval)
+    except ConfigError:
+        raise
+    except (sqlite3.Error, OSError) as exc:  # the spool (or a file) cannot be opened
+        what = getattr(exc, "filename", None) or config_dir.spool_file
+        log.error("agent_start_failed", error=str(exc), path=str(what))
+        print(f"fieldlink-agent: cannot start: {what}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # e.g. an unreadable agent_key
+        log.error("agent_start_failed", error=repr(exc))
+        print(f"fieldlink-agent: cannot start: {exc!r}", file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(daemon.run())
+    except (KeyboardInterrupt, ConfigError, LocalError):
+        raise
+    except Exception as exc:
+        log.exception("agent_failed")
+        print(f"fieldlink-agent: stopped by an error: {exc!r}", file=sys.stderr)
+        return 1
+    if daemon.failure is not None:
+        print(f"fieldlink-agent: stopped by an error: {daemon.failure}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -282,14 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "enroll":
             return _enroll(config_dir, args.token, args.force)
         if args.command == "run":
-            from agent.daemon import Daemon
-
             if args.interval is not None and args.interval <= 0:
                 print("fieldlink-agent: --interval must be positive", file=sys.stderr)
                 return 2
-            daemon = Daemon(config_dir, interval=args.interval)
-            asyncio.run(daemon.run())
-            return 0
+            return _run(config_dir, args.interval)
         if args.command == "status":
             return _status(config_dir, args.json)
         if args.command == "policy":

@@ -4,6 +4,7 @@ DIR/config.toml   identity, HQ endpoints, pinned HQ key, tuning (0600)
 DIR/agent_key     the agent's ed25519 host key, made on this machine (0600)
 DIR/spool.db      unacknowledged frames (see agent.spool)
 DIR/policy.toml   the site's local policy (see agent.policy)
+DIR/runs/         the process groups of runs in progress (see agent.groups)
 DIR/agent.sock    the running daemon's local socket for people at the machine
                   (see agent.local; `local_socket` may put it elsewhere)
 """
@@ -37,6 +38,7 @@ class AgentConfig(BaseModel):
     # Longer than the report interval, so acks keep the link alive on their own.
     keepalive_interval: float = Field(default=20.0, gt=0)
     spool_max_frames: int = Field(default=20_000, ge=10)
+    spool_max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
     # The local socket for `fieldlink-agent help|tickets|rate` (agent.local):
     # its path (default DIR/agent.sock; relative paths are inside DIR) and the
     # group whose members may use it (a name or a number; default the agent's
@@ -66,6 +68,10 @@ class ConfigDir:
     @property
     def policy_file(self) -> Path:
         return self.path / "policy.toml"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.path / "runs"
 
     @property
     def socket_file(self) -> Path:

@@ -3,7 +3,8 @@ link to HQ up, serves HQ's runs, shells and file transfers under the local
 policy and the remote sessions HQ announced, and answers people at the
 machine on its local socket (help requests, ratings, the ticket list,
 consent). `fieldlink-agent run` runs `Daemon.run()`; SIGHUP reloads the
-policy.
+policy. SIGTERM and SIGINT stop it (exit 0); a part of it that fails stops
+it with `failure` set (exit 1), so a supervisor restarts it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Coroutine
 from datetime import UTC, datetime
@@ -23,13 +25,14 @@ import structlog
 from agent import catalog
 from agent.config import AgentConfig, ConfigDir
 from agent.desk import Desk
+from agent.groups import GroupBook
 from agent.link import Link, Telemetry
 from agent.local import LocalServer
 from agent.policy import Policy, PolicyError, ensure_policy, load_policy
 from agent.run import RunService
 from agent.sampler import Sampler, collect_facts
 from agent.sessions import SessionBook
-from agent.spool import Spool
+from agent.spool import Spool, SpoolFull
 from shared import protocol as p
 from shared.version import PROTOCOL_VERSION, __version__
 
@@ -43,9 +46,14 @@ class Daemon:
         self.interval = interval if interval is not None else self.config.interval
         if ensure_policy(config_dir.policy_file):
             log.warning("policy_written_default", path=str(config_dir.policy_file))
-        self.runs = RunService(load_policy(config_dir.policy_file))
-        self.spool = Spool(config_dir.spool_file, self.config.spool_max_frames)
         self.sessions = SessionBook()
+        self.groups = GroupBook(config_dir.runs_dir)
+        self.runs = RunService(
+            load_policy(config_dir.policy_file), sessions=self.sessions, groups=self.groups
+        )
+        self.spool = Spool(
+            config_dir.spool_file, self.config.spool_max_frames, self.config.spool_max_bytes
+        )
         self.telemetry = Telemetry(self.spool, self._hello, self.sessions)
         self._shells: Any = None  # agent.shell.ShellService, made at the first shell
         self._lang = os.environ.get("LANG")  # a shell's LANG unless HQ sends one
@@ -81,6 +89,8 @@ class Daemon:
         self._sampling = asyncio.Lock()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        # why the agent stopped on its own (a task failed): `run` then exits non-zero
+        self.failure: str | None = None
 
     async def _hello(self) -> p.Hello:
         facts = await asyncio.to_thread(collect_facts)
@@ -180,7 +190,23 @@ class Daemon:
                 )
                 return p.encode(frame)
 
-            await asyncio.to_thread(self.spool.append, "health", build)
+            failing = self.spool.error
+            try:
+                await asyncio.to_thread(self.spool.append, "health", build)
+            except (SpoolFull, sqlite3.Error, OSError) as exc:
+                # the report is lost and counted; the agent and its link go on, and
+                # the next report tries again (logged once per episode)
+                if self.spool.lost(exc):
+                    log.error("spool_write_failed", error=str(exc), dropped=self.spool.dropped)
+                continue
+            if failing is not None:
+                log.warning(
+                    "spool_write_recovered",
+                    error=failing.message,
+                    lost=failing.lost,
+                    seconds=round(time.time() - failing.since, 1),
+                    dropped=self.spool.dropped,
+                )
             self.telemetry.notify()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -192,6 +218,7 @@ class Daemon:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("task_failed", error=repr(task.exception()))
+            self.failure = self.failure or repr(task.exception())
             self._stop.set()
 
     def stop(self) -> None:
@@ -206,6 +233,8 @@ class Daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signal.SIGHUP, self.reload_policy)
         try:
+            # runs a previous agent process left behind when it died: before any new one
+            await asyncio.to_thread(self.groups.reap)
             await self.local.start()
             log.info(
                 "agent_started",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -48,7 +49,7 @@ from agent.local import (
 )
 from agent.policy import Policy
 from agent.sessions import FINAL, LIVE, Known, SessionBook
-from agent.spool import Asked, RequestRow, Spool
+from agent.spool import Asked, RequestRow, Spool, Spooled, SpoolFull
 from shared import protocol as p
 from shared.version import __version__
 
@@ -178,7 +179,7 @@ class Desk:
             return p.encode(frame)
 
         asked = Asked(caller.user, text.splitlines()[0][:200])
-        spooled = await asyncio.to_thread(self._spool.append, "help", build, asked)
+        spooled = await self._append("help", build, asked)
         self._telemetry.notify()
         log.info(
             "help_requested",
@@ -211,7 +212,7 @@ class Desk:
             return p.encode(frame)
 
         asked = Asked(caller.user, f"rating {request.ticket} {request.score}/5")
-        spooled = await asyncio.to_thread(self._spool.append, "rating", build, asked)
+        spooled = await self._append("rating", build, asked)
         self._telemetry.notify()
         log.info("rating_given", seq=spooled.seq, user=caller.user, ticket=request.ticket)
         return RateAnswer.model_validate(await self._outcome("rating", spooled.seq, request.wait))
@@ -226,8 +227,24 @@ class Desk:
             requests=[request_info(r) for r in rows],
         )
 
+    async def _append(
+        self, kind: str, build: Callable[[int, int], bytes], asked: Asked | None = None
+    ) -> Spooled:
+        """Spool what a person asked; a spool that cannot take it (a full disk)
+        is a refusal that says so, not an internal error."""
+        try:
+            return await asyncio.to_thread(self._spool.append, kind, build, asked)
+        except (SpoolFull, sqlite3.Error, OSError) as exc:
+            log.error("spool_write_failed", kind=kind, error=str(exc))
+            raise Refusal(
+                "spool_full",
+                f"this machine could not save your {kind} request ({exc}); "
+                "free space on its disk, or call your IT team",
+            ) from None
+
     async def status(self, caller: Caller) -> StatusAnswer:
         stats = await asyncio.to_thread(self._spool.stats)
+        error = self._spool.error
         rows = await asyncio.to_thread(self._spool.requests, time.time())
         since = stats.values.get("state:since")
         return StatusAnswer(
@@ -240,6 +257,8 @@ class Desk:
             spool_pending=stats.pending,
             spool_dropped=stats.dropped,
             requests_waiting=sum(1 for r in rows if r.state == "waiting"),
+            spool_error=error.message if error else None,
+            spool_error_since=_when(error.since) if error else None,
             sessions=[self._view(k) for k in self._sessions.live()],
         )
 
@@ -276,7 +295,7 @@ class Desk:
             frame = p.Consent(seq=seq, session_id=sid, action=request.action, user=caller.user)
             return p.encode(frame)
 
-        await asyncio.to_thread(self._spool.append, "consent", build)
+        await self._append("consent", build)
         self._telemetry.notify()
         log.info("consent_given", session_id=sid, action=request.action, user=caller.user)
 

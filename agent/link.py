@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -169,14 +170,17 @@ class Telemetry:
 
     async def _apply_receipt(self, receipt: p.Receipt) -> None:
         """Record HQ's answer (before its ack is applied), then hand it to waiters."""
-        await asyncio.to_thread(
-            self._spool.answer,
-            receipt.kind,
-            receipt.seq,
-            ok=receipt.ok,
-            ticket=receipt.ticket,
-            message=receipt.message,
-        )
+        try:
+            await asyncio.to_thread(
+                self._spool.answer,
+                receipt.kind,
+                receipt.seq,
+                ok=receipt.ok,
+                ticket=receipt.ticket,
+                message=receipt.message,
+            )
+        except (sqlite3.Error, OSError) as exc:  # the person waiting still gets it
+            log.warning("receipt_unrecorded", kind=receipt.kind, seq=receipt.seq, error=str(exc))
         key = (receipt.kind, receipt.seq)
         self._receipts[key] = receipt
         self._receipts.move_to_end(key)
@@ -247,14 +251,22 @@ class Telemetry:
                 return
             for line in decoder.feed(data):
                 frame = p.decode_hq_frame(line)
-                if isinstance(frame, p.Ack):
-                    await asyncio.to_thread(self._spool.ack, frame.kind, frame.seqs)
-                elif isinstance(frame, p.Receipt):
-                    await self._apply_receipt(frame)
-                elif isinstance(frame, p.Tickets):
-                    await self._apply_tickets(frame)
-                elif isinstance(frame, p.SessionInfo):
-                    self.sessions.update(frame)
+                try:
+                    await self._apply(frame)
+                except (sqlite3.Error, OSError) as exc:
+                    # a spool that cannot be written (a full disk) loses this update
+                    # (an unapplied ack only means HQ gets the frame again later)
+                    log.warning("spool_update_failed", frame=frame.type, error=str(exc))
+
+    async def _apply(self, frame: p.AnyHQFrame) -> None:
+        if isinstance(frame, p.Ack):
+            await asyncio.to_thread(self._spool.ack, frame.kind, frame.seqs)
+        elif isinstance(frame, p.Receipt):
+            await self._apply_receipt(frame)
+        elif isinstance(frame, p.Tickets):
+            await self._apply_tickets(frame)
+        elif isinstance(frame, p.SessionInfo):
+            self.sessions.update(frame)
 
 
 class Link:
@@ -323,6 +335,14 @@ class Link:
             config=None,
         )
 
+    async def _record(self, **state: str | int) -> None:
+        """Note the link's state for `status`; a spool that cannot take it
+        (a full disk) must not bring the link down."""
+        try:
+            await asyncio.to_thread(self._spool.set_state, **state)
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("link_state_unrecorded", error=str(exc))
+
     async def run(self) -> None:
         while True:
             started = time.monotonic()
@@ -339,7 +359,7 @@ class Link:
                 continue
             self._conn = conn
             self.connected.set()
-            await asyncio.to_thread(self._spool.set_state, connected=1, since=f"{time.time():.3f}")
+            await self._record(connected=1, since=f"{time.time():.3f}")
             log.info("hq_connected", host=self._host, port=self._port)
             try:
                 await conn.wait_closed()
@@ -349,7 +369,7 @@ class Link:
             finally:
                 self._conn = None
                 self.connected.clear()
-            await asyncio.to_thread(self._spool.set_state, connected=0, since=f"{time.time():.3f}")
+            await self._record(connected=0, since=f"{time.time():.3f}")
             if time.monotonic() - started > _STABLE_AFTER:
                 self._backoff.reset()
             delay = self._backoff.next_delay()

@@ -264,6 +264,8 @@ class StatusAnswer(_Model):
     spool_pending: int
     spool_dropped: int
     requests_waiting: int
+    spool_error: str | None = None  # why the spool cannot be written now (a full disk)
+    spool_error_since: datetime | None = None
     sessions: list[SessionView] = Field(default_factory=list)  # live sessions
 
 

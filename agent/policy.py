@@ -16,11 +16,13 @@ from __future__ import annotations
 import os
 import pwd
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from agent import interpreters
 from agent.config import ConfigError, write_private
 from shared import protocol as p
 
@@ -46,6 +48,9 @@ def _absolute(value: str) -> str:
 
 
 AbsPath = Annotated[str, AfterValidator(_absolute)]
+ProgramName = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+]
 
 
 class Policy(BaseModel):
@@ -56,6 +61,7 @@ class Policy(BaseModel):
     allow_actions: bool = True
     allow_exec: bool = False
     allow_shell: bool = False
+    allowed_interpreters: list[ProgramName] = Field(default_factory=list, max_length=64)
     require_consent: bool = True
     shell_user: str = Field(default_factory=current_user, min_length=1, max_length=64)
     file_roots: list[AbsPath] = Field(default_factory=lambda: ["/var/log"], max_length=64)
@@ -83,11 +89,15 @@ class Policy(BaseModel):
         )
 
 
-def check_run(policy: Policy, tier: p.Tier, *, shell: bool) -> str | None:
+def check_run(
+    policy: Policy, tier: p.Tier, *, shell: bool, argv: Sequence[str] | None = None
+) -> str | None:
     """Why this machine's policy refuses a run of `tier`, or None if it allows it.
 
     Diagnostics are always allowed. Actions need `allow_actions`; plain
-    commands need `allow_exec`, and a shell string needs `allow_shell` too.
+    commands need `allow_exec`, and a shell string needs `allow_shell` too,
+    as does an `argv` that runs a shell or script interpreter (see
+    agent.interpreters) the policy's `allowed_interpreters` does not list.
     """
     if tier == "diagnostic":
         return None
@@ -102,6 +112,8 @@ def check_run(policy: Policy, tier: p.Tier, *, shell: bool) -> str | None:
             "this machine's policy does not allow shell command strings (allow_shell = false); "
             "send an argv list instead"
         )
+    if argv is not None and not policy.allow_shell:
+        return interpreters.refusal(argv, policy.allowed_interpreters)
     return None
 
 
@@ -137,11 +149,21 @@ allow_exec = {flag(pol.allow_exec)}
 
 # Allow interactive shells in remote sessions (a login shell of shell_user
 # under a terminal), and shell command strings for exec (run with
-# /bin/sh -c; those need allow_exec = true as well).
+# /bin/sh -c; those need allow_exec = true as well). While false, exec also
+# refuses an argv that runs a shell or script interpreter (sh, bash, busybox
+# sh, python -c, perl, env sh, ...; judged by the program's name, see
+# docs/agent-runs.md) unless allowed_interpreters lists it.
 allow_shell = {flag(pol.allow_shell)}
 
+# Interpreters exec may run with allow_shell = false, by name: "python3"
+# allows python3 however it resolves, "python" every python. Empty: none.
+allowed_interpreters = {_toml_list(pol.allowed_interpreters)}
+
 # Ask the site for consent before shells, plain commands and file writes.
-# HQ reads this and asks; the site may answer from this machine.
+# HQ reads this and asks; the site may answer from this machine. The agent
+# enforces it too: a plain command (exec) runs only inside an active remote
+# session (kind exec or shell) that someone at the site consented to, for
+# the same ticket and engineer.
 require_consent = {flag(pol.require_consent)}
 
 # The user plain commands and shells run as. The agent must run as root to

@@ -2,7 +2,9 @@
 
 HQ writes one `RunRequest` line. The agent looks the entry up, validates the
 parameters with the entry's model, asks the local policy, waits briefly for
-a free slot (`max_concurrent`), then runs the entry within the effective
+a free slot (`max_concurrent`); a plain command, where the policy requires
+consent, also needs a consented session on its ticket for its engineer
+(agent.sessions.exec_refusal). Then it runs the entry within the effective
 timeout and output cap (the least of the entry's, the policy's and the
 request's), streaming `RunOutput` frames, and ends with exactly one
 `RunResult` before closing the channel. Any problem, including a bug in an
@@ -26,8 +28,10 @@ from pydantic import ValidationError
 
 from agent import catalog
 from agent.catalog.base import Context, Outcome, Problem
+from agent.groups import GroupBook
 from agent.policy import Policy, check_run
 from agent.runner import Stream
+from agent.sessions import SessionBook
 from shared import protocol as p
 
 log = structlog.get_logger(__name__)
@@ -83,9 +87,18 @@ def describe_validation(exc: ValidationError) -> str:
 class RunService:
     """Serves `fieldlink-run` channels with the current policy."""
 
-    def __init__(self, policy: Policy, *, queue_wait: float = 5.0) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        queue_wait: float = 5.0,
+        sessions: SessionBook | None = None,
+        groups: GroupBook | None = None,
+    ) -> None:
         self.policy = policy
+        self.groups = groups
         self.queue_wait = queue_wait
+        self.sessions = sessions if sessions is not None else SessionBook()
         self.slots = Slots(lambda: self.policy.max_concurrent)
         self._runs: set[asyncio.Task[Any]] = set()
 
@@ -191,7 +204,13 @@ class RunService:
             params = entry.params.model_validate(request.params)
         except ValidationError as exc:
             return refuse(describe_validation(exc))
-        denied = check_run(policy, entry.tier, shell=entry.wants_shell(params))
+        denied = check_run(
+            policy, entry.tier, shell=entry.wants_shell(params), argv=entry.argv(params)
+        )
+        if denied is None and entry.tier == "exec" and policy.require_consent:
+            denied = self.sessions.exec_refusal(
+                request.session_id, request.ticket_id, request.engineer
+            )
         if denied is not None:
             return refuse(denied)
         if not await self.slots.acquire(self.queue_wait):
@@ -206,7 +225,7 @@ class RunService:
             process.stdout.write(p.encode(p.RunOutput(stream=stream, data=text)))
             await process.stdout.drain()
 
-        ctx = Context(policy=policy, timeout=timeout, output_cap=cap, send=send)
+        ctx = Context(policy=policy, timeout=timeout, output_cap=cap, send=send, groups=self.groups)
         log.info("run_started", tier=entry.tier, timeout=timeout, **fields)
         clock = time.monotonic()
         final: p.RunResult

@@ -12,6 +12,10 @@ It always leaves the whole group dead, whatever happens:
 - the leader exits but children linger: once output stops the group is killed;
 - the awaiting task is cancelled (HQ closed the channel): the same as timeout,
   then the cancellation goes on.
+
+With a `GroupBook` (agent.groups) the group is recorded on disk while it
+runs, so an agent that dies without getting here has it killed at its next
+start.
 """
 
 from __future__ import annotations
@@ -24,9 +28,12 @@ import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
+
+if TYPE_CHECKING:
+    from agent.groups import GroupBook
 
 log = structlog.get_logger(__name__)
 
@@ -169,6 +176,7 @@ async def run_process(
     cwd: str | None = None,
     user: str | None = None,
     grace: float = GRACE,
+    groups: GroupBook | None = None,
 ) -> ProcessResult:
     """Run `argv` in its own process group; see the module docstring.
 
@@ -194,6 +202,8 @@ async def run_process(
     )
     proc = asyncio.subprocess.Process(transport, protocol, loop)
     pgid = proc.pid
+    if groups is not None:
+        groups.add(pgid)
     assert proc.stdout is not None
     assert proc.stderr is not None
     pumps = asyncio.gather(_pump(proc.stdout, "stdout", out), _pump(proc.stderr, "stderr", out))
@@ -217,6 +227,8 @@ async def run_process(
             await asyncio.wait({pumps})
             if not pumps.cancelled():
                 pumps.exception()  # retrieved: a failure here was raised above
+            if groups is not None:
+                groups.remove(pgid)  # the group was killed above
             await _drain(proc, transport)
     await out.finish()
     return ProcessResult(

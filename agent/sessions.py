@@ -117,6 +117,53 @@ def refusal(
     return None
 
 
+# Sessions inside which a plain command (exec) may run where consent is required.
+EXEC_KINDS = ("exec", "shell")
+
+
+def exec_refusal(
+    sessions: list[Known],
+    session_id: str | None,
+    ticket: str | None,
+    engineer: str | None,
+    now: datetime,
+) -> str | None:
+    """Why a plain command may not run now on a machine whose policy requires
+    consent, or None if it may: it needs an active session of kind exec or
+    shell, that someone at the site consented to, for the request's ticket
+    (its number, FL-N) and engineer, within its time (the same test as a
+    channel's, `refusal()`). With `session_id`, that session must be it."""
+    need = (
+        "this machine's policy requires consent (require_consent = true): a plain command "
+        "runs only inside an active remote session (kind exec or shell) someone at the "
+        "site consented to, for its ticket and engineer"
+    )
+    if not ticket or not engineer:
+        return f"{need}; this request names no ticket or no engineer"
+    if session_id:
+        candidates = [k for k in sessions if k.info.session_id == session_id]
+    else:
+        candidates = [
+            k
+            for k in sessions
+            if k.info.kind in EXEC_KINDS and k.info.ticket == ticket and k.info.engineer == engineer
+        ]
+    if not candidates:
+        return (
+            f"{need}; {engineer} has none on {ticket} here: request one "
+            "(POST /api/v1/sessions with kind exec) and have the site approve it"
+        )
+    env = {p.TICKET_ENV: ticket, p.ENGINEER_ENV: engineer}
+    reasons = []
+    for known in reversed(candidates):  # the latest word first
+        kind = known.info.kind if known.info.kind in EXEC_KINDS else EXEC_KINDS[0]
+        why = refusal(known.info.session_id, known, kind, env, now, require_consent=True)
+        if why is None:
+            return None
+        reasons.append(why)
+    return f"{need}; {reasons[0]}"
+
+
 class SessionBook:
     """Sessions on this machine: HQ's word, ends decided here, open channels."""
 
@@ -171,6 +218,12 @@ class SessionBook:
         return refusal(
             session_id, self.get(session_id), kind, env, datetime.now(UTC), require_consent
         )
+
+    def exec_refusal(
+        self, session_id: str | None, ticket: str | None, engineer: str | None
+    ) -> str | None:
+        """See `exec_refusal()`: may a plain command run now, where consent is required?"""
+        return exec_refusal(self.all(), session_id, ticket, engineer, datetime.now(UTC))
 
     async def wait(self, ready: Callable[[], bool], timeout: float) -> bool:
         """Wait until `ready()` holds, re-checked at every change; False on timeout."""

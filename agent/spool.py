@@ -4,10 +4,19 @@ Every spooled frame is written here first and deleted only when HQ acks it,
 so an HQ restart, a network cut or an agent restart loses nothing. Sequence
 numbers are allocated here and persisted, so they are never reused.
 
-When the bound is hit the oldest frames are dropped and counted; the count is
-sent to HQ and shown by `fieldlink-agent status`, so loss is visible. Health
-reports go first: a person's help request or rating is dropped only when the
-spool holds nothing else.
+Two bounds, frames (`spool_max_frames`) and bytes (`spool_max_bytes`): past
+either the oldest frames are dropped and counted; the count is sent to HQ
+(every health report and hello carries it) and shown by `fieldlink-agent
+status`, so loss is visible. Health reports go first: a person's help
+request or rating is dropped only when the spool holds nothing else.
+
+A full disk is not the end of the agent. The write-ahead log is kept small
+(checkpoints every `WAL_PAGES` pages, truncated to `WAL_LIMIT`), so a link
+that is up needs next to no room. A write the disk cannot take makes room
+(drops the oldest health reports, truncates the log) and tries once more;
+if that fails too the report is lost: `lost()` counts it (in memory, added
+to the persisted drop count at the next write that succeeds) and `error`
+says why until a write succeeds again. The caller goes on.
 
 Beside the frames it keeps what people at the machine asked (`requests`: who,
 what, when, and HQ's receipt once it came) and HQ's latest list of the
@@ -19,6 +28,7 @@ daemon runs them in a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -52,6 +62,10 @@ CREATE TABLE IF NOT EXISTS requests (
 
 # Answered requests are kept this long for `fieldlink-agent tickets`, then pruned.
 KEEP_ANSWERED_SECONDS = 30 * 86400
+WAL_PAGES = 64  # checkpoint the write-ahead log past this many pages (256 KiB)
+WAL_LIMIT = 1024 * 1024  # and cut its file back to at most this after a checkpoint
+MAKE_ROOM_FRACTION = 10  # a full disk drops 1/10 of the spooled health reports
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -99,18 +113,48 @@ class SpoolStats:
     dropped: int
     last_seq: int
     values: dict[str, str]
+    pending_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class SpoolError:
+    """Why writes to the spool fail now, since when (epoch seconds), and how
+    many frames were lost since."""
+
+    message: str
+    since: float
+    lost: int
+
+
+class SpoolFull(Exception):
+    """A frame could not be written even after making room; it is lost."""
+
+
+def _full(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
 
 
 class Spool:
-    def __init__(self, path: Path, max_frames: int) -> None:
+    def __init__(self, path: Path, max_frames: int, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._lock = threading.Lock()
         self._max = max_frames
+        self._max_bytes = max_bytes
+        self._lost = 0  # frames lost to failed writes, not yet in the persisted count
+        self.error: SpoolError | None = None
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        path.chmod(0o600)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._count = self._db.execute("SELECT count(*) FROM frames").fetchone()[0]
+        try:
+            path.chmod(0o600)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+            self._db.executescript(_SCHEMA)
+            self._count, self._bytes = self._db.execute(
+                "SELECT count(*), coalesce(sum(length(data)), 0) FROM frames"
+            ).fetchone()
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -129,48 +173,146 @@ class Spool:
 
     @property
     def dropped(self) -> int:
+        """Frames dropped or lost so far (what HQ is told)."""
         with self._lock:
-            return self._meta_int("dropped")
+            return self._meta_int("dropped") + self._lost
+
+    def lost(self, exc: BaseException) -> bool:
+        """Count a frame that could not be written (see the module docstring);
+        True if it is the first of an episode of failing writes."""
+        with self._lock:
+            self._lost += 1
+            first = self.error is None
+            since = time.time() if self.error is None else self.error.since
+            lost = 1 if self.error is None else self.error.lost + 1
+            self.error = SpoolError(str(exc) or type(exc).__name__, since, lost)
+            return first
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # a failed statement may have ended it
+            self._db.execute("ROLLBACK")
+
+    def _drop_oldest(self, count: int) -> int:
+        """Delete the `count` oldest frames, health reports first; returns how many."""
+        ids = [
+            row[0]
+            for row in self._db.execute(
+                "SELECT id FROM frames ORDER BY kind != 'health', id LIMIT ?", (count,)
+            )
+        ]
+        return self._delete_ids(ids)
+
+    def _drop_bytes(self, need: int) -> int:
+        """Delete the oldest frames (health first) until `need` bytes are freed."""
+        ids: list[int] = []
+        freed = 0
+        for fid, size in self._db.execute(
+            "SELECT id, length(data) FROM frames ORDER BY kind != 'health', id"
+        ):
+            if freed >= need:
+                break
+            ids.append(fid)
+            freed += size
+        return self._delete_ids(ids)
+
+    def _delete_ids(self, ids: list[int]) -> int:
+        removed = 0
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            where = f"WHERE id IN ({marks})"
+            size = self._db.execute(
+                f"SELECT coalesce(sum(length(data)), 0) FROM frames {where}",  # noqa: S608 - placeholders only
+                chunk,
+            ).fetchone()[0]
+            cur = self._db.execute(f"DELETE FROM frames {where}", chunk)  # noqa: S608 - placeholders only
+            removed += cur.rowcount
+            self._count -= cur.rowcount
+            self._bytes -= size
+        return removed
+
+    def _make_room(self) -> None:
+        """After a write the disk could not take: drop the oldest health reports
+        (a tenth of them, at least one) and cut the write-ahead log back."""
+        health = self._db.execute("SELECT count(*) FROM frames WHERE kind = 'health'").fetchone()[0]
+        if health:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                removed = self._drop_oldest(max(1, health // MAKE_ROOM_FRACTION))
+                self._set_meta("dropped", self._meta_int("dropped") + removed)
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                self._rollback()
+                self._count, self._bytes = self._db.execute(
+                    "SELECT count(*), coalesce(sum(length(data)), 0) FROM frames"
+                ).fetchone()
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def append(
         self, kind: str, build: Callable[[int, int], bytes], asked: Asked | None = None
     ) -> Spooled:
         """Allocate the next sequence number for `kind`, build the frame with
         `build(seq, dropped)` and store it, dropping the oldest frames (health
-        reports first) if the bound is exceeded. With `asked`, the request is
-        recorded in the same transaction. One transaction."""
+        reports first) past either bound. With `asked`, the request is
+        recorded in the same transaction. One transaction; if the disk is
+        full, room is made and it is tried once more; then SpoolFull (the
+        caller counts the frame with `lost()`). Other errors are raised as they are."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                seq = self._meta_int(f"seq:{kind}") + 1
-                self._set_meta(f"seq:{kind}", seq)
-                overflow = self._count + 1 - self._max
-                dropped = self._meta_int("dropped")
-                if overflow > 0:
-                    cur = self._db.execute(
-                        "DELETE FROM frames WHERE id IN (SELECT id FROM frames "
-                        "ORDER BY kind != 'health', id LIMIT ?)",
-                        (overflow,),
-                    )
-                    self._count -= cur.rowcount
-                    dropped += cur.rowcount
-                    self._set_meta("dropped", dropped)
+                return self._append(kind, build, asked)
+            except sqlite3.Error as exc:
+                if not _full(exc):
+                    raise
+            self._make_room()
+            try:
+                return self._append(kind, build, asked)
+            except sqlite3.Error as exc:
+                if not _full(exc):
+                    raise
+                raise SpoolFull(str(exc)) from exc
+
+    def _append(
+        self, kind: str, build: Callable[[int, int], bytes], asked: Asked | None
+    ) -> Spooled:
+        count, size = self._count, self._bytes
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            seq = self._meta_int(f"seq:{kind}") + 1
+            self._set_meta(f"seq:{kind}", seq)
+            dropped = self._meta_int("dropped") + self._lost
+            overflow = self._count + 1 - self._max
+            if overflow > 0:
+                dropped += self._drop_oldest(overflow)
+            data = build(seq, dropped)
+            over = self._bytes + len(data) - self._max_bytes
+            if over > 0:
+                dropped += self._drop_bytes(over)
                 data = build(seq, dropped)
-                cur = self._db.execute(
-                    "INSERT INTO frames(kind, seq, data) VALUES (?, ?, ?)", (kind, seq, data)
+            self._set_meta("dropped", dropped)
+            if self.error is not None:  # the end of an episode of failed writes
+                self._set_meta("last_error", self.error.message)
+                self._set_meta("last_error_at", f"{self.error.since:.3f}")
+                self._set_meta("last_error_lost", self.error.lost)
+            cur = self._db.execute(
+                "INSERT INTO frames(kind, seq, data) VALUES (?, ?, ?)", (kind, seq, data)
+            )
+            if asked is not None:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO requests(kind, seq, user, summary, asked_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (kind, seq, asked.user, asked.summary, time.time()),
                 )
-                if asked is not None:
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO requests(kind, seq, user, summary, asked_at) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        (kind, seq, asked.user, asked.summary, time.time()),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._count += 1
-            return Spooled(int(cur.lastrowid or 0), kind, seq, data)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            self._count, self._bytes = count, size
+            raise
+        self._count += 1
+        self._bytes += len(data)
+        self._lost = 0
+        self.error = None
+        return Spooled(int(cur.lastrowid or 0), kind, seq, data)
 
     def pending(self, after_id: int = 0, limit: int = 500) -> list[Spooled]:
         """Frames not yet acknowledged, oldest first, with id greater than `after_id`."""
@@ -187,18 +329,26 @@ class Spool:
         if not seq_list:
             return 0
         with self._lock:
+            count, size = self._count, self._bytes
             self._db.execute("BEGIN")
-            removed = 0
-            for i in range(0, len(seq_list), 500):
-                chunk = seq_list[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                cur = self._db.execute(
-                    f"DELETE FROM frames WHERE kind = ? AND seq IN ({marks})",  # noqa: S608 - placeholders only
-                    (kind, *chunk),
-                )
-                removed += cur.rowcount
-            self._set_meta("last_ack_at", f"{time.time():.3f}")
-            self._db.execute("COMMIT")
+            try:
+                removed = 0
+                for i in range(0, len(seq_list), 500):
+                    chunk = seq_list[i : i + 500]
+                    marks = ",".join("?" * len(chunk))
+                    where = f"WHERE kind = ? AND seq IN ({marks})"
+                    self._bytes -= self._db.execute(
+                        f"SELECT coalesce(sum(length(data)), 0) FROM frames {where}",  # noqa: S608 - placeholders only
+                        (kind, *chunk),
+                    ).fetchone()[0]
+                    cur = self._db.execute(f"DELETE FROM frames {where}", (kind, *chunk))  # noqa: S608 - placeholders only
+                    removed += cur.rowcount
+                self._set_meta("last_ack_at", f"{time.time():.3f}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                self._count, self._bytes = count, size
+                raise
             self._count -= removed
             return removed
 
@@ -206,9 +356,13 @@ class Spool:
         """Record link state for `fieldlink-agent status` (connected, since, ...)."""
         with self._lock:
             self._db.execute("BEGIN")
-            for key, value in values.items():
-                self._set_meta(f"state:{key}", value)
-            self._db.execute("COMMIT")
+            try:
+                for key, value in values.items():
+                    self._set_meta(f"state:{key}", value)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
 
     def answer(self, kind: str, seq: int, *, ok: bool, ticket: str | None, message: str) -> bool:
         """Record HQ's receipt for a request; True if the request was known here.
@@ -216,16 +370,20 @@ class Spool:
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN")
-            cur = self._db.execute(
-                "UPDATE requests SET answered_at = ?, ok = ?, ticket = ?, message = ? "
-                "WHERE kind = ? AND seq = ?",
-                (now, int(ok), ticket, message, kind, seq),
-            )
-            self._db.execute(
-                "DELETE FROM requests WHERE answered_at IS NOT NULL AND answered_at < ?",
-                (now - KEEP_ANSWERED_SECONDS,),
-            )
-            self._db.execute("COMMIT")
+            try:
+                cur = self._db.execute(
+                    "UPDATE requests SET answered_at = ?, ok = ?, ticket = ?, message = ? "
+                    "WHERE kind = ? AND seq = ?",
+                    (now, int(ok), ticket, message, kind, seq),
+                )
+                self._db.execute(
+                    "DELETE FROM requests WHERE answered_at IS NOT NULL AND answered_at < ?",
+                    (now - KEEP_ANSWERED_SECONDS,),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
         return cur.rowcount > 0
 
     def requests(self, since: float = 0.0) -> list[RequestRow]:
@@ -264,9 +422,13 @@ class Spool:
         """Keep HQ's latest ticket list for this machine (JSON) and when it came."""
         with self._lock:
             self._db.execute("BEGIN")
-            self._set_meta("tickets", data)
-            self._set_meta("tickets_at", f"{received_at:.3f}")
-            self._db.execute("COMMIT")
+            try:
+                self._set_meta("tickets", data)
+                self._set_meta("tickets_at", f"{received_at:.3f}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
 
     def load_tickets(self) -> tuple[str, float] | None:
         """The ticket list saved by `save_tickets`, or None if HQ never sent one."""
@@ -282,11 +444,15 @@ class Spool:
 
     def stats(self) -> SpoolStats:
         with self._lock:
-            pending = self._db.execute("SELECT count(*) FROM frames").fetchone()[0]
+            pending, size = self._db.execute(
+                "SELECT count(*), coalesce(sum(length(data)), 0) FROM frames"
+            ).fetchone()
             meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+            lost = self._lost
         return SpoolStats(
             pending=pending,
-            dropped=int(meta.get("dropped", 0)),
+            dropped=int(meta.get("dropped", 0)) + lost,
             last_seq=int(meta.get("seq:health", 0)),
             values=meta,
+            pending_bytes=size,
         )

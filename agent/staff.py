@@ -229,6 +229,7 @@ def status_lines(answer: StatusAnswer) -> list[str]:
         "link since": local_time(answer.since),
         "spool pending": str(answer.spool_pending),
         "spool dropped": str(answer.spool_dropped),
+        "spool error": spool_error_text(answer.spool_error, answer.spool_error_since),
         "requests waiting": str(answer.requests_waiting),
         "version": answer.version,
         "you are": answer.caller,
@@ -410,13 +411,19 @@ def tickets_command(path: Path, *, as_json: bool) -> int:
     return EXIT_OK
 
 
-def live_sessions(path: Path) -> list[SessionView] | None:
-    """The running agent's live sessions; None if no agent answers."""
+def live_status(path: Path) -> StatusAnswer | None:
+    """The running agent's own status (link, spool, sessions); None if no agent answers."""
     try:
         answer = call(path, StatusRequest(), timeout=5.0)
     except LocalError:
         return None
-    return answer.sessions if isinstance(answer, StatusAnswer) else None
+    return answer if isinstance(answer, StatusAnswer) else None
+
+
+def spool_error_text(error: str | None, since: datetime | None) -> str:
+    if error is None:
+        return "none"
+    return f"{error} (since {local_time(since)})" if since is not None else error
 
 
 def status_command(path: Path, *, as_json: bool) -> int:

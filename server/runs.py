@@ -28,6 +28,7 @@ from server.itsm.runs import (
     ticket_requirement,
     tier_of,
 )
+from server.itsm.tickets import number_text
 from server.store import auditlog, tickets
 from server.store.models import Agent, RunRecord, new_id, utcnow
 from shared import protocol as p
@@ -183,7 +184,9 @@ async def perform(svc: Services, prep: Prepared, sink: OutputSink | None = None)
         name=prep.name,
         params=prep.params,
         timeout=prep.timeout,
-        ticket_id=prep.ticket.id if prep.ticket else None,
+        # the number (FL-N), as the machine knows its sessions' tickets: a plain
+        # command where the machine requires consent must match one of them
+        ticket_id=number_text(prep.ticket.number) if prep.ticket else None,
         engineer=prep.actor.name,
     )
     collected = _Collected()

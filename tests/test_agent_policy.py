@@ -55,6 +55,85 @@ def test_check_run_grid(policy, tier, shell, refusal):
         assert found is not None and refusal in found
 
 
+SHELL_ARGVS = [
+    ["sh", "-c", "id"],
+    ["/bin/sh"],
+    ["/usr/bin/../bin/sh", "-c", "id"],
+    ["bash", "-c", "id"],
+    ["dash"],
+    ["zsh", "-c", "id"],
+    ["ksh93", "-c", "id"],
+    ["fish", "-c", "id"],
+    ["busybox", "sh", "-c", "id"],
+    ["busybox", "ash"],
+    ["python3", "-c", "print(1)"],
+    ["python3.11", "-c", "print(1)"],
+    ["/usr/bin/python3", "/tmp/script.py"],
+    ["perl", "-e", "exec 'sh'"],
+    ["ruby", "-e", "1"],
+    ["node", "-e", "1"],
+    ["awk", 'BEGIN { system("id") }'],
+    ["env", "sh", "-c", "id"],
+    ["env", "-i", "-u", "HOME", "PATH=/bin", "/bin/bash"],
+    ["/usr/bin/env", "-S", "sh -c id"],
+    ["env", "-iSsh -c id"],
+    ["nice", "-n", "5", "python3", "-c", "1"],
+    ["timeout", "5", "sh", "-c", "id"],
+    ["sudo", "-u", "root", "sh"],
+    ["xargs", "-a", "/dev/null", "bash"],
+    ["find", "/", "-exec", "sh", "-c", "id", ";"],
+    ["su", "-c", "id"],
+    ["watch", "id"],
+]
+PLAIN_ARGVS = [
+    ["id"],
+    ["echo", "sh", "-c", "id"],  # echo runs nothing: its words are only printed
+    ["ls", "-l", "/bin/sh"],
+    ["env", "LANG=C", "ls", "/var/log"],
+    ["nice", "-n", "5", "du", "-sh", "/var/log"],
+    ["find", "/var/log", "-name", "*.log"],
+    ["systemctl", "status", "cups"],
+]
+
+
+@pytest.mark.parametrize("argv", SHELL_ARGVS, ids=" ".join)
+def test_shells_and_interpreters_in_an_argv_need_allow_shell(argv):
+    """With allow_shell = false, an argv that runs a shell or interpreter is
+    refused, however it is spelt; with allow_shell = true it is not."""
+    found = check_run(Policy(allow_exec=True), "exec", shell=False, argv=argv)
+    assert found is not None and "allow_shell = false" in found, (argv, found)
+    assert (
+        check_run(Policy(allow_exec=True, allow_shell=True), "exec", shell=False, argv=argv) is None
+    )
+
+
+@pytest.mark.parametrize("argv", PLAIN_ARGVS, ids=" ".join)
+def test_ordinary_programs_run_without_allow_shell(argv):
+    assert check_run(Policy(allow_exec=True), "exec", shell=False, argv=argv) is None
+
+
+def test_allowed_interpreters_lets_the_named_ones_through():
+    """A listed name allows the program by that name, what it resolves to, or its
+    family (without version); nothing else."""
+    only3 = Policy(allow_exec=True, allowed_interpreters=["python3"])
+    assert check_run(only3, "exec", shell=False, argv=["python3", "-c", "1"]) is None
+    assert check_run(only3, "exec", shell=False, argv=["env", "python3", "-c", "1"]) is None
+    assert check_run(only3, "exec", shell=False, argv=["python3.11", "-c", "1"]) is not None
+    assert check_run(only3, "exec", shell=False, argv=["sh", "-c", "id"]) is not None
+    every = Policy(allow_exec=True, allowed_interpreters=["python"])
+    assert check_run(every, "exec", shell=False, argv=["python3.11", "-c", "1"]) is None
+    with pytest.raises(PolicyError, match="allowed_interpreters"):
+        parse_policy('allowed_interpreters = ["/bin/sh"]\n')
+
+
+def test_a_symlink_to_a_shell_is_a_shell(tmp_path):
+    """The name a program resolves to counts too: a link called `ls` to bash."""
+    link = tmp_path / "ls"
+    link.symlink_to("/bin/bash")
+    found = check_run(Policy(allow_exec=True), "exec", shell=False, argv=[str(link)])
+    assert found is not None and "(bash) is a shell" in found
+
+
 def test_defaults_are_the_safe_ones():
     """By default: actions yes; commands, shells no; consent required; logs only."""
     pol = Policy()

@@ -323,7 +323,9 @@ async def test_exec_streams_and_exits_with_the_remote_status(sqlite_hq, agent_fa
     """exec runs argv under a ticket where policy allows it, streams both outputs and
     exits with the command's status; elsewhere it is refused with the reason."""
     hq = sqlite_hq
-    allowed = await ready_agent(hq, agent_factory, "shop-x", allow_exec=True)
+    allowed = await ready_agent(
+        hq, agent_factory, "shop-x", allow_exec=True, allow_shell=True, require_consent=False
+    )
     strict = await ready_agent(hq, agent_factory, "shop-x")
     user = await make_user(hq, "hq_engineer", totp=True)
     env = as_user(tmp_path / "cfg", hq, user.token)

@@ -31,8 +31,12 @@ Frames = tuple[list[p.RunOutput], p.RunResult]
 
 
 async def start_agent(hq: HQHandle, agent_factory: Any, **policy: Any) -> AgentHandle:
-    """Enroll an agent, give it this policy file, start it and wait for its link."""
+    """Enroll an agent, give it this policy file, start it and wait for its link.
+    Runs here come straight from HQ's dispatch, outside any session: unless a
+    test says otherwise the machine does not require consent for commands
+    (tests/test_agent_hardening.py covers that it does by default)."""
     agent: AgentHandle = await agent_factory(hq, run=False)
+    policy.setdefault("require_consent", False)
     write_default(agent.dir.policy_file, Policy(**policy))
     await agent.start()
     registry = hq.hq.svc.gateway.registry
@@ -658,7 +662,7 @@ async def test_policy_reload_applies_and_a_broken_file_keeps_the_old(sqlite_hq, 
     _, r = await run(sqlite_hq, agent, "exec", {"argv": ["true"]})
     assert r.status == "refused"
 
-    write_default(agent.dir.policy_file, Policy(allow_exec=True))
+    write_default(agent.dir.policy_file, Policy(allow_exec=True, require_consent=False))
     assert agent.daemon.reload_policy() is True
     _, r = await run(sqlite_hq, agent, "exec", {"argv": ["true"]})
     assert r.status == "ok"

@@ -87,7 +87,7 @@ async def test_parameters_are_validated_on_hq(sqlite_hq, agent_factory):
 
 async def test_actions_and_commands_need_an_open_ticket_on_the_site(sqlite_hq, agent_factory):
     """The ticket rule: none, another site's, a closed one -> 422; an open one -> runs."""
-    agent = await online_agent(sqlite_hq, agent_factory, allow_exec=True)
+    agent = await online_agent(sqlite_hq, agent_factory, allow_exec=True, require_consent=False)
     other = await new_ticket(sqlite_hq, site="shop-2")
     mine = await new_ticket(sqlite_hq)
     done = await new_ticket(sqlite_hq)
@@ -240,7 +240,7 @@ async def test_queued_items_survive_an_hq_restart_and_expire_after_ttl(sqlite_hq
 
 async def test_connection_lost_mid_run_is_interrupted_never_ok(sqlite_hq, agent_factory):
     """An item whose agent drops during the run ends `interrupted`."""
-    agent = await online_agent(sqlite_hq, agent_factory, allow_exec=True)
+    agent = await online_agent(sqlite_hq, agent_factory, allow_exec=True, require_consent=False)
     ticket = await new_ticket(sqlite_hq)
     async with sqlite_hq.client(sqlite_hq.admin_token) as api:
         job = await api.ok(

@@ -56,3 +56,41 @@ def test_backoff_grows_with_jitter_to_the_cap_and_resets():
         assert ceiling / 2 <= delay <= ceiling
     b.reset()
     assert b.next_delay() <= 1
+
+
+def test_byte_bound_drops_oldest_health_first_and_counts(tmp_path):
+    """Past `max_bytes` the oldest health reports go (a help request stays), the
+    drop count goes into the next frame, and acks keep the byte count right."""
+    spool = Spool(tmp_path / "s.db", 10_000, max_bytes=64 * 1024)
+
+    def big(seq: int, dropped: int) -> bytes:
+        return f"{seq}:{dropped}:".encode() + b"x" * 4000 + b"\n"
+
+    spool.append("help", big)
+    for _ in range(40):
+        spool.append("health", big)
+    stats = spool.stats()
+    assert stats.pending_bytes <= 64 * 1024
+    assert stats.dropped == 41 - stats.pending > 0
+    kinds = [f.kind for f in spool.pending()]
+    assert kinds[0] == "help" and kinds.count("health") == stats.pending - 1
+    last = spool.pending()[-1]
+    assert last.data.startswith(f"{last.seq}:{stats.dropped}:".encode())
+    spool.ack("health", [f.seq for f in spool.pending() if f.kind == "health"])
+    assert spool.stats().pending_bytes == len(spool.pending()[0].data)
+    spool.close()
+
+
+def test_a_lost_write_is_counted_until_one_succeeds(tmp_path):
+    """A frame the disk could not take is counted at once (HQ hears it in the
+    next frame) and the error kept until a write succeeds, then recorded."""
+    spool = Spool(tmp_path / "s.db", 100)
+    spool.append("health", build)
+    assert spool.lost(OSError("database or disk is full")) is True
+    assert spool.lost(OSError("database or disk is full")) is False
+    assert spool.dropped == 2 and spool.error is not None and spool.error.lost == 2
+    frame = spool.append("health", build)
+    assert frame.data == b"2:2\n" and spool.error is None
+    stats = spool.stats()
+    assert stats.dropped == 2 and stats.values["last_error"] == "database or disk is full"
+    spool.close()

@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from agent.groups import GroupBook
 from agent.policy import Policy
 from agent.runner import SAFE_PATH, ProcessResult, Stream, base_env, run_process
 from shared import protocol as p
@@ -88,6 +89,8 @@ class Entry:
     run: Callable[[Context, Any], Awaitable[Outcome]]
     # For exec: does this request use a shell string? (policy decides separately)
     wants_shell: Callable[[Any], bool] = field(default=lambda _params: False)
+    # For exec: the argv it runs, if given as one (the policy checks its program)
+    argv: Callable[[Any], Sequence[str] | None] = field(default=lambda _params: None)
 
     def advertise(self) -> p.CatalogEntry:
         return p.CatalogEntry(
@@ -173,8 +176,10 @@ class Context:
         timeout: float,
         output_cap: int,
         send: Callable[[Stream, str], Awaitable[None]],
+        groups: GroupBook | None = None,
     ) -> None:
         self.policy = policy
+        self.groups = groups
         self.timeout = timeout
         self.output_cap = output_cap
         self.used = 0
@@ -231,6 +236,7 @@ class Context:
                 env=base_env(home),
                 cwd=cwd,
                 user=user,
+                groups=self.groups,
             )
             self.used += result.output_bytes
             self.truncated = self.truncated or result.truncated
@@ -242,6 +248,7 @@ class Context:
                 env=base_env(home),
                 cwd=cwd,
                 user=user,
+                groups=self.groups,
             )
         return result
 

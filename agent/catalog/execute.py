@@ -2,10 +2,13 @@
 
 `argv` runs as given, without a shell. `command` is a shell string and runs
 as `/bin/sh -c COMMAND`, which the policy must allow separately
-(`allow_shell`). Either runs as the policy's `shell_user` (switching needs an
-agent running as root), in that user's home directory, with the agent's small
-fixed environment, bounded by the run's timeout and output cap like
-everything else.
+(`allow_shell`), as it must an `argv` whose program is a shell or script
+interpreter (agent.interpreters). Where the policy requires consent, the run
+service lets exec run only inside a consented session (agent.sessions).
+Either runs as the policy's `shell_user` (switching needs an agent running
+as root), in that user's home directory, with the agent's small fixed
+environment, bounded by the run's timeout and output cap like everything
+else.
 """
 
 from __future__ import annotations
@@ -58,6 +61,10 @@ def wants_shell(params: ExecParams) -> bool:
     return params.command is not None
 
 
+def argv_of(params: ExecParams) -> list[str] | None:
+    return params.argv
+
+
 async def run_exec(ctx: Context, params: ExecParams) -> Outcome:
     user = ctx.policy.shell_user
     me = current_user()
@@ -107,5 +114,6 @@ ENTRIES = [
         output_cap=64 * 1024 * 1024,  # the policy's max_output_bytes bounds it
         run=run_exec,
         wants_shell=wants_shell,
+        argv=argv_of,
     ),
 ]
