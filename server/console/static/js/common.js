@@ -51,9 +51,11 @@
 
   // The console's one date format: the reader's language's medium date and
   // short time (CLDR, as HQ writes it before this script runs), in the
-  // browser's time zone. `timeOnly` for chart ticks within a day.
+  // browser's time zone. `timeOnly` for chart ticks within a day ("seconds": with them).
   function formatTime(d, timeOnly) {
-    const options = timeOnly ? { timeStyle: "short" } : { dateStyle: "medium", timeStyle: "short" };
+    const options = timeOnly
+      ? { timeStyle: timeOnly === "seconds" ? "medium" : "short" }
+      : { dateStyle: "medium", timeStyle: "short" };
     return d.toLocaleString(body.dataset.lang || undefined, options);
   }
 

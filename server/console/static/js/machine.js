@@ -86,7 +86,13 @@
         })),
       ),
       axes: [
-        { values: (u, splits) => splits.map((ts) => window.Fieldlink.formatTime(new Date(ts * 1000), range <= 86400)) },
+        {
+          // times of day in the console's format; with seconds when the chart spans minutes
+          values: (u, splits) => {
+            const span = u.scales.x.max - u.scales.x.min;
+            return splits.map((ts) => window.Fieldlink.formatTime(new Date(ts * 1000), span < 600 ? "seconds" : true));
+          },
+        },
         {
           values: (u, splits) => splits.map((v) => format(v)),
           // wide enough for the widest tick label ("999.9 kB/s"): tick, gap and text
