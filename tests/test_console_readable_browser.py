@@ -269,11 +269,15 @@ ALLOWED = {
         # the keyword the assignee filter takes for oneself (its placeholder)
         "me",
     ],
-    # the local administrator: its account and display name as HQ creates them
-    *["root", "Administrator"],
+    # the local administrator: its account and display name as HQ creates them; DNS record
+    # types named in help texts
+    *["root", "Administrator", "PTR", "IP"],
 }
+# the machine's policy settings (policy.toml keys) that help texts name
+ALLOWED |= set(Policy.model_fields)
 # Shown as they are: text inside code, pre, kbd and samp (identifiers,
-# commands, output, audit details), and values of the test's own data
+# commands, output, audit details), anything marked translate="no" (choices an
+# agent takes as they are: signals, DNS types), and values of the test's own data
 # (hostnames, user and site names, ids); checked: everything else visible.
 VISIBLE_TEXT = """() => {
   const out = [];
@@ -282,12 +286,12 @@ VISIBLE_TEXT = """() => {
   for (let n = walker.nextNode(); n; n = walker.nextNode()) {
     let el = n.parentElement, hidden = false;
     for (let e = el; e; e = e.parentElement) {
-      if (skip.has(e.tagName)) { hidden = true; break; }
+      if (skip.has(e.tagName) || e.getAttribute("translate") === "no") { hidden = true; break; }
     }
-    if (hidden || !el.checkVisibility({ checkVisibilityCSS: true })) {
-      if (!(el.tagName === "OPTION" && el.parentElement.checkVisibility()
-            && !el.hidden)) continue;
-    }
+    if (hidden) continue;
+    // a select's choices count when the select is visible (and the choice is offered)
+    const choice = el.tagName === "OPTION" && !el.hidden && el.closest("select").checkVisibility();
+    if (!choice && !el.checkVisibility({ checkVisibilityCSS: true })) continue;
     const closedDetails = el.closest("details:not([open]) > :not(summary)");
     if (closedDetails) continue;
     out.push(n.textContent);
@@ -364,6 +368,10 @@ async def test_every_page_in_korean_has_no_untranslated_words(world: World, data
             await entry.locator("button[type=submit]").click()
             await entry.locator(".result table.result-table").wait_for()
             await page.locator("#charts canvas").first.wait_for()
+            # every catalog form open: parameter labels, help and choices are checked too
+            await page.eval_on_selector_all(
+                "details[data-entry]", "ds => ds.forEach(d => d.open = true)"
+            )
         if path == f"/tickets/{data.ticket}":
             await page.locator("[data-result]").first.click()
             await page.locator(".timeline .result table").first.wait_for()

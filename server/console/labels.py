@@ -156,6 +156,53 @@ LABELS: dict[str, dict[str, str]] = {
         "the machine's policy requires consent": N_("the machine's policy requires consent"),
         "the site requires consent": N_("the site requires consent"),
     },
+    # the built-in catalog's parameters (agent/catalog): labels by parameter name,
+    # their help by its English text, and the words among their choices
+    "param_label": {
+        "argv": N_("Program and arguments"),
+        "command": N_("Command"),
+        "count": N_("Count"),
+        "dir": N_("Directory"),
+        "dry_run": N_("Dry run"),
+        "host": N_("Host"),
+        "kind": N_("Kind"),
+        "lines": N_("Lines"),
+        "max_hops": N_("Maximum hops"),
+        "min_age_hours": N_("Minimum age (hours)"),
+        "n": N_("How many"),
+        "name": N_("Name"),
+        "path": N_("Path"),
+        "pattern": N_("Pattern"),
+        "pid": N_("PID"),
+        "port": N_("Port"),
+        "signal": N_("Signal"),
+        "sort": N_("Sorted by"),
+        "state": N_("State"),
+        "timeout": N_("Timeout (seconds)"),
+        "type": N_("Type"),
+        "unit": N_("Unit"),
+    },
+    "param_description": {
+        "a directory under one of the policy's file_roots (default: the first root)": N_(
+            "a directory under one of the policy's file_roots (default: the first root)"
+        ),
+        "a file under the allowed file roots": N_("a file under the allowed file roots"),
+        "a name, or an IP address for PTR": N_("a name, or an IP address for PTR"),
+        "a shell command line (needs allow_shell)": N_("a shell command line (needs allow_shell)"),
+        "a systemd unit's journal": N_("a systemd unit's journal"),
+        "at least the policy's cleanup_min_age_hours": N_(
+            "at least the policy's cleanup_min_age_hours"
+        ),
+        "for the TCP probe, used only without ping": N_(
+            "for the TCP probe, used only without ping"
+        ),
+        "keep only lines matching this": N_("keep only lines matching this"),
+        "one of the policy's cleanup_dirs": N_("one of the policy's cleanup_dirs"),
+        "only connections in this state": N_("only connections in this state"),
+        "only report what would be deleted": N_("only report what would be deleted"),
+        "program and arguments, no shell": N_("program and arguments, no shell"),
+    },
+    "param_option": {"cpu": N_("CPU"), "memory": N_("memory")},
     "waiting_reason": {
         "on_site": N_("on the site"),
         "on_requester": N_("on the requester"),
