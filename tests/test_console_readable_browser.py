@@ -175,6 +175,14 @@ async def test_the_header_switches_language_on_every_page_and_keeps_the_url(
     assert await page.locator(".lang-switch [aria-current]").inner_text() == "English"
     await page.goto(world.hq.url + "/machines")
     assert await page.locator("h1").inner_text() == "Machines"
+    # an unknown language is a 404; `next` only ever leads back into the console
+    bad = await page.request.get(world.hq.url + "/language/xx?next=/machines", max_redirects=0)
+    assert bad.status == 404
+    for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
+        away = await page.request.get(
+            world.hq.url + "/language/ko", params={"next": target}, max_redirects=0
+        )
+        assert away.status == 303 and away.headers["location"] == "/", target
     assert not page.fieldlink_errors, page.fieldlink_errors
     await page.context.close()
 
