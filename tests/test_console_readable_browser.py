@@ -537,9 +537,10 @@ async def test_result_labels_fallback_in_the_browser(world: World, data: Data) -
     cells = await page.evaluate(
         """() => [window.FieldlinkResults.cell(1536, "swap_in_bytes"),
                   window.FieldlinkResults.cell(true, "connected"),
-                  window.FieldlinkResults.cell(null, "x")]"""
+                  window.FieldlinkResults.cell(null, "x"),
+                  window.FieldlinkResults.cell([], "users")]"""
     )
-    assert cells == ["1.5 KiB", "yes", "—"]
+    assert cells == ["1.5 KiB", "yes", "—", "—"]
     await page.context.close()
 
 

@@ -51,7 +51,7 @@
     user: gettext("User"),
     users: gettext("Users"),
     cpu_percent: gettext("CPU"),
-    memory_percent: gettext("Memory"),
+    memory_percent: gettext("Memory use"),
     rss: gettext("Resident memory"),
     status: gettext("Status"),
     command: gettext("Command"),
@@ -226,7 +226,7 @@
     if (typeof value === "string" && ISO_TIME.test(value) && !isNaN(Date.parse(value))) {
       return window.Fieldlink.formatTime(new Date(value));
     }
-    if (Array.isArray(value)) return value.map((v) => cell(v)).join(", ");
+    if (Array.isArray(value)) return value.length ? value.map((v) => cell(v)).join(", ") : "—";
     if (typeof value === "object") {
       return Object.entries(value)
         .map(([k, v]) => labelOf(k) + ": " + cell(v, k))
