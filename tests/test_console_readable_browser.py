@@ -569,8 +569,9 @@ async def test_machine_charts_fill_their_width_with_unit_labels(
     page = await page_for(world, data, lang, viewport)
     await page.goto(f"{world.hq.url}/machines/{world.agent.agent_id}")
     await page.locator("#charts canvas").first.wait_for()
+    # a function, not an expression: the console's CSP forbids evaluating strings
     await page.wait_for_function(
-        "document.querySelectorAll('#charts .chart').length === 4 && "
+        "() => document.querySelectorAll('#charts .chart').length === 4 && "
         "Array.from(document.querySelectorAll('#charts .chart')).every(c => c.fieldlinkPlot)"
     )
     facts = await page.evaluate(CHART_FACTS)
