@@ -35,7 +35,7 @@ async def test_request_a_session_and_see_consent_arrive_live(world: World) -> No
     await page.fill("#s-code", await fresh_code(world.engineer.totp_secret or ""))
     await page.click("#session-request button[type=submit]")
     await page.wait_for_url("**/sessions/*")
-    await page.locator("#session-state", has_text="awaiting_consent").wait_for()
+    await page.locator("#session-state", has_text="awaiting consent").wait_for()
     await page.evaluate("window.__noReload = true")
 
     tech = await make_user(world.hq, "site_tech", SITE, totp=True)
@@ -98,7 +98,7 @@ async def test_shell_in_the_browser_approved_at_the_machine_then_replayed(world:
     await page.click("#session-request button[type=submit]")
     await page.wait_for_url("**/sessions/*")
     session_id = page.url.rsplit("/", 1)[1]
-    await page.locator("#session-state", has_text="awaiting_consent").wait_for()
+    await page.locator("#session-state", has_text="awaiting consent").wait_for()
 
     assert agent.daemon is not None
     book = agent.daemon.sessions

@@ -29,7 +29,7 @@ from server.context import services
 from server.ops.login import totp_secret
 from server.store import people
 from server.store.models import User
-from shared.errors import FieldlinkError, Unauthorized
+from shared.errors import FieldlinkError, NotFound, Unauthorized
 
 routes = ApiRouter("console", console=True)
 
@@ -220,7 +220,11 @@ async def profile(request: web.Request) -> web.StreamResponse:
 )
 async def set_language(request: web.Request) -> web.StreamResponse:
     lang = (await _form(request)).get("lang", "")
-    resp = see_other("/profile?done=language")
+    return _with_language(see_other("/profile?done=language"), lang)
+
+
+def _with_language(resp: web.Response, lang: str) -> web.Response:
+    """The language preference cookie: a known language, else none (the browser's)."""
     if lang in i18n.LANGUAGES:
         resp.set_cookie(
             i18n.LANG_COOKIE,
@@ -234,6 +238,21 @@ async def set_language(request: web.Request) -> web.StreamResponse:
     else:
         resp.del_cookie(i18n.LANG_COOKIE, path="/")
     return resp
+
+
+@routes.route(
+    "GET",
+    "/language/{lang}",
+    public=True,
+    summary="Switch the console's language (the header's switch), back to the same page",
+)
+async def switch_language(request: web.Request) -> web.StreamResponse:
+    """A preference only (a cookie, as the profile's choice sets): no account
+    changes, so a plain link works on every page, the login page included."""
+    lang = request.match_info["lang"]
+    if lang not in i18n.LANGUAGES:
+        raise NotFound("no such language")
+    return _with_language(see_other(safe_next(request.query.get("next"))), lang)
 
 
 @routes.route("POST", "/profile/tokens", permission=SELF, summary="Make an API token")

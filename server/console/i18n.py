@@ -30,6 +30,7 @@ DEFAULT = "en"
 LANGUAGES = {"en": "English", "ko": "한국어"}
 
 _current: ContextVar[NullTranslations] = ContextVar("console_translations")
+_lang: ContextVar[str] = ContextVar("console_language", default=DEFAULT)
 
 
 @cache
@@ -76,6 +77,12 @@ def language_of(request: web.Request) -> str:
 def activate(lang: str) -> None:
     """Use `lang` for what this task renders next (each request is its own task)."""
     _current.set(translations(lang))
+    _lang.set(lang)
+
+
+def current() -> str:
+    """The language this task renders in."""
+    return _lang.get()
 
 
 def gettext(message: str) -> str:

@@ -9,16 +9,17 @@ convenience, never the protection: every page and API call is enforced.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
+from babel.dates import format_date, format_time
 from markupsafe import Markup
 
 from server.api.authn import PRINCIPAL_KEY, Principal
-from server.console import i18n
+from server.console import i18n, labels
 
 TEMPLATES = i18n.HERE / "templates"
 
@@ -44,16 +45,27 @@ def setup(app: web.Application) -> None:
 
     env.globals["sla_badge"] = sla.badge
     env.globals["sla_clocks"] = sla.clock_rows
+    env.filters["label"] = labels.label
+    env.filters["named"] = labels.named
+    env.globals["catalog_description"] = labels.catalog_description
 
 
 def when(value: datetime | str | None) -> Markup:
-    """A time as `<time>`: UTC text that the page's script shows in local time."""
+    """A time as `<time>`, in the console's one date format: the reader's
+    language's medium date and short time (CLDR), here in UTC; the page's
+    script (common.js formatTime) shows the same format in local time."""
     if value is None:
         return Markup("—")
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
     iso = value.isoformat()
-    text = value.strftime("%Y-%m-%d %H:%M UTC")
+    lang = i18n.current()
+    text = "{}, {} UTC".format(
+        format_date(value, "medium", locale=lang),
+        format_time(value, "short", tzinfo=UTC, locale=lang),
+    )
     return Markup('<time datetime="{}">{}</time>').format(iso, text)
 
 
@@ -144,8 +156,13 @@ def page(
         "csrf": who.csrf if who is not None and who.csrf else "",
         "nav": nav_for(who, request.path),
         "path": request.path,
+        # this page, to come back to after switching language (without its one-off notice)
+        "here": str(
+            request.rel_url.with_query([(k, v) for k, v in request.query.items() if k != "done"])
+        ),
         "title": title,
         "js_strings": i18n.js_strings(),
+        "js_labels": labels.translated(),
         "flash": request.query.get("done", ""),
     }
     ctx.update(context or {})

@@ -28,12 +28,13 @@ from server.api.tickets import (
     readable_ticket,
     ticket_out,
 )
-from server.console import i18n
+from server.console import i18n, labels
 from server.console.changes import labels as change_labels
 from server.console.changes import upcoming_for
 from server.console.render import page
 from server.context import services
 from server.itsm.tickets import OPEN
+from server.sessions import KIND_PERMISSION
 from server.store import fleet, people
 from shared.errors import Invalid
 
@@ -111,16 +112,34 @@ async def ticket(request: web.Request) -> web.StreamResponse:
         sessions = await find_sessions(session, who, SessionQuery(ticket=row.id, limit=50))
         site_agents: list[dict[str, Any]] = []
         if who.allowed("agents:read", row.site_id):
+            may_kind = [
+                k
+                for k, perms in KIND_PERMISSION.items()
+                if all(who.allowed(p, row.site_id) for p in perms)
+            ]
             site_agents = [
-                {"id": a.id, "hostname": a.hostname, "linked": a.id in t.agents}
+                {
+                    "id": a.id,
+                    "hostname": a.hostname,
+                    "linked": a.id in t.agents,
+                    # the session kinds this machine's policy and the caller's rights allow
+                    "kinds": [k for k in labels.kinds_allowed(a.policy) if k in may_kind],
+                }
                 for a, _ in await fleet.list_agents(session, frozenset({row.site_id}))
             ]
         linkable = await problems_to_link(session, who, row.site_id, t)
     works = who.works_tickets(row.site_id)
+    # the machine picked first in the session form: a linked one that allows a session
+    session_agent = next(
+        (a for a in site_agents if a["linked"] and a["kinds"]),
+        next((a for a in site_agents if a["kinds"]), site_agents[0] if site_agents else None),
+    )
     ctx = {
         "t": t,
         "sessions": sessions,
         "site_agents": site_agents,
+        "unlinked": [a for a in site_agents if not a["linked"]],
+        "session_agent": session_agent,
         "works": works,
         "staff": not who.sees_all_tickets(row.site_id),
         "may_comment": who.allowed("tickets:write", row.site_id),

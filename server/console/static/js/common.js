@@ -6,9 +6,17 @@
   const body = document.body;
   const strings = JSON.parse(body.dataset.strings || "{}");
   const csrf = body.dataset.csrf || "";
+  const labels = JSON.parse(body.dataset.labels || "{}");
 
   function gettext(text) {
     return strings[text] || text;
+  }
+
+  // A stored value's word (server/console/labels.py): label("session_state", "awaiting_consent").
+  function label(group, value) {
+    if (value === null || value === undefined || value === "") return "—";
+    const words = labels[group] || {};
+    return words[value] || String(value).replace(/_/g, " ");
   }
 
   async function api(method, url, data) {
@@ -41,14 +49,21 @@
     return json;
   }
 
+  // The console's one date format: the reader's language's medium date and
+  // short time (CLDR, as HQ writes it before this script runs), in the
+  // browser's time zone. `timeOnly` for chart ticks within a day ("seconds": with them).
+  function formatTime(d, timeOnly) {
+    const options = timeOnly
+      ? { timeStyle: timeOnly === "seconds" ? "medium" : "short" }
+      : { dateStyle: "medium", timeStyle: "short" };
+    return d.toLocaleString(body.dataset.lang || undefined, options);
+  }
+
   function localTimes(root) {
     for (const el of (root || document).querySelectorAll("time[datetime]")) {
       const d = new Date(el.getAttribute("datetime"));
       if (!isNaN(d)) {
-        el.textContent = d.toLocaleString(body.dataset.lang || undefined, {
-          dateStyle: "medium",
-          timeStyle: "short",
-        });
+        el.textContent = formatTime(d);
         el.title = el.getAttribute("datetime");
       }
     }
@@ -166,5 +181,5 @@
     }
   });
 
-  window.Fieldlink = { gettext, api, csrf, localTimes, formJson, showError };
+  window.Fieldlink = { gettext, label, api, csrf, localTimes, formatTime, formJson, showError };
 })();

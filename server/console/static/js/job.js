@@ -8,7 +8,7 @@
     const row = table.querySelector('tr[data-agent="' + CSS.escape(agentId) + '"]');
     if (!row) return;
     const badge = row.querySelector("[data-item-status]");
-    badge.textContent = status;
+    badge.textContent = window.Fieldlink.label("run_status", status);
     badge.className = "badge status-" + status;
   }
 
@@ -28,7 +28,7 @@
       }
     }
     const status = document.getElementById("job-status");
-    status.textContent = job.status;
+    status.textContent = window.Fieldlink.label("run_status", job.status);
     status.dataset.status = job.status;
   }
 

@@ -40,34 +40,90 @@
       tx.push(r.net_io ? r.net_io.tx_bytes_per_s : null);
     }
     return {
-      cpu: [[t, cpu], [gettext("CPU %")]],
-      memory: [[t, mem], [gettext("Memory %")]],
-      disk: [[t, disk], [gettext("Disk %")]],
-      net: [[t, rx, tx], [gettext("in"), gettext("out")]],
+      cpu: [[t, cpu], [gettext("CPU")]],
+      memory: [[t, mem], [gettext("Memory")]],
+      disk: [[t, disk], [gettext("Disk")]],
+      net: [[t, rx, tx], [gettext("received"), gettext("sent")]],
     };
   }
 
   const COLORS = ["#0b57d0", "#b3261e"];
+  const measure = document.createElement("canvas").getContext("2d");
+
+  // Network rates in decimal units per second (what people read on link speeds).
+  function rate(v) {
+    if (v === null || v === undefined) return "—";
+    const units = ["B/s", "kB/s", "MB/s", "GB/s"];
+    let i = 0;
+    let n = Math.abs(v);
+    while (n >= 1000 && i < units.length - 1) {
+      n /= 1000;
+      i++;
+    }
+    const shown = i === 0 || n >= 100 ? Math.round(n) : n.toFixed(n >= 10 ? 0 : 1);
+    return (v < 0 ? "-" : "") + shown + " " + units[i];
+  }
+
+  function percent(v) {
+    return v === null || v === undefined ? "—" : Math.round(v * 10) / 10 + " %";
+  }
 
   function draw(container, data, labels) {
-    const width = Math.max(260, container.clientWidth || 300);
-    const opts = {
-      width: width,
-      height: 180,
-      series: [{}].concat(labels.map((label, i) => ({ label: label, stroke: COLORS[i], width: 1.5 }))),
-      axes: [{}, { size: 60 }],
-    };
     const key = container.dataset.metric;
+    const net = key === "net";
+    const format = net ? rate : percent;
+    const opts = {
+      // the container's whole width (the page's grid decides it; see the resize observer)
+      width: Math.max(200, Math.floor(container.getBoundingClientRect().width) || 300),
+      height: 200,
+      scales: net ? {} : { y: { range: [0, 100] } },
+      series: [{ label: gettext("Time"), value: (u, ts) => (ts === null ? "—" : window.Fieldlink.formatTime(new Date(ts * 1000))) }].concat(
+        labels.map((label, i) => ({
+          label: label,
+          stroke: COLORS[i],
+          width: 1.5,
+          value: (u, v) => format(v),
+        })),
+      ),
+      axes: [
+        {
+          // times of day in the console's format; with seconds when the chart spans minutes
+          values: (u, splits) => {
+            const span = u.scales.x.max - u.scales.x.min;
+            return splits.map((ts) => window.Fieldlink.formatTime(new Date(ts * 1000), span < 600 ? "seconds" : true));
+          },
+        },
+        {
+          values: (u, splits) => splits.map((v) => format(v)),
+          // wide enough for the widest tick label ("999.9 kB/s"): tick, gap and text
+          size: (u, values) => {
+            if (!values) return 50;
+            measure.font = u.axes[1].font[0];
+            const widest = Math.max(0, ...values.map((v) => measure.measureText(String(v)).width));
+            return Math.max(40, Math.ceil(widest / (window.devicePixelRatio || 1)) + 24);
+          },
+        },
+      ],
+    };
     if (plots[key]) plots[key].destroy();
     container.textContent = "";
     plots[key] = new window.uPlot(opts, [data[0]].concat(data.slice(1)), container);
+    container.fieldlinkPlot = plots[key];
     container.setAttribute("role", "img");
     const last = data[1].length ? data[1][data[1].length - 1] : null;
-    container.setAttribute(
-      "aria-label",
-      labels.join(", ") + ": " + (last === null ? "—" : Math.round(last * 10) / 10),
-    );
+    container.setAttribute("aria-label", labels.join(", ") + ": " + format(last));
   }
+
+  // Charts follow their container's width (window resized, phone turned).
+  const resized = new ResizeObserver((entries) => {
+    for (const entry of entries) {
+      const plot = plots[entry.target.dataset.metric];
+      const width = Math.floor(entry.contentRect.width);
+      if (plot && width > 0 && Math.abs(plot.width - width) > 2) {
+        plot.setSize({ width: width, height: plot.height });
+      }
+    }
+  });
 
   async function refresh(root) {
     const note = document.getElementById("chart-note");
@@ -77,6 +133,7 @@
       for (const c of root.querySelectorAll("[data-metric]")) {
         const [data, labels] = s[c.dataset.metric];
         draw(c, data, labels);
+        resized.observe(c);
       }
       note.textContent = items.length
         ? gettext("Samples:") + " " + items.length

@@ -69,11 +69,13 @@
 
   function showState(root, s) {
     root.dataset.state = s.state;
-    document.getElementById("session-state").textContent = s.state;
+    document.getElementById("session-state").textContent = window.Fieldlink.label("session_state", s.state);
     const consent = document.getElementById("session-consent");
-    if (consent && s.consent_by) consent.textContent = s.consent_by + (s.consent_via ? " (" + s.consent_via + ")" : "");
+    if (consent && s.consent_by) consent.textContent = s.consent_by + (s.consent_via ? " (" + window.Fieldlink.label("consent_via", s.consent_via) + ")" : "");
     const ended = document.getElementById("session-ended");
-    if (ended && s.ended_at) ended.textContent = s.ended_at + " " + (s.end_reason || "");
+    if (ended && s.ended_at) {
+      ended.textContent = window.Fieldlink.formatTime(new Date(s.ended_at)) + " " + (s.end_reason || "");
+    }
     const live = JSON.parse(root.dataset.liveStates);
     if (!live.includes(s.state)) {
       for (const el of root.querySelectorAll("[data-live-only]")) {
