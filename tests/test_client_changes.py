@@ -17,7 +17,10 @@ async def test_change_from_request_to_review_on_the_command_line(
     sqlite_hq, agent_factory, tmp_path
 ):
     hq = sqlite_hq
-    agents = [await ready_agent(hq, agent_factory, "shop-c", allow_exec=True) for _ in range(2)]
+    agents = [
+        await ready_agent(hq, agent_factory, "shop-c", allow_exec=True, require_consent=False)
+        for _ in range(2)
+    ]
     engineer = await make_user(hq, "hq_engineer", totp=True)
     approver = await make_user(hq, "admin", totp=True)
     env = as_user(tmp_path / "eng", hq, engineer.token)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from agent.policy import Policy, write_default
 from tests.browser import SITE, World, axe_violations, console_world, screenshot
 from tests.support import make_user
 
@@ -26,7 +27,11 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
 
 
 async def test_request_approve_start_and_review_a_change(world: World) -> None:
-    await world.agent_online(SITE, allow_exec=True)  # two machines: a pilot and the rest
+    # two machines, a pilot and the rest, whose sites let HQ run commands outside a
+    # consented session (a change is approved at HQ, not consented to at the machine)
+    write_default(world.agent.dir.policy_file, Policy(allow_exec=True, require_consent=False))
+    assert world.agent.daemon.reload_policy() is True
+    await world.agent_online(SITE, allow_exec=True, require_consent=False)
     page = await world.engineer_page()
     await page.goto(f"{world.hq.url}/changes")
     assert await page.locator("h1").inner_text() == "Changes"

@@ -53,7 +53,10 @@ async def test_change_approved_by_another_runs_pilot_then_rest(hq, agent_factory
     the pilot job runs on one machine, the gate passes, the rest runs, then review closes it
     successful; every step is audited and in the history (both databases), and an HQ restart
     in the middle of the gate does not lose it."""
-    agents = [await online_agent(hq, agent_factory, allow_exec=True) for _ in range(3)]
+    agents = [
+        await online_agent(hq, agent_factory, allow_exec=True, require_consent=False)
+        for _ in range(3)
+    ]
     engineer, approver = await engineer_and_approver(hq)
     made = await ok(
         hq,
@@ -141,7 +144,7 @@ async def test_one_refusal_rejects_and_a_refusal_needs_a_reason(sqlite_hq, agent
     """Two approvals required: one approval leaves it requested, one refusal rejects it; a
     rejected change cannot be approved or started; a refusal without a comment is a 422."""
     hq = sqlite_hq
-    agent = await online_agent(hq, agent_factory, allow_exec=True)
+    agent = await online_agent(hq, agent_factory, allow_exec=True, require_consent=False)
     engineer, approver = await engineer_and_approver(hq)
     second = await make_user(hq, "admin", totp=True)
     made = await ok(
@@ -169,7 +172,7 @@ async def test_one_refusal_rejects_and_a_refusal_needs_a_reason(sqlite_hq, agent
 
 async def test_bad_requests_name_the_field(sqlite_hq, agent_factory):
     hq = sqlite_hq
-    agent = await online_agent(hq, agent_factory, allow_exec=True)
+    agent = await online_agent(hq, agent_factory, allow_exec=True, require_consent=False)
     engineer, _ = await engineer_and_approver(hq)
     cases = [
         ({"risk": "extreme"}, "risk"),
@@ -207,7 +210,10 @@ async def test_a_failing_pilot_halts_before_the_rest(sqlite_hq, agent_factory):
     """`false` fails on the pilot: the change halts at once, no rest job is made, and the
     review cannot call it successful."""
     hq = sqlite_hq
-    agents = [await online_agent(hq, agent_factory, allow_exec=True) for _ in range(2)]
+    agents = [
+        await online_agent(hq, agent_factory, allow_exec=True, require_consent=False)
+        for _ in range(2)
+    ]
     engineer, approver = await engineer_and_approver(hq)
     spec = exec_change(agents, action={"name": "exec", "params": {"argv": ["false"]}})
     n = await approved_change(hq, engineer, approver, spec)
@@ -233,9 +239,9 @@ async def test_failures_above_the_threshold_halt_the_rest_and_cancel_what_waits(
     offline: 1 of 2 failed is above 25%, so the change halts and the offline machine's
     queued item is cancelled, never run. Rolled back, the backout runs where it ran."""
     hq = sqlite_hq
-    pilot = await online_agent(hq, agent_factory, allow_exec=True)
+    pilot = await online_agent(hq, agent_factory, allow_exec=True, require_consent=False)
     refusing = await online_agent(hq, agent_factory)  # allow_exec = false
-    offline = await online_agent(hq, agent_factory, allow_exec=True)
+    offline = await online_agent(hq, agent_factory, allow_exec=True, require_consent=False)
     await offline.stop()
     await wait_until(lambda: not hq.hq.svc.gateway.registry.get(offline.agent_id), what="gone")
     engineer, approver = await engineer_and_approver(hq)
@@ -282,9 +288,12 @@ async def test_failures_within_the_threshold_carry_on_in_batches(sqlite_hq, agen
     falls in): the change carries on batch by batch (pilot, rest of 2, rest of 2) and
     reaches review not halted."""
     hq = sqlite_hq
-    pilot = await online_agent(hq, agent_factory, allow_exec=True)
+    pilot = await online_agent(hq, agent_factory, allow_exec=True, require_consent=False)
     refusing = await online_agent(hq, agent_factory)  # allow_exec = false
-    others = [await online_agent(hq, agent_factory, allow_exec=True) for _ in range(3)]
+    others = [
+        await online_agent(hq, agent_factory, allow_exec=True, require_consent=False)
+        for _ in range(3)
+    ]
     engineer, approver = await engineer_and_approver(hq)
     spec = exec_change(
         [pilot, refusing, *others],
@@ -309,7 +318,10 @@ async def test_the_gate_catches_a_new_alert_on_a_pilot_machine(sqlite_hq, agent_
     """During the gate an alert fires on the pilot machine (a real health report crossing a
     rule's threshold): the change halts before the rest runs."""
     hq = sqlite_hq
-    agents = [await online_agent(hq, agent_factory, allow_exec=True) for _ in range(2)]
+    agents = [
+        await online_agent(hq, agent_factory, allow_exec=True, require_consent=False)
+        for _ in range(2)
+    ]
     engineer, approver = await engineer_and_approver(hq)
     n = await approved_change(
         hq, engineer, approver, exec_change(agents, gate_seconds=600, pilot_size=1)
@@ -345,8 +357,10 @@ async def test_site_sees_upcoming_changes_for_its_machines_only(sqlite_hq, agent
     upcoming list (and can open it); shop-2's people do not see it at all. Cancelled,
     it leaves the upcoming list."""
     hq = sqlite_hq
-    agent = await online_agent(hq, agent_factory, site="shop-1", allow_exec=True)
-    await online_agent(hq, agent_factory, site="shop-2", allow_exec=True)
+    agent = await online_agent(
+        hq, agent_factory, site="shop-1", allow_exec=True, require_consent=False
+    )
+    await online_agent(hq, agent_factory, site="shop-2", allow_exec=True, require_consent=False)
     engineer, _ = await engineer_and_approver(hq)
     made = await ok(
         hq,
@@ -390,7 +404,7 @@ async def test_cancelling_a_running_change_halts_it_and_cancels_what_waits(
     """The pilot machine is offline, so its item waits; cancelling the running change halts
     it at once (to review, with who and why) and the waiting item is cancelled, never run."""
     hq = sqlite_hq
-    agent = await online_agent(hq, agent_factory, allow_exec=True)
+    agent = await online_agent(hq, agent_factory, allow_exec=True, require_consent=False)
     await agent.stop()
     await wait_until(lambda: not hq.hq.svc.gateway.registry.get(agent.agent_id), what="gone")
     engineer, approver = await engineer_and_approver(hq)
