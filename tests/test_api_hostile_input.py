@@ -179,3 +179,31 @@ async def test_text_with_a_nul_character_is_refused(hq):
         assert not _failed(logs)
         sites = await api.ok("GET", "/api/v1/sites")
         assert "shop-6" not in {s["name"] for s in sites["items"]}
+
+
+async def test_a_due_date_beyond_ten_years_of_working_time_is_no_500(sqlite_hq: HQHandle):
+    """A year-long SLA target on a site open one minute a week: its tickets
+    read and list with no due date for that clock (every read was a 500)."""
+    async with sqlite_hq.client(sqlite_hq.admin_token) as api:
+        calendar = {"work_days": [0], "work_start": "09:00", "work_end": "09:01"}
+        await api.ok("POST", "/api/v1/sites", json={"name": "shop-8", "calendar": calendar})
+        year = 365 * 86400
+        await api.ok(
+            "PUT",
+            "/api/v1/sla-policies/P3",
+            json={"ack_seconds": 60, "response_seconds": 60, "resolve_seconds": year},
+        )
+        with capture_logs() as logs:
+            t = await api.ok(
+                "POST",
+                "/api/v1/tickets",
+                json={"title": "till", "site": "shop-8", "priority": "P3"},
+            )
+            assert t["sla"]["resolve"]["due"] is None
+            assert t["sla"]["resolve"]["state"] == "running"
+            assert t["sla"]["ack"]["due"] is not None
+            got = await api.ok("GET", f"/api/v1/tickets/{t['id']}")
+            assert got["sla"]["resolve"]["due"] is None
+            await api.ok("GET", "/api/v1/tickets")
+            await api.ok("GET", "/api/v1/kpis")
+        assert not _failed(logs)

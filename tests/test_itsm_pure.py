@@ -190,6 +190,27 @@ def test_calendar_without_working_time_fails_clearly():
         sla.add(sla.Calendar("UTC", {}, frozenset()), FRI_16, 60)
 
 
+def test_a_clock_due_beyond_ten_years_has_no_due_date():
+    """A long target on a calendar with a minute of work a week is due beyond
+    the ten years SLA arithmetic looks ahead: the clock runs without a due
+    date (it raised, and every read of the ticket was a 500)."""
+    cal = sla.Calendar.business(start="09:00", end="09:01", days=(0,))
+    targets = sla.Targets(ack=365 * 86400, response=365 * 86400, resolve=365 * 86400)
+    c = sla.clock(
+        cal,
+        "resolve",
+        targets,
+        created_at=FRI_16,
+        met_at=None,
+        paused_seconds=0,
+        paused_since=None,
+        now=FRI_16 + timedelta(days=7),
+    )
+    assert c.due is None and c.state == "running" and c.elapsed == 60
+    # With no working time at all, nothing has elapsed either.
+    assert sla.elapsed(sla.Calendar("UTC", {}, frozenset()), FRI_16, FRI_16 + timedelta(1)) == 0
+
+
 # --- alerts ---------------------------------------------------------------------------
 
 from server.itsm import alerts, kpi  # noqa: E402 - grouped with the tests that use them

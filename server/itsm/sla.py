@@ -59,17 +59,17 @@ def _intervals(cal: Calendar, start: datetime) -> Iterator[tuple[datetime, datet
             if b > start:
                 yield max(a, start), b
         day += timedelta(days=1)
-    raise ValueError("the calendar has no working time in ten years")
 
 
 def add(cal: Calendar, start: datetime, seconds: float) -> datetime:
-    """The moment `seconds` of working time after `start`."""
+    """The moment `seconds` of working time after `start`; ValueError when the
+    calendar does not have that much working time within ten years."""
     left = timedelta(seconds=max(seconds, 0.0))
     for a, b in _intervals(cal, start):
         if b - a >= left:
             return a + left
         left -= b - a
-    raise AssertionError("unreachable")  # pragma: no cover
+    raise ValueError("the calendar has no working time in ten years")
 
 
 def elapsed(cal: Calendar, start: datetime, end: datetime) -> float:
@@ -115,7 +115,7 @@ class Clock:
     kind: str
     target: float
     elapsed: float  # working seconds counted so far (pauses excluded)
-    due: datetime | None  # None while paused
+    due: datetime | None  # None while paused, or when beyond ten years of working time
     state: str  # running | warning | breached | met | missed | paused
 
     @property
@@ -147,7 +147,12 @@ def clock(
         return Clock(kind, target, spent, None, "met" if spent <= target else "missed")
     if paused_since is not None:
         return Clock(kind, target, spent, None, "paused")
-    due = add(use, created_at, target + paused)
+    try:
+        due: datetime | None = add(use, created_at, target + paused)
+    except ValueError:
+        # A long target on a calendar with little working time (a minute a
+        # week) lands beyond ten years: no due date to show, the clock runs.
+        due = None
     if spent > target:
         state = "breached"
     elif spent >= targets.warn_at * target:
