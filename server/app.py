@@ -13,6 +13,7 @@ from server.api import (
     auth,
     enroll,
     jobs,
+    kb,
     runs,
     service_levels,
     sessions,
@@ -36,6 +37,7 @@ ROUTERS: list[ApiRouter] = [
     alerts.routes,
     service_levels.routes,
     sessions.routes,
+    kb.routes,
 ]
 
 MAX_BODY = 1024 * 1024

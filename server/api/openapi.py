@@ -106,6 +106,7 @@ def document(app: web.Application) -> dict[str, Any]:
             codes += ["401", "403"]
         if "{" in spec.path:
             codes.append("404")
+        codes += [str(code) for code in spec.errors if str(code) not in codes]
         for code in codes:
             op["responses"][code] = err
         if not spec.public:

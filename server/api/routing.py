@@ -44,6 +44,8 @@ class RouteSpec:
     # A web console page (HTML): errors render as pages, a missing login
     # redirects to /login, and the OpenAPI document leaves it out.
     console: bool = False
+    # Error statuses beyond the ones every route can answer (e.g. 409), for the docs.
+    errors: tuple[int, ...] = ()
 
 
 class ApiRouter:
@@ -68,6 +70,7 @@ class ApiRouter:
         websocket: bool = False,
         scoped: bool = True,
         before_2fa: bool = False,
+        errors: tuple[int, ...] = (),
     ) -> Callable[[Handler], Handler]:
         if permission is None and not public:
             raise ValueError(f"{method} {path}: declare a permission or public=True")
@@ -90,6 +93,7 @@ class ApiRouter:
                 scoped=scoped,
                 before_2fa=before_2fa,
                 console=self.console,
+                errors=errors,
             )
             setattr(handler, ROUTE_ATTR, spec)
             self.specs.append(spec)

@@ -29,7 +29,9 @@ PERMISSIONS: dict[str, str] = {
     "sessions:request": "request remote sessions",
     "sessions:consent": "approve or deny remote sessions for a site",
     "alerts:manage": "edit alert rules",
-    "kb:write": "write knowledge-base articles",
+    "kb:read": "read and search knowledge-base articles visible to a scope, and vote on them",
+    "kb:write": "write knowledge-base articles and submit them for review",
+    "kb:publish": "publish, return, archive and restore knowledge-base articles",
     "users:admin": "manage users, roles, bindings and sites",
     "audit:read": "read and export the audit trail",
     "kpi:read": "read KPI reports",
@@ -58,6 +60,7 @@ BUILTIN_ROLES: dict[str, tuple[str, frozenset[str]]] = {
                 "tickets:assign",
                 "sessions:request",
                 "alerts:manage",
+                "kb:read",
                 "kb:write",
                 "kpi:read",
             }
@@ -75,17 +78,22 @@ BUILTIN_ROLES: dict[str, tuple[str, frozenset[str]]] = {
                 "tickets:write",
                 "tickets:assign",
                 "sessions:consent",
+                "kb:read",
+                "kb:write",
                 "kpi:read",
             }
         ),
     ),
     "site_staff": (
         "site staff: opens, comments on and rates its own requests",
-        frozenset({"tickets:read", "tickets:write"}),
+        frozenset({"tickets:read", "tickets:write", "kb:read"}),
     ),
     "auditor": (
-        "auditor: reads the audit trail, KPIs, agents, health and tickets; changes nothing",
-        frozenset({"audit:read", "kpi:read", "agents:read", "health:read", "tickets:read"}),
+        "auditor: reads the audit trail, KPIs, agents, health, tickets and the knowledge "
+        "base; changes nothing",
+        frozenset(
+            {"audit:read", "kpi:read", "agents:read", "health:read", "tickets:read", "kb:read"}
+        ),
     ),
 }
 
