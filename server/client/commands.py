@@ -9,6 +9,7 @@
                   [--ticket T] [--ttl 1h] [--json]
     fieldlink tickets | ticket ... | kpi            (ticket_args.py)
     fieldlink shell | session ... | files ...       (session_args.py)
+    fieldlink kb search|show|new|publish|...        (kb_args.py)
 
 `run(args)` reads the environment once (config dir and the FIELDLINK_SERVER /
 FIELDLINK_TOKEN / FIELDLINK_TLS_FINGERPRINT overrides), runs the command and
@@ -24,7 +25,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from server.client import session_args, ticket_args
+from server.client import kb_args, session_args, ticket_args
 from server.client.argparsing import add_command, duration, seconds
 from server.client.errors import ApiError, ClientError
 
@@ -32,6 +33,7 @@ COMMANDS = frozenset(
     {"login", "logout", "agents", "run", "exec", "job"}
     | ticket_args.COMMANDS
     | session_args.COMMANDS
+    | kb_args.COMMANDS
 )
 
 PARAMS_HELP = (
@@ -179,6 +181,7 @@ def register(sub: Any) -> None:
 
     ticket_args.register(sub)
     session_args.register(sub)
+    kb_args.register(sub)
 
 
 def describe(exc: ClientError) -> str:
@@ -260,6 +263,8 @@ def dispatch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return ticket_args.dispatch(args, creds)
     if args.command in session_args.COMMANDS:
         return session_args.dispatch(args, creds, environ)
+    if args.command in kb_args.COMMANDS:
+        return kb_args.dispatch(args, creds)
     raise ClientError(f"unknown command {args.command}")
 
 
