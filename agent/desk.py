@@ -43,6 +43,8 @@ from agent.local import (
     RequestInfo,
     SessionView,
     StatusAnswer,
+    SuggestAnswer,
+    SuggestRequest,
     TicketsAnswer,
     TicketsRequest,
 )
@@ -131,6 +133,8 @@ class Desk:
             return await self.consent(caller, request)
         if isinstance(request, OfferRequest):
             return await self.offer(request)
+        if isinstance(request, SuggestRequest):
+            return await self.suggest(request)
         return await self.status(caller)
 
     def _view(self, known: Known) -> SessionView:
@@ -174,6 +178,7 @@ class Desk:
                 assist=request.assist,
                 asked_at=asked_at,
                 snapshot=snapshot,
+                solved_by=request.solved_by,
             )
             return p.encode(frame)
 
@@ -188,6 +193,15 @@ class Desk:
             snapshot=snapshot is not None,
         )
         return HelpAnswer.model_validate(await self._outcome("help", spooled.seq, request.wait))
+
+    async def suggest(self, request: SuggestRequest) -> SuggestAnswer:
+        connected = self._telemetry.open
+        found = await self._telemetry.ask_kb(request.text.strip(), request.limit, request.wait)
+        return SuggestAnswer(
+            connected=connected,
+            answered=found is not None,
+            items=list(found.items) if found is not None else [],
+        )
 
     async def rate(self, caller: Caller, request: RateRequest) -> RateAnswer:
         rows = await asyncio.to_thread(self._spool.requests, 0.0)
