@@ -219,12 +219,14 @@ async def _article(world: World, *, publish: bool) -> str:
     return str(made["number"])
 
 
-def on_article(method: str, suffix: str, body: Any = None, *, publish: bool = False) -> Build:
+def on_article(
+    method: str, suffix: str, body: Any = None, *, publish: bool = False, prefix: str = "/api/v1"
+) -> Build:
     async def build(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
         number = await _article(world, publish=publish)
         if isinstance(body, dict) and body.get("target") == "{agent}":
-            return method, f"/api/v1/kb/{number}{suffix}", {**body, "target": world.agent_id}
-        return method, f"/api/v1/kb/{number}{suffix}", body
+            return method, f"{prefix}/kb/{number}{suffix}", {**body, "target": world.agent_id}
+        return method, f"{prefix}/kb/{number}{suffix}", body
 
     return build
 
@@ -405,6 +407,14 @@ CONSOLE: dict[tuple[str, str], Cell] = {
     ("GET", "/admin"): page("/admin", "list", "users:admin"),
     ("GET", "/admin/sites/{site_id}"): page("/admin/sites/{site}", "object", "users:admin"),
     ("GET", "/enroll"): page("/enroll", "list", "agents:enroll"),
+    ("GET", "/kb"): page("/kb?q=grid", "list", "kb:read"),
+    ("GET", "/kb/new"): page("/kb/new", "list", "kb:write"),
+    ("GET", "/kb/{article_id}"): Cell(
+        "object", "kb:read", on_article("GET", "", publish=True, prefix=""), console=True
+    ),
+    ("GET", "/kb/{article_id}/edit"): Cell(
+        "object", "kb:write", on_article("GET", "/edit", prefix=""), console=True
+    ),
 }
 
 GRID: dict[tuple[str, str], Cell] = {

@@ -94,6 +94,7 @@ NAV: list[tuple[str, str, tuple[str, ...]]] = [
     ("/jobs", N_("Jobs"), ("diag:run",)),
     ("/tickets", N_("Tickets"), ("agents:read",)),
     ("/help", N_("Get help"), ("tickets:write",)),
+    ("/kb", N_("Knowledge base"), ("kb:read",)),
     ("/sessions", N_("Sessions"), ("agents:read",)),
     ("/consents", N_("Consents"), ("sessions:consent",)),
     ("/alert-rules", N_("Alert rules"), ("alerts:manage",)),

@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from server.api.authn import Principal, principal
+from server.api.kb import viewer as kb_viewer
 from server.api.routing import ApiRouter
 from server.api.sessions import ListQuery as SessionQuery
 from server.api.sessions import find_sessions
@@ -21,8 +22,10 @@ from server.api.tickets import ListQuery, detail, find_tickets, readable_ticket,
 from server.console import i18n
 from server.console.render import page
 from server.context import services
+from server.itsm.kb import number_text
 from server.itsm.tickets import OPEN
 from server.store import fleet, people
+from server.store import kb as kb_store
 from shared.errors import Invalid
 
 routes = ApiRouter("console", console=True)
@@ -59,11 +62,18 @@ async def tickets(request: web.Request) -> web.StreamResponse:
 
 @routes.route("GET", "/help", permission="tickets:write", summary="Ask for help; your own requests")
 async def help_page(request: web.Request) -> web.StreamResponse:
+    """Asking first shows the best published knowledge-base articles (help.js);
+    "This solved it" records a self-served request instead of a ticket."""
     who = principal(request)
     async with services(request).sessions() as session:
         mine = await find_tickets(session, who, ListQuery(mine=True, limit=100))
         rows = [await ticket_out(session, t, who) for t in mine]
-    ctx = {"rows": rows, "sites": await writable_sites(request, who)}
+    ctx = {
+        "rows": rows,
+        "sites": await writable_sites(request, who),
+        "suggest": who.holds("kb:read"),
+        "solved": request.query.get("done") == "solved",
+    }
     return page(request, "help.html", ctx, title=i18n.gettext("Get help"))
 
 
@@ -81,8 +91,17 @@ async def ticket(request: web.Request) -> web.StreamResponse:
                 {"id": a.id, "hostname": a.hostname, "linked": a.id in t.agents}
                 for a, _ in await fleet.list_agents(session, frozenset({row.site_id}))
             ]
+        articles = [
+            a
+            for a in await kb_store.articles_linked_to(session, "ticket", row.id)
+            if kb_store.can_read(kb_viewer(who), a)
+        ]
     works = who.works_tickets(row.site_id)
     ctx = {
+        "articles": [{"number": number_text(a.number), "title": a.title} for a in articles],
+        "may_kb": works
+        and who.allowed("kb:write", row.site_id)
+        and row.status in ("resolved", "closed"),
         "t": t,
         "sessions": sessions,
         "site_agents": site_agents,
