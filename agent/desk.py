@@ -121,6 +121,8 @@ class Desk:
         self._sample = sample
         self._sessions = sessions
         self._policy = policy
+        # one knowledge-base query to HQ at a time from this machine
+        self._suggesting = asyncio.Lock()
 
     async def __call__(self, caller: Caller, request: AnyRequest) -> Answer:
         if isinstance(request, HelpRequest):
@@ -195,8 +197,12 @@ class Desk:
         return HelpAnswer.model_validate(await self._outcome("help", spooled.seq, request.wait))
 
     async def suggest(self, request: SuggestRequest) -> SuggestAnswer:
+        """HQ's best published articles for the words, if HQ is there and answers
+        in time. Not spooled, and one at a time: a loop of local callers cannot
+        make HQ search faster than it answers."""
         connected = self._telemetry.open
-        found = await self._telemetry.ask_kb(request.text.strip(), request.limit, request.wait)
+        async with self._suggesting:
+            found = await self._telemetry.ask_kb(request.text.strip(), request.limit, request.wait)
         return SuggestAnswer(
             connected=connected,
             answered=found is not None,
