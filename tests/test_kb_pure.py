@@ -35,7 +35,7 @@ def test_search_words_drop_syntax_stop_words_and_repeats():
     ]
     assert kb.terms("영수증 프린터가 안 돼요") == ["영수증", "프린터가", "안", "돼요"]
     assert kb.terms("'; drop table x; --") == ["drop", "table", "x"]
-    assert kb.terms("the of my") == []
+    assert kb.terms("the of my") == [] and kb.terms("__ _ ___x") == ["___x"]
     assert len(kb.terms(" ".join(f"w{i}" for i in range(40)))) == kb.MAX_TERMS
 
 

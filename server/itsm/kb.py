@@ -86,7 +86,7 @@ def terms(text: str) -> list[str]:
     query syntax of either database can be injected."""
     out: list[str] = []
     for word in _WORD.findall(text.lower()):
-        if word in STOP_WORDS or word in out or word == "_":
+        if word in STOP_WORDS or word in out or not any(c.isalnum() for c in word):
             continue
         out.append(word)
         if len(out) == MAX_TERMS:
