@@ -82,6 +82,8 @@ async def test_write_search_rank_and_snippets(hq, admin_api):
         assert status == 200, body
     tag = await admin_api.ok("GET", "/api/v1/kb", params={"tag": "scanner"})
     assert [i["number"] for i in tag["items"]] == [b["number"]]
+    wild = await admin_api.ok("GET", "/api/v1/kb", params={"tag": "%"})
+    assert wild["items"] == []  # a tag is matched as written, not as a pattern
     # Korean words are found too
     k = await published(
         hq,

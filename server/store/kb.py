@@ -173,7 +173,7 @@ async def search(
     if site_id:
         stmt = stmt.where(KbArticle.site_id == site_id)
     if tag:
-        stmt = stmt.where(KbArticle.tags.contains(f",{tag.lower()},"))
+        stmt = stmt.where(KbArticle.tags.contains(f",{tag.lower()},", autoescape=True))
     if text is None or not text.strip():
         rows = await session.scalars(
             stmt.order_by(KbArticle.updated_at.desc(), KbArticle.number.desc())
