@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pytest
 
@@ -79,6 +80,43 @@ async def test_kb_from_the_command_line(sqlite_hq, tmp_path):
     filed = await fieldlink("kb", "new", "--file", str(path), env=env)
     assert filed.returncode == 0, filed.stderr
     second = filed.stdout.strip()
+
+    # --edit: the editor gets the template filled from the options; what it saves is sent
+    script = tmp_path / "editor.py"
+    script.write_text(
+        "import sys, pathlib\n"
+        "p = pathlib.Path(sys.argv[1])\n"
+        "t = p.read_text()\n"
+        "assert 'Title: Drawer stuck' in t and 'Visibility: site shop-k' in t, t\n"
+        "t = t.replace('## Resolution\\n', '## Resolution\\nPress the latch twice.\\n')\n"
+        "p.write_text(t)\n",
+        encoding="utf-8",
+    )
+    editor_env = {**env, "EDITOR": f"{sys.executable} {script}"}
+    edited = await fieldlink(
+        "kb",
+        "new",
+        "--edit",
+        "--title",
+        "Drawer stuck",
+        "--visibility",
+        "site",
+        "--site",
+        "shop-k",
+        env=editor_env,
+    )
+    assert edited.returncode == 0, edited.stderr
+    shown = await fieldlink("kb", "show", edited.stdout.strip(), "--json", env=env)
+    got = json.loads(shown.stdout)
+    assert (got["title"], got["resolution"], got["site"]) == (
+        "Drawer stuck",
+        "Press the latch twice.",
+        "shop-k",
+    )
+    failing = await fieldlink(
+        "kb", "new", "--edit", env={**env, "EDITOR": f"{sys.executable} -c 'raise SystemExit(3)'"}
+    )
+    assert failing.returncode == 2 and "nothing sent" in failing.stderr
 
     bad = await fieldlink("kb", "new", "--title", "x", "--tag", "no spaces please", env=env)
     assert bad.returncode == 1 and "tags" in bad.stderr

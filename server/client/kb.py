@@ -6,8 +6,12 @@ send it pinned, draw the answer with rich (HQ's text is never read as markup).
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
+import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +83,49 @@ def parse_article(text: str) -> dict[str, Any]:
     return out
 
 
+TEMPLATE = """Title: {title}
+Tags: {tags}
+Visibility: {visibility}
+
+## Symptom
+{symptom}
+
+## Cause
+{cause}
+
+## Resolution
+{resolution}
+"""
+
+
+def edit_in_editor(start: dict[str, Any], environ: dict[str, str] | None = None) -> str:
+    """Open $VISUAL or $EDITOR (else vi) on an article template filled with
+    what the options gave; the text as saved."""
+    env = os.environ if environ is None else environ
+    editor = env.get("VISUAL") or env.get("EDITOR") or "vi"
+    visibility = start.get("visibility") or "internal"
+    if start.get("site"):
+        visibility += f" {start['site']}"
+    text = TEMPLATE.format(
+        title=start.get("title") or "",
+        tags=", ".join(start.get("tags") or []),
+        visibility=visibility,
+        symptom=start.get("symptom") or "",
+        cause=start.get("cause") or "",
+        resolution=start.get("resolution") or "",
+    )
+    with tempfile.TemporaryDirectory(prefix="fieldlink-kb-") as tmp:
+        path = Path(tmp) / "article.md"
+        path.write_text(text, encoding="utf-8")
+        try:
+            done = subprocess.run([*shlex.split(editor), str(path)], check=False)
+        except OSError as exc:
+            raise UsageError(f"cannot start the editor {editor!r}: {exc}") from None
+        if done.returncode != 0:
+            raise UsageError(f"the editor {editor!r} exited with {done.returncode}; nothing sent")
+        return path.read_text(encoding="utf-8")
+
+
 def new_body(
     *,
     title: str | None,
@@ -89,11 +136,26 @@ def new_body(
     visibility: str | None,
     site: str | None,
     file: str | None,
+    editor: bool = False,
 ) -> dict[str, Any]:
-    """The create request from options and/or an article file (options win). Pure
-    apart from reading the file."""
+    """The create request from options and/or an article file (options win), or
+    from the editor (started with what the options gave; what is saved wins).
+    Pure apart from reading the file or running the editor."""
     body: dict[str, Any] = {}
-    if file is not None:
+    if editor:
+        given_start = {
+            "title": title,
+            "symptom": symptom,
+            "cause": cause,
+            "resolution": resolution,
+            "tags": tags,
+            "visibility": visibility,
+            "site": site,
+        }
+        body = parse_article(edit_in_editor(given_start))
+        title = symptom = cause = resolution = visibility = site = None
+        tags = None
+    elif file is not None:
         try:
             text = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:

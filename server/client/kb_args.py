@@ -4,7 +4,8 @@ must not import the HTTP client), dispatched by `commands.dispatch`.
     fieldlink kb search TEXT [--any] [--state S] [--site S] [--tag T] [--limit N] [--json]
     fieldlink kb show KB-N [--version N] [--json]
     fieldlink kb new --title T [--symptom ..] [--cause ..] [--resolution ..] [--tag T ...]
-                     [--visibility internal|site|public] [--site S] [--file FILE] [--json]
+                     [--visibility internal|site|public] [--site S] [--file FILE | --edit]
+                     [--json]
     fieldlink kb submit|publish|return|archive|restore KB-N [--note TEXT]
     fieldlink kb from-ticket FL-N [--title T] [--visibility V]
 """
@@ -58,6 +59,7 @@ def register(sub: Any) -> None:
         "  fieldlink kb new --title 'Receipt printer prints blank' \\\n"
         "      --symptom 'paper comes out empty' --resolution 'turn the roll over'\n"
         "  fieldlink kb new --file article.md\n"
+        "  fieldlink kb new --edit --visibility site --site shop-12\n"
         "  fieldlink kb publish KB-7\n"
         "  fieldlink kb from-ticket FL-42",
     )
@@ -113,7 +115,14 @@ def register(sub: Any) -> None:
         "--visibility", choices=VISIBILITIES, help="who may read it (default internal)"
     )
     new.add_argument("--site", metavar="S", help="the site of a site article")
-    new.add_argument("--file", metavar="FILE", help=FILE_HELP)
+    source = new.add_mutually_exclusive_group()
+    source.add_argument("--file", metavar="FILE", help=FILE_HELP)
+    source.add_argument(
+        "--edit",
+        action="store_true",
+        help="write it in $VISUAL or $EDITOR (else vi): a template in the --file format, "
+        "filled with the options given; what you save is sent",
+    )
     new.add_argument("--json", action="store_true", help="print the new article as JSON")
 
     for action, text in ACTION_HELP.items():
@@ -169,6 +178,7 @@ def dispatch(args: argparse.Namespace, login: Login) -> int:
             visibility=args.visibility,
             site=args.site,
             file=args.file,
+            editor=args.edit,
         )
         return asyncio.run(kb.new(login, body, args.json))
     if cmd == "from-ticket":
