@@ -7,7 +7,8 @@ fieldlink-agent policy --config-dir DIR [--init] [--json]
 fieldlink-agent catalog [--json]
 
 For people at the machine (they talk to the running agent over its local socket):
-fieldlink-agent help TEXT [--assist] [--wait SECONDS] [--config-dir DIR] [--socket PATH]
+fieldlink-agent help TEXT [--assist] [--no-suggest | --solved KB-N] [--wait SECONDS]
+                     [--config-dir DIR] [--socket PATH]
 fieldlink-agent tickets [--json] [--config-dir DIR] [--socket PATH]
 fieldlink-agent rate FL-N SCORE [--comment TEXT] [--wait SECONDS]
 fieldlink-agent consent [--approve ID | --deny ID | --end ID] [--wait SECONDS] [--json]
@@ -113,6 +114,17 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ask for someone at HQ to take over the machine; the command stays, shows who "
         "joined and when, and ends the session on `end` + Enter or Ctrl-C",
+    )
+    h.add_argument(
+        "--no-suggest",
+        action="store_true",
+        help="do not show knowledge-base articles first; open the request at once",
+    )
+    h.add_argument(
+        "--solved",
+        metavar="KB-N",
+        help="the knowledge-base article that solved it: recorded as self-served (closed "
+        "at once), no question asked",
     )
     local(h, waits=True)
 
@@ -324,7 +336,15 @@ def _staff(config_dir: ConfigDir, args: argparse.Namespace) -> int:
     path = staff.socket_for(config_dir, args.socket)
     if args.command == "help":
         text = " ".join(args.text)
-        return staff.help_command(path, text, assist=args.assist, wait=args.wait, as_json=args.json)
+        return staff.help_command(
+            path,
+            text,
+            assist=args.assist,
+            wait=args.wait,
+            as_json=args.json,
+            suggest=not args.no_suggest,
+            solved=args.solved,
+        )
     if args.command == "rate":
         return staff.rate_command(
             path, args.ticket, args.score, args.comment, wait=args.wait, as_json=args.json

@@ -44,6 +44,8 @@ from agent.local import (
     RequestInfo,
     SessionView,
     StatusAnswer,
+    SuggestAnswer,
+    SuggestRequest,
     TicketsAnswer,
     TicketsRequest,
 )
@@ -120,6 +122,8 @@ class Desk:
         self._sample = sample
         self._sessions = sessions
         self._policy = policy
+        # one knowledge-base query to HQ at a time from this machine
+        self._suggesting = asyncio.Lock()
 
     async def __call__(self, caller: Caller, request: AnyRequest) -> Answer:
         if isinstance(request, HelpRequest):
@@ -132,6 +136,8 @@ class Desk:
             return await self.consent(caller, request)
         if isinstance(request, OfferRequest):
             return await self.offer(request)
+        if isinstance(request, SuggestRequest):
+            return await self.suggest(request)
         return await self.status(caller)
 
     def _view(self, known: Known) -> SessionView:
@@ -175,6 +181,7 @@ class Desk:
                 assist=request.assist,
                 asked_at=asked_at,
                 snapshot=snapshot,
+                solved_by=request.solved_by,
             )
             return p.encode(frame)
 
@@ -189,6 +196,19 @@ class Desk:
             snapshot=snapshot is not None,
         )
         return HelpAnswer.model_validate(await self._outcome("help", spooled.seq, request.wait))
+
+    async def suggest(self, request: SuggestRequest) -> SuggestAnswer:
+        """HQ's best published articles for the words, if HQ is there and answers
+        in time. Not spooled, and one at a time: a loop of local callers cannot
+        make HQ search faster than it answers."""
+        connected = self._telemetry.open
+        async with self._suggesting:
+            found = await self._telemetry.ask_kb(request.text.strip(), request.limit, request.wait)
+        return SuggestAnswer(
+            connected=connected,
+            answered=found is not None,
+            items=list(found.items) if found is not None else [],
+        )
 
     async def rate(self, caller: Caller, request: RateRequest) -> RateAnswer:
         rows = await asyncio.to_thread(self._spool.requests, 0.0)

@@ -24,6 +24,7 @@ shell's PTY gets the engineer's bytes untouched; anything else is refused.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import sqlite3
 import time
@@ -119,6 +120,8 @@ class Telemetry:
         self._current: asyncssh.SSHServerProcess[bytes] | None = None
         self._waiters: dict[tuple[str, int], list[asyncio.Future[p.Receipt]]] = {}
         self._receipts: OrderedDict[tuple[str, int], p.Receipt] = OrderedDict()
+        self._kb_ids = itertools.count(1)
+        self._kb_waiters: dict[int, asyncio.Future[p.KbSuggestions]] = {}
         self.tickets = self._saved_tickets()
 
     def _saved_tickets(self) -> TicketList | None:
@@ -167,6 +170,23 @@ class Telemetry:
                 waiting.remove(future)
             if not waiting:
                 self._waiters.pop(key, None)
+
+    async def ask_kb(self, text: str, limit: int, timeout: float) -> p.KbSuggestions | None:
+        """HQ's knowledge-base suggestions for `text`; None when HQ is not
+        connected or does not answer within `timeout` seconds. Not spooled."""
+        process = self._current
+        if process is None:
+            return None
+        query_id = next(self._kb_ids)
+        future: asyncio.Future[p.KbSuggestions] = asyncio.get_running_loop().create_future()
+        self._kb_waiters[query_id] = future
+        try:
+            process.stdout.write(p.encode(p.KbQuery(id=query_id, text=text, limit=limit)))
+            return await asyncio.wait_for(future, timeout)
+        except (TimeoutError, asyncssh.Error, OSError, BrokenPipeError):
+            return None
+        finally:
+            self._kb_waiters.pop(query_id, None)
 
     async def _apply_receipt(self, receipt: p.Receipt) -> None:
         """Record HQ's answer (before its ack is applied), then hand it to waiters."""
@@ -267,6 +287,10 @@ class Telemetry:
             await self._apply_tickets(frame)
         elif isinstance(frame, p.SessionInfo):
             self.sessions.update(frame)
+        elif isinstance(frame, p.KbSuggestions):
+            waiter = self._kb_waiters.get(frame.id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(frame)
 
 
 class Link:

@@ -18,6 +18,8 @@ turn. A request names its `op`; the answer's `type` is that op, or `error`:
     {"op": "consent", "action": "approve", "session": "se_3f2a", "wait": 10}
     {"type": "consent", "action": "approve", "state": "answered", "session": {...}, ...}
     {"op": "offer", "ticket": "FL-12", "seen": "requested", "wait": 20}
+    {"op": "suggest", "text": "receipt printer prints blank", "wait": 5}
+    {"type": "suggest", "connected": true, "answered": true, "items": [{"number": "KB-7", ...}]}
 
 Who asks is never part of a request: the daemon reads the caller's uid from
 the socket (SO_PEERCRED) and names it by its local account. Lines are capped
@@ -27,7 +29,9 @@ the socket (SO_PEERCRED) and names it by its local account. Lines are capped
 `consent` lists the machine's session requests and live sessions, or sends
 a person's answer (approve, deny, end) to HQ; `offer` waits for the next
 change of the session a site's `help --assist` asked for (who joined, how it
-ended).
+ended); `suggest` asks HQ for the knowledge-base articles that best match a
+person's words (only while HQ is connected), and `help` with `solved_by`
+tells HQ one of them solved the problem.
 
 To add a command: a request model with a new `op`, an answer model whose
 `type` is the same word, both added to the unions below, and a case in the
@@ -100,6 +104,8 @@ class HelpRequest(_Model):
     text: str = Field(min_length=1, max_length=5000)
     assist: bool = False
     wait: float = Field(DEFAULT_WAIT_SECONDS, ge=0, le=MAX_WAIT_SECONDS)
+    # a knowledge-base article solved it: HQ records a self-served request
+    solved_by: str | None = Field(None, pattern=r"^KB-\d{1,12}$")
 
     @field_validator("text")
     @classmethod
@@ -152,8 +158,24 @@ class OfferRequest(_Model):
     wait: float = Field(DEFAULT_WAIT_SECONDS, ge=0, le=MAX_WAIT_SECONDS)
 
 
+class SuggestRequest(_Model):
+    """HQ's best knowledge-base articles for these words (not spooled: none
+    when HQ is away or does not answer within `wait`)."""
+
+    op: Literal["suggest"] = "suggest"
+    text: str = Field(min_length=1, max_length=5000)
+    limit: int = Field(3, ge=1, le=10)
+    wait: float = Field(5.0, ge=0, le=MAX_WAIT_SECONDS)
+
+
 AnyRequest = (
-    HelpRequest | RateRequest | TicketsRequest | StatusRequest | ConsentRequest | OfferRequest
+    HelpRequest
+    | RateRequest
+    | TicketsRequest
+    | StatusRequest
+    | ConsentRequest
+    | OfferRequest
+    | SuggestRequest
 )
 LocalRequest = Annotated[AnyRequest, Field(discriminator="op")]
 
@@ -269,7 +291,22 @@ class StatusAnswer(_Model):
     sessions: list[SessionView] = Field(default_factory=list)  # live sessions
 
 
-Answer = HelpAnswer | RateAnswer | TicketsAnswer | StatusAnswer | ConsentAnswer | OfferAnswer
+class SuggestAnswer(_Model):
+    type: Literal["suggest"] = "suggest"
+    connected: bool
+    answered: bool  # HQ answered in time (an empty list then means: nothing matches)
+    items: list[p.KbSuggestion] = Field(default_factory=list)
+
+
+Answer = (
+    HelpAnswer
+    | RateAnswer
+    | TicketsAnswer
+    | StatusAnswer
+    | ConsentAnswer
+    | OfferAnswer
+    | SuggestAnswer
+)
 AnyAnswer = Failure | Answer
 LocalAnswer = Annotated[AnyAnswer, Field(discriminator="type")]
 

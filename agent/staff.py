@@ -3,6 +3,13 @@
 Each asks the running daemon over its local socket (agent.local) and prints
 the answer for a person; the rendering functions are pure.
 
+`help` first asks HQ for knowledge-base articles matching the person's
+words and shows the best ones; "Did this solve it?" answered yes records the
+request as self-served (closed at once, counted as deflected) instead of
+opening a ticket. `--no-suggest` skips the suggestions, `--solved KB-N` says
+at once which article solved it (for scripts); `--assist` and `--json` do not
+ask.
+
 `help --assist` stays after printing the ticket number: it shows who from HQ
 joined and when, lets the person end the session (`end` + Enter, or Ctrl-C)
 and returns when the session ends or the offer runs out.
@@ -43,11 +50,14 @@ from agent.local import (
     SessionView,
     StatusAnswer,
     StatusRequest,
+    SuggestAnswer,
+    SuggestRequest,
     TicketsAnswer,
     TicketsRequest,
     call,
 )
 from shared import protocol as p
+from shared.protocol import KbSuggestion
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -145,6 +155,76 @@ def help_lines(answer: HelpAnswer, wait: float) -> tuple[list[str], int]:
         f"HQ did not answer within {wait:g} s; your request is saved on this machine "
         "and HQ will get it.",
         "`fieldlink-agent tickets` shows its ticket number once HQ has it.",
+    ], EXIT_OK
+
+
+def article_number(text: str) -> str | None:
+    """`KB-7`, `kb-7` or `7` as `KB-7`; None if it is none of those."""
+    match = re.fullmatch(r"(?:KB-)?(\d{1,12})", text.strip(), flags=re.IGNORECASE)
+    return f"KB-{int(match.group(1))}" if match else None
+
+
+def _excerpt(text: str, width: int = 74, lines: int = 4) -> list[str]:
+    words = " ".join(text.split())
+    out: list[str] = []
+    while words and len(out) < lines:
+        if len(words) <= width:
+            out.append(words)
+            words = ""
+            break
+        cut = words.rfind(" ", 0, width)
+        cut = cut if cut > 0 else width
+        out.append(words[:cut])
+        words = words[cut:].lstrip()
+    if words and out:
+        out[-1] = out[-1].rstrip(".,;: ") + " ..."
+    return out
+
+
+def suggestion_lines(items: list[KbSuggestion]) -> list[str]:
+    """The articles HQ suggests, numbered, with the start of each resolution."""
+    lines = ["Before you ask: these articles may already answer it."]
+    for index, item in enumerate(items, start=1):
+        lines.append(f"  {index}. {item.number}  {item.title}")
+        text = item.resolution or item.symptom
+        if text:
+            lines.extend(f"       {line}" for line in _excerpt(text))
+    return lines
+
+
+def suggestion_prompt(count: int) -> str:
+    if count == 1:
+        return "Did this solve it? [y/N] "
+    return f"Did one of these solve it? Type its number (1-{count}), or press Enter to ask HQ: "
+
+
+def chosen(items: list[KbSuggestion], reply: str) -> str | None:
+    """Which article the person's reply names (y for a single one, its place
+    in the list, or its number); None for no. Pure."""
+    word = reply.strip().lower()
+    if not word or word in ("n", "no"):
+        return None
+    if len(items) == 1 and word in ("y", "yes"):
+        return items[0].number
+    if word.isdigit() and 1 <= int(word) <= len(items):
+        return items[int(word) - 1].number
+    named = article_number(word)
+    return named if named in {i.number for i in items} else None
+
+
+def solved_lines(answer: HelpAnswer, wait: float) -> tuple[list[str], int]:
+    if answer.state == "answered" and answer.ok:
+        return [
+            f"Glad it is solved. Your request is recorded as {answer.ticket} "
+            "(closed, solved by the article): nobody needs to call you back."
+        ], EXIT_OK
+    if answer.state == "answered":
+        return [f"HQ did not record it: {answer.message}"], EXIT_REFUSED
+    if not answer.connected:
+        return [UNREACHABLE.format(what="answer")], EXIT_OK
+    return [
+        f"HQ did not answer within {wait:g} s; your answer is saved on this machine and "
+        "HQ will get it."
     ], EXIT_OK
 
 
@@ -365,16 +445,64 @@ def _emit(lines: list[str]) -> None:
         print(line)
 
 
-def help_command(path: Path, text: str, *, assist: bool, wait: float, as_json: bool) -> int:
+SUGGEST_WAIT = 5.0  # seconds HQ has to suggest articles before the request goes as usual
+
+
+def suggestions(path: Path, text: str) -> list[KbSuggestion]:
+    """HQ's best articles for the words; none when HQ is away, slow or the
+    agent does not answer (asking for help must never fail because of this)."""
     try:
-        request = HelpRequest(text=text, assist=assist, wait=wait)
+        answer = call(path, SuggestRequest(text=text, wait=SUGGEST_WAIT), SUGGEST_WAIT + 5)
+    except (LocalError, ValidationError):
+        return []
+    return list(answer.items) if isinstance(answer, SuggestAnswer) else []
+
+
+def _read_reply(prompt: str) -> str:
+    print(prompt, end="", flush=True)
+    line = sys.stdin.readline()
+    if not line:  # end of input: nobody to answer, treat as no
+        print()
+    return line
+
+
+def help_command(
+    path: Path,
+    text: str,
+    *,
+    assist: bool,
+    wait: float,
+    as_json: bool,
+    suggest: bool = True,
+    solved: str | None = None,
+) -> int:
+    solved_by = None
+    if solved is not None:
+        solved_by = article_number(solved)
+        if solved_by is None:
+            print(f"fieldlink-agent: {solved!r} is not an article number (KB-7)", file=sys.stderr)
+            return EXIT_BAD_REQUEST
+        if assist:
+            print("fieldlink-agent: --solved and --assist do not go together", file=sys.stderr)
+            return EXIT_BAD_REQUEST
+    try:
+        request = HelpRequest(text=text, assist=assist, wait=wait, solved_by=solved_by)
     except ValidationError as exc:
         return _invalid(exc)
+    if solved_by is None and suggest and not assist and not as_json:
+        items = suggestions(path, request.text)
+        if items:
+            _emit(suggestion_lines(items))
+            pick = chosen(items, _read_reply(suggestion_prompt(len(items))))
+            if pick is not None:
+                request = request.model_copy(update={"solved_by": pick})
+            else:
+                print("Then HQ's IT team gets your request.")
     answer = _ask(path, request, wait)
     if isinstance(answer, int):
         return answer
     assert isinstance(answer, HelpAnswer)
-    lines, status = help_lines(answer, wait)
+    lines, status = (solved_lines if request.solved_by else help_lines)(answer, wait)
     _emit([answer.model_dump_json(indent=2)] if as_json else lines)
     if assist and not as_json and answer.ok and answer.ticket:
         sys.stdout.flush()

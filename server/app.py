@@ -14,6 +14,7 @@ from server.api import (
     changes,
     enroll,
     jobs,
+    kb,
     problems,
     runs,
     service_levels,
@@ -40,6 +41,7 @@ ROUTERS: list[ApiRouter] = [
     service_levels.routes,
     sessions.routes,
     changes.routes,
+    kb.routes,
 ]
 
 MAX_BODY = 1024 * 1024

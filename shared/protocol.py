@@ -13,6 +13,12 @@ answer to a help request or rating), `tickets` (the machine's tickets),
 `session` (a remote session on the machine: consent wanted, active, ended).
 Agent -> HQ also: `consent` (a person's answer to a session request, spooled).
 
+Knowledge-base suggestions, not spooled (they are only worth asking while HQ
+is there): the agent sends `kb_query` (what the person typed) and HQ answers
+`kb_suggestions` with the same `id`: the best published articles for the
+machine's site. A help request a suggestion solved is a `help` frame naming
+the article in `solved_by`; HQ records it as self-served (closed at once).
+
 Remote sessions use their own channels on the same connection, opened by HQ
 with `FIELDLINK_SESSION`, `FIELDLINK_TICKET` and `FIELDLINK_ENGINEER` in the
 channel environment: a PTY shell (kind shell), the SFTP subsystem (kind
@@ -28,7 +34,15 @@ import functools
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    model_serializer,
+)
 
 MAX_FRAME_BYTES = 1024 * 1024
 TELEMETRY_SUBSYSTEM = "telemetry"
@@ -228,6 +242,41 @@ class Help(Model):
     assist: bool = False  # asks for someone at HQ to take over (a session offer)
     asked_at: datetime
     snapshot: HealthReport | None = None  # a fresh sample taken when asked
+    # the knowledge-base article that solved it (self-served); left out of the
+    # frame when None, so HQs that predate it read other requests as before
+    solved_by: str | None = Field(None, pattern=r"^KB-\d{1,12}$")
+
+    @model_serializer(mode="wrap")
+    def _drop_unsolved(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("solved_by") is None:
+            data.pop("solved_by", None)
+        return data
+
+
+class KbQuery(Model):
+    """The machine asks HQ for knowledge-base articles matching a person's words."""
+
+    type: Literal["kb_query"] = "kb_query"
+    id: int = Field(ge=1)
+    text: str = Field(min_length=1, max_length=5000)
+    limit: int = Field(3, ge=1, le=10)
+
+
+class KbSuggestion(Model):
+    number: str
+    title: str
+    symptom: str = ""
+    resolution: str = ""
+    snippet: str = ""
+
+
+class KbSuggestions(Model):
+    """HQ's answer to a `kb_query`: published articles for this machine's site, best first."""
+
+    type: Literal["kb_suggestions"] = "kb_suggestions"
+    id: int
+    items: list[KbSuggestion]
 
 
 class Rating(Model):
@@ -362,10 +411,14 @@ class RunResult(Model):
     finished_at: datetime
 
 
-AgentFrame = Annotated[Hello | Health | Help | Rating | Consent, Field(discriminator="type")]
-HQFrame = Annotated[Ack | Receipt | Tickets | SessionInfo, Field(discriminator="type")]
-AnyAgentFrame = Hello | Health | Help | Rating | Consent
-AnyHQFrame = Ack | Receipt | Tickets | SessionInfo
+AgentFrame = Annotated[
+    Hello | Health | Help | Rating | Consent | KbQuery, Field(discriminator="type")
+]
+HQFrame = Annotated[
+    Ack | Receipt | Tickets | SessionInfo | KbSuggestions, Field(discriminator="type")
+]
+AnyAgentFrame = Hello | Health | Help | Rating | Consent | KbQuery
+AnyHQFrame = Ack | Receipt | Tickets | SessionInfo | KbSuggestions
 
 
 # Validators are built on first use: each side decodes only the other's frames,

@@ -207,6 +207,53 @@ async def _logout(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
     return "POST", "/api/v1/auth/logout", None
 
 
+async def _article(world: World, *, publish: bool) -> str:
+    """A site-A article (published, or a draft), made by the admin."""
+    async with world.hq.client(world.hq.admin_token) as api:
+        made = await api.ok(
+            "POST", "/api/v1/kb", json={"title": "grid", "visibility": "site", "site": SITE_A}
+        )
+        if publish:
+            await api.ok(
+                "POST", f"/api/v1/kb/{made['number']}/transition", json={"action": "publish"}
+            )
+    return str(made["number"])
+
+
+def on_article(
+    method: str, suffix: str, body: Any = None, *, publish: bool = False, prefix: str = "/api/v1"
+) -> Build:
+    async def build(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+        number = await _article(world, publish=publish)
+        if isinstance(body, dict) and body.get("target") == "{agent}":
+            return method, f"{prefix}/kb/{number}{suffix}", {**body, "target": world.agent_id}
+        return method, f"{prefix}/kb/{number}{suffix}", body
+
+    return build
+
+
+async def _kb_link(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+    number = await _article(world, publish=False)
+    async with world.hq.client(world.hq.admin_token) as api:
+        made = await api.ok(
+            "POST",
+            f"/api/v1/kb/{number}/links",
+            json={"kind": "machine", "target": world.agent_id},
+        )
+    return "DELETE", f"/api/v1/kb/{number}/links/{made['links'][0]['id']}", None
+
+
+async def _resolved_ticket(world: World, who: tuple[str, str]) -> tuple[str, str, Any]:
+    number = await _ticket(world)
+    async with world.hq.client(world.hq.admin_token) as api:
+        await api.ok(
+            "POST",
+            f"/api/v1/tickets/{number}/transition",
+            json={"action": "resolve", "resolution_text": "fixed"},
+        )
+    return "POST", f"/api/v1/tickets/{number}/kb", {}
+
+
 RULE = {"name": "grid", "metric": "cpu.percent", "op": ">", "threshold": 99.9, "enabled": False}
 
 
@@ -423,6 +470,14 @@ CONSOLE: dict[tuple[str, str], Cell] = {
     ("GET", "/admin"): page("/admin", "list", "users:admin"),
     ("GET", "/admin/sites/{site_id}"): page("/admin/sites/{site}", "object", "users:admin"),
     ("GET", "/enroll"): page("/enroll", "list", "agents:enroll"),
+    ("GET", "/kb"): page("/kb?q=grid", "list", "kb:read"),
+    ("GET", "/kb/new"): page("/kb/new", "list", "kb:write"),
+    ("GET", "/kb/{article_id}"): Cell(
+        "object", "kb:read", on_article("GET", "", publish=True, prefix=""), console=True
+    ),
+    ("GET", "/kb/{article_id}/edit"): Cell(
+        "object", "kb:write", on_article("GET", "/edit", prefix=""), console=True
+    ),
 }
 
 
@@ -716,6 +771,48 @@ GRID: dict[tuple[str, str], Cell] = {
     ),
     ("POST", "/api/v1/changes/{change_id}/review"): Cell(
         "object", "changes:request", on_change("POST", "/review", {"outcome": "failed"}, "review")
+    ),
+    # Knowledge base: grid articles are `site` articles of site A.
+    ("GET", "/api/v1/kb"): Cell("list", "kb:read", fixed("GET", "/api/v1/kb?q=grid")),
+    ("POST", "/api/v1/kb"): Cell(
+        "object",
+        "kb:write",
+        fixed("POST", "/api/v1/kb", {"title": "g", "visibility": "site", "site": SITE_A}),
+        ok=201,
+    ),
+    ("GET", "/api/v1/kb/{article_id}"): Cell(
+        "object", "kb:read", on_article("GET", "", publish=True)
+    ),
+    ("PATCH", "/api/v1/kb/{article_id}"): Cell(
+        "object", "kb:write", on_article("PATCH", "", {"title": "x"})
+    ),
+    ("POST", "/api/v1/kb/{article_id}/transition"): Cell(
+        "object", "kb:write", on_article("POST", "/transition", {"action": "submit"})
+    ),
+    ("GET", "/api/v1/kb/{article_id}/versions"): Cell(
+        "object", "kb:write", on_article("GET", "/versions")
+    ),
+    ("GET", "/api/v1/kb/{article_id}/versions/{version}"): Cell(
+        "object", "kb:write", on_article("GET", "/versions/1")
+    ),
+    ("POST", "/api/v1/kb/{article_id}/links"): Cell(
+        "object",
+        "kb:write",
+        on_article("POST", "/links", {"kind": "machine", "target": "{agent}"}),
+        ok=201,
+    ),
+    ("DELETE", "/api/v1/kb/{article_id}/links/{link_id}"): Cell("object", "kb:write", _kb_link),
+    ("POST", "/api/v1/kb/{article_id}/vote"): Cell(
+        "object", "kb:read", on_article("POST", "/vote", {"helped": True}, publish=True)
+    ),
+    ("POST", "/api/v1/kb/{article_id}/solved"): Cell(
+        "object",
+        "tickets:write",
+        on_article("POST", "/solved", {"site": SITE_A, "text": "grid"}, publish=True),
+        ok=201,
+    ),
+    ("POST", "/api/v1/tickets/{ticket_id}/kb"): Cell(
+        "ticket", "kb:write", _resolved_ticket, expect=ticket_rule("kb:write", 201)
     ),
 }
 

@@ -107,6 +107,7 @@ def test_good_requests_decode():
         "text": "scanner dead",
         "assist": True,
         "wait": 10.0,
+        "solved_by": None,
     }
     assert decode_request(b'{"op": "tickets"}').op == "tickets"
 

@@ -25,9 +25,15 @@ def test_builtin_roles_match_the_documented_lists():
     assert rbac.BUILTIN_ROLES["admin"][1] == frozenset(rbac.PERMISSIONS)
     assert "shell:open" not in rbac.BUILTIN_ROLES["site_tech"][1]
     assert "sessions:consent" in rbac.BUILTIN_ROLES["site_tech"][1]
-    assert rbac.BUILTIN_ROLES["site_staff"][1] == {"tickets:read", "tickets:write", "changes:read"}
+    assert rbac.BUILTIN_ROLES["site_staff"][1] == {
+        "tickets:read",
+        "tickets:write",
+        "kb:read",
+        "changes:read",
+    }
     # changes are approved by others than the engineers who request them
     assert "changes:approve" not in rbac.BUILTIN_ROLES["hq_engineer"][1]
+    assert "kb:publish" not in rbac.BUILTIN_ROLES["hq_engineer"][1]
     assert not {p for p in rbac.BUILTIN_ROLES["auditor"][1] if p.endswith((":write", ":run"))}
     assert "users:admin" not in rbac.BUILTIN_ROLES["hq_engineer"][1]
 

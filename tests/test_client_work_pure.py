@@ -90,10 +90,14 @@ def test_kpi_rows_name_each_measure():
                 "sla_compliance": {"ack": 1.0, "response": None, "resolve": 0.5},
                 "csat": 0.75,
                 "alerts_per_ticket": 2.0,
+                "self_served": 1,
+                "deflection_rate": 0.25,
             }
         )
     )
     assert rows["tickets"] == "3"
+    assert rows["self-served by the knowledge base"] == "1"
+    assert rows["deflection rate (self-served / asked)"] == "25%"
     assert rows["time to acknowledge, mean / median / p90"] == "1h 30m / 1h 00m / 2h 00m (n=2)"
     assert rows["time to first response, mean / median / p90"] == "-"
     assert rows["SLA met: resolve"] == "50%" and rows["SLA met: first response"] == "-"

@@ -111,6 +111,7 @@ async def test_phone_sized_viewport_is_usable(world: World) -> None:
         ("/machines", "phone-machines"),
         (f"/machines/{world.agent.agent_id}", "phone-machine"),
         ("/tickets", "phone-tickets"),
+        ("/kb/new", "phone-kb-new"),
     ):
         await page.goto(world.hq.url + path)
         width = await page.evaluate("document.documentElement.scrollWidth")
@@ -136,6 +137,8 @@ MAIN_PAGES = [
     "/alert-rules",
     "/kpis",
     "/profile",
+    "/kb",
+    "/kb/new",
 ]
 
 

@@ -226,6 +226,7 @@ async def fact_of(session: Any, t: Ticket) -> kpi.Fact:
         source=t.source,
         alert_firings=firings,
         auto_resolved=t.auto_resolved,
+        resolution_code=t.resolution_code,
         sla=states,
     )
 

@@ -29,7 +29,9 @@ PERMISSIONS: dict[str, str] = {
     "sessions:request": "request remote sessions",
     "sessions:consent": "approve or deny remote sessions for a site",
     "alerts:manage": "edit alert rules",
-    "kb:write": "write knowledge-base articles",
+    "kb:read": "read and search knowledge-base articles visible to a scope, and vote on them",
+    "kb:write": "write knowledge-base articles and submit them for review",
+    "kb:publish": "publish, return, archive and restore knowledge-base articles",
     "changes:read": "see changes (planned work on machines) touching a site",
     "changes:request": "request changes and run approved ones",
     "changes:approve": "approve or reject changes (not one's own)",
@@ -63,6 +65,7 @@ BUILTIN_ROLES: dict[str, tuple[str, frozenset[str]]] = {
                 "tickets:assign",
                 "sessions:request",
                 "alerts:manage",
+                "kb:read",
                 "kb:write",
                 "problems:read",
                 "problems:write",
@@ -86,6 +89,8 @@ BUILTIN_ROLES: dict[str, tuple[str, frozenset[str]]] = {
                 "sessions:consent",
                 "problems:read",
                 "problems:write",
+                "kb:read",
+                "kb:write",
                 "kpi:read",
                 "changes:read",
             }
@@ -93,10 +98,11 @@ BUILTIN_ROLES: dict[str, tuple[str, frozenset[str]]] = {
     ),
     "site_staff": (
         "site staff: opens, comments on and rates its own requests",
-        frozenset({"tickets:read", "tickets:write", "changes:read"}),
+        frozenset({"tickets:read", "tickets:write", "kb:read", "changes:read"}),
     ),
     "auditor": (
-        "auditor: reads the audit trail, KPIs, agents, health and tickets; changes nothing",
+        "auditor: reads the audit trail, KPIs, agents, health, tickets, the knowledge "
+        "base, problems and changes; changes nothing",
         frozenset(
             {
                 "audit:read",
@@ -104,6 +110,7 @@ BUILTIN_ROLES: dict[str, tuple[str, frozenset[str]]] = {
                 "agents:read",
                 "health:read",
                 "tickets:read",
+                "kb:read",
                 "changes:read",
                 "problems:read",
             }

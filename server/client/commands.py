@@ -11,6 +11,7 @@
     fieldlink problem ...                           (problem_args.py)
     fieldlink shell | session ... | files ...       (session_args.py)
     fieldlink change ...                            (change_args.py)
+    fieldlink kb search|show|new|publish|...        (kb_args.py)
 
 `run(args)` reads the environment once (config dir and the FIELDLINK_SERVER /
 FIELDLINK_TOKEN / FIELDLINK_TLS_FINGERPRINT overrides), runs the command and
@@ -26,7 +27,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from server.client import change_args, problem_args, session_args, ticket_args
+from server.client import change_args, kb_args, problem_args, session_args, ticket_args
 from server.client.argparsing import add_command, duration, seconds
 from server.client.errors import ApiError, ClientError
 
@@ -36,6 +37,7 @@ COMMANDS = frozenset(
     | change_args.COMMANDS
     | problem_args.COMMANDS
     | session_args.COMMANDS
+    | kb_args.COMMANDS
 )
 
 PARAMS_HELP = (
@@ -185,6 +187,7 @@ def register(sub: Any) -> None:
     problem_args.register(sub)
     session_args.register(sub)
     change_args.register(sub)
+    kb_args.register(sub)
 
 
 def describe(exc: ClientError) -> str:
@@ -270,6 +273,8 @@ def dispatch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return problem_args.dispatch(args, creds)
     if args.command in session_args.COMMANDS:
         return session_args.dispatch(args, creds, environ)
+    if args.command in kb_args.COMMANDS:
+        return kb_args.dispatch(args, creds)
     raise ClientError(f"unknown command {args.command}")
 
 

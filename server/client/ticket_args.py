@@ -172,7 +172,8 @@ def register(sub: Any) -> None:
         description="Service KPIs over the tickets created in a period: time to acknowledge, "
         "to first response and to resolve (mean / median / p90, resolve without paused "
         "time), SLA compliance per clock, tier-1 resolution, escalation and reopen rates, "
-        "CSAT and its response rate, alerts per alert ticket, auto-resolved share.",
+        "CSAT and its response rate, alerts per alert ticket, auto-resolved share, and the "
+        "deflection rate (help requests a knowledge-base article solved / requests asked).",
         epilog="Times: a date (2026-11-01, a whole day in UTC; --to includes it), an RFC 3339 "
         "time (2026-11-01T08:00:00Z), or a duration back from now (30d, 12h).\n\n"
         "example:\n  fieldlink kpi --site shop-12 --from 2026-11-01 --to 2026-11-30\n"

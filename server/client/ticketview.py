@@ -403,12 +403,17 @@ RATES = (
     ("csat", "CSAT (ratings of 4-5)"),
     ("csat_response_rate", "CSAT response rate"),
     ("auto_resolved_share", "auto-resolved share"),
+    ("deflection_rate", "deflection rate (self-served / asked)"),
 )
 
 
 def kpi_rows(k: dict[str, Any]) -> list[tuple[str, str]]:
     """One group's KPIs as (measure, value) lines: times as h/m, rates as %. Pure."""
-    rows = [("tickets", str(k.get("tickets", 0))), ("resolved", str(k.get("resolved", 0)))]
+    rows = [
+        ("tickets", str(k.get("tickets", 0))),
+        ("resolved", str(k.get("resolved", 0))),
+        ("self-served by the knowledge base", str(k.get("self_served", 0))),
+    ]
     for key, name in TIMES:
         stats = k.get(key) or {}
         if not stats.get("count"):

@@ -112,6 +112,7 @@ NAV: list[tuple[str, str, tuple[str, ...]]] = [
     ("/tickets", N_("Tickets"), ("agents:read",)),
     ("/problems", N_("Problems"), ("problems:read",)),
     ("/help", N_("Get help"), ("tickets:write",)),
+    ("/kb", N_("Knowledge base"), ("kb:read",)),
     ("/sessions", N_("Sessions"), ("agents:read",)),
     ("/consents", N_("Consents"), ("sessions:consent",)),
     ("/alert-rules", N_("Alert rules"), ("alerts:manage",)),

@@ -78,6 +78,7 @@ RATES = (
     "csat",
     "csat_response_rate",
     "auto_resolved_share",
+    "deflection_rate",
 )
 TIMES = ("time_to_acknowledge", "time_to_first_response", "time_to_resolve")
 

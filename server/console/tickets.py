@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.api.authn import Principal, principal
+from server.api.kb import viewer as kb_viewer
 from server.api.problems import ListQuery as ProblemListQuery
 from server.api.problems import ProblemOut, find_problems, may_write, problem_out
 from server.api.routing import ApiRouter
@@ -33,9 +34,11 @@ from server.console.changes import labels as change_labels
 from server.console.changes import upcoming_for
 from server.console.render import page
 from server.context import services
+from server.itsm.kb import number_text
 from server.itsm.tickets import OPEN
 from server.sessions import KIND_PERMISSION
 from server.store import fleet, people
+from server.store import kb as kb_store
 from shared.errors import Invalid
 
 routes = ApiRouter("console", console=True)
@@ -72,6 +75,8 @@ async def tickets(request: web.Request) -> web.StreamResponse:
 
 @routes.route("GET", "/help", permission="tickets:write", summary="Ask for help; your own requests")
 async def help_page(request: web.Request) -> web.StreamResponse:
+    """Asking first shows the best published knowledge-base articles (help.js);
+    "This solved it" records a self-served request instead of a ticket."""
     who = principal(request)
     async with services(request).sessions() as session:
         mine = await find_tickets(session, who, ListQuery(mine=True, limit=100))
@@ -82,6 +87,8 @@ async def help_page(request: web.Request) -> web.StreamResponse:
         "sites": await writable_sites(request, who),
         "upcoming": upcoming,
         **change_labels(),
+        "suggest": who.holds("kb:read"),
+        "solved": request.query.get("done") == "solved",
     }
     return page(request, "help.html", ctx, title=i18n.gettext("Get help"))
 
@@ -128,6 +135,11 @@ async def ticket(request: web.Request) -> web.StreamResponse:
                 for a, _ in await fleet.list_agents(session, frozenset({row.site_id}))
             ]
         linkable = await problems_to_link(session, who, row.site_id, t)
+        articles = [
+            a
+            for a in await kb_store.articles_linked_to(session, "ticket", row.id)
+            if kb_store.can_read(kb_viewer(who), a)
+        ]
     works = who.works_tickets(row.site_id)
     # the machine picked first in the session form: a linked one that allows a session
     session_agent = next(
@@ -135,6 +147,10 @@ async def ticket(request: web.Request) -> web.StreamResponse:
         next((a for a in site_agents if a["kinds"]), site_agents[0] if site_agents else None),
     )
     ctx = {
+        "articles": [{"number": number_text(a.number), "title": a.title} for a in articles],
+        "may_kb": works
+        and who.allowed("kb:write", row.site_id)
+        and row.status in ("resolved", "closed"),
         "t": t,
         "sessions": sessions,
         "site_agents": site_agents,

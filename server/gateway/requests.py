@@ -1,6 +1,8 @@
 """Requests from people at a machine, arriving over the agent's telemetry
 channel: help requests (-> a service-request ticket with a fresh health
-snapshot) and ratings; and the machine's ticket list pushed back to it.
+snapshot, or, when a knowledge-base article solved it, a self-served request
+closed at once), knowledge-base queries (-> the best published articles for
+the machine's site) and ratings; and the machine's ticket list pushed back.
 
 Each request is answered once: the outcome is stored per (agent, kind, seq),
 so a frame re-sent after a reconnect gets the same receipt, not a second ticket.
@@ -15,8 +17,11 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.audit import Actor
+from server.itsm import kb as kb_rules
 from server.itsm.tickets import OPEN, number_text
 from server.ops import helprequests, ticketing
+from server.ops import kb as kb_ops
+from server.store import kb as kb_store
 from server.store import tickets
 from server.store.models import Agent, AgentRequest, Ticket, TicketAgent, User, utcnow
 from shared import protocol as p
@@ -74,6 +79,11 @@ async def handle_help(gw: Gateway, agent_id: str, frame: p.Help) -> p.Receipt:
         assert agent is not None
         who = f"{frame.user}@{agent.hostname}" if frame.user else agent.hostname
         actor = Actor("agent", agent_id, who, "machine")
+        if frame.solved_by is not None:
+            receipt, ticket_id = await _self_served(session, agent, frame, actor, who)
+            await _remember(session, agent_id, "help", frame.seq, receipt, ticket_id)
+            log.info("help_self_served", agent_id=agent_id, ok=receipt.ok, ticket=receipt.ticket)
+            return receipt
         # Text of only whitespace passes the frame's min_length; it must not
         # crash the channel (the frame would come back after every reconnect).
         title = (frame.text.strip().splitlines() or ["help requested"])[0][:120]
@@ -154,6 +164,75 @@ async def handle_help(gw: Gateway, agent_id: str, frame: p.Help) -> p.Receipt:
     for hook in gw.on_help:
         await hook(agent_id, ticket.id, frame)
     return receipt
+
+
+async def _self_served(
+    session: AsyncSession, agent: Agent, frame: p.Help, actor: Actor, who: str
+) -> tuple[p.Receipt, str | None]:
+    """A help request an article solved: self-served if the article is a
+    published one for this machine's site, else refused (nothing is opened:
+    the person said it is solved)."""
+    assert frame.solved_by is not None
+    article = await kb_store.find(session, frame.solved_by)
+    viewer = kb_store.Viewer.for_site(agent.site_id)
+    if article is None or not kb_store.can_read(viewer, article) or article.state != "published":
+        refused = p.Receipt(
+            kind="help",
+            seq=frame.seq,
+            ok=False,
+            message=f"{frame.solved_by} is not a published article for this machine",
+        )
+        return refused, None
+    ticket = await kb_ops.self_served(
+        session,
+        article,
+        actor,
+        site_id=agent.site_id,
+        text=frame.text.strip(),
+        source="help",
+        voter=f"agent:{agent.id}:{frame.user}",
+        requester_name=who,
+        requester_agent_id=agent.id,
+        agent_ids=[agent.id],
+    )
+    number = number_text(ticket.number)
+    receipt = p.Receipt(
+        kind="help",
+        seq=frame.seq,
+        ok=True,
+        ticket=number,
+        message=f"recorded as solved by {kb_rules.number_text(article.number)}; {number} is closed",
+    )
+    return receipt, ticket.id
+
+
+async def handle_kb_query(gw: Gateway, agent_id: str, frame: p.KbQuery) -> p.KbSuggestions:
+    """The best published articles for the machine's site: public ones and
+    the site's own (never internal ones), any word matching, best first."""
+    async with gw.sessions() as session:
+        agent = await session.get(Agent, agent_id)
+        assert agent is not None
+        hits = await kb_store.search(
+            session,
+            kb_store.Viewer.for_site(agent.site_id),
+            frame.text,
+            match="any",
+            states=("published",),
+            limit=frame.limit,
+        )
+    return p.KbSuggestions(
+        id=frame.id,
+        items=[
+            p.KbSuggestion(
+                number=kb_rules.number_text(h.article.number),
+                title=h.article.title,
+                symptom=h.article.symptom[:2000],
+                resolution=h.article.resolution[:4000],
+                snippet=(h.snippet or "")[:1000],
+            )
+            for h in hits
+        ],
+    )
 
 
 async def handle_rating(gw: Gateway, agent_id: str, frame: p.Rating) -> p.Receipt:

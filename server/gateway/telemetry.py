@@ -61,6 +61,8 @@ async def run_telemetry(link: AgentLink, gw: Gateway) -> None:
                 elif isinstance(frame, p.Help):
                     link.send(await requests.handle_help(gw, link.agent_id, frame))
                     link.send(p.Ack(kind="help", seqs=[frame.seq]))
+                elif isinstance(frame, p.KbQuery):
+                    link.send(await requests.handle_kb_query(gw, link.agent_id, frame))
                 elif isinstance(frame, p.Rating):
                     link.send(await requests.handle_rating(gw, link.agent_id, frame))
                     link.send(p.Ack(kind="rating", seqs=[frame.seq]))

@@ -9,6 +9,10 @@ and pinned by tests on fixed data.
 - escalation rate: escalated / all; reopen rate: reopened / resolved
 - CSAT: ratings of 4-5 / ratings; response rate: ratings / resolved with a requester
 - alerts per ticket: alert firings / alert tickets; auto-resolved share
+- deflection rate: requests a knowledge-base article solved (self-served,
+  closed at once) / requests raised by people (every ticket not from an
+  alert, self-served ones included). Self-served requests are left out of
+  every other formula (they were never worked).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class Fact:
     source: str = "api"
     alert_firings: int = 0
     auto_resolved: bool = False
+    resolution_code: str | None = None
     # per target: "met" | "missed" | "breached" (open, past due) | "open" (not yet due)
     sla: dict[str, str] = field(default_factory=dict)
 
@@ -64,8 +69,14 @@ def _rate(num: int, den: int) -> float | None:
     return num / den if den else None
 
 
+SELF_SERVED = "self_served"
+
+
 def compute(facts: Iterable[Fact]) -> dict[str, Any]:
-    items = list(facts)
+    every = list(facts)
+    served = sum(1 for f in every if f.resolution_code == SELF_SERVED)
+    asked = sum(1 for f in every if f.source != "alert")
+    items = [f for f in every if f.resolution_code != SELF_SERVED]
     ack = [(f.acknowledged_at - f.created_at).total_seconds() for f in items if f.acknowledged_at]
     first = [
         (f.first_response_at - f.created_at).total_seconds() for f in items if f.first_response_at
@@ -108,6 +119,8 @@ def compute(facts: Iterable[Fact]) -> dict[str, Any]:
             else None
         ),
         "auto_resolved_share": _rate(sum(1 for f in resolved if f.auto_resolved), len(resolved)),
+        "self_served": served,
+        "deflection_rate": _rate(served, asked),
     }
 
 

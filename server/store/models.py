@@ -732,3 +732,94 @@ class ProblemEvent(Base):
     kind: Mapped[str] = mapped_column(String(30))
     body: Mapped[str] = mapped_column(Text, default="")
     data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+# --- knowledge base -----------------------------------------------------------------------
+
+
+class KbArticle(Base):
+    """A knowledge-base article: its current version. Full-text search over
+    title, tags, symptom, cause and resolution is kept by the database (see
+    `server.store.kb`): an FTS5 table on SQLite, a tsvector column on PostgreSQL."""
+
+    __tablename__ = "kb_articles"
+    __table_args__ = (
+        Index("ix_kb_state_visibility", "state", "visibility"),
+        Index("ix_kb_site", "site_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("kb"))
+    number: Mapped[int] = mapped_column(BigInteger, unique=True)
+    title: Mapped[str] = mapped_column(String(300))
+    symptom: Mapped[str] = mapped_column(Text, default="")
+    cause: Mapped[str] = mapped_column(Text, default="")
+    resolution: Mapped[str] = mapped_column(Text, default="")
+    tags: Mapped[str] = mapped_column(Text, default="")  # ",a,b,"
+    visibility: Mapped[str] = mapped_column(String(10))  # internal | site | public
+    # the site a `site` article is for; None for internal and public ones
+    site_id: Mapped[str | None] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(String(10))  # draft | review | published | archived
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    author_id: Mapped[str | None] = mapped_column(String(40))
+    author_name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    published_at: Mapped[datetime | None]
+    archived_at: Mapped[datetime | None]
+    views: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class KbVersion(Base):
+    """Every version of an article's content, the current one included."""
+
+    __tablename__ = "kb_versions"
+
+    article_id: Mapped[str] = mapped_column(
+        ForeignKey("kb_articles.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    title: Mapped[str] = mapped_column(String(300))
+    symptom: Mapped[str] = mapped_column(Text, default="")
+    cause: Mapped[str] = mapped_column(Text, default="")
+    resolution: Mapped[str] = mapped_column(Text, default="")
+    tags: Mapped[str] = mapped_column(Text, default="")
+    visibility: Mapped[str] = mapped_column(String(10))
+    site_id: Mapped[str | None] = mapped_column(String(40))
+    editor_id: Mapped[str | None] = mapped_column(String(40))
+    editor_name: Mapped[str] = mapped_column(String(200), default="")
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class KbLink(Base):
+    """An article linked to a ticket, a problem or a machine. The target is
+    kept as text (a ticket or agent id, a problem reference) so kinds can be
+    added without a foreign key to each table."""
+
+    __tablename__ = "kb_links"
+    __table_args__ = (
+        UniqueConstraint("article_id", "kind", "target", name="uq_kb_link"),
+        Index("ix_kb_link_target", "kind", "target"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    article_id: Mapped[str] = mapped_column(ForeignKey("kb_articles.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(10))  # ticket | problem | machine
+    target: Mapped[str] = mapped_column(String(100))
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class KbVote(Base):
+    """One vote per voter and article ("helped" or not); a later vote replaces
+    it. Voters: `user:<id>`, or `agent:<agent id>:<local user>` for people
+    asking for help on a machine."""
+
+    __tablename__ = "kb_votes"
+
+    article_id: Mapped[str] = mapped_column(
+        ForeignKey("kb_articles.id", ondelete="CASCADE"), primary_key=True
+    )
+    voter: Mapped[str] = mapped_column(String(200), primary_key=True)
+    helped: Mapped[bool] = mapped_column(Boolean)
+    at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,700 @@
+"""Knowledge base: search and list, write, edit (with versions), move through
+draft -> review -> published -> archived, link to tickets, problems and
+machines, vote, turn a resolved ticket into a draft, and record a help
+request an article solved. `{article_id}` is an id or a number (`KB-7`).
+
+Who sees what (see `server.itsm.kb`): published `public` articles, anyone
+with kb:read; published `site` articles, kb:read on their site; published
+`internal` ones, kb:read on the global scope; unpublished ones, those with
+kb:write on the article's scope. Anything else answers 404.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Literal
+
+from aiohttp import web
+from pydantic import BaseModel, Field, field_validator
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server.api.authn import Principal, principal
+from server.api.routing import ApiRouter, body, json_response, query
+from server.api.tickets import readable_ticket
+from server.context import services
+from server.itsm import kb as rules
+from server.itsm.tickets import number_text as ticket_number
+from server.ops import kb as kb_ops
+from server.store import kb as store
+from server.store import people
+from server.store.models import Agent, KbArticle, KbLink, KbVersion, KbVote, Site, Ticket
+from shared.errors import Conflict, Forbidden, Invalid, NotFound
+
+routes = ApiRouter("kb")
+
+Visibility = Literal["internal", "site", "public"]
+State = Literal["draft", "review", "published", "archived"]
+LinkKind = Literal["ticket", "problem", "machine"]
+_PROBLEM_REF = re.compile(r"^[A-Za-z0-9][\w.-]{0,39}$")
+
+
+def viewer(who: Principal) -> store.Viewer:
+    return store.Viewer(
+        read_any=who.holds("kb:read"),
+        read_sites=who.sites("kb:read"),
+        read_internal=who.allowed("kb:read", None),
+        write_sites=who.sites("kb:write"),
+        write_global=who.allowed("kb:write", None),
+    )
+
+
+class LinkOut(BaseModel):
+    id: int
+    kind: str
+    target: str = Field(description="ticket id, problem reference or agent id")
+    label: str = Field(description="ticket number and title, problem reference or machine name")
+    created_by: str
+    created_at: datetime
+
+
+class ArticleOut(BaseModel):
+    id: str
+    number: str
+    title: str
+    symptom: str
+    cause: str
+    resolution: str
+    tags: list[str]
+    visibility: str
+    site: str | None
+    site_id: str | None
+    state: str
+    version: int
+    author: str
+    created_at: datetime
+    updated_at: datetime
+    published_at: datetime | None
+    archived_at: datetime | None
+    views: int
+    helped: int = Field(description='votes "this helped"')
+    not_helped: int = Field(description='votes "this did not help"')
+    allowed_actions: list[str] = Field(description="state changes the caller may make now")
+    can_edit: bool
+    score: float | None = Field(None, description="search rank (higher is better)")
+    snippet: str | None = Field(None, description="matched text, words marked with « »")
+
+
+class ArticleDetail(ArticleOut):
+    links: list[LinkOut]
+    my_vote: bool | None = Field(description="the caller's vote: true helped, false not, null none")
+
+
+class ArticleList(BaseModel):
+    items: list[ArticleOut]
+
+
+class VersionOut(BaseModel):
+    version: int
+    title: str
+    symptom: str
+    cause: str
+    resolution: str
+    tags: list[str]
+    visibility: str
+    site_id: str | None
+    editor: str
+    note: str
+    created_at: datetime
+    current: bool
+
+
+class VersionList(BaseModel):
+    items: list[VersionOut]
+
+
+def allowed_for(who: Principal, article: KbArticle) -> list[str]:
+    out = []
+    for action in rules.allowed_actions(article.state):
+        _, permission = rules.transition(article.state, action)
+        if who.allowed(permission, article.site_id):
+            out.append(action)
+    return out
+
+
+async def article_out(
+    session: AsyncSession, a: KbArticle, who: Principal, hit: store.Hit | None = None
+) -> ArticleOut:
+    site = await session.get(Site, a.site_id) if a.site_id else None
+    helped, not_helped = await store.vote_counts(session, a.id)
+    return ArticleOut(
+        id=a.id,
+        number=rules.number_text(a.number),
+        title=a.title,
+        symptom=a.symptom,
+        cause=a.cause,
+        resolution=a.resolution,
+        tags=rules.tags_list(a.tags),
+        visibility=a.visibility,
+        site=site.name if site else None,
+        site_id=a.site_id,
+        state=a.state,
+        version=a.version,
+        author=a.author_name,
+        created_at=a.created_at,
+        updated_at=a.updated_at,
+        published_at=a.published_at,
+        archived_at=a.archived_at,
+        views=a.views,
+        helped=helped,
+        not_helped=not_helped,
+        allowed_actions=allowed_for(who, a),
+        can_edit=a.state != "archived" and who.allowed("kb:write", a.site_id),
+        score=hit.score if hit else None,
+        snippet=hit.snippet if hit else None,
+    )
+
+
+async def link_out(session: AsyncSession, who: Principal, link: KbLink) -> LinkOut | None:
+    """A link, labelled, if the caller may see what it points at."""
+    label = link.target
+    if link.kind == "ticket":
+        ticket = await session.get(Ticket, link.target)
+        if ticket is None or not who.can_read_ticket(ticket.site_id, ticket.requester_id):
+            return None
+        label = f"{ticket_number(ticket.number)} {ticket.title}"
+    elif link.kind == "machine":
+        agent = await session.get(Agent, link.target)
+        if agent is None or not who.allowed("agents:read", agent.site_id):
+            return None
+        label = agent.hostname or agent.id
+    elif not who.allowed("kb:read", None):  # problems are HQ records
+        return None
+    return LinkOut(
+        id=link.id,
+        kind=link.kind,
+        target=link.target,
+        label=label,
+        created_by=link.created_by,
+        created_at=link.created_at,
+    )
+
+
+def voter_of(who: Principal) -> str:
+    return f"user:{who.user_id}"
+
+
+async def detail(session: AsyncSession, a: KbArticle, who: Principal) -> ArticleDetail:
+    base = await article_out(session, a, who)
+    links = [await link_out(session, who, link) for link in await store.links_of(session, a.id)]
+    vote = await session.get(KbVote, (a.id, voter_of(who)))
+    return ArticleDetail(
+        **base.model_dump(),
+        links=[link for link in links if link is not None],
+        my_vote=vote.helped if vote else None,
+    )
+
+
+async def readable(session: AsyncSession, who: Principal, ref: str) -> KbArticle:
+    article = await store.find(session, ref)
+    if article is None or not store.can_read(viewer(who), article):
+        raise NotFound("not found")
+    return article
+
+
+async def writable(session: AsyncSession, who: Principal, ref: str) -> KbArticle:
+    article = await readable(session, who, ref)
+    if not who.allowed("kb:write", article.site_id):
+        raise Forbidden("changing this article needs kb:write on its scope")
+    return article
+
+
+async def scope_site(
+    session: AsyncSession, who: Principal, visibility: str, site_name: str | None
+) -> str | None:
+    """The site id for a `site` article (checked against the caller's
+    kb:write), None for the others; raises naming the field."""
+    if visibility != "site":
+        if site_name:
+            raise Invalid(
+                "only site articles name a site", fields={"site": f"not used with {visibility}"}
+            )
+        if not who.allowed("kb:write", None):
+            raise Forbidden(
+                f"{visibility} articles need kb:write on the global scope",
+                fields={"visibility": "use site, for a site you write for"},
+            )
+        return None
+    if not site_name:
+        raise Invalid("a site article names its site", fields={"site": "required for site"})
+    site = await people.site_by_name(session, site_name)
+    if site is None or not who.allowed("kb:write", site.id):
+        raise NotFound("site not found", fields={"site": "no such site"})
+    return site.id
+
+
+class ListQuery(BaseModel):
+    q: str | None = Field(None, max_length=500, description="words to search for")
+    match: Literal["all", "any"] = Field(
+        "all", description="all: every word must match; any: one or more, ranked"
+    )
+    state: str | None = Field(
+        None, description="a state or comma-separated states (default: every visible one)"
+    )
+    visibility: Visibility | None = None
+    site: str | None = None
+    tag: str | None = Field(None, max_length=40)
+    limit: int = Field(50, ge=1, le=200)
+    offset: int = Field(0, ge=0)
+
+    @field_validator("state")
+    @classmethod
+    def _states(cls, value: str | None) -> str | None:
+        if value is not None:
+            bad = [s for s in value.split(",") if s not in rules.STATES]
+            if bad:
+                raise ValueError(f"unknown state {bad[0]!r}; one of {', '.join(rules.STATES)}")
+        return value
+
+
+@routes.route(
+    "GET",
+    "/api/v1/kb",
+    permission="kb:read",
+    query=ListQuery,
+    response=ArticleList,
+    summary="Search or list the articles you can see (ranked, with snippets, when q is given)",
+)
+async def list_articles(request: web.Request) -> web.Response:
+    who = principal(request)
+    q = query(request, ListQuery)
+    async with services(request).sessions() as session:
+        hits = await find_articles(session, who, q)
+        items = [await article_out(session, h.article, who, h) for h in hits]
+    return json_response(ArticleList(items=items))
+
+
+async def find_articles(session: AsyncSession, who: Principal, q: ListQuery) -> list[store.Hit]:
+    """The API's and the console's search."""
+    site_id = None
+    if q.site:
+        site = await people.site_by_name(session, q.site)
+        if site is None:
+            return []
+        site_id = site.id
+    return await store.search(
+        session,
+        viewer(who),
+        q.q,
+        match=q.match,
+        states=q.state.split(",") if q.state else (),
+        visibility=q.visibility,
+        site_id=site_id,
+        tag=q.tag,
+        limit=q.limit,
+        offset=q.offset,
+    )
+
+
+class NewArticle(BaseModel):
+    title: str = Field(min_length=1, max_length=300)
+    symptom: str = Field("", max_length=20000, description="what people see")
+    cause: str = Field("", max_length=20000)
+    resolution: str = Field("", max_length=20000, description="what fixes it")
+    tags: list[str] = Field(default_factory=list, max_length=20)
+    visibility: Visibility = "internal"
+    site: str | None = Field(None, description="the site of a `site` article")
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        return rules.clean_tags(value)
+
+
+@routes.route(
+    "POST",
+    "/api/v1/kb",
+    permission="kb:write",
+    body=NewArticle,
+    response=ArticleDetail,
+    status=201,
+    summary="Write a draft article",
+)
+async def create_article(request: web.Request) -> web.Response:
+    who = principal(request)
+    req = body(request, NewArticle)
+    async with services(request).sessions.begin() as session:
+        site_id = await scope_site(session, who, req.visibility, req.site)
+        article = await kb_ops.create(
+            session,
+            kb_ops.Content(
+                title=req.title,
+                symptom=req.symptom,
+                cause=req.cause,
+                resolution=req.resolution,
+                tags=req.tags,
+                visibility=req.visibility,
+                site_id=site_id,
+            ),
+            who.actor(),
+            author_id=who.user_id,
+        )
+        out = await detail(session, article, who)
+    return json_response(out, status=201)
+
+
+@routes.route(
+    "GET",
+    "/api/v1/kb/{article_id}",
+    permission="kb:read",
+    response=ArticleDetail,
+    summary="An article with its links and votes (counts a view)",
+)
+async def get_article(request: web.Request) -> web.Response:
+    who = principal(request)
+    async with services(request).sessions.begin() as session:
+        article = await readable(session, who, request.match_info["article_id"])
+        article.views += 1
+        out = await detail(session, article, who)
+    return json_response(out)
+
+
+class ArticlePatch(BaseModel):
+    title: str | None = Field(None, min_length=1, max_length=300)
+    symptom: str | None = Field(None, max_length=20000)
+    cause: str | None = Field(None, max_length=20000)
+    resolution: str | None = Field(None, max_length=20000)
+    tags: list[str] | None = Field(None, max_length=20)
+    visibility: Visibility | None = None
+    site: str | None = Field(None, description="the site of a `site` article")
+    note: str = Field("", max_length=500, description="what this edit changed, for the versions")
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else rules.clean_tags(value)
+
+
+@routes.route(
+    "PATCH",
+    "/api/v1/kb/{article_id}",
+    permission="kb:write",
+    body=ArticlePatch,
+    response=ArticleDetail,
+    summary="Edit an article; every change keeps the earlier version",
+    errors=(409,),
+)
+async def patch_article(request: web.Request) -> web.Response:
+    who = principal(request)
+    req = body(request, ArticlePatch)
+    async with services(request).sessions.begin() as session:
+        article = await writable(session, who, request.match_info["article_id"])
+        changes = req.model_dump(exclude_none=True, exclude={"site", "note"})
+        if req.visibility is not None or req.site is not None:
+            visibility = req.visibility or article.visibility
+            site_name = req.site
+            if visibility == "site" and site_name is None and article.site_id is not None:
+                current = await session.get(Site, article.site_id)
+                site_name = current.name if current else None
+            changes["visibility"] = visibility
+            changes["site_id"] = await scope_site(session, who, visibility, site_name)
+        await kb_ops.edit(session, article, changes, who.actor(), req.note)
+        out = await detail(session, article, who)
+    return json_response(out)
+
+
+class TransitionRequest(BaseModel):
+    action: Literal["submit", "return", "publish", "archive", "restore"]
+    note: str = Field("", max_length=2000)
+
+
+@routes.route(
+    "POST",
+    "/api/v1/kb/{article_id}/transition",
+    permission="kb:write",
+    body=TransitionRequest,
+    response=ArticleDetail,
+    summary="submit (kb:write), return, publish, archive or restore (kb:publish); "
+    "409 names the allowed actions",
+    errors=(409,),
+)
+async def transition_article(request: web.Request) -> web.Response:
+    who = principal(request)
+    req = body(request, TransitionRequest)
+    async with services(request).sessions.begin() as session:
+        article = await writable(session, who, request.match_info["article_id"])
+        needed = rules.ACTIONS[req.action][2]
+        if not who.allowed(needed, article.site_id):
+            raise Forbidden(f"{req.action} needs {needed}", fields={"action": f"needs {needed}"})
+        await kb_ops.transition(session, article, req.action, who.actor(), req.note)
+        out = await detail(session, article, who)
+    return json_response(out)
+
+
+def version_out(v: KbVersion, current: int) -> VersionOut:
+    return VersionOut(
+        version=v.version,
+        title=v.title,
+        symptom=v.symptom,
+        cause=v.cause,
+        resolution=v.resolution,
+        tags=rules.tags_list(v.tags),
+        visibility=v.visibility,
+        site_id=v.site_id,
+        editor=v.editor_name,
+        note=v.note,
+        created_at=v.created_at,
+        current=v.version == current,
+    )
+
+
+@routes.route(
+    "GET",
+    "/api/v1/kb/{article_id}/versions",
+    permission="kb:write",
+    response=VersionList,
+    summary="Every version of an article, newest first",
+)
+async def list_versions(request: web.Request) -> web.Response:
+    who = principal(request)
+    async with services(request).sessions() as session:
+        article = await writable(session, who, request.match_info["article_id"])
+        rows = await session.scalars(
+            select(KbVersion)
+            .where(KbVersion.article_id == article.id)
+            .order_by(KbVersion.version.desc())
+        )
+        items = [version_out(v, article.version) for v in rows]
+    return json_response(VersionList(items=items))
+
+
+@routes.route(
+    "GET",
+    "/api/v1/kb/{article_id}/versions/{version}",
+    permission="kb:write",
+    response=VersionOut,
+    summary="One version of an article",
+)
+async def get_version(request: web.Request) -> web.Response:
+    who = principal(request)
+    raw = request.match_info["version"]
+    async with services(request).sessions() as session:
+        article = await writable(session, who, request.match_info["article_id"])
+        row = (
+            await session.get(KbVersion, (article.id, int(raw)))
+            if raw.isdigit() and len(raw) < 9
+            else None
+        )
+        if row is None:
+            raise NotFound("no such version", fields={"version": f"1 to {article.version}"})
+        out = version_out(row, article.version)
+    return json_response(out)
+
+
+class LinkRequest(BaseModel):
+    kind: LinkKind
+    target: str = Field(
+        min_length=1,
+        max_length=100,
+        description="ticket: id or number (FL-12); problem: its reference; machine: agent id",
+    )
+
+
+async def link_target(session: AsyncSession, who: Principal, req: LinkRequest) -> str:
+    """What a link stores, once the caller may see the target; raises naming
+    `target`."""
+    bad = Invalid("unknown link target", fields={"target": f"no such {req.kind} you can see"})
+    if req.kind == "ticket":
+        try:
+            ticket = await readable_ticket(session, who, req.target)
+        except NotFound:
+            raise bad from None
+        return ticket.id
+    if req.kind == "machine":
+        agent = await session.get(Agent, req.target.strip())
+        if agent is None or not who.allowed("agents:read", agent.site_id):
+            raise bad
+        return agent.id
+    # Problem records live in their own module: the reference is stored as
+    # given. Hook: once problems exist on this branch, look the record up here
+    # (and refuse one the caller cannot read) before storing its reference.
+    ref = req.target.strip()
+    if not _PROBLEM_REF.match(ref) or not who.allowed("kb:read", None):
+        raise bad
+    return ref
+
+
+@routes.route(
+    "POST",
+    "/api/v1/kb/{article_id}/links",
+    permission="kb:write",
+    body=LinkRequest,
+    response=ArticleDetail,
+    status=201,
+    summary="Link the article to a ticket, a problem or a machine (once)",
+)
+async def add_link(request: web.Request) -> web.Response:
+    who = principal(request)
+    req = body(request, LinkRequest)
+    async with services(request).sessions.begin() as session:
+        article = await writable(session, who, request.match_info["article_id"])
+        target = await link_target(session, who, req)
+        await kb_ops.link(session, article, req.kind, target, who.actor())
+        out = await detail(session, article, who)
+    return json_response(out, status=201)
+
+
+@routes.route(
+    "DELETE",
+    "/api/v1/kb/{article_id}/links/{link_id}",
+    permission="kb:write",
+    response=ArticleDetail,
+    summary="Remove a link",
+)
+async def remove_link(request: web.Request) -> web.Response:
+    who = principal(request)
+    raw = request.match_info["link_id"]
+    async with services(request).sessions.begin() as session:
+        article = await writable(session, who, request.match_info["article_id"])
+        link = await session.get(KbLink, int(raw)) if raw.isdigit() and len(raw) < 18 else None
+        if link is None or link.article_id != article.id:
+            raise NotFound("no such link", fields={"link_id": "not a link of this article"})
+        await kb_ops.unlink(session, article, link, who.actor())
+        out = await detail(session, article, who)
+    return json_response(out)
+
+
+class VoteRequest(BaseModel):
+    helped: bool = Field(description="true: this helped; false: it did not")
+
+
+@routes.route(
+    "POST",
+    "/api/v1/kb/{article_id}/vote",
+    permission="kb:read",
+    body=VoteRequest,
+    response=ArticleDetail,
+    summary='Vote "helped" or "did not help" on a published article (one vote each, '
+    "a later one replaces it)",
+    errors=(409,),
+)
+async def vote(request: web.Request) -> web.Response:
+    who = principal(request)
+    req = body(request, VoteRequest)
+    async with services(request).sessions.begin() as session:
+        article = await readable(session, who, request.match_info["article_id"])
+        if article.state != "published":
+            raise Conflict("only published articles take votes")
+        await kb_ops.vote(session, article, voter_of(who), req.helped, who.actor())
+        out = await detail(session, article, who)
+    return json_response(out)
+
+
+class SolvedRequest(BaseModel):
+    site: str = Field(min_length=1, max_length=100, description="the site asking")
+    text: str = Field("", max_length=20000, description="what the person asked")
+    agent_id: str | None = Field(None, description="the machine it was about (optional)")
+
+
+class SolvedOut(BaseModel):
+    ticket_id: str
+    ticket: str = Field(description="the self-served request's number (FL-N), already closed")
+    article: str
+
+
+@routes.route(
+    "POST",
+    "/api/v1/kb/{article_id}/solved",
+    permission="tickets:write",
+    body=SolvedRequest,
+    response=SolvedOut,
+    status=201,
+    summary='"This solved it": records the help request as self-served (closed at once, '
+    'linked to the article, a "helped" vote); counts in the deflection rate',
+    errors=(409,),
+)
+async def solved(request: web.Request) -> web.Response:
+    who = principal(request)
+    req = body(request, SolvedRequest)
+    async with services(request).sessions.begin() as session:
+        article = await readable(session, who, request.match_info["article_id"])
+        site = await people.site_by_name(session, req.site)
+        if site is None or not who.allowed("tickets:write", site.id):
+            raise NotFound("site not found", fields={"site": "no such site"})
+        if article.state != "published":
+            raise Conflict("only a published article solves a request")
+        agent_ids: list[str] = []
+        if req.agent_id:
+            agent = await session.get(Agent, req.agent_id)
+            if agent is None or agent.site_id != site.id:
+                raise Invalid("unknown agent", fields={"agent_id": "not on this site"})
+            agent_ids.append(agent.id)
+        ticket = await kb_ops.self_served(
+            session,
+            article,
+            who.actor(),
+            site_id=site.id,
+            text=req.text,
+            source="console" if who.via == "session" else "api",
+            voter=voter_of(who),
+            requester_id=who.user_id,
+            requester_name=who.username,
+            agent_ids=agent_ids,
+        )
+        out = SolvedOut(
+            ticket_id=ticket.id,
+            ticket=ticket_number(ticket.number),
+            article=rules.number_text(article.number),
+        )
+    return json_response(out, status=201)
+
+
+class FromTicketRequest(BaseModel):
+    title: str | None = Field(None, min_length=1, max_length=300, description="default: ticket's")
+    visibility: Visibility | None = Field(
+        None,
+        description="default: internal with kb:write on the global scope, else site "
+        "(the ticket's site)",
+    )
+
+
+@routes.route(
+    "POST",
+    "/api/v1/tickets/{ticket_id}/kb",
+    permission="kb:write",
+    body=FromTicketRequest,
+    response=ArticleDetail,
+    status=201,
+    summary="Turn a resolved ticket into a draft article in one step (symptom from the "
+    "description, resolution from the resolution text, linked to the ticket)",
+    errors=(409,),
+)
+async def ticket_to_article(request: web.Request) -> web.Response:
+    who = principal(request)
+    req = body(request, FromTicketRequest)
+    async with services(request).sessions.begin() as session:
+        ticket = await readable_ticket(session, who, request.match_info["ticket_id"])
+        if not who.works_tickets(ticket.site_id) or not who.allowed("kb:write", ticket.site_id):
+            raise Forbidden("this needs tickets:write, agents:read and kb:write on the site")
+        visibility = req.visibility or ("internal" if who.allowed("kb:write", None) else "site")
+        if visibility == "site":
+            site_id: str | None = ticket.site_id
+        else:
+            site_id = None
+            if not who.allowed("kb:write", None):
+                raise Forbidden(
+                    f"{visibility} articles need kb:write on the global scope",
+                    fields={"visibility": "use site"},
+                )
+        article = await kb_ops.from_ticket(
+            session,
+            ticket,
+            who.actor(),
+            author_id=who.user_id,
+            visibility=visibility,
+            site_id=site_id,
+            title=req.title,
+        )
+        out = await detail(session, article, who)
+    return json_response(out, status=201)
