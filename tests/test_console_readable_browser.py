@@ -54,6 +54,9 @@ class Data:
     job_id: str = ""
     locked: str = ""  # agent id: allow_shell, allow_exec false, no file roots
     site_id: str = ""
+    article: str = ""  # KB-N, published
+    problem: str = ""  # PRB-N, a known error
+    change: str = ""  # CHG-N, requested
     names: set[str] = field(default_factory=set)
 
 
@@ -109,6 +112,42 @@ async def data(world: World) -> Data:
             json={"agent_id": agent_id, "ticket_id": d.ticket, "kind": "exec", "reason": "점검"},
         )
     d.session_id = str(made_session["id"])
+    # the knowledge base, problem records and changes, each with one record of its own
+    article = await world.api(
+        "POST",
+        "/api/v1/kb",
+        json={
+            "title": "프린터가 멈출 때",
+            "symptom": "인쇄가 되지 않음",
+            "cause": "대기열 멈춤",
+            "resolution": "대기열을 비우고 다시 시작",
+            "visibility": "public",
+            "tags": ["프린터"],
+        },
+    )
+    d.article = str(article["number"])
+    for action in ("submit", "publish"):
+        await world.api("POST", f"/api/v1/kb/{d.article}/transition", json={"action": action})
+    problem = await world.api(
+        "POST",
+        "/api/v1/problems",
+        json={"title": "프린터 대기열이 자꾸 멈춤", "site": SITE, "tickets": [d.ticket]},
+    )
+    d.problem = str(problem["number"])
+    for move in ({"status": "investigating"}, {"status": "known_error", "workaround": "재시작"}):
+        await world.api("POST", f"/api/v1/problems/{d.problem}/transition", json=move)
+    change = await world.api(
+        "POST",
+        "/api/v1/changes",
+        json={
+            "title": "디스크 점검",
+            "risk": "low",
+            "plan": "모든 기계에서 점검",
+            "action": {"name": "disk.usage", "params": {}},
+            "target": {"sites": [SITE]},
+        },
+    )
+    d.change = str(change["number"])
     sites = await world.api("GET", "/api/v1/sites")
     d.site_id = next(str(s["id"]) for s in sites["items"] if s["name"] == SITE)
     agents = await world.api("GET", "/api/v1/agents")
@@ -274,8 +313,20 @@ ALLOWED = {
         "YYYY",
         "MM",
         "DD",
-        # the keyword the assignee filter takes for oneself (its placeholder)
+        # the keyword the assignee filter takes for oneself (its placeholder), and the one
+        # the problems' site filter takes for HQ-wide problems
         "me",
+        "hq",
+        # record numbers' prefixes: knowledge-base articles, problems (and the form a link
+        # to one takes), changes
+        "KB",
+        "PRB",
+        "PR",
+        "CHG",
+        # the JSON example of a command's parameters on the change form (a placeholder)
+        "argv",
+        "echo",
+        "hello",
     ],
     # the local administrator: its account and display name as HQ creates them; DNS record
     # types named in help texts
@@ -364,6 +415,14 @@ async def test_every_page_in_korean_has_no_untranslated_words(world: World, data
         f"/admin/sites/{data.site_id}",
         "/profile",
         "/totp",
+        "/help",
+        "/kb",
+        "/kb/new",
+        f"/kb/{data.article}",
+        "/problems",
+        f"/problems/{data.problem}",
+        "/changes",
+        f"/changes/{data.change}",
         "/no-such-page",
     ]
     found: dict[str, list[str]] = {}

@@ -107,7 +107,34 @@ LABELS: dict[str, dict[str, str]] = {
         "role": N_("role"),
         "alert_rule": N_("alert rule"),
         "auth": N_("sign-in"),
+        "kb_article": N_("knowledge-base article"),
+        "problem": N_("problem"),
+        "change": N_("change"),
     },
+    # a change's history (server/changes.py, server/api/changes.py)
+    "change_event": {
+        "requested": N_("requested"),
+        "approved": N_("approved"),
+        "approve": N_("approved"),
+        "rejected": N_("rejected"),
+        "cancelled": N_("cancelled"),
+        "state": N_("state"),
+        "pilot": N_("pilot"),
+        "rest": N_("rest"),
+        "backout": N_("backout"),
+        "gate_passed": N_("health gate passed"),
+        "halted": N_("halted"),
+        "review": N_("review"),
+    },
+    # a problem's mark on its incidents' timelines (server/ops/problems.py)
+    "problem_link": {
+        "linked": N_("linked to this incident"),
+        "unlinked": N_("no longer linked"),
+        "known_error": N_("known error"),
+        "resolved": N_("resolved"),
+    },
+    # the notes HQ itself gives an article's versions (server/ops/kb.py)
+    "kb_note": {"created": N_("created")},
     "audit_source": {
         "console": N_("console"),
         "api": N_("API"),
