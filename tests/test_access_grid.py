@@ -466,6 +466,7 @@ CONSOLE: dict[tuple[str, str], Cell] = {
     ("GET", "/events/consents"): page("/events/consents", "list", "sessions:consent"),
     ("GET", "/alert-rules"): page("/alert-rules", "list", "alerts:manage"),
     ("GET", "/kpis"): page("/kpis", "list", "kpi:read"),
+    ("GET", "/reports"): page("/reports", "list", "kpi:read"),
     ("GET", "/audit"): page("/audit", "list", "audit:read"),
     ("GET", "/admin"): page("/admin", "list", "users:admin"),
     ("GET", "/admin/sites/{site_id}"): page("/admin/sites/{site}", "object", "users:admin"),

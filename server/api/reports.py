@@ -34,6 +34,11 @@ routes = ApiRouter("reports")
 MAX_COMMENTS = 50
 TOP_PROBLEMS = 5
 HQ = "HQ"
+# The standalone page styles itself inline (CSS and SVG attributes) and runs no script.
+HTML_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
 
 
 class ReportQuery(BaseModel):
@@ -46,6 +51,11 @@ class ReportQuery(BaseModel):
     lang: str | None = Field(
         None, description="HTML and PDF: en or ko (default: the console's language cookie, en)"
     )
+
+    @field_validator("site")
+    @classmethod
+    def _site(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
 
     @field_validator("period")
     @classmethod
@@ -347,7 +357,10 @@ async def report_html(request: web.Request) -> web.Response:
     return web.Response(
         text=text,
         content_type="text/html",
-        headers={"Content-Disposition": f'inline; filename="{filename(report, "html")}"'},
+        headers={
+            "Content-Disposition": f'inline; filename="{filename(report, "html")}"',
+            "Content-Security-Policy": HTML_CSP,
+        },
     )
 
 

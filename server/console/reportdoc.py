@@ -27,6 +27,7 @@ TEMPLATES = i18n.HERE / "templates"
 FONT_DIRS = (Path("/usr/share/fonts/truetype/nanum"), Path("/usr/share/fonts/truetype/dejavu"))
 NANUM = ("NanumGothic.ttf", "NanumGothicBold.ttf")
 DEJAVU = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf")
+PLOT_MM = 70.0  # a plot's height in the PDF (7.2 x 2.8 inches at 180 mm wide)
 _plot_lock = threading.Lock()  # matplotlib's font cache is shared state
 
 
@@ -157,7 +158,7 @@ def daily_plot(report: dict[str, Any], fmt: str) -> bytes:
         step = max(1, len(days) // 10)
         ax.set_xticks(xs[::step], [d["day"][5:] for d in days][::step])
         ax.yaxis.get_major_locator().set_params(integer=True)
-        ax.legend(loc="upper left", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
 
     return _figure(draw, fmt)
 
@@ -235,7 +236,10 @@ def pdf(report: dict[str, Any], lang: str) -> bytes:
     doc.set_title(clean(title))
     doc.add_page()
 
-    def heading(text: str, size: int = 13) -> None:
+    def heading(text: str, size: int = 13, keep: float = 25) -> None:
+        """A heading, on a new page when what follows it (`keep` mm) would not fit."""
+        if doc.get_y() + keep > doc.page_break_trigger:
+            doc.add_page()
         doc.ln(2)
         doc.set_font(family, "B", size)
         doc.cell(0, 8, clean(text), new_x="LMARGIN", new_y="NEXT")
@@ -249,7 +253,9 @@ def pdf(report: dict[str, Any], lang: str) -> bytes:
             line(_("None in this period."))
             return
         bold = FontFace(emphasis="BOLD", fill_color=(232, 236, 242))
-        with doc.table(col_widths=widths, headings_style=bold, line_height=5.5) as t:
+        with doc.table(
+            col_widths=widths, headings_style=bold, line_height=5.5, text_align="LEFT"
+        ) as t:
             for cells in [head, *rows]:
                 row = t.row()
                 for cell in cells:
@@ -289,8 +295,8 @@ def pdf(report: dict[str, Any], lang: str) -> bytes:
         (20, 20, 25, 38, 38, 38),
     )
 
-    heading(_("Trend"))
-    doc.image(io.BytesIO(trend_plot(report, "png")), w=180)
+    heading(_("Trend"), keep=PLOT_MM + 12)
+    doc.image(io.BytesIO(trend_plot(report, "png")), w=180, h=PLOT_MM)
     table(
         [_("Period"), _("Tickets opened"), _("Resolved"), _("SLA compliance"), _("MTTR")],
         [
@@ -305,8 +311,8 @@ def pdf(report: dict[str, Any], lang: str) -> bytes:
         ],
         (50, 30, 30, 35, 35),
     )
-    heading(_("Tickets per day"))
-    doc.image(io.BytesIO(daily_plot(report, "png")), w=180)
+    heading(_("Tickets per day"), keep=PLOT_MM + 12)
+    doc.image(io.BytesIO(daily_plot(report, "png")), w=180, h=PLOT_MM)
 
     heading(_("Top problems"))
     table(
