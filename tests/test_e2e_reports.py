@@ -156,6 +156,20 @@ async def test_site_report_figures_html_pdf_and_scope(hq, agent_factory):
     status, hq_r, _, _ = await get(hq, hq.admin_token, "/api/v1/reports", period=period)
     assert status == 200 and hq_r["scope"] == "HQ"
     assert {"shop-1", "shop-2"} <= set(hq_r["sites"]) and hq_r["kpis"]["tickets"] == 4
+    rows = {row["site"]: row for row in hq_r["per_site"]}
+    assert (rows["shop-1"]["opened"], rows["shop-1"]["resolved"], rows["shop-1"]["csat"]) == (
+        3,
+        2,
+        0.5,
+    )
+    assert (rows["shop-2"]["opened"], rows["shop-2"]["resolved"], rows["shop-2"]["csat"]) == (
+        1,
+        0,
+        None,
+    )
+    assert r["per_site"] == [{**rows["shop-1"]}]
+    status, _, _, raw = await get(hq, hq.admin_token, "/api/v1/reports/html", period=period)
+    assert status == 200 and 'data-site="shop-2"' in raw.decode()
 
     # HTML: standalone, with the figures and the plots
     status, _, ctype, raw = await get(
@@ -241,6 +255,9 @@ async def test_fieldlink_report_writes_the_pdf(sqlite_hq, tmp_path):
 
     done = await asyncio.to_thread(cli, "report", "--period", period, "--format", "html")
     assert done.returncode == 0 and (tmp_path / f"report-HQ-{period}.html").exists()
+
+    done = await asyncio.to_thread(cli, "report", "--help")
+    assert done.returncode == 0 and "--period" in done.stdout and "2026-W47" in done.stdout
 
     done = await asyncio.to_thread(cli, "report", "--site", "shop-9", "--period", "2026-13")
     assert done.returncode != 0 and "period" in done.stderr

@@ -96,6 +96,15 @@ class TrendPoint(BaseModel):
     mttr_seconds: float | None
 
 
+class SiteRow(BaseModel):
+    site: str
+    opened: int
+    resolved: int
+    sla_compliance: float | None
+    mttr_seconds: float | None
+    csat: float | None
+
+
 class DayPoint(BaseModel):
     day: date
     opened: int
@@ -155,6 +164,7 @@ class ReportOut(BaseModel):
     targets: list[TargetOut]
     trend: list[TrendPoint] = Field(description="the period and the five before it")
     daily: list[DayPoint]
+    per_site: list[SiteRow] = Field(description="the period's figures of each site covered")
     top_problems: list[ProblemRow]
     changes: ChangesOut
     csat: CsatOut
@@ -281,6 +291,9 @@ async def build_report(
         targets=[TargetOut(**t) for t in review.against_targets(figures)],
         trend=[TrendPoint(**review.trend_point(facts, p)) for p in trend],
         daily=[DayPoint(**d) for d in review.daily(facts, period)],
+        per_site=[
+            SiteRow(**row) for row in review.per_site(facts, period, [s.name for s in sites])
+        ],
         top_problems=problems[:TOP_PROBLEMS],
         changes=ChangesOut(
             items=[

@@ -295,6 +295,31 @@ def pdf(report: dict[str, Any], lang: str) -> bytes:
         (20, 20, 25, 38, 38, 38),
     )
 
+    if len(report["per_site"]) > 1:
+        heading(_("Sites"))
+        table(
+            [
+                _("Site"),
+                _("Tickets opened"),
+                _("Resolved"),
+                _("SLA compliance"),
+                _("MTTR"),
+                _("Satisfied (4-5)"),
+            ],
+            [
+                [
+                    s["site"],
+                    str(s["opened"]),
+                    str(s["resolved"]),
+                    pct(s["sla_compliance"]),
+                    duration(s["mttr_seconds"]),
+                    pct(s["csat"]),
+                ]
+                for s in report["per_site"]
+            ],
+            (45, 27, 27, 27, 27, 27),
+        )
+
     heading(_("Trend"), keep=PLOT_MM + 12)
     doc.image(io.BytesIO(trend_plot(report, "png")), w=180, h=PLOT_MM)
     table(

@@ -203,3 +203,25 @@ def success_rate(outcomes: Iterable[str | None]) -> float | None:
     """Successful / closed with an outcome (successful, failed, rolled back)."""
     done = [o for o in outcomes if o in ("successful", "failed", "rolled_back")]
     return sum(1 for o in done if o == "successful") / len(done) if done else None
+
+
+def per_site(facts: list[kpi.Fact], p: Period, sites: list[str]) -> list[dict[str, Any]]:
+    """One row per site (every site in `sites`, in that order): tickets opened
+    and resolved in `p`, SLA compliance of those opened, MTTR of those
+    resolved, CSAT (4-5 share) of those opened."""
+    rows = []
+    for name in sites:
+        mine = [f for f in facts if f.site == name]
+        point = trend_point(mine, p)
+        figures = kpi.compute([f for f in mine if p.holds(f.created_at)])
+        rows.append(
+            {
+                "site": name,
+                "opened": point["opened"],
+                "resolved": point["resolved"],
+                "sla_compliance": point["sla_compliance"],
+                "mttr_seconds": point["mttr_seconds"],
+                "csat": figures["csat"],
+            }
+        )
+    return rows
