@@ -287,3 +287,72 @@ def test_periods_parse_and_chain():
         except ValueError:
             continue
         raise AssertionError(bad)
+
+
+def _fact(n: int, site: str, created: str, resolved: str | None = None, **kw: Any) -> Any:
+    from server.itsm import kpi
+
+    at = datetime.fromisoformat(created)
+    return kpi.Fact(
+        id=f"t{n}",
+        site=site,
+        priority="P3",
+        assignee=None,
+        created_at=at,
+        resolved_at=datetime.fromisoformat(resolved) if resolved else None,
+        **kw,
+    )
+
+
+def test_figures_on_fixed_facts():
+    """Trend points count by creation (opened, SLA) and by resolution (resolved,
+    MTTR); targets are met or missed or unknown; success rate over outcomes."""
+    nov = review.parse_period("2026-11")
+    facts = [
+        _fact(
+            1,
+            "a",
+            "2026-10-30T10:00:00+00:00",
+            "2026-11-02T10:00:00+00:00",
+            sla={"resolve": "missed"},
+        ),
+        _fact(
+            2,
+            "a",
+            "2026-11-03T10:00:00+00:00",
+            "2026-11-03T12:00:00+00:00",
+            sla={"ack": "met", "resolve": "met"},
+            rating=5,
+            has_requester=True,
+        ),
+        _fact(3, "b", "2026-11-04T10:00:00+00:00", sla={"ack": "breached"}, rating=None),
+        _fact(
+            4,
+            "b",
+            "2026-11-05T10:00:00+00:00",
+            "2026-11-05T10:00:00+00:00",
+            resolution_code="self_served",
+            source="help",
+        ),
+    ]
+    oct_point, nov_point = (review.trend_point(facts, p) for p in review.trend_periods(nov, 1))
+    assert (oct_point["opened"], oct_point["resolved"], oct_point["sla_compliance"]) == (1, 0, 0.0)
+    # November: 2 worked tickets opened (the self-served one counts only in deflection);
+    # resolved in November: #1 (3 days) and #2 (2 hours)
+    assert (nov_point["opened"], nov_point["resolved"]) == (2, 2)
+    assert nov_point["sla_compliance"] == 2 / 3
+    assert nov_point["mttr_seconds"] == (3 * 86400 + 2 * 3600) / 2
+    figures = review.period_kpis(facts, nov)
+    assert figures["deflection_rate"] == 1 / 3 and figures["sla_compliance_overall"] == 2 / 3
+    verdicts = {t["kpi"]: t["met"] for t in review.against_targets(figures)}
+    assert verdicts["sla_compliance_overall"] is False and verdicts["deflection_rate"] is True
+    assert verdicts["csat"] is True and verdicts["escalation_rate"] is True
+    rows = review.per_site(facts, nov, ["a", "b", "c"])
+    assert [(r["site"], r["opened"], r["resolved"]) for r in rows] == [
+        ("a", 1, 2),
+        ("b", 1, 0),
+        ("c", 0, 0),
+    ]
+    assert [d["opened"] for d in review.daily(facts, nov)][1:4] == [0, 1, 1]
+    assert review.success_rate(["successful", "failed", None, "successful"]) == 2 / 3
+    assert review.success_rate([None]) is None
