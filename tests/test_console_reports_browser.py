@@ -5,6 +5,7 @@ the console's language. One HQ and one browser for the module."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -41,6 +42,12 @@ async def test_reports_page_downloads_pdf_and_opens_html(world: World) -> None:
     saved = Path(await download.path())
     text = "\n".join(p.extract_text() for p in pypdf.PdfReader(saved).pages)
     assert SITE in text and "KPIs against targets" in text
+    async with page.expect_download() as info:
+        await page.click("#report-html-file")
+    download = await info.value
+    assert download.suggested_filename == f"report-{SITE}-{period}.html"
+    saved_html = await asyncio.to_thread(Path(await download.path()).read_text, "utf-8")
+    assert f"Review report: {SITE} · {period}" in saved_html
     await screenshot(page, "reports")
     assert not await axe_violations(page)
 

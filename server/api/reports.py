@@ -52,6 +52,10 @@ class ReportQuery(BaseModel):
         None, description="HTML and PDF: en or ko (default: the console's language cookie, en)"
     )
 
+    download: bool = Field(
+        False, description="HTML: as an attachment (report-SITE-PERIOD.html) rather than inline"
+    )
+
     @field_validator("site")
     @classmethod
     def _site(cls, value: str | None) -> str | None:
@@ -367,11 +371,12 @@ async def report_html(request: web.Request) -> web.Response:
 
     report, lang = await _report(request)
     text = await asyncio.to_thread(reportdoc.html, report.model_dump(mode="json"), lang)
+    how = "attachment" if query(request, ReportQuery).download else "inline"
     return web.Response(
         text=text,
         content_type="text/html",
         headers={
-            "Content-Disposition": f'inline; filename="{filename(report, "html")}"',
+            "Content-Disposition": f'{how}; filename="{filename(report, "html")}"',
             "Content-Security-Policy": HTML_CSP,
         },
     )
