@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pypdf
+import pytest
 
 from server.console import reportdoc
 from server.itsm import review
@@ -356,3 +357,23 @@ def test_figures_on_fixed_facts():
     assert [d["opened"] for d in review.daily(facts, nov)][1:4] == [0, 1, 1]
     assert review.success_rate(["successful", "failed", None, "successful"]) == 2 / 3
     assert review.success_rate([None]) is None
+
+
+async def test_report_targets_come_from_settings(hq_factory, tmp_path):
+    """HQ's `report_targets` replaces a default target; an unknown KPI or a
+    value outside 0-1 is refused when the settings load."""
+    from server.settings import load_settings
+
+    hq = await hq_factory(
+        f"sqlite+aiosqlite:///{tmp_path / 'hq.db'}", report_targets={"csat": 0.25}
+    )
+    await ok(hq, hq.admin_token, "POST", "/api/v1/sites", json={"name": "shop-t"})
+    status, r, _, _ = await get(
+        hq, hq.admin_token, "/api/v1/reports", site="shop-t", period="2026-11"
+    )
+    assert status == 200
+    targets = {t["kpi"]: t["target"] for t in r["targets"]}
+    assert targets["csat"] == 0.25 and targets["reopen_rate"] == 0.05
+    for bad in ({"nps": 0.5}, {"csat": 85}):
+        with pytest.raises(ValueError, match="report_targets"):
+            load_settings(tmp_path / "other", report_targets=bad)

@@ -189,7 +189,11 @@ async def _scope(session: AsyncSession, who: Principal, site: str | None) -> lis
 
 
 async def build_report(
-    session: AsyncSession, who: Principal, site: str | None, period_text: str
+    session: AsyncSession,
+    who: Principal,
+    site: str | None,
+    period_text: str,
+    targets: dict[str, float] | None = None,
 ) -> ReportOut:
     """The review report of a site (or HQ's) over a period, from the database."""
     period = review.parse_period(period_text)
@@ -292,7 +296,7 @@ async def build_report(
         period=PeriodOut(label=period.label, kind=period.kind, start=period.start, end=period.end),
         generated_at=utcnow(),
         kpis=figures,
-        targets=[TargetOut(**t) for t in review.against_targets(figures)],
+        targets=[TargetOut(**t) for t in review.against_targets(figures, targets)],
         trend=[TrendPoint(**review.trend_point(facts, p)) for p in trend],
         daily=[DayPoint(**d) for d in review.daily(facts, period)],
         per_site=[
@@ -330,8 +334,11 @@ async def build_report(
 
 async def _report(request: web.Request) -> tuple[ReportOut, str]:
     q = query(request, ReportQuery)
-    async with services(request).sessions() as session:
-        report = await build_report(session, principal(request), q.site, q.period)
+    svc = services(request)
+    async with svc.sessions() as session:
+        report = await build_report(
+            session, principal(request), q.site, q.period, svc.settings.report_targets
+        )
     from server.console import i18n
 
     lang = q.lang or i18n.language_of(request)

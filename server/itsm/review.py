@@ -178,11 +178,14 @@ def daily(facts: list[kpi.Fact], p: Period) -> list[dict[str, Any]]:
     ]
 
 
-def against_targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each targeted KPI with its value, target and whether it met it (None:
-    nothing to measure)."""
+def against_targets(
+    figures: dict[str, Any], overrides: dict[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """Each targeted KPI with its value, target (the default, or HQ's setting
+    `report_targets`) and whether it met it (None: nothing to measure)."""
     out = []
-    for key, (op, target) in TARGETS.items():
+    for key, (op, default) in TARGETS.items():
+        target = (overrides or {}).get(key, default)
         value = figures.get(key)
         met = None if value is None else (value >= target if op == ">=" else value <= target)
         out.append({"kpi": key, "value": value, "comparison": op, "target": target, "met": met})
