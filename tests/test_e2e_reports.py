@@ -377,3 +377,65 @@ async def test_report_targets_come_from_settings(hq_factory, tmp_path):
     for bad in ({"nps": 0.5}, {"csat": 85}):
         with pytest.raises(ValueError, match="report_targets"):
             load_settings(tmp_path / "other", report_targets=bad)
+
+
+def test_pdf_takes_long_text_and_html_keeps_it_whole():
+    """A rating comment of 5000 characters (the API's limit) and a long title
+    still make a PDF (cut to fit one page's row) in both languages; the HTML
+    keeps the text whole and escaped."""
+    p = review.parse_period("2026-11")
+    figures = review.period_kpis([], p)
+    comment = ("slow " * 999 + "<b>end</b>")[:5000]
+    report = {
+        "scope": "shop-x",
+        "site": "shop-x",
+        "sites": ["shop-x"],
+        "period": {"label": "2026-11", "kind": "month", "start": "2026-11-01", "end": "2026-12-01"},
+        "generated_at": "2026-12-01T08:00:00Z",
+        "kpis": figures,
+        "targets": review.against_targets(figures),
+        "trend": [review.trend_point([], q) for q in review.trend_periods(p)],
+        "daily": review.daily([], p),
+        "per_site": [],
+        "top_problems": [
+            {
+                "number": "PRB-1",
+                "title": "t" * 300,
+                "status": "new",
+                "priority": "P3",
+                "site": "shop-x",
+                "incidents": 2,
+            }
+        ],
+        "changes": {
+            "items": [],
+            "requested": 0,
+            "closed": 0,
+            "successful": 0,
+            "failed": 0,
+            "rolled_back": 0,
+            "success_rate": None,
+        },
+        "csat": {
+            "ratings": 2,
+            "average": 1.0,
+            "satisfied": 0.0,
+            "comments": [
+                {
+                    "ticket": f"FL-{n}",
+                    "site": "shop-x",
+                    "rating": 1,
+                    "comment": comment,
+                    "rated_at": "2026-11-02T00:00:00Z",
+                }
+                for n in (1, 2)
+            ],
+        },
+        "deflection_rate": None,
+    }
+    for lang in ("en", "ko"):
+        data = reportdoc.pdf(report, lang)
+        text = "\n".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(data)).pages)
+        assert "FL-2" in text and "PRB-1" in text
+        page = reportdoc.html(report, lang)
+        assert page.count("slow slow") >= 2 and "&lt;b&gt;en<" in page and "<b>en" not in page

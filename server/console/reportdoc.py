@@ -11,6 +11,7 @@ API answers.
 from __future__ import annotations
 
 import io
+import logging
 import threading
 from collections.abc import Callable
 from functools import cache
@@ -28,7 +29,11 @@ FONT_DIRS = (Path("/usr/share/fonts/truetype/nanum"), Path("/usr/share/fonts/tru
 NANUM = ("NanumGothic.ttf", "NanumGothicBold.ttf")
 DEJAVU = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf")
 PLOT_MM = 70.0  # a plot's height in the PDF (7.2 x 2.8 inches at 180 mm wide)
-_plot_lock = threading.Lock()  # matplotlib's font cache is shared state
+_plot_lock = threading.Lock()
+# fontTools reports each TrueType table it leaves out of a font subset: not news
+logging.getLogger("fontTools.subset").setLevel(
+    logging.ERROR
+)  # matplotlib's font cache is shared state
 
 
 def N_(text: str) -> str:
@@ -209,6 +214,13 @@ def html(report: dict[str, Any], lang: str) -> str:
 # --- PDF -----------------------------------------------------------------------------------
 
 
+PDF_CELL_CHARS = 1000  # a table row must fit on one page: longer text is cut (HTML has it whole)
+
+
+def clip(text: str, limit: int = PDF_CELL_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def _latin(text: str) -> str:
     return text.encode("latin-1", "replace").decode("latin-1")
 
@@ -259,7 +271,7 @@ def pdf(report: dict[str, Any], lang: str) -> bytes:
             for cells in [head, *rows]:
                 row = t.row()
                 for cell in cells:
-                    row.cell(clean(cell))
+                    row.cell(clean(clip(cell)))
         doc.ln(1)
 
     heading(title, 16)
