@@ -386,6 +386,7 @@ def test_pdf_takes_long_text_and_html_keeps_it_whole():
     p = review.parse_period("2026-11")
     figures = review.period_kpis([], p)
     comment = ("slow " * 999 + "<b>end</b>")[:5000]
+    korean = "계산대가 멈췄어요"
     report = {
         "scope": "shop-x",
         "site": "shop-x",
@@ -429,6 +430,15 @@ def test_pdf_takes_long_text_and_html_keeps_it_whole():
                     "rated_at": "2026-11-02T00:00:00Z",
                 }
                 for n in (1, 2)
+            ]
+            + [
+                {
+                    "ticket": "FL-3",
+                    "site": "shop-x",
+                    "rating": 2,
+                    "comment": korean,
+                    "rated_at": "2026-11-03T00:00:00Z",
+                }
             ],
         },
         "deflection_rate": None,
@@ -437,5 +447,7 @@ def test_pdf_takes_long_text_and_html_keeps_it_whole():
         data = reportdoc.pdf(report, lang)
         text = "\n".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(data)).pages)
         assert "FL-2" in text and "PRB-1" in text
+        if reportdoc.korean_font() is not None:  # Hangul in either language's PDF
+            assert korean in text
         page = reportdoc.html(report, lang)
         assert page.count("slow slow") >= 2 and "&lt;b&gt;en<" in page and "<b>en" not in page

@@ -242,6 +242,12 @@ def pdf(report: dict[str, Any], lang: str) -> bytes:
         doc.add_font("body", "B", str(fonts[1]))
         family = "body"
         clean: Callable[[str], str] = str
+        cjk = korean_font()
+        if cjk is not None and cjk != fonts:
+            # Hangul in an English report (a site's name, a comment) from the Korean font
+            doc.add_font("cjk", "", str(cjk[0]))
+            doc.add_font("cjk", "B", str(cjk[1]))
+            doc.set_fallback_fonts(["cjk"])
     else:  # no TrueType font at all: the core font, Latin-1 only
         family, clean = "helvetica", _latin
     title = f"{_('Review report')}: {report['scope']} · {report['period']['label']}"
