@@ -16,6 +16,7 @@ from server.api import (
     jobs,
     kb,
     problems,
+    reports,
     runs,
     service_levels,
     sessions,
@@ -42,6 +43,7 @@ ROUTERS: list[ApiRouter] = [
     sessions.routes,
     changes.routes,
     kb.routes,
+    reports.routes,
 ]
 
 MAX_BODY = 1024 * 1024

@@ -94,6 +94,24 @@ class Settings(BaseSettings):
     step_up_minutes: float = Field(
         10.0, gt=0, description="how recent a TOTP code must be for sessions on machines"
     )
+    report_targets: dict[str, float] = Field(
+        default_factory=dict,
+        description="review report KPI targets (fractions) over the defaults, e.g. "
+        '{"csat": 0.85}; keys: sla_compliance_overall, csat, tier1_resolution_rate, '
+        "escalation_rate, reopen_rate, deflection_rate",
+    )
+
+    @field_validator("report_targets")
+    @classmethod
+    def _check_targets(cls, value: dict[str, float]) -> dict[str, float]:
+        from server.itsm.review import TARGETS
+
+        for key, target in value.items():
+            if key not in TARGETS:
+                raise ValueError(f"unknown KPI {key!r}; known: {', '.join(TARGETS)}")
+            if not 0 <= target <= 1:
+                raise ValueError(f"{key}: a fraction from 0 to 1")
+        return value
 
     @field_validator("http", "ssh")
     @classmethod

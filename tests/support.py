@@ -84,7 +84,11 @@ class ApiClient:
             params=params,
             headers=self.headers(headers),
         ) as resp:
-            text = await resp.text()
+            raw = await resp.read()
+            try:
+                text = raw.decode(resp.charset or "utf-8")
+            except UnicodeDecodeError:  # a binary answer (a PDF): as bytes
+                return resp.status, raw
             try:
                 import json as _json
 

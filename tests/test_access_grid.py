@@ -466,6 +466,7 @@ CONSOLE: dict[tuple[str, str], Cell] = {
     ("GET", "/events/consents"): page("/events/consents", "list", "sessions:consent"),
     ("GET", "/alert-rules"): page("/alert-rules", "list", "alerts:manage"),
     ("GET", "/kpis"): page("/kpis", "list", "kpi:read"),
+    ("GET", "/reports"): page("/reports", "list", "kpi:read"),
     ("GET", "/audit"): page("/audit", "list", "audit:read"),
     ("GET", "/admin"): page("/admin", "list", "users:admin"),
     ("GET", "/admin/sites/{site_id}"): page("/admin/sites/{site}", "object", "users:admin"),
@@ -653,6 +654,16 @@ GRID: dict[tuple[str, str], Cell] = {
         ),
     ),
     ("GET", "/api/v1/kpis"): Cell("list", "kpi:read", fixed("GET", "/api/v1/kpis")),
+    # a site's review report: the site must be in the caller's kpi:read scope
+    ("GET", "/api/v1/reports"): Cell(
+        "object", "kpi:read", fixed("GET", f"/api/v1/reports?site={SITE_A}&period=2026-11")
+    ),
+    ("GET", "/api/v1/reports/html"): Cell(
+        "object", "kpi:read", fixed("GET", f"/api/v1/reports/html?site={SITE_A}&period=2026-W47")
+    ),
+    ("GET", "/api/v1/reports/pdf"): Cell(
+        "object", "kpi:read", fixed("GET", f"/api/v1/reports/pdf?site={SITE_A}&period=2026-11")
+    ),
     ("GET", "/api/v1/webhooks"): Cell("global", "users:admin", fixed("GET", "/api/v1/webhooks")),
     ("POST", "/api/v1/webhooks"): Cell(
         "global",

@@ -136,6 +136,7 @@ MAIN_PAGES = [
     "/sessions",
     "/alert-rules",
     "/kpis",
+    "/reports",
     "/profile",
     "/kb",
     "/kb/new",

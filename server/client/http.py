@@ -341,10 +341,17 @@ class Api:
             if isinstance(frame, dict):
                 yield frame
 
-    async def read(self, path: str, *, accept: str, idle: float = REQUEST_TIMEOUT) -> bytes:
-        """GET a whole answer that is not JSON (a recording), as bytes."""
+    async def read(
+        self,
+        path: str,
+        *,
+        accept: str,
+        idle: float = REQUEST_TIMEOUT,
+        params: dict[str, str] | None = None,
+    ) -> bytes:
+        """GET a whole answer that is not JSON (a recording, a report), as bytes."""
         async with self._stream(
-            "GET", path, json_body=None, params=None, idle=idle, accept=accept
+            "GET", path, json_body=None, params=params, idle=idle, accept=accept
         ) as resp:
             with self._mapped(idle):
                 return await resp.read()

@@ -9,6 +9,7 @@ import the HTTP client), dispatched by `commands.dispatch`.
                   [--reason ...] [--note ...] [--code CODE]
     fieldlink ticket comment FL-N TEXT [--internal]
     fieldlink kpi [--site S] [--engineer U] [--from T] [--to T] [--group-by G] [--json]
+    fieldlink report [--site S] --period P [--format pdf|html|json] [--output FILE] [--lang L]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from server.client.argparsing import add_command
 from server.client.config import Login
 
-COMMANDS = frozenset({"tickets", "ticket", "kpi"})
+COMMANDS = frozenset({"tickets", "ticket", "kpi", "report"})
 TYPES = ("incident", "service_request", "problem", "change")
 ACTION_HELP = {
     "ack": "acknowledge a new ticket",
@@ -190,6 +191,38 @@ def register(sub: Any) -> None:
     )
     kpi.add_argument("--json", action="store_true", help="print the API's JSON report")
 
+    report = add_command(
+        sub,
+        "report",
+        help="review report of a site or of HQ for a month or week, as PDF, HTML or JSON",
+        description="The review report of one site (--site) or of HQ (every site you read "
+        "KPIs on): KPIs of the period against their targets, the trend over the period and "
+        "the five before it (tickets opened and resolved, SLA compliance, MTTR), tickets per "
+        "day, the top problems by linked incidents, changes and their success rate, CSAT "
+        "with the requesters' comments, and the deflection rate. Written to a file "
+        "(report-SITE-PERIOD.pdf by default; HQ's is report-HQ-PERIOD.pdf); the file's "
+        "name is printed.",
+        epilog="Periods (UTC): 2026-11 (a month), 2026-W47 (an ISO week), "
+        "2026-11-01..2026-11-15 (days, both included).\n\n"
+        "example:\n  fieldlink report --site shop-12 --period 2026-11\n"
+        "  fieldlink report --period 2026-W47 --format html --output hq-week47.html\n"
+        "  fieldlink report --site shop-12 --period 2026-11 --format json --output -",
+    )
+    report.add_argument("--site", metavar="S", help="the site; without it: the HQ report")
+    report.add_argument("--period", metavar="P", required=True, help="2026-11, 2026-W47 or A..B")
+    report.add_argument(
+        "--format", choices=("pdf", "html", "json"), default="pdf", help="default pdf"
+    )
+    report.add_argument(
+        "--output",
+        metavar="FILE",
+        help="where to write it (- for stdout); default "
+        "report-SITE-PERIOD.EXT in the current directory",
+    )
+    report.add_argument(
+        "--lang", choices=("en", "ko"), default="en", help="language of the PDF or HTML"
+    )
+
 
 def dispatch(args: argparse.Namespace, login: Login) -> int:
     import asyncio
@@ -199,6 +232,13 @@ def dispatch(args: argparse.Namespace, login: Login) -> int:
     if args.command == "tickets":
         spec = tickets.ListSpec(args.site, args.status, args.mine, args.limit, args.json)
         return asyncio.run(tickets.list_tickets(login, spec))
+    if args.command == "report":
+        from server.client import reports
+
+        report_spec = reports.ReportSpec(
+            args.site, args.period, args.format, args.output, args.lang
+        )
+        return asyncio.run(reports.report(login, report_spec))
     if args.command == "kpi":
         kpi_spec = tickets.KpiSpec(
             args.site, args.engineer, args.start, args.end, args.group_by, args.json

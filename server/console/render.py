@@ -117,6 +117,7 @@ NAV: list[tuple[str, str, tuple[str, ...]]] = [
     ("/consents", N_("Consents"), ("sessions:consent",)),
     ("/alert-rules", N_("Alert rules"), ("alerts:manage",)),
     ("/kpis", N_("KPIs"), ("kpi:read",)),
+    ("/reports", N_("Reports"), ("kpi:read",)),
     ("/audit", N_("Audit"), ("audit:read",)),
     ("/enroll", N_("Enrollment"), ("agents:enroll",)),
     ("/admin", N_("Administration"), ("users:admin",)),

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
+from sqlalchemy import select
 
 from server.api.alerts import AlertQuery, alert_items, visible_rules
 from server.api.audit import AuditQuery, audit_item, audit_page
@@ -19,6 +20,7 @@ from server.console import i18n
 from server.console.render import page
 from server.context import services
 from server.store import people
+from server.store.models import Site
 from shared.errors import Invalid
 
 routes = ApiRouter("console", console=True)
@@ -93,6 +95,43 @@ async def kpis(request: web.Request) -> web.StreamResponse:
         report = await kpi_report(session, principal(request), q)
     ctx = {"report": report, "f": raw, "rates": RATES, "times": TIMES}
     return page(request, "kpis.html", ctx, title=i18n.gettext("KPIs"))
+
+
+def recent_periods(today: date, months: int = 12, weeks: int = 8) -> list[str]:
+    """Periods to offer: this month and the ones before, this ISO week and the
+    ones before. Pure."""
+    out: list[str] = []
+    year, mon = today.year, today.month
+    for _ in range(months):
+        out.append(f"{year}-{mon:02d}")
+        year, mon = (year - 1, 12) if mon == 1 else (year, mon - 1)
+    day = today
+    for _ in range(weeks):
+        iso = day.isocalendar()
+        out.append(f"{iso.year}-W{iso.week:02d}")
+        day -= timedelta(days=7)
+    return out
+
+
+@routes.route("GET", "/reports", permission="kpi:read", summary="Review reports")
+async def reports(request: web.Request) -> web.StreamResponse:
+    """Choose a site (or HQ) and a period; the buttons fetch the report from
+    `GET /api/v1/reports/html|pdf` in the console's language."""
+    who = principal(request)
+    allowed = who.sites("kpi:read")
+    async with services(request).sessions() as session:
+        stmt = select(Site.name).order_by(Site.name)
+        if allowed is not None:
+            stmt = stmt.where(Site.id.in_(sorted(allowed)))
+        sites = list((await session.scalars(stmt)).all())
+    periods = recent_periods(datetime.now(UTC).date())
+    ctx = {
+        "sites": sites,
+        "periods": periods,
+        "site": request.query.get("site", ""),
+        "period": request.query.get("period", "") or periods[0],
+    }
+    return page(request, "reports.html", ctx, title=i18n.gettext("Review reports"))
 
 
 @routes.route("GET", "/audit", permission="audit:read", summary="The audit trail")
