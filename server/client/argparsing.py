@@ -45,6 +45,32 @@ def seconds(text: str) -> float:
     return value
 
 
+def priority(text: str) -> str:
+    """A ticket or problem priority, P1-P4 (any case)."""
+    value = text.strip().upper()
+    if value not in ("P1", "P2", "P3", "P4"):
+        raise argparse.ArgumentTypeError("P1, P2, P3 or P4")
+    return value
+
+
+def level(text: str) -> int:
+    """An impact or urgency level: 1 (high), 2 or 3 (low)."""
+    if text.strip() not in ("1", "2", "3"):
+        raise argparse.ArgumentTypeError("1 (high), 2 or 3 (low)")
+    return int(text)
+
+
+def count(text: str) -> int:
+    """A list's --limit: 1 to 10,000."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= value <= 10_000:
+        raise argparse.ArgumentTypeError("between 1 and 10000")
+    return value
+
+
 def wrap(text: str) -> str:
     """Fill each paragraph to 78 columns; lines indented by two spaces (examples) stay."""
     out: list[str] = []

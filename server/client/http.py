@@ -253,18 +253,22 @@ class Api:
     async def post(self, path: str, body: Any = None) -> Any:
         return await self.request("POST", path, json_body=body if body is not None else {})
 
-    async def pages(self, path: str, params: dict[str, str] | None = None) -> list[Any]:
-        """Every item of a list endpoint, following `next` cursors."""
+    async def pages(
+        self, path: str, params: dict[str, str] | None = None, limit: int | None = None
+    ) -> list[Any]:
+        """Every item of a list endpoint (at most `limit`), following `next` cursors."""
         items: list[Any] = []
         query = dict(params or {})
         for _ in range(10_000):
+            if limit is not None and len(items) >= limit:
+                break
             page = await self.get(path, query)
             items.extend(page.get("items") or [])
             cursor = page.get("next")
             if not cursor:
-                return items
+                break
             query["after"] = str(cursor)
-        return items
+        return items if limit is None else items[:limit]
 
     @asynccontextmanager
     async def _stream(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from server.client.argparsing import add_command
+from server.client.argparsing import add_command, count, level, priority
 from server.client.config import Login
 
 COMMANDS = frozenset({"problem"})
@@ -30,29 +30,6 @@ STATUS_HELP = (
     "comma list of them, or open (new, investigating, known_error); default: every "
     "problem but proposals and dismissed ones"
 )
-
-
-def _priority(text: str) -> str:
-    value = text.strip().upper()
-    if value not in ("P1", "P2", "P3", "P4"):
-        raise argparse.ArgumentTypeError("P1, P2, P3 or P4")
-    return value
-
-
-def _level(text: str) -> int:
-    if text.strip() not in ("1", "2", "3"):
-        raise argparse.ArgumentTypeError("1 (high), 2 or 3 (low)")
-    return int(text)
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 1 <= value <= 10_000:
-        raise argparse.ArgumentTypeError("between 1 and 10000")
-    return value
 
 
 def _target(text: str) -> str:
@@ -106,7 +83,7 @@ def register(sub: Any) -> None:
     lst.add_argument("--site", metavar="S", help="only this site's problems; hq: HQ-wide ones")
     lst.add_argument("--mine", action="store_true", help="only problems you own")
     lst.add_argument(
-        "--limit", type=_count, default=50, metavar="N", help="at most N problems (default 50)"
+        "--limit", type=count, default=50, metavar="N", help="at most N problems (default 50)"
     )
     lst.add_argument("--json", action="store_true", help="print the API's JSON items")
 
@@ -137,9 +114,9 @@ def register(sub: Any) -> None:
         metavar="FL-N",
         help="link this incident; repeat for more",
     )
-    new.add_argument("--priority", type=_priority, metavar="P2", help="P1-P4 (overrides)")
-    new.add_argument("--impact", type=_level, metavar="1-3", help="impact, 1 high .. 3 low")
-    new.add_argument("--urgency", type=_level, metavar="1-3", help="urgency, 1 high .. 3 low")
+    new.add_argument("--priority", type=priority, metavar="P2", help="P1-P4 (overrides)")
+    new.add_argument("--impact", type=level, metavar="1-3", help="impact, 1 high .. 3 low")
+    new.add_argument("--urgency", type=level, metavar="1-3", help="urgency, 1 high .. 3 low")
     new.add_argument("--assignee", metavar="USER", help="the owner")
     new.add_argument("--json", action="store_true", help="print the new problem as JSON instead")
 
@@ -153,7 +130,7 @@ def register(sub: Any) -> None:
     edit.add_argument("ref", metavar="PRB-N", help="problem number or id")
     edit.add_argument("--title", metavar="T")
     edit.add_argument("--description", metavar="TEXT")
-    edit.add_argument("--priority", type=_priority, metavar="P2")
+    edit.add_argument("--priority", type=priority, metavar="P2")
     edit.add_argument("--assignee", metavar="USER", help='the owner ("" to clear)')
     _texts(edit)
 

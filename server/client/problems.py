@@ -71,15 +71,8 @@ async def list_problems(login: Login, spec: ListSpec) -> int:
         params["site"] = spec.site
     if spec.mine:
         params["assignee"] = "me"
-    items: list[dict[str, Any]] = []
     async with Api(login.url, login.fingerprint, login.token) as api:
-        while len(items) < spec.limit:
-            page = await api.get("/api/v1/problems", params)
-            items.extend(page.get("items") or [])
-            if not page.get("next"):
-                break
-            params["after"] = str(page["next"])
-    items = items[: spec.limit]
+        items: list[dict[str, Any]] = await api.pages("/api/v1/problems", params, limit=spec.limit)
     if spec.as_json:
         print(json.dumps(items, indent=2))
         return 0

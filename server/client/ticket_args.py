@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from server.client.argparsing import add_command
+from server.client.argparsing import add_command, count, level, priority
 from server.client.config import Login
 
 COMMANDS = frozenset({"tickets", "ticket", "kpi", "report"})
@@ -35,29 +35,6 @@ STATUS_HELP = (
     "a status (new, acknowledged, in_progress, waiting, resolved, closed, cancelled), "
     "a comma list of them, or open (every status not yet resolved)"
 )
-
-
-def _priority(text: str) -> str:
-    value = text.strip().upper()
-    if value not in ("P1", "P2", "P3", "P4"):
-        raise argparse.ArgumentTypeError("P1, P2, P3 or P4")
-    return value
-
-
-def _level(text: str) -> int:
-    if text.strip() not in ("1", "2", "3"):
-        raise argparse.ArgumentTypeError("1 (high), 2 or 3 (low)")
-    return int(text)
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 1 <= value <= 10_000:
-        raise argparse.ArgumentTypeError("between 1 and 10000")
-    return value
 
 
 def register(sub: Any) -> None:
@@ -78,7 +55,7 @@ def register(sub: Any) -> None:
         "--mine", action="store_true", help="only tickets assigned to you or asked by you"
     )
     tickets.add_argument(
-        "--limit", type=_count, default=50, metavar="N", help="at most N tickets (default 50)"
+        "--limit", type=count, default=50, metavar="N", help="at most N tickets (default 50)"
     )
     tickets.add_argument("--json", action="store_true", help="print the API's JSON items")
 
@@ -125,9 +102,9 @@ def register(sub: Any) -> None:
         metavar="A",
         help="link this machine (agent id or unique hostname on the site); repeat for more",
     )
-    new.add_argument("--priority", type=_priority, metavar="P2", help="P1-P4 (overrides)")
-    new.add_argument("--impact", type=_level, metavar="1-3", help="impact, 1 high .. 3 low")
-    new.add_argument("--urgency", type=_level, metavar="1-3", help="urgency, 1 high .. 3 low")
+    new.add_argument("--priority", type=priority, metavar="P2", help="P1-P4 (overrides)")
+    new.add_argument("--impact", type=level, metavar="1-3", help="impact, 1 high .. 3 low")
+    new.add_argument("--urgency", type=level, metavar="1-3", help="urgency, 1 high .. 3 low")
     new.add_argument(
         "--type", default="incident", choices=TYPES, help="ticket type (default incident)"
     )
