@@ -2,9 +2,14 @@
 # Both create and fill .venv themselves.
 
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Every package version `make run` and `make test` install, pinned by `make lock`
+# (pyproject.toml keeps only lower bounds, for users who install the package).
+# LOCK= (empty) installs the newest releases instead: see `make test-latest`.
+LOCK ?= constraints.txt
+PIP := $(BIN)/python -m pip install --quiet $(if $(LOCK),--constraint $(LOCK))
 # The web console's front-end libraries, from npm by the committed lock file.
 NODE_STAMP := node_modules/.installed
 DEMO_DIR ?= .demo
@@ -13,14 +18,18 @@ BIND ?= 127.0.0.1
 HTTP_PORT ?= 8443
 SSH_PORT ?= 8022
 
-.PHONY: run test fuzz bench lint format venv clean i18n
+.PHONY: run test test-latest lock fuzz bench lint format venv clean i18n
 
-$(STAMP): pyproject.toml
+# pip, the build backend and then the project with its dev extras, all at the
+# locked versions; the project is built without isolation so that its build
+# backend is the locked one too.
+$(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "Fieldlink needs Python 3.11 or newer"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(PIP) --upgrade pip
+	$(PIP) --upgrade hatchling editables
+	$(PIP) --upgrade --no-build-isolation -e '.[dev]'
 	touch $(STAMP)
 
 $(NODE_STAMP): package.json package-lock.json
@@ -36,6 +45,20 @@ run: $(STAMP) $(NODE_STAMP)
 
 test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The suite against the newest releases of everything (the lock ignored), in a
+# venv of its own, so that the next upstream break shows here before a user meets it.
+test-latest:
+	$(MAKE) test VENV=.venv-latest LOCK=
+
+# Refresh constraints.txt to the newest releases that pyproject.toml allows, for
+# every platform and Python 3.11+; then run `make test` and note it in CHANGELOG.md.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet 'uv>=0.5'
+	printf 'pip\nhatchling>=1.21\neditables\n' | $(BIN)/uv pip compile --quiet --upgrade --universal \
+		--python-version 3.11 --all-extras --custom-compile-command 'make lock' \
+		pyproject.toml - -o constraints.txt
 
 # Fuzz the API: schemathesis against a real HQ's /api/openapi.json with an admin
 # token (no 5xx, every status code documented, responses match their schemas).
@@ -65,4 +88,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .venv-latest node_modules .pytest_cache .mypy_cache .ruff_cache
