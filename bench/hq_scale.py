@@ -574,7 +574,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         workers: list[WorkerProc] = []
         try:
             hq.init()
-            from server.settings import load_settings
+            from server.config.settings import load_settings
 
             t = time.monotonic()
             identities = asyncio.run(_create_identities(load_settings(hq.data_dir).db_url(), n))

@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         jobs: list[dict[str, Any]] = []
         try:
             hq.init()
-            from server.settings import load_settings
+            from server.config.settings import load_settings
 
             identities = asyncio.run(_create_identities(load_settings(hq.data_dir).db_url(), n))
             hq.start()

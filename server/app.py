@@ -23,9 +23,9 @@ from server.api import (
     system,
     tickets,
 )
-from server.api.middleware import enforce, errors
-from server.api.routing import ApiRouter
 from server.context import SERVICES, Services
+from server.web.middleware import enforce, errors
+from server.web.routing import ApiRouter
 
 ROUTERS: list[ApiRouter] = [
     system.routes,

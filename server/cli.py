@@ -145,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_hq_command(args: argparse.Namespace) -> int:
-    from server import admin
-    from server.settings import load_settings
+    from server.config.settings import load_settings
+    from server.control import admin
 
     overrides: dict[str, object] = {}
     for name in ("http", "ssh", "db", "public_url"):
@@ -191,7 +191,7 @@ def _run_hq_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from server.datadir import DataDirError
+        from server.config.datadir import DataDirError
         from shared.errors import FieldlinkError
 
         if isinstance(exc, FieldlinkError | DataDirError | OSError):
@@ -200,9 +200,9 @@ def _run_hq_command(args: argparse.Namespace) -> int:
 
 
 def _admin(args: argparse.Namespace, settings: object) -> int:
-    from server import admin
-    from server.datadir import DataDir
-    from server.settings import Settings
+    from server.config.datadir import DataDir
+    from server.config.settings import Settings
+    from server.control import admin
 
     assert isinstance(settings, Settings)
     cmd = args.admin_command

@@ -8,17 +8,17 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from server.datadir import DataDir
+from server.base.metrics import Metrics
+from server.config.datadir import DataDir
+from server.config.settings import Settings
 from server.gateway.listener import Gateway
-from server.metrics import Metrics
-from server.settings import Settings
 
 if TYPE_CHECKING:
-    from server.alerting import AlertEngine
-    from server.changes import ChangeRunner
-    from server.jobs import Jobs
-    from server.sessions import Sessions
-    from server.webhooks import Sender
+    from server.engine.alerting import AlertEngine
+    from server.engine.changes import ChangeRunner
+    from server.engine.jobs import Jobs
+    from server.engine.remote import Sessions
+    from server.engine.webhooks import Sender
 
 
 @dataclass

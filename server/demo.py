@@ -21,11 +21,11 @@ import tomllib
 from pathlib import Path
 from typing import IO, Any
 
-from server import admin
-from server.datadir import DataDir
+from server.config.datadir import DataDir
+from server.config.settings import Settings
+from server.control import admin
 from server.hq import HQ, PortInUse
 from server.ops import enrollment
-from server.settings import Settings
 from shared.durations import parse_duration
 
 LOG_NAME = "demo.log"

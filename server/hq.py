@@ -16,26 +16,26 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from server import slamonitor
-from server.alerting import AlertEngine, ensure_default_rules
 from server.app import make_app
-from server.changes import ChangeRunner
+from server.base.metrics import Metrics
+from server.config.datadir import DataDir
+from server.config.settings import Settings
 from server.context import Services
-from server.control import ControlServer
-from server.datadir import DataDir
-from server.gateway.ingest import Ingestor
+from server.control.socket import ControlServer
+from server.engine import slamonitor
+from server.engine.alerting import AlertEngine, ensure_default_rules
+from server.engine.changes import ChangeRunner
+from server.engine.ingest import Ingestor
+from server.engine.jobs import Jobs
+from server.engine.remote import Sessions
+from server.engine.webhooks import Sender
 from server.gateway.listener import Gateway
-from server.jobs import Jobs
-from server.metrics import Metrics
 from server.ops import helprequests
-from server.sessions import Sessions
-from server.settings import Settings
 from server.store import fleet, people
 from server.store.db import make_engine, migrate, sessionmaker
 from server.store.hooks import CommitHooks
 from server.store.models import utcnow
-from server.webguard import Guard, GuardedSite
-from server.webhooks import Sender
+from server.web.guard import Guard, GuardedSite
 from shared.errors import FieldlinkError
 
 log = structlog.get_logger(__name__)

@@ -18,10 +18,10 @@ import aiohttp
 from agent.config import ConfigDir
 from agent.daemon import Daemon
 from agent.enroll import enroll
-from server import admin
+from server.config.settings import Settings, load_settings
+from server.control import admin
 from server.hq import HQ
 from server.ops import accounts, enrollment
-from server.settings import Settings, load_settings
 from shared.durations import parse_duration
 
 ADMIN_PASSWORD = "admin-password-for-tests"

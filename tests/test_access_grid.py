@@ -27,10 +27,10 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from server.api.openapi import route_specs
 from server.app import make_app
 from server.auth.rbac import BUILTIN_ROLES
 from server.ops import accounts
+from server.web.openapi import route_specs
 from shared.durations import parse_duration
 from tests.support import HQHandle, make_user, start_agent, start_hq
 

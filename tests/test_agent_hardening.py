@@ -28,7 +28,7 @@ import pytest
 from sqlalchemy import func, select
 
 from agent.policy import Policy, write_default
-from server.gateway import dispatch
+from server.links import dispatch
 from server.store.models import HealthRecord
 from shared import protocol as p
 from tests.support import AgentHandle, HQHandle, make_user, spawn, start_agent, wait_until

@@ -11,8 +11,8 @@ import pytest
 import structlog
 from sqlalchemy import func, select, text, update
 
-from server import admin
 from server.auth import totp
+from server.control import admin
 from server.store.models import ApiToken, AuditEntry, LoginThrottle, utcnow
 from tests.support import ApiClient, HQHandle, make_user
 

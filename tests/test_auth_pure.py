@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from server.audit import GENESIS, Actor, Event, entry_fields, entry_hash, verify
 from server.auth import rbac, throttle, totp
+from server.base.audit import GENESIS, Actor, Event, entry_fields, entry_hash, verify
 
 SITE_A, SITE_B = "st_a", "st_b"
 

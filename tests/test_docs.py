@@ -6,7 +6,7 @@ from pathlib import Path
 
 from agent.config import AgentConfig
 from server.auth.rbac import BUILTIN_ROLES, PERMISSIONS
-from server.settings import Settings
+from server.config.settings import Settings
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -35,8 +35,8 @@ def test_every_api_route_is_in_the_api_docs():
     """docs/api.md lists every /api/v1 route with its method."""
     from types import SimpleNamespace
 
-    from server.api.openapi import route_specs
     from server.app import make_app
+    from server.web.openapi import route_specs
 
     text = (DOCS / "api.md").read_text()
     missing = [

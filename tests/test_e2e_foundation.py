@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from agent.config import ConfigDir
 from agent.enroll import EnrollError, enroll
 from agent.spool import Spool
-from server import admin
+from server.control import admin
 from server.store.models import Agent, EnrollToken, HealthRecord
 from tests.support import HQHandle, wait_until
 

@@ -362,7 +362,7 @@ def test_figures_on_fixed_facts():
 async def test_report_targets_come_from_settings(hq_factory, tmp_path):
     """HQ's `report_targets` replaces a default target; an unknown KPI or a
     value outside 0-1 is refused when the settings load."""
-    from server.settings import load_settings
+    from server.config.settings import load_settings
 
     hq = await hq_factory(
         f"sqlite+aiosqlite:///{tmp_path / 'hq.db'}", report_targets={"csat": 0.25}

@@ -16,9 +16,9 @@ from structlog.testing import capture_logs
 from agent.config import ConfigDir
 from agent.enroll import enroll
 from agent.spool import Spool
-from server import admin
-from server.datadir import DataDir
-from server.settings import load_settings
+from server.config.datadir import DataDir
+from server.config.settings import load_settings
+from server.control import admin
 from server.store.db import make_engine, sessionmaker
 from server.store.models import HealthRecord
 from tests.support import ApiClient, free_port, spawn, start_agent, wait_until

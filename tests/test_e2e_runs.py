@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 from agent import catalog
 from agent.catalog.base import systemd_running, which
 from agent.policy import Policy, write_default
-from server.gateway import dispatch
+from server.links import dispatch
 from shared import protocol as p
 from tests.support import AgentHandle, HQHandle, wait_until
 

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import update
 
-from server import slamonitor
+from server.engine import slamonitor
 from server.store.models import Ticket, utcnow
 from tests.support import HQHandle, make_user, wait_until
 from tests.test_e2e_runs_api import online_agent

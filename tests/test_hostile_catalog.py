@@ -1,6 +1,6 @@
 """A hostile agent's catalog must not freeze HQ: parameter schemas are vetted
 at hello (size, depth, patterns RE2 can match in linear time) and parameters
-are checked off the event loop with a deadline (server.paramcheck)."""
+are checked off the event loop with a deadline (server.engine.paramcheck)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from agent import catalog
 from agent.sampler import collect_facts
-from server import paramcheck
+from server.engine import paramcheck
 from shared import protocol as p
 from shared.errors import Invalid
 from shared.version import PROTOCOL_VERSION, __version__

@@ -1,7 +1,7 @@
 """HQ's HTTPS listener against slow and hostile clients, over real TLS sockets:
 headers trickled in are cut off at `http_header_timeout`, one address holds at
 most `http_max_unauthenticated` connections that have not authenticated, and
-a normal client gets through meanwhile (server.webguard)."""
+a normal client gets through meanwhile (server.web.guard)."""
 
 from __future__ import annotations
 

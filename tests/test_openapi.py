@@ -8,8 +8,8 @@ from typing import Any
 
 from openapi_spec_validator import validate
 
-from server.api.routing import ROUTE_ATTR, RouteSpec
 from server.app import make_app
+from server.web.routing import ROUTE_ATTR, RouteSpec
 
 
 def _app() -> Any:

@@ -20,16 +20,16 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.api.auth import BindingInfo, binding_infos
-from server.api.authn import Principal, principal
-from server.api.routing import ApiRouter, body, json_response, query
-from server.audit import Event
 from server.auth import rbac
 from server.auth.secrets import hash_password, new_password
+from server.base.audit import Event
 from server.context import services
 from server.itsm.consent import SitePolicy
 from server.ops import accounts
 from server.store import auditlog, people
 from server.store.models import Agent, Binding, Role, Site, Ticket, User
+from server.web.authn import Principal, principal
+from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Conflict, Invalid, NotFound
 
 routes = ApiRouter("administration")

@@ -10,13 +10,13 @@ from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.api.authn import Principal, principal
-from server.api.routing import ApiRouter, body, json_response, query
-from server.audit import Event
+from server.base.audit import Event
 from server.context import services
 from server.ops import enrollment
 from server.store import auditlog, fleet, people
 from server.store.models import Agent
+from server.web.authn import Principal, principal
+from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import NotFound
 
 routes = ApiRouter("agents")

@@ -10,14 +10,14 @@ from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.api.authn import Principal, principal
-from server.api.routing import ApiRouter, PatchBody, body, json_response, query
-from server.audit import Event
+from server.base.audit import Event
 from server.context import services
 from server.itsm import alerts as pure
 from server.itsm.tickets import number_text
 from server.store import auditlog, people
 from server.store.models import Agent, Alert, AlertRule, Site, Ticket
+from server.web.authn import Principal, principal
+from server.web.routing import ApiRouter, PatchBody, body, json_response, query
 from shared.errors import NotFound
 
 routes = ApiRouter("alerts")

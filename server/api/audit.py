@@ -9,11 +9,11 @@ from typing import Any
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field
 
-from server.api.authn import principal
-from server.api.routing import ApiRouter, json_response, query
 from server.context import services
 from server.store import auditlog, people, tickets
 from server.store.models import AuditEntry
+from server.web.authn import principal
+from server.web.routing import ApiRouter, json_response, query
 
 routes = ApiRouter("audit")
 

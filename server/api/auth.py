@@ -8,16 +8,16 @@ from aiohttp import web
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.api.authn import SESSION_COOKIE, Principal, principal, source_of
-from server.api.routing import SELF, ApiRouter, body, json_response, query
-from server.audit import Actor, Event
 from server.auth import rbac, totp
 from server.auth.crypto import seal
+from server.base.audit import Actor, Event
 from server.context import Services, services
 from server.ops import accounts
 from server.ops.login import NewWebSession, check_login, open_web_session, totp_secret
 from server.store import auditlog, people
 from server.store.models import ApiToken, Binding, User, WebSession, utcnow
+from server.web.authn import SESSION_COOKIE, Principal, principal, source_of
+from server.web.routing import SELF, ApiRouter, body, json_response, query
 from shared.durations import parse_duration
 from shared.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 

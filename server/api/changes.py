@@ -16,14 +16,14 @@ from pydantic import AwareDatetime, BaseModel, Field, model_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server import changes as ch
-from server import paramcheck, runs
-from server.api.authn import Principal, principal
-from server.api.routing import ApiRouter, body, json_response, query
 from server.context import services
+from server.engine import changes as ch
+from server.engine import paramcheck, runs
 from server.itsm.runs import TIER_PERMISSION, tier_of
 from server.store import people, tickets
 from server.store.models import Agent, Change, ChangeApproval, ChangeEvent, JobItem, Site, utcnow
+from server.web.authn import Principal, principal
+from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Conflict, Forbidden, Invalid, NotFound
 
 routes = ApiRouter("changes")

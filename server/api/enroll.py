@@ -9,12 +9,12 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, Field, field_validator
 
-from server.api.authn import principal, source_of
-from server.api.routing import ApiRouter, body, json_response
-from server.audit import Actor, Event
+from server.base.audit import Actor, Event
 from server.context import Services, services
 from server.ops import enrollment
 from server.store import auditlog, people
+from server.web.authn import principal, source_of
+from server.web.routing import ApiRouter, body, json_response
 from shared.durations import parse_duration
 from shared.errors import FieldlinkError, Invalid, NotFound
 

@@ -13,14 +13,14 @@ from aiohttp import web
 from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import select
 
-from server import jobs, paramcheck, runs
-from server.api.authn import Principal, principal
-from server.api.routing import ApiRouter, body, json_response, query
-from server.audit import Event
+from server.base.audit import Event
 from server.context import services
+from server.engine import jobs, paramcheck, runs
 from server.itsm.runs import TIER_PERMISSION, ticket_requirement, tier_of
 from server.store import auditlog, people
 from server.store.models import Agent, Job, JobItem, RunRecord, Site, utcnow
+from server.web.authn import Principal, principal
+from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Forbidden, Invalid, NotFound
 
 routes = ApiRouter("jobs")

@@ -20,8 +20,6 @@ from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.api.authn import Principal, principal
-from server.api.routing import ApiRouter, body, json_response, query
 from server.api.tickets import readable_ticket
 from server.context import services
 from server.itsm import kb as rules
@@ -30,6 +28,8 @@ from server.ops import kb as kb_ops
 from server.store import kb as store
 from server.store import people
 from server.store.models import Agent, KbArticle, KbLink, KbVersion, KbVote, Site, Ticket
+from server.web.authn import Principal, principal
+from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Conflict, Forbidden, Invalid, NotFound
 
 routes = ApiRouter("kb")

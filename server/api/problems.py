@@ -18,14 +18,14 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.api.authn import Principal, principal
-from server.api.routing import ApiRouter, body, json_response, query
 from server.context import services
 from server.itsm import problems as pure
 from server.itsm.tickets import number_text as ticket_number
 from server.ops import problems as ops
 from server.store import people, problems, tickets
 from server.store.models import AlertRule, Problem, ProblemTicket, Site, Ticket, User
+from server.web.authn import Principal, principal
+from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Forbidden, Invalid, NotFound
 
 routes = ApiRouter("problems")

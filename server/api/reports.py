@@ -19,14 +19,14 @@ from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.api.authn import Principal, principal
-from server.api.routing import ApiRouter, json_response, query
 from server.api.service_levels import fact_of
 from server.context import services
 from server.itsm import review
 from server.itsm.tickets import number_text as ticket_number
 from server.store import people
 from server.store.models import Change, Problem, ProblemTicket, Site, Ticket, utcnow
+from server.web.authn import Principal, principal
+from server.web.routing import ApiRouter, json_response, query
 from shared.errors import NotFound
 
 routes = ApiRouter("reports")

@@ -9,12 +9,12 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from server import runs
 from server.api.agents import load_agent
-from server.api.authn import principal
-from server.api.routing import ApiRouter, body, json_response, query
 from server.context import services
+from server.engine import runs
 from server.store.models import RunRecord
+from server.web.authn import principal
+from server.web.routing import ApiRouter, body, json_response, query
 from shared import protocol as p
 from shared.errors import NotFound
 

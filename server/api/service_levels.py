@@ -9,15 +9,15 @@ from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field, field_validator
 from sqlalchemy import select
 
-from server.api.authn import Principal, principal
-from server.api.routing import ApiRouter, body, json_response, query
-from server.audit import Event
 from server.auth.crypto import seal
+from server.base.audit import Event
 from server.context import services
 from server.itsm import kpi, sla
 from server.ops import ticketing
 from server.store import auditlog, people
 from server.store.models import OutboxItem, SlaPolicy, Ticket, TicketEvent, User, Webhook
+from server.web.authn import Principal, principal
+from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Invalid, NotFound
 
 routes = ApiRouter("service levels")

@@ -23,16 +23,15 @@ from pydantic import BaseModel, Field
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server import recording
-from server.api.authn import Principal, principal
-from server.api.routing import ApiRouter, body, json_response, query
-from server.audit import Event
+from server.base.audit import Event
 from server.context import Services, services
+from server.engine.remote import KIND_PERMISSION, LiveShell, Sessions
 from server.itsm.consent import FINAL, LIVE
 from server.itsm.tickets import OPEN, number_text
-from server.sessions import KIND_PERMISSION, LiveShell, Sessions
-from server.store import auditlog, fleet, tickets
+from server.store import auditlog, fleet, recording, tickets
 from server.store.models import Agent, RemoteSession, Ticket
+from server.web.authn import Principal, principal
+from server.web.routing import ApiRouter, body, json_response, query
 from shared import protocol as p
 from shared.errors import Conflict, FieldlinkError, Forbidden, Invalid, NotFound, Unauthorized
 

@@ -6,10 +6,10 @@ from aiohttp import web
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from server.api.authn import authenticate
-from server.api.routing import ApiRouter, json_response
 from server.auth import rbac
 from server.context import services
+from server.web.authn import authenticate
+from server.web.routing import ApiRouter, json_response
 from shared.errors import Forbidden, Unavailable
 from shared.version import __version__
 
@@ -69,6 +69,6 @@ async def metrics(request: web.Request) -> web.Response:
 
 @routes.route("GET", "/api/openapi.json", public=True, summary="This API as OpenAPI 3.1")
 async def openapi(request: web.Request) -> web.Response:
-    from server.api.openapi import document
+    from server.web.openapi import document
 
     return web.json_response(document(request.app))

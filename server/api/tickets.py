@@ -13,8 +13,6 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.api.authn import Principal, principal
-from server.api.routing import ApiRouter, body, json_response, query
 from server.auth import rbac
 from server.context import Services, services
 from server.itsm import problems as problem_rules
@@ -23,6 +21,8 @@ from server.ops import helprequests, ticketing
 from server.store import fleet, people, tickets
 from server.store import problems as problem_store
 from server.store.models import Agent, RunRecord, Site, Ticket, TicketAgent, TicketEvent, User
+from server.web.authn import Principal, principal
+from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Forbidden, Invalid, NotFound, RateLimited
 
 routes = ApiRouter("tickets")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.api.middleware import HTML_ERRORS
-from server.api.routing import ApiRouter
 from server.console import (
     account,
     admin,
@@ -29,6 +27,8 @@ from server.console import (
     sessions,
     tickets,
 )
+from server.web.middleware import HTML_ERRORS
+from server.web.routing import ApiRouter
 
 ROUTERS: list[ApiRouter] = [
     assets.routes,

@@ -18,9 +18,6 @@ from markupsafe import Markup
 from pydantic import ValidationError
 
 from server.api import auth as api_auth
-from server.api.authn import SESSION_COOKIE, authenticate, principal, source_of
-from server.api.middleware import see_other
-from server.api.routing import SELF, ApiRouter
 from server.auth import rbac, totp
 from server.auth.secrets import same
 from server.console import i18n
@@ -29,6 +26,9 @@ from server.context import services
 from server.ops.login import totp_secret
 from server.store import people
 from server.store.models import User
+from server.web.authn import SESSION_COOKIE, authenticate, principal, source_of
+from server.web.middleware import see_other
+from server.web.routing import SELF, ApiRouter
 from shared.errors import FieldlinkError, NotFound, Unauthorized
 
 routes = ApiRouter("console", console=True)

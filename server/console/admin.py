@@ -8,14 +8,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from server.api.admin import role_item, site_item, user_item, visible_users
-from server.api.authn import principal
-from server.api.routing import ApiRouter
 from server.auth import rbac
 from server.console import i18n
 from server.console.render import N_, page
 from server.context import services
 from server.store import people
 from server.store.models import Site
+from server.web.authn import principal
+from server.web.routing import ApiRouter
 from shared.errors import NotFound
 
 routes = ApiRouter("console", console=True)

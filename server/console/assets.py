@@ -11,8 +11,8 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from server.api.routing import ApiRouter
 from server.console.i18n import HERE
+from server.web.routing import ApiRouter
 
 routes = ApiRouter("console", console=True)
 log = structlog.get_logger(__name__)

@@ -15,15 +15,15 @@ from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server import changes as ch
-from server.api.authn import Principal, principal
 from server.api.changes import ChangeQuery, ChangeSummary, change_out, visible_changes
 from server.api.changes import _load as load_change
-from server.api.routing import ApiRouter
 from server.console import i18n
 from server.console.render import N_, page
 from server.context import services
+from server.engine import changes as ch
 from server.store import fleet, people
+from server.web.authn import Principal, principal
+from server.web.routing import ApiRouter
 from shared.errors import Invalid
 
 routes = ApiRouter("console", console=True)

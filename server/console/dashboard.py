@@ -16,9 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.api.agents import AgentListQuery, visible_agents
 from server.api.alerts import AlertQuery, alert_items
-from server.api.authn import Principal, principal
-from server.api.middleware import see_other
-from server.api.routing import SELF, ApiRouter
 from server.api.tickets import ListQuery, find_tickets
 from server.console import i18n, live
 from server.console.render import fragment, page
@@ -27,6 +24,9 @@ from server.context import Services, services
 from server.itsm.tickets import number_text
 from server.ops import ticketing
 from server.store.models import Ticket
+from server.web.authn import Principal, principal
+from server.web.middleware import see_other
+from server.web.routing import SELF, ApiRouter
 
 routes = ApiRouter("console", console=True)
 

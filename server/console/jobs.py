@@ -7,15 +7,15 @@ from typing import Any
 
 from aiohttp import web
 
-from server.api.authn import principal
 from server.api.jobs import job_out, recent_jobs
-from server.api.routing import ApiRouter
 from server.console import i18n
 from server.console.forms import fields_of
 from server.console.render import page
 from server.context import services
 from server.store import fleet
 from server.store.models import Agent
+from server.web.authn import principal
+from server.web.routing import ApiRouter
 
 routes = ApiRouter("console", console=True)
 

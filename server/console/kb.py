@@ -13,14 +13,14 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from server.api import kb as kb_api
-from server.api.authn import principal
-from server.api.routing import ApiRouter
 from server.console import i18n
 from server.console.render import page
 from server.context import services
 from server.itsm import kb as rules
 from server.store import people
 from server.store.models import KbVersion, Site
+from server.web.authn import principal
+from server.web.routing import ApiRouter
 from shared.errors import Invalid, NotFound
 
 routes = ApiRouter("console", console=True)

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from server.api.authn import PRINCIPAL_KEY, Principal, authenticate
+from server.web.authn import PRINCIPAL_KEY, Principal, authenticate
 from shared.errors import FieldlinkError
 
 CLOSING = web.AppKey("console_closing", asyncio.Event)

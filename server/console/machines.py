@@ -12,8 +12,6 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from server.api.agents import AgentItem, AgentListQuery, agent_for, visible_agents
-from server.api.authn import Principal, principal
-from server.api.routing import ApiRouter
 from server.api.sessions import ListQuery as SessionQuery
 from server.api.sessions import find_sessions
 from server.api.tickets import ListQuery as TicketQuery
@@ -26,6 +24,8 @@ from server.console.render import fragment, page
 from server.context import Services, services
 from server.itsm.runs import TIER_PERMISSION
 from server.store import people
+from server.web.authn import Principal, principal
+from server.web.routing import ApiRouter
 from shared.errors import Invalid
 
 routes = ApiRouter("console", console=True)

@@ -11,14 +11,14 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import ValidationError
 
-from server.api.authn import principal
 from server.api.problems import ListQuery, detail, find_problems, may_write, problem_out
 from server.api.problems import readable_problem as load_problem
-from server.api.routing import ApiRouter
 from server.console import i18n
 from server.console.render import page
 from server.context import services
 from server.store import people
+from server.web.authn import principal
+from server.web.routing import ApiRouter
 from shared.errors import Invalid
 
 routes = ApiRouter("console", console=True)

@@ -18,8 +18,8 @@ from aiohttp import web
 from babel.dates import format_date, format_time
 from markupsafe import Markup
 
-from server.api.authn import PRINCIPAL_KEY, Principal
 from server.console import i18n, labels
+from server.web.authn import PRINCIPAL_KEY, Principal
 
 TEMPLATES = i18n.HERE / "templates"
 

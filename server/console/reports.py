@@ -13,14 +13,14 @@ from sqlalchemy import select
 
 from server.api.alerts import AlertQuery, alert_items, visible_rules
 from server.api.audit import AuditQuery, audit_item, audit_page
-from server.api.authn import principal
-from server.api.routing import ApiRouter
 from server.api.service_levels import KpiQuery, kpi_report
 from server.console import i18n
 from server.console.render import page
 from server.context import services
 from server.store import people
 from server.store.models import Site
+from server.web.authn import principal
+from server.web.routing import ApiRouter
 from shared.errors import Invalid
 
 routes = ApiRouter("console", console=True)

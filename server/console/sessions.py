@@ -8,13 +8,13 @@ from typing import Any
 
 from aiohttp import web
 
-from server.api.authn import Principal, principal
-from server.api.routing import ApiRouter
 from server.api.sessions import ListQuery, find_sessions, readable_session, session_out
 from server.console import i18n, live
 from server.console.render import fragment, page
 from server.context import Services, services
 from server.itsm.consent import LIVE
+from server.web.authn import Principal, principal
+from server.web.routing import ApiRouter
 
 routes = ApiRouter("console", console=True)
 STATES = ("requested", "awaiting_consent", "active", "ended", "denied", "expired", "failed")

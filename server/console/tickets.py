@@ -14,11 +14,9 @@ from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.api.authn import Principal, principal
 from server.api.kb import viewer as kb_viewer
 from server.api.problems import ListQuery as ProblemListQuery
 from server.api.problems import ProblemOut, find_problems, may_write, problem_out
-from server.api.routing import ApiRouter
 from server.api.sessions import ListQuery as SessionQuery
 from server.api.sessions import find_sessions
 from server.api.tickets import (
@@ -34,11 +32,13 @@ from server.console.changes import labels as change_labels
 from server.console.changes import upcoming_for
 from server.console.render import page
 from server.context import services
+from server.engine.remote import KIND_PERMISSION
 from server.itsm.kb import number_text
 from server.itsm.tickets import OPEN
-from server.sessions import KIND_PERMISSION
 from server.store import fleet, people
 from server.store import kb as kb_store
+from server.web.authn import Principal, principal
+from server.web.routing import ApiRouter
 from shared.errors import Invalid
 
 routes = ApiRouter("console", console=True)

@@ -1,2 +1,2 @@
-"""HQ's SSH edge: the reverse-SSH listener agents dial into, the registry of
-live agent connections, telemetry ingest and dispatch of HQ->agent requests."""
+"""HQ's SSH edge: the reverse-SSH listener agents dial into and the telemetry
+channel, whose frames are decoded and handed to operations and the engine."""

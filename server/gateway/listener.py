@@ -19,10 +19,10 @@ import asyncssh
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from server.gateway.ingest import Ingestor
-from server.gateway.registry import AgentLink, Registry
+from server.base.metrics import Metrics
+from server.engine.ingest import Ingestor
 from server.gateway.telemetry import run_telemetry
-from server.metrics import Metrics
+from server.links.registry import AgentLink, Registry
 from server.ops.helprequests import Limits
 from server.store import fleet
 

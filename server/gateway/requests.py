@@ -16,7 +16,7 @@ import structlog
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.audit import Actor
+from server.base.audit import Actor
 from server.itsm import kb as kb_rules
 from server.itsm.tickets import OPEN, number_text
 from server.ops import helprequests, ticketing

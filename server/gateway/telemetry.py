@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from server import paramcheck
+from server.engine import paramcheck
 from server.gateway import requests
 from server.store import fleet
 from shared import protocol as p
 
 if TYPE_CHECKING:
     from server.gateway.listener import Gateway
-    from server.gateway.registry import AgentLink
+    from server.links.registry import AgentLink
 
 log = structlog.get_logger(__name__)
 
@@ -79,7 +79,7 @@ async def run_telemetry(link: AgentLink, gw: Gateway) -> None:
 
 async def _vetted(hello: p.Hello) -> p.Hello:
     """The hello with only the catalog entries whose parameter schema HQ can
-    check in bounded time (see server.paramcheck); the others are logged and
+    check in bounded time (see server.engine.paramcheck); the others are logged and
     not offered."""
     kept, refused = await asyncio.to_thread(paramcheck.vet_catalog, list(hello.catalog))
     for name, reason in refused.items():

@@ -9,9 +9,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.audit import Actor, Event
 from server.auth.rbac import BUILTIN_ROLES
 from server.auth.secrets import digest, hash_password, new_token
+from server.base.audit import Actor, Event
 from server.store import auditlog, people
 from server.store.models import Role, User, utcnow
 from shared.errors import Conflict, Invalid, NotFound

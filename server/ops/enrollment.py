@@ -8,7 +8,7 @@ from datetime import timedelta
 import asyncssh
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.audit import Actor, Event
+from server.base.audit import Actor, Event
 from server.store import auditlog, fleet, people
 from server.store.models import Agent, utcnow
 from shared.enrolltoken import EnrollToken, TokenFormatError, hash_secret

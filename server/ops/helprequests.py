@@ -25,10 +25,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.audit import Actor
+from server.base.audit import Actor
+from server.config.settings import Settings
 from server.itsm.tickets import OPEN, number_text
 from server.ops import ticketing
-from server.settings import Settings
 from server.store.models import Ticket, TicketAgent, TicketEvent, utcnow
 from shared import protocol as p
 

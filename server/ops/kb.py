@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.audit import Actor, Event
+from server.base.audit import Actor, Event
 from server.itsm import kb as rules
 from server.ops import ticketing
 from server.store import auditlog, tickets

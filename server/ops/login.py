@@ -11,11 +11,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.audit import Actor, Event
 from server.auth import throttle, totp
 from server.auth.crypto import DecryptError, unseal
 from server.auth.secrets import burn_password_time, digest, hash_password, needs_rehash
 from server.auth.secrets import verify_password as check_password
+from server.base.audit import Actor, Event
 from server.store import auditlog, people
 from server.store.models import User, WebSession, utcnow
 from shared.errors import FieldlinkError, RateLimited, Unauthorized

@@ -15,7 +15,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.audit import Actor, Event
+from server.base.audit import Actor, Event
 from server.itsm import problems as pure
 from server.itsm.tickets import OPEN as TICKET_OPEN
 from server.itsm.tickets import number_text as ticket_number

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.audit import Actor, Event
+from server.base.audit import Actor, Event
 from server.itsm import sla
 from server.itsm.tickets import (
     DEFAULT_REOPEN_WINDOW,

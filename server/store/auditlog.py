@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.audit import GENESIS, Actor, ChainBreak, Event, entry_fields, entry_hash, verify
+from server.base.audit import GENESIS, Actor, ChainBreak, Event, entry_fields, entry_hash, verify
 from server.store.models import AuditEntry, AuditHead, utcnow
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.audit import Actor
+from server.base.audit import Actor
 from server.store.models import Problem, ProblemEvent, ProblemTicket, Ticket
 
 _NUMBER = re.compile(r"^PRB-(\d{1,12})$", re.IGNORECASE)

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.audit import Actor
+from server.base.audit import Actor
 from server.store.models import Counter, Ticket, TicketEvent
 
 _NUMBER = re.compile(r"^FL-(\d{1,12})$", re.IGNORECASE)

@@ -24,15 +24,15 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.audit import Actor, Event
 from server.auth import rbac
+from server.base.audit import Actor, Event
 from server.context import Services
 from server.itsm import consent as policy
 from server.itsm.tickets import OPEN, number_text
 from server.ops import ticketing
-from server.recording import Recorder, RecordingError
 from server.store import auditlog, people
 from server.store.models import Agent, RemoteSession, Site, Ticket, utcnow
+from server.store.recording import Recorder, RecordingError
 from shared import protocol as p
 from shared.errors import Conflict
 

@@ -20,11 +20,11 @@ import structlog
 from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.audit import Actor
+from server.base.audit import Actor
 from server.context import Services
-from server.gateway.registry import AgentLink
+from server.engine.runs import Prepared, perform, store_many
 from server.itsm.runs import TicketView
-from server.runs import Prepared, perform, store_many
+from server.links.registry import AgentLink
 from server.store.models import Job, JobItem, RunRecord, utcnow
 
 log = structlog.get_logger(__name__)

@@ -27,11 +27,11 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from server import webguard
-from server.api.authn import PRINCIPAL_KEY, SAFE_METHODS, authenticate, check_csrf
-from server.api.routing import BODY_KEY, QUERY_KEY, SELF, Handler, spec_of
 from server.auth import rbac
 from server.context import services
+from server.web import guard as webguard
+from server.web.authn import PRINCIPAL_KEY, SAFE_METHODS, authenticate, check_csrf
+from server.web.routing import BODY_KEY, QUERY_KEY, SELF, Handler, spec_of
 from shared.errors import (
     BadRequest,
     FieldlinkError,

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from server.audit import Actor, Event
 from server.auth.secrets import new_password
-from server.control import notify
-from server.datadir import DataDir, DataDirError
+from server.base.audit import Actor, Event
+from server.config.datadir import DataDir, DataDirError
+from server.config.settings import Settings
+from server.control.socket import notify
 from server.ops import accounts, enrollment
-from server.settings import Settings
 from server.store import auditlog, people
 from server.store.db import make_engine, migrate, sessionmaker
 from shared.durations import parse_duration

@@ -28,13 +28,13 @@ from typing import Any
 import structlog
 from sqlalchemy import select
 
-from server.audit import Actor, Event
+from server.base.audit import Actor, Event
 from server.context import Services
+from server.engine.runs import Prepared, execute
 from server.itsm import alerts as pure
 from server.itsm.tickets import OPEN, number_text
 from server.ops import problems as problem_ops
 from server.ops import ticketing
-from server.runs import Prepared, execute
 from server.store import auditlog
 from server.store.fleet import Ingest
 from server.store.models import Agent, Alert, AlertRule, Ticket, utcnow

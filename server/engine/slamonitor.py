@@ -9,7 +9,7 @@ import asyncio
 import structlog
 from sqlalchemy import select
 
-from server.audit import Actor
+from server.base.audit import Actor
 from server.context import Services
 from server.itsm.tickets import DEFAULT_REOPEN_WINDOW, OPEN
 from server.ops import ticketing

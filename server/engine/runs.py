@@ -16,11 +16,9 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server import paramcheck
-from server.api.authn import Principal
-from server.audit import Actor, Event
+from server.base.audit import Actor, Event
 from server.context import Services
-from server.gateway import dispatch
+from server.engine import paramcheck
 from server.itsm.runs import (
     TIER_PERMISSION,
     TicketView,
@@ -29,8 +27,10 @@ from server.itsm.runs import (
     tier_of,
 )
 from server.itsm.tickets import number_text
+from server.links import dispatch
 from server.store import auditlog, tickets
 from server.store.models import Agent, RunRecord, new_id, utcnow
+from server.web.authn import Principal
 from shared import protocol as p
 from shared.errors import Forbidden, Invalid
 

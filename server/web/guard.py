@@ -25,7 +25,7 @@ import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from server.metrics import Metrics
+from server.base.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 

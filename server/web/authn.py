@@ -19,9 +19,9 @@ from datetime import datetime, timedelta
 
 from aiohttp import web
 
-from server.audit import Actor
 from server.auth import rbac
 from server.auth.secrets import digest, same
+from server.base.audit import Actor
 from server.context import services
 from server.store import people
 from server.store.models import User, utcnow

@@ -10,8 +10,8 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from server.api.middleware import INT_MAX, INT_MIN
-from server.api.routing import ROUTE_ATTR, RouteSpec
+from server.web.middleware import INT_MAX, INT_MIN
+from server.web.routing import ROUTE_ATTR, RouteSpec
 from shared.version import __version__
 
 _REF = "#/components/schemas/{model}"

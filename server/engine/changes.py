@@ -4,7 +4,7 @@ A change names one catalog entry (or `exec`) with its parameters and the
 machines it touches (sites, tags, agents, resolved when it is requested).
 Approvers holding `changes:approve` on every site it touches decide: one
 refusal rejects; `approvals_required` approvals approve; nobody decides on
-their own change. Started, it runs as jobs (`server.jobs`, the same fan-out
+their own change. Started, it runs as jobs (`server.engine.jobs`, the same fan-out
 as `POST /api/v1/jobs`) in stages:
 
     pilot job -> health gate -> rest job(s) -> review
@@ -34,9 +34,9 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server import jobs as jobs_mod
-from server.audit import Actor, Event
+from server.base.audit import Actor, Event
 from server.context import Services
+from server.engine import jobs as jobs_mod
 from server.store import auditlog
 from server.store.models import Agent, Alert, AlertRule, Change, ChangeEvent, JobItem, utcnow
 

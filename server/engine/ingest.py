@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from server.metrics import Metrics
+from server.base.metrics import Metrics
 from server.store import fleet
 from shared import protocol as p
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import asyncssh
 import structlog
 
-from server.gateway.registry import Registry
+from server.links.registry import Registry
 from shared import protocol as p
 
 log = structlog.get_logger(__name__)
