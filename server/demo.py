@@ -60,14 +60,14 @@ def _port_hint(exc: PortInUse) -> str:
 async def _enroll_local_agent(hq: HQ, agent_dir: Path, log: IO[str] | None) -> str:
     config = agent_dir / "config.toml"
     if not config.exists():
-        async with hq.svc.sessions.begin() as session:
+        async with hq.parts.sessions.begin() as session:
             made = await enrollment.make_enroll_token(
                 session,
                 site_name="demo",
                 uses=1,
                 ttl=parse_duration("10m"),
                 url=hq.url,
-                fingerprint=hq.svc.fingerprint,
+                fingerprint=hq.parts.fingerprint,
                 actor=admin.local_actor(),
             )
         proc = await asyncio.create_subprocess_exec(
@@ -150,7 +150,7 @@ async def run_demo(settings: Settings, log: IO[str] | None = None) -> int:
             "  Fieldlink demo is running\n"
             f"    web console:      {hq.url}/\n"
             f"    HQ (HTTPS API):   {hq.url}/api/v1\n"
-            f"    TLS fingerprint:  {hq.svc.fingerprint}\n"
+            f"    TLS fingerprint:  {hq.parts.fingerprint}\n"
             f"    admin user:       admin\n"
             f"    admin password:   {password}\n"
             f"    local agent id:   {agent_id}\n"

@@ -162,9 +162,7 @@ class World:
         write_default(handle.dir.policy_file, Policy(**policy))
         self.agents.append(handle)
         await handle.start()
-        await wait_until(
-            lambda: self.hq.hq.svc.gateway.registry.get(handle.agent_id), what="online"
-        )
+        await wait_until(lambda: self.hq.hq.parts.links.get(handle.agent_id), what="online")
         return handle
 
     async def api(self, method: str, path: str, **kw: Any) -> Any:

@@ -131,11 +131,11 @@ class HQHandle:
 
     @property
     def fingerprint(self) -> str:
-        return self.hq.svc.fingerprint
+        return self.hq.parts.fingerprint
 
     @property
     def sessions(self) -> Any:
-        return self.hq.svc.sessions
+        return self.hq.parts.sessions
 
     @asynccontextmanager
     async def client(self, token: str | None = None) -> AsyncIterator[ApiClient]:
@@ -181,7 +181,7 @@ class HQHandle:
 
     async def restart(self) -> None:
         """Stop and start again on the same ports and data."""
-        http_port, ssh_port = self.hq.svc.http_port, self.hq.svc.ssh_port
+        http_port, ssh_port = self.hq.parts.http_port, self.hq.parts.ssh_port
         await self.stop()
         self.settings = self.settings.model_copy(
             update={"http": f"127.0.0.1:{http_port}", "ssh": f"127.0.0.1:{ssh_port}"}
@@ -289,7 +289,7 @@ async def make_user(
             row = await session.get(User, user.id)
             assert row is not None
             row.totp_secret_enc = seal(
-                hq.hq.svc.master_key, secret.encode(), f"totp:{user.id}".encode()
+                hq.hq.parts.master_key, secret.encode(), f"totp:{user.id}".encode()
             )
             row.totp_enabled = True
         user_id = user.id

@@ -27,8 +27,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from server.app import make_app
 from server.auth.rbac import BUILTIN_ROLES
+from server.hq import make_app
 from server.ops import accounts
 from server.web.openapi import route_specs
 from shared.durations import parse_duration
@@ -927,9 +927,7 @@ def test_every_route_is_in_the_grid_and_declared(tmp_path):
 
 
 def _app() -> Any:
-    from types import SimpleNamespace
-
-    return make_app(SimpleNamespace())  # type: ignore[arg-type]
+    return make_app()
 
 
 CELLS = [

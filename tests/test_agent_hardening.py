@@ -41,7 +41,7 @@ async def linked_agent(hq: HQHandle, agent_factory: Any, **policy: Any) -> Agent
     agent: AgentHandle = await agent_factory(hq, run=False)
     write_default(agent.dir.policy_file, Policy(**policy))
     await agent.start()
-    registry = hq.hq.svc.gateway.registry
+    registry = hq.hq.parts.links
 
     def hello_in() -> bool:
         link = registry.get(agent.agent_id)
@@ -244,7 +244,7 @@ async def test_a_run_left_by_a_killed_agent_is_killed_at_its_restart(
     policy = Policy(allow_exec=True, allow_shell=True, require_consent=False)
     write_default(agent.dir.policy_file, policy)
     duration = str(9000 + secrets.randbelow(900))  # this test's own sleep
-    registry = hq.hq.svc.gateway.registry
+    registry = hq.hq.parts.links
     log = tmp_path / "agent.log"
     first = await agent_process(agent, log)
     second: asyncio.subprocess.Process | None = None
@@ -312,7 +312,7 @@ async def test_a_run_ends_with_its_whole_group_killed(sqlite_hq, agent_factory):
         name="exec",
         params={"argv": ["sh", "-c", f"sleep {duration} >/dev/null 2>&1 & echo started"]},
     )
-    registry = hq.hq.svc.gateway.registry
+    registry = hq.hq.parts.links
     frames = [f async for f in dispatch.run(registry, agent.agent_id, request, timeout=60)]
     result = frames[-1]
     assert isinstance(result, p.RunResult) and result.status == "ok", result
@@ -393,7 +393,7 @@ async def test_a_full_spool_disk_never_stops_the_agent(sqlite_hq, tmp_path):
     the error; once there is room again the count reaches HQ and reports
     flow. SIGTERM ends it with status 0."""
     hq = sqlite_hq
-    registry = hq.hq.svc.gateway.registry
+    registry = hq.hq.parts.links
     with small_disk(tmp_path / "disk", "3m") as disk:
         agent = await start_agent(hq, disk / "agent", run=False)
         cdir = agent.dir.path
@@ -447,7 +447,7 @@ async def test_a_full_spool_disk_never_stops_the_agent(sqlite_hq, tmp_path):
 
             filler.unlink()
             await hq.restart()
-            registry = hq.hq.svc.gateway.registry
+            registry = hq.hq.parts.links
 
             async def dropped_at_hq() -> int:
                 async with hq.client(hq.admin_token) as api:

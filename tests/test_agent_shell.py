@@ -32,7 +32,7 @@ async def linked(hq: HQHandle, agent_factory: Any, **policy: Any) -> tuple[Agent
     policy.setdefault("shell_user", ME)
     write_default(agent.dir.policy_file, Policy(**policy))
     await agent.start()
-    registry = hq.hq.svc.gateway.registry
+    registry = hq.hq.parts.links
 
     def ready() -> Any:
         link = registry.get(agent.agent_id)

@@ -252,7 +252,7 @@ async def test_queue_accept_list_watch_end_and_replay(sqlite_hq, agent_factory, 
         assist=True,
         asked_at=datetime.now(UTC),
     )
-    await hq.hq.svc.remote.offer_from_site(agent.agent_id, found.id, asked)
+    await hq.hq.parts.remote.offer_from_site(agent.agent_id, found.id, asked)
 
     queue = await fieldlink("session", "list", "--queue", env=env)
     assert queue.returncode == 0, queue.stderr
@@ -482,7 +482,7 @@ async def test_shell_in_a_terminal_watched_and_replayed(sqlite_hq, agent_factory
     assert replayed.stdout == shown
     assert b"idle gaps cut to 2s" in replayed.stderr
 
-    path = hq.hq.svc.datadir.path / "recordings" / f"{sid}.cast.enc"
+    path = hq.hq.parts.datadir.path / "recordings" / f"{sid}.cast.enc"
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0x01
     path.write_bytes(bytes(raw))

@@ -82,7 +82,7 @@ async def test_shell_in_the_browser_approved_at_the_machine_then_replayed(world:
         "shop-shell", allow_shell=True, shell_user=ME, require_consent=True
     )
     await wait_until(
-        lambda: "hello_at" in world.hq.hq.svc.gateway.registry.get(agent.agent_id).info,
+        lambda: "hello_at" in world.hq.hq.parts.links.get(agent.agent_id).info,
         what="hello",
     )
     made = await world.api(
@@ -151,7 +151,7 @@ async def test_take_over_a_session_the_site_asked_for(world: World) -> None:
         "shop-assist", allow_shell=True, shell_user=ME, require_consent=True
     )
     await wait_until(
-        lambda: "hello_at" in world.hq.hq.svc.gateway.registry.get(agent.agent_id).info,
+        lambda: "hello_at" in world.hq.hq.parts.links.get(agent.agent_id).info,
         what="hello",
     )
     cli = await AssistCLI.start(agent, "printer jammed, please take over")

@@ -104,7 +104,7 @@ async def test_change_approved_by_another_runs_pilot_then_rest(hq, agent_factory
     assert gated["stages"][0]["counts"] == {"ok": 1}
     await hq.restart()  # the gate's clock and the next stage live in the database
     for agent in agents:
-        await wait_until(lambda a=agent: hq.hq.svc.gateway.registry.get(a.agent_id), what="back")
+        await wait_until(lambda a=agent: hq.hq.parts.links.get(a.agent_id), what="back")
 
     done = await wait_until(
         lambda: state_of(hq, number, "review"), timeout=60, what="every stage ran"
@@ -243,7 +243,7 @@ async def test_failures_above_the_threshold_halt_the_rest_and_cancel_what_waits(
     refusing = await online_agent(hq, agent_factory)  # allow_exec = false
     offline = await online_agent(hq, agent_factory, allow_exec=True, require_consent=False)
     await offline.stop()
-    await wait_until(lambda: not hq.hq.svc.gateway.registry.get(offline.agent_id), what="gone")
+    await wait_until(lambda: not hq.hq.parts.links.get(offline.agent_id), what="gone")
     engineer, approver = await engineer_and_approver(hq)
     spec = exec_change(
         [pilot, refusing, offline],
@@ -406,7 +406,7 @@ async def test_cancelling_a_running_change_halts_it_and_cancels_what_waits(
     hq = sqlite_hq
     agent = await online_agent(hq, agent_factory, allow_exec=True, require_consent=False)
     await agent.stop()
-    await wait_until(lambda: not hq.hq.svc.gateway.registry.get(agent.agent_id), what="gone")
+    await wait_until(lambda: not hq.hq.parts.links.get(agent.agent_id), what="gone")
     engineer, approver = await engineer_and_approver(hq)
     n = await approved_change(hq, engineer, approver, exec_change([agent]))
     started = await ok(hq, engineer.token, "POST", f"/api/v1/changes/{n}/start")

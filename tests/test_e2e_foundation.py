@@ -98,7 +98,7 @@ async def test_enrolled_agent_comes_online_with_health(hq, agent_factory, admin_
 async def test_metrics_and_healthz(sqlite_hq, agent_factory):
     """/healthz answers and /metrics counts connected agents and ingested reports."""
     await agent_factory(sqlite_hq)
-    await wait_until(lambda: len(sqlite_hq.hq.svc.gateway.registry) == 1, what="connection")
+    await wait_until(lambda: len(sqlite_hq.hq.parts.links) == 1, what="connection")
     async with sqlite_hq.client() as api:
         status, body = await api.get("/healthz")
         assert status == 200 and body["status"] == "ok"
@@ -149,7 +149,7 @@ async def test_hq_restart_loses_nothing(hq, agent_factory):
 async def test_revoked_agent_is_cut_off_and_refused(hq, agent_factory, admin_api):
     """Revoking closes the live connection at once and refuses reconnection."""
     agent = await agent_factory(hq)
-    gw = hq.hq.svc.gateway
+    gw = hq.hq.parts.gateway
     await wait_until(lambda: gw.registry.get(agent.agent_id), what="connected")
     with capture_logs() as logs:
         body = await admin_api.ok("POST", f"/api/v1/agents/{agent.agent_id}/revoke")
@@ -169,7 +169,7 @@ async def test_revoked_agent_is_cut_off_and_refused(hq, agent_factory, admin_api
 async def test_cli_revoke_reaches_running_server(sqlite_hq, agent_factory):
     """`fieldlink admin agent revoke` (another process's path) cuts the link at once."""
     agent = await agent_factory(sqlite_hq)
-    gw = sqlite_hq.hq.svc.gateway
+    gw = sqlite_hq.hq.parts.gateway
     await wait_until(lambda: gw.registry.get(agent.agent_id), what="connected")
     told = await admin.revoke_agent(sqlite_hq.settings, agent.agent_id)
     assert told
@@ -191,7 +191,7 @@ async def test_agent_refuses_hq_with_wrong_key(sqlite_hq, agent_factory):
     refusal = next(e for e in logs if e["event"] == "hq_key_refused")
     assert refusal["peer"].startswith("127.0.0.1:")
     assert refusal["key_fingerprint"].startswith("SHA256:")
-    assert sqlite_hq.hq.svc.gateway.registry.get(agent.agent_id) is None
+    assert sqlite_hq.hq.parts.links.get(agent.agent_id) is None
     assert (await agent_status(sqlite_hq, agent.agent_id))["status"] == "offline"
 
 
@@ -208,7 +208,7 @@ async def test_hq_refuses_unknown_agent_key(sqlite_hq, agent_factory):
     refusal = next(e for e in logs if e["event"] == "agent_key_refused")
     assert refusal["key_fingerprint"] == new_key.get_fingerprint("sha256")
     assert refusal["peer"].startswith("127.0.0.1:")
-    assert sqlite_hq.hq.svc.gateway.registry.get(agent.agent_id) is None
+    assert sqlite_hq.hq.parts.links.get(agent.agent_id) is None
 
 
 async def _counts(hq: HQHandle) -> tuple[int, dict[str, int]]:

@@ -283,7 +283,7 @@ async def test_an_alert_rule_firing_on_three_machines_proposes_one_problem(
             "site": "shop-1",
         },
     )
-    await hq.hq.svc.alerts.reload_rules()
+    await hq.hq.parts.alerts.reload_rules()
 
     async def proposals() -> list[dict[str, Any]]:
         body = await admin(hq, "GET", "/api/v1/problems", params={"status": "proposed"})
@@ -359,7 +359,7 @@ async def test_problem_events_reach_webhooks(sqlite_hq):
             f"/api/v1/problems/{made['number']}/transition",
             json={"status": "known_error", "workaround": "reboot"},
         )
-        hq.hq.svc.webhooks.wake()
+        hq.hq.parts.webhooks.wake()
 
         def all_three() -> bool:
             return len(received) >= 3

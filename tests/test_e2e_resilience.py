@@ -111,7 +111,7 @@ async def test_dead_link_marks_offline_within_three_keepalives(sqlite_hq, tmp_pa
 
     try:
         await wait_until(
-            lambda: sqlite_hq.hq.svc.gateway.registry.get(handle.agent_id),
+            lambda: sqlite_hq.hq.parts.links.get(handle.agent_id),
             timeout=20,
             what="online",
         )
@@ -119,7 +119,7 @@ async def test_dead_link_marks_offline_within_three_keepalives(sqlite_hq, tmp_pa
         os.kill(proc.pid, signal.SIGSTOP)
         frozen = time.monotonic()
         await wait_until(
-            lambda: sqlite_hq.hq.svc.gateway.registry.get(handle.agent_id) is None,
+            lambda: sqlite_hq.hq.parts.links.get(handle.agent_id) is None,
             timeout=10,
             interval=0.05,
             what="dead link noticed",
@@ -158,7 +158,7 @@ async def _impostor(hq, handle, payload: bytes) -> tuple[list[dict], bool]:
     with capture_logs() as logs:
         conn = await asyncssh.connect_reverse(
             "127.0.0.1",
-            hq.hq.svc.ssh_port,
+            hq.hq.parts.ssh_port,
             server_host_keys=[key],
             process_factory=process,
             server_factory=Server,
@@ -190,13 +190,13 @@ async def test_malformed_frames_close_the_agent_not_hq(sqlite_hq, agent_factory)
         assert (await api.get("/healthz"))[0] == 200
     # the real agent still connects and reports
     await handle.start()
-    await wait_until(lambda: sqlite_hq.hq.svc.gateway.registry.get(handle.agent_id), what="agent")
+    await wait_until(lambda: sqlite_hq.hq.parts.links.get(handle.agent_id), what="agent")
 
 
 async def test_full_spool_drops_are_visible(sqlite_hq, agent_factory):
     """With HQ away and a tiny spool, drops are counted and shown at HQ and in status."""
     handle = await agent_factory(sqlite_hq, interval=0.02, spool_max_frames=10)
-    gw = sqlite_hq.hq.svc.gateway
+    gw = sqlite_hq.hq.parts.gateway
     await wait_until(lambda: gw.registry.get(handle.agent_id), what="connected")
     await sqlite_hq.stop()
     await asyncio.sleep(1.0)
@@ -278,7 +278,7 @@ async def test_stop_frees_the_database_from_a_write_cancelled_half_way(sqlite_hq
     writing = asyncio.Event()
 
     async def slow_write() -> None:  # the ingestor's kind of write, only bigger
-        async with hq.svc.sessions.begin() as session:
+        async with hq.parts.sessions.begin() as session:
             writing.set()
             while True:  # a statement is running whenever HQ cancels this
                 await session.execute(

@@ -39,7 +39,7 @@ async def start_agent(hq: HQHandle, agent_factory: Any, **policy: Any) -> AgentH
     policy.setdefault("require_consent", False)
     write_default(agent.dir.policy_file, Policy(**policy))
     await agent.start()
-    registry = hq.hq.svc.gateway.registry
+    registry = hq.hq.parts.links
     await wait_until(lambda: registry.get(agent.agent_id), what="agent connected")
     return agent
 
@@ -48,7 +48,7 @@ async def run(
     hq: HQHandle, agent: AgentHandle, name: str, params: dict[str, Any] | None = None, **kw: Any
 ) -> Frames:
     request = p.RunRequest(id=uuid.uuid4().hex, name=name, params=params or {}, **kw)
-    registry = hq.hq.svc.gateway.registry
+    registry = hq.hq.parts.links
     frames = [f async for f in dispatch.run(registry, agent.agent_id, request, timeout=60)]
     result = frames[-1]
     assert isinstance(result, p.RunResult)
@@ -146,7 +146,7 @@ async def test_every_entry_runs_on_this_machine(sqlite_hq, agent_factory, tmp_pa
         file_roots=[str(logs)],
         cleanup_dirs=[str(scratch)],
     )
-    ssh_port = sqlite_hq.hq.svc.ssh_port
+    ssh_port = sqlite_hq.hq.parts.ssh_port
     victim = await asyncio.create_subprocess_exec("sleep", "60")
     no_systemd = "systemd is not running on this machine"
 
@@ -468,7 +468,7 @@ async def test_unknown_entry_and_bad_requests(sqlite_hq, agent_factory):
     _, r = await run(sqlite_hq, agent, "disk.format", {})
     assert r.status == "refused" and "no catalog entry named 'disk.format'" in r.reason
 
-    link = sqlite_hq.hq.svc.gateway.registry.get(agent.agent_id)
+    link = sqlite_hq.hq.parts.links.get(agent.agent_id)
     writer, reader, _ = await link.conn.open_session(subsystem=p.RUN_SUBSYSTEM, encoding=None)
     writer.write(b'{"type": "run", "id": "x", "name": "disk.usage", "oops": 1}\n')
     data = await asyncio.wait_for(reader.read(65536), 10)
@@ -612,7 +612,7 @@ async def test_closing_the_channel_early_kills_the_run(sqlite_hq, agent_factory)
     request = p.RunRequest(
         id="early", name="exec", params={"command": "echo $$; sleep 300 & sleep 300"}
     )
-    registry = sqlite_hq.hq.svc.gateway.registry
+    registry = sqlite_hq.hq.parts.links
     with capture_logs() as logs:
         async with contextlib.aclosing(
             dispatch.run(registry, agent.agent_id, request, timeout=60)
@@ -632,7 +632,7 @@ async def test_concurrency_limit_refuses_when_full(sqlite_hq, agent_factory):
     """Beyond max_concurrent a run waits briefly, then is refused with the reason."""
     agent = await start_agent(sqlite_hq, agent_factory, allow_exec=True, max_concurrent=1)
     agent.daemon.runs.queue_wait = 0.3
-    registry = sqlite_hq.hq.svc.gateway.registry
+    registry = sqlite_hq.hq.parts.links
     long = p.RunRequest(id="long", name="exec", params={"argv": ["sleep", "30"]})
     async with contextlib.aclosing(
         dispatch.run(registry, agent.agent_id, long, timeout=60)
@@ -657,7 +657,7 @@ async def test_policy_reload_applies_and_a_broken_file_keeps_the_old(sqlite_hq, 
     """Reloading a good policy applies at once and re-announces it to HQ; a broken
     file is logged and the previous policy stays."""
     agent = await start_agent(sqlite_hq, agent_factory)
-    link = sqlite_hq.hq.svc.gateway.registry.get(agent.agent_id)
+    link = sqlite_hq.hq.parts.links.get(agent.agent_id)
     await wait_until(lambda: link.info.get("hello_at"), what="hello")
     _, r = await run(sqlite_hq, agent, "exec", {"argv": ["true"]})
     assert r.status == "refused"

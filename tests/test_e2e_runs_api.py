@@ -18,7 +18,7 @@ async def online_agent(
     agent: AgentHandle = await agent_factory(hq, site=site, run=False)
     write_default(agent.dir.policy_file, Policy(**policy))
     await agent.start()
-    await wait_until(lambda: hq.hq.svc.gateway.registry.get(agent.agent_id), what="connected")
+    await wait_until(lambda: hq.hq.parts.links.get(agent.agent_id), what="connected")
 
     async def catalog() -> bool:
         async with hq.client(hq.admin_token) as api:
@@ -146,9 +146,7 @@ async def test_offline_agent_run_says_offline(sqlite_hq, agent_factory):
     """A single run on an agent with no live link answers status offline."""
     agent = await online_agent(sqlite_hq, agent_factory)
     await agent.stop()
-    await wait_until(
-        lambda: sqlite_hq.hq.svc.gateway.registry.get(agent.agent_id) is None, what="gone"
-    )
+    await wait_until(lambda: sqlite_hq.hq.parts.links.get(agent.agent_id) is None, what="gone")
     async with sqlite_hq.client(sqlite_hq.admin_token) as api:
         result = await api.ok(
             "POST", f"/api/v1/agents/{agent.agent_id}/run", json={"name": "disk.usage"}
@@ -166,7 +164,7 @@ async def test_job_runs_now_and_later_for_the_offline_agent(hq, agent_factory):
     up = await online_agent(hq, agent_factory)
     down = await online_agent(hq, agent_factory)
     await down.stop()
-    await wait_until(lambda: hq.hq.svc.gateway.registry.get(down.agent_id) is None, what="gone")
+    await wait_until(lambda: hq.hq.parts.links.get(down.agent_id) is None, what="gone")
     async with hq.client(hq.admin_token) as api:
         job = await api.ok(
             "POST",
@@ -210,7 +208,7 @@ async def test_queued_items_survive_an_hq_restart_and_expire_after_ttl(sqlite_hq
     late = await online_agent(sqlite_hq, agent_factory)
     for a in (agent, late):
         await a.stop()
-    await wait_until(lambda: not len(sqlite_hq.hq.svc.gateway.registry), what="all gone")
+    await wait_until(lambda: not len(sqlite_hq.hq.parts.links), what="all gone")
     async with sqlite_hq.client(sqlite_hq.admin_token) as api:
         job = await api.ok(
             "POST",
@@ -231,7 +229,7 @@ async def test_queued_items_survive_an_hq_restart_and_expire_after_ttl(sqlite_hq
     await wait_until(done, timeout=30, what="queued item ran after restart")
     assert (await job_state(sqlite_hq, job["id"]))["counts"] == {"ok": 1}
     await asyncio.sleep(1.1)
-    assert await sqlite_hq.hq.svc.jobs.sweep() == 1
+    assert await sqlite_hq.hq.parts.jobs.sweep() == 1
     await late.start()
     await asyncio.sleep(1.0)
     state = await job_state(sqlite_hq, short["id"])
@@ -259,7 +257,7 @@ async def test_connection_lost_mid_run_is_interrupted_never_ok(sqlite_hq, agent_
         return (await job_state(sqlite_hq, job["id"]))["counts"].get("running") == 1
 
     await wait_until(running, what="item running")
-    sqlite_hq.hq.svc.gateway.registry.disconnect(agent.agent_id)
+    sqlite_hq.hq.parts.links.disconnect(agent.agent_id)
 
     async def settled() -> dict[str, Any] | None:
         state = await job_state(sqlite_hq, job["id"])

@@ -65,7 +65,7 @@ async def start_agent(hq: HQHandle, agent_factory: Any, **policy: Any) -> AgentH
     policy.setdefault("shell_user", ME)
     write_default(agent.dir.policy_file, Policy(**policy))
     await agent.start()
-    registry = hq.hq.svc.gateway.registry
+    registry = hq.hq.parts.links
 
     def hello_in() -> bool:
         link = registry.get(agent.agent_id)
@@ -332,7 +332,7 @@ async def test_watch_and_recording_replay_the_same_bytes(hq, agent_factory, tmp_
         assert output.encode() == bytes(term.out)
         assert [data for _, code, data in events if code == "r"] == ["100x30"]
 
-        path = hq.hq.svc.datadir.path / "recordings" / f"{rs['id']}.cast.enc"
+        path = hq.hq.parts.datadir.path / "recordings" / f"{rs['id']}.cast.enc"
         raw = bytearray(path.read_bytes())
         raw[len(raw) // 2] ^= 0x01
         path.write_bytes(bytes(raw))
@@ -378,7 +378,7 @@ async def test_no_recording_no_shell(sqlite_hq, agent_factory):
     agent = await start_agent(hq, agent_factory, require_consent=False)
     async with desk(hq, agent) as d:
         rs = await active_shell(d)
-        blocker = hq.hq.svc.datadir.path / "recordings" / f"{rs['id']}.cast.enc"
+        blocker = hq.hq.parts.datadir.path / "recordings" / f"{rs['id']}.cast.enc"
         blocker.mkdir(parents=True)  # where the recording would go, something else is
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             async with d.terminal(rs["id"]):

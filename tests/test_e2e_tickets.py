@@ -14,7 +14,6 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import update
 
-from server.engine import slamonitor
 from server.store.models import Ticket, utcnow
 from tests.support import HQHandle, make_user, wait_until
 from tests.test_e2e_runs_api import online_agent
@@ -149,8 +148,8 @@ async def test_sla_pauses_while_waiting_and_breaches_are_events(sqlite_hq):
             .where(Ticket.id == t["id"])
             .values(created_at=utcnow() - timedelta(minutes=25))
         )
-    assert await slamonitor.check(sqlite_hq.hq.svc) >= 2  # ack breached, response warned...
-    assert await slamonitor.check(sqlite_hq.hq.svc) == 0  # ...once only
+    assert await sqlite_hq.hq.parts.sla.check() >= 2  # ack breached, response warned...
+    assert await sqlite_hq.hq.parts.sla.check() == 0  # ...once only
     after = await admin(sqlite_hq, "GET", f"/api/v1/tickets/{n}")
     kinds = [e["data"].get("clock") for e in after["timeline"] if e["kind"] == "sla_breach"]
     assert kinds == ["ack"] and after["sla"]["ack"]["state"] == "breached"
@@ -232,7 +231,7 @@ async def test_webhooks_are_signed_and_retried(sqlite_hq):
         )
         await admin(sqlite_hq, "POST", "/api/v1/sites", json={"name": "shop-1"})
         t = await admin(sqlite_hq, "POST", "/api/v1/tickets", json={"title": "x", "site": "shop-1"})
-        svc = sqlite_hq.hq.svc
+        svc = sqlite_hq.hq.parts
         await wait_until(lambda: fail_first["left"] == 0, what="first attempt")
         from server.store.models import OutboxItem
 
@@ -293,7 +292,7 @@ async def test_alert_opens_one_ticket_with_triage_and_resolves_on_recovery(hq, a
     assert len(fired) == 1 and fired[0]["data"]["snapshot"]["disks"]
     await asyncio.sleep(1.0)  # several more reports above the threshold
     await hq.restart()
-    await wait_until(lambda: hq.hq.svc.gateway.registry.get(agent.agent_id), what="back")
+    await wait_until(lambda: hq.hq.parts.links.get(agent.agent_id), what="back")
     await asyncio.sleep(1.0)
     assert [t["number"] for t in await alert_tickets(hq)] == [number]
     alerts = await admin(hq, "GET", "/api/v1/alerts", params={"status": "firing"})
@@ -349,19 +348,17 @@ async def test_offline_agent_alert_opens_a_ticket_and_recovers(sqlite_hq, agent_
             "site": "shop-1",
         },
     )
-    engine = sqlite_hq.hq.svc.alerts
+    engine = sqlite_hq.hq.parts.alerts
     await engine.reload_rules()
     await agent.stop()
-    await wait_until(
-        lambda: sqlite_hq.hq.svc.gateway.registry.get(agent.agent_id) is None, what="gone"
-    )
+    await wait_until(lambda: sqlite_hq.hq.parts.links.get(agent.agent_id) is None, what="gone")
     await asyncio.sleep(1.2)
     await engine.check_offline()
     await engine.check_offline()
     tickets = await alert_tickets(sqlite_hq)
     assert len(tickets) == 1 and tickets[0]["priority"] == "P2"
     await agent.start()
-    await wait_until(lambda: sqlite_hq.hq.svc.gateway.registry.get(agent.agent_id), what="back")
+    await wait_until(lambda: sqlite_hq.hq.parts.links.get(agent.agent_id), what="back")
 
     async def resolved() -> bool:
         await engine.check_offline()

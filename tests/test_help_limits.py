@@ -44,7 +44,7 @@ async def _repeats(hq: Any, number: int) -> list[TicketEvent]:
 async def test_machine_repeats_fold_and_an_asker_is_limited(hq_factory, sqlite_url, agent_factory):
     hq = await hq_factory(sqlite_url, help_limit_per_asker=4, help_limit_per_machine=10)
     agent = await agent_factory(hq)
-    await wait_until(lambda: hq.hq.svc.gateway.registry.get(agent.agent_id), what="agent linked")
+    await wait_until(lambda: hq.hq.parts.links.get(agent.agent_id), what="agent linked")
     rc, out, err = await cli(agent, "help", "The receipt printer", "jams on page 2")
     assert rc == 0 and "ticket FL-1" in out, (out, err)
     # the same request again, in other words' case and punctuation: no second ticket
@@ -111,7 +111,7 @@ async def _frames_from(hq: Any, handle: Any, frames: list[p.Model]) -> list[p.Re
 
     conn = await asyncssh.connect_reverse(
         "127.0.0.1",
-        hq.hq.svc.ssh_port,
+        hq.hq.parts.ssh_port,
         server_host_keys=[key],
         process_factory=process,
         server_factory=Server,

@@ -68,7 +68,7 @@ async def _impostor_hello(hq: Any, handle: Any, entries: list[p.CatalogEntry]) -
 
     return await asyncssh.connect_reverse(
         "127.0.0.1",
-        hq.hq.svc.ssh_port,
+        hq.hq.parts.ssh_port,
         server_host_keys=[key],
         process_factory=process,
         server_factory=Server,

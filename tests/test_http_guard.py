@@ -102,7 +102,7 @@ async def test_slow_headers_are_cut_off_and_a_normal_client_gets_through(hq_fact
         # bounded by the timeout (2 s) plus slack for a loaded machine, never the trickle
         assert took < 15, took
         # 3 over the count (fewer if a first one timed out while the others connected)
-        refused = hq.hq.svc.metrics.registry.get_sample_value(
+        refused = hq.hq.parts.metrics.registry.get_sample_value(
             "fieldlink_http_connections_refused_total"
         )
         assert 1 <= refused <= 3, refused

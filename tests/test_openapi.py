@@ -3,17 +3,16 @@ app's routes, each with its permission; no route is undeclared."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 from openapi_spec_validator import validate
 
-from server.app import make_app
+from server.hq import make_app
 from server.web.routing import ROUTE_ATTR, RouteSpec
 
 
 def _app() -> Any:
-    return make_app(SimpleNamespace())  # type: ignore[arg-type]
+    return make_app()
 
 
 def test_every_route_declares_its_permission():

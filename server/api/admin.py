@@ -21,14 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.api.auth import BindingInfo, binding_infos
 from server.auth import rbac
+from server.auth.principal import Principal
 from server.auth.secrets import hash_password, new_password
 from server.base.audit import Event
-from server.context import services
 from server.itsm.consent import SitePolicy
 from server.ops import accounts
 from server.store import auditlog, people
 from server.store.models import Agent, Binding, Role, Site, Ticket, User
-from server.web.authn import Principal, principal
+from server.web.authn import principal
+from server.web.keys import DB
 from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Conflict, Invalid, NotFound
 
@@ -113,7 +114,7 @@ async def user_item(
 )
 async def list_users(request: web.Request) -> web.Response:
     scope = principal(request).sites("users:admin")
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         users = await visible_users(session, scope)
         items = [await user_item(session, u, scope) for u in users]
     return json_response(UserList(items=items))
@@ -150,13 +151,13 @@ async def sees_user(session: AsyncSession, scope: frozenset[str] | None, user: U
     summary="Create a user (no roles until bound)",
 )
 async def create_user(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     req = body(request, NewUser)
     if who.via == "token" and not who.explicitly("users:admin"):
         raise NotFound("not found")
     generated = None if req.password is not None else new_password()
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         user = await accounts.create_user(
             session,
             username=req.username,
@@ -188,7 +189,7 @@ async def _load_user(session: AsyncSession, request: web.Request) -> User:
 )
 async def get_user(request: web.Request) -> web.Response:
     scope = principal(request).sites("users:admin")
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         item = await user_item(session, await _load_user(session, request), scope)
     return json_response(item)
 
@@ -215,10 +216,10 @@ async def _guard_last_admin(session: AsyncSession, user_id: str, field: str) -> 
     summary="Change a user: names, password, disabled, reset 2FA",
 )
 async def patch_user(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     req = body(request, UserPatch)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         user = await _load_user(session, request)
         who.require("users:admin", None)
         changed: list[str] = []
@@ -267,9 +268,9 @@ async def patch_user(request: web.Request) -> web.Response:
     summary="Delete a user (their bindings, sessions and tokens go with them)",
 )
 async def delete_user(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         user = await _load_user(session, request)
         who.require("users:admin", None)
         await _guard_last_admin(session, user.id, "user_id")
@@ -360,7 +361,7 @@ async def list_permissions(request: web.Request) -> web.Response:
     summary="Built-in and custom roles",
 )
 async def list_roles(request: web.Request) -> web.Response:
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         roles = await people.list_roles(session)
     return json_response(RoleList(items=[role_item(r) for r in roles]))
 
@@ -376,12 +377,12 @@ async def list_roles(request: web.Request) -> web.Response:
     summary="Create a custom role",
 )
 async def create_role(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     who.require("users:admin", None)
     req = body(request, NewRole)
     perms = _check_permissions(who, req.permissions)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         if await session.get(Role, req.name) is not None:
             raise Conflict("role exists", fields={"name": "already taken"})
         role = Role(name=req.name, description=req.description, permissions=perms, builtin=False)
@@ -418,11 +419,11 @@ async def _custom_role(session: AsyncSession, request: web.Request) -> Role:
     summary="Change a custom role",
 )
 async def patch_role(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     who.require("users:admin", None)
     req = body(request, RolePatch)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         role = await _custom_role(session, request)
         if req.permissions is not None:
             role.permissions = _check_permissions(who, req.permissions)
@@ -450,10 +451,10 @@ async def patch_role(request: web.Request) -> web.Response:
     summary="Delete a custom role that no binding uses",
 )
 async def delete_role(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     who.require("users:admin", None)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         role = await _custom_role(session, request)
         used = await session.scalar(
             select(func.count()).select_from(Binding).where(Binding.role == role.name)
@@ -502,7 +503,7 @@ async def list_bindings(request: web.Request) -> web.Response:
     who = principal(request)
     q = query(request, BindingQuery)
     scope = who.sites("users:admin")
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         rows = await people.bindings_of(session, [q.user_id] if q.user_id else None)
         if scope is not None:
             rows = [b for b in rows if b.site_id in scope]
@@ -530,10 +531,10 @@ async def _scope_site(session: AsyncSession, scope: str) -> str | None:
     summary="Give a user a role on a scope (only what you hold there yourself)",
 )
 async def create_binding(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     req = body(request, NewBinding)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         site_id = await _scope_site(session, req.scope)
         who.require("users:admin", site_id)
         user = await session.get(User, req.user_id)
@@ -580,9 +581,9 @@ async def create_binding(request: web.Request) -> web.Response:
     summary="Remove a binding (not the last global admin's)",
 )
 async def delete_binding(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         binding = await session.get(Binding, request.match_info["binding_id"])
         if binding is None:
             raise NotFound("not found")
@@ -742,7 +743,7 @@ def _apply(site: Site, calendar: Calendar | None, session_policy: SessionPolicyI
 )
 async def list_sites(request: web.Request) -> web.Response:
     scope = principal(request).sites("users:admin")
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         sites = await people.list_sites(session)
     return json_response(
         SiteList(items=[site_item(s) for s in sites if scope is None or s.id in scope])
@@ -760,11 +761,11 @@ async def list_sites(request: web.Request) -> web.Response:
     summary="Create a site",
 )
 async def create_site(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     who.require("users:admin", None)
     req = body(request, NewSite)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         if await people.site_by_name(session, req.name) is not None:
             raise Conflict("site exists", fields={"name": "already taken"})
         site = Site(name=req.name, description=req.description)
@@ -801,7 +802,7 @@ async def _load_site(session: AsyncSession, request: web.Request, who: Principal
     summary="One site",
 )
 async def get_site(request: web.Request) -> web.Response:
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         site = await _load_site(session, request, principal(request))
     return json_response(site_item(site))
 
@@ -816,10 +817,10 @@ async def get_site(request: web.Request) -> web.Response:
     summary="Rename or describe a site",
 )
 async def patch_site(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     req = body(request, SitePatch)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         site = await _load_site(session, request, who)
         if req.name is not None and req.name != site.name:
             if await people.site_by_name(session, req.name) is not None:
@@ -851,10 +852,10 @@ async def patch_site(request: web.Request) -> web.Response:
     summary="Delete a site that has no agents and no tickets",
 )
 async def delete_site(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     who.require("users:admin", None)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         site = await _load_site(session, request, who)
         # Tickets are records and stay; agents must be revoked and removed first.
         held = {

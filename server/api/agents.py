@@ -10,12 +10,13 @@ from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server.auth.principal import Principal
 from server.base.audit import Event
-from server.context import services
 from server.ops import enrollment
 from server.store import auditlog, fleet, people
 from server.store.models import Agent
-from server.web.authn import Principal, principal
+from server.web.authn import principal
+from server.web.keys import DB, KEYS
 from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import NotFound
 
@@ -98,7 +99,7 @@ def item(agent: Agent, site: str) -> dict[str, Any]:
     summary="Agents visible to the caller, with a health summary",
 )
 async def list_agents(request: web.Request) -> web.Response:
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         items = await visible_agents(session, principal(request), query(request, AgentListQuery))
     return json_response(AgentList(items=items))
 
@@ -121,7 +122,7 @@ async def visible_agents(
 
 
 async def load_agent(request: web.Request, permission: str) -> tuple[Agent, str]:
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         return await agent_for(
             session, principal(request), request.match_info["agent_id"], permission
         )
@@ -191,7 +192,7 @@ class HealthList(BaseModel):
 async def health(request: web.Request) -> web.Response:
     agent, _ = await load_agent(request, "health:read")
     q = query(request, HealthQuery)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         rows = await fleet.health_page(
             session, agent.id, since=q.since, until=q.until, after_seq=q.after, limit=q.limit
         )
@@ -211,16 +212,16 @@ async def health(request: web.Request) -> web.Response:
     summary="Revoke an agent: its connection drops at once and it is refused from then on",
 )
 async def revoke(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         found = await fleet.get_agent(session, request.match_info["agent_id"])
         if found is None:
             raise NotFound("not found")
         who.require("agents:revoke", found[0].site_id)
         agent = await enrollment.revoke_agent(session, found[0].id, who.actor())
         site = found[1]
-    svc.gateway.agent_revoked(agent.id)
+    app[KEYS].revoked(agent.id)
     return json_response(AgentItem(**item(agent, site)))
 
 
@@ -245,10 +246,10 @@ class TagsRequest(BaseModel):
     summary="Replace an agent's tags",
 )
 async def set_tags(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     req = body(request, TagsRequest)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         found = await fleet.get_agent(session, request.match_info["agent_id"])
         if found is None:
             raise NotFound("not found")

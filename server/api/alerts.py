@@ -10,13 +10,14 @@ from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server.auth.principal import Principal
 from server.base.audit import Event
-from server.context import services
 from server.itsm import alerts as pure
 from server.itsm.tickets import number_text
 from server.store import auditlog, people
 from server.store.models import Agent, Alert, AlertRule, Site, Ticket
-from server.web.authn import Principal, principal
+from server.web.authn import principal
+from server.web.keys import ALERTS, DB
 from server.web.routing import ApiRouter, PatchBody, body, json_response, query
 from shared.errors import NotFound
 
@@ -129,7 +130,7 @@ def _visible(who: Principal, rule: AlertRule) -> bool:
     summary="Alert rules you manage",
 )
 async def list_rules(request: web.Request) -> web.Response:
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         items = await visible_rules(session, principal(request))
     return json_response(RuleList(items=items))
 
@@ -155,10 +156,10 @@ async def visible_rules(session: AsyncSession, who: Principal) -> list[RuleOut]:
     summary="Create an alert rule",
 )
 async def create_rule(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     req = body(request, RuleIn)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         site_id = None
         if req.site:
             site = await people.site_by_name(session, req.site)
@@ -182,7 +183,7 @@ async def create_rule(request: web.Request) -> web.Response:
             ),
         )
         out = await _rule_out(session, rule)
-    await svc.alerts.reload_rules()
+    await app[ALERTS].reload_rules()
     return json_response(out, status=201)
 
 
@@ -201,7 +202,7 @@ async def _load_rule(session: AsyncSession, request: web.Request) -> AlertRule:
     summary="One alert rule",
 )
 async def get_rule(request: web.Request) -> web.Response:
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         out = await _rule_out(session, await _load_rule(session, request))
     return json_response(out)
 
@@ -215,9 +216,9 @@ async def get_rule(request: web.Request) -> web.Response:
     summary="Change an alert rule",
 )
 async def patch_rule(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     req = body(request, RulePatch)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         rule = await _load_rule(session, request)
         changes = req.model_dump(exclude_unset=True)
         for key, value in changes.items():
@@ -234,7 +235,7 @@ async def patch_rule(request: web.Request) -> web.Response:
             ),
         )
         out = await _rule_out(session, rule)
-    await svc.alerts.reload_rules()
+    await app[ALERTS].reload_rules()
     return json_response(out)
 
 
@@ -246,8 +247,8 @@ async def patch_rule(request: web.Request) -> web.Response:
     summary="Delete an alert rule (its alerts go with it)",
 )
 async def delete_rule(request: web.Request) -> web.Response:
-    svc = services(request)
-    async with svc.sessions.begin() as session:
+    app = request.app
+    async with app[DB].begin() as session:
         rule = await _load_rule(session, request)
         out = await _rule_out(session, rule)
         for alert in (await session.scalars(select(Alert).where(Alert.rule_id == rule.id))).all():
@@ -264,7 +265,7 @@ async def delete_rule(request: web.Request) -> web.Response:
                 details={"name": rule.name},
             ),
         )
-    await svc.alerts.reload_rules()
+    await app[ALERTS].reload_rules()
     return json_response(out)
 
 
@@ -305,7 +306,7 @@ class AlertList(BaseModel):
     summary="Alert states per (rule, agent), firing first",
 )
 async def list_alerts(request: web.Request) -> web.Response:
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         items = await alert_items(session, principal(request), query(request, AlertQuery))
     return json_response(AlertList(items=items))
 

@@ -9,10 +9,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field
 
-from server.context import services
 from server.store import auditlog, people, tickets
 from server.store.models import AuditEntry
 from server.web.authn import principal
+from server.web.keys import DB
 from server.web.routing import ApiRouter, json_response, query
 
 routes = ApiRouter("audit")
@@ -82,7 +82,7 @@ def audit_item(e: AuditEntry) -> AuditItem:
 async def audit_page(request: web.Request, q: AuditQuery, limit: int) -> list[AuditEntry]:
     """Entries of the caller's audit:read scope, filtered, oldest first."""
     scope = principal(request).sites("audit:read")
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         site_id = None
         if q.site:
             site = await people.site_by_name(session, q.site)
@@ -157,7 +157,7 @@ async def export_audit(request: web.Request) -> web.StreamResponse:
 )
 async def verify(request: web.Request) -> web.Response:
     principal(request).require("audit:read", None)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         count, broken = await auditlog.verify_chain(session)
     return json_response(
         VerifyResult(

@@ -10,13 +10,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth import rbac, totp
 from server.auth.crypto import seal
+from server.auth.principal import Principal
 from server.base.audit import Actor, Event
-from server.context import Services, services
 from server.ops import accounts
 from server.ops.login import NewWebSession, check_login, open_web_session, totp_secret
 from server.store import auditlog, people
 from server.store.models import ApiToken, Binding, User, WebSession, utcnow
-from server.web.authn import SESSION_COOKIE, Principal, principal, source_of
+from server.web.authn import SESSION_COOKIE, principal, source_of
+from server.web.keys import CONFIG, DB
 from server.web.routing import SELF, ApiRouter, body, json_response, query
 from shared.durations import parse_duration
 from shared.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
@@ -67,10 +68,10 @@ def user_info(user: User) -> UserInfo:
     '`"token": true` a short-lived bearer token',
 )
 async def login(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     req = body(request, LoginRequest)
     user, made, web_session = await log_in(
-        svc,
+        app,
         username=req.username,
         password=req.password,
         code=req.totp,
@@ -85,24 +86,30 @@ async def login(request: web.Request) -> web.Response:
             user=user_info(user), csrf_token=web_session.csrf, expires_at=web_session.expires_at
         )
     )
-    set_session_cookie(resp, svc, web_session)
+    set_session_cookie(resp, app, web_session)
     return resp
 
 
 async def log_in(
-    svc: Services, *, username: str, password: str, code: str | None, source: str, token: bool
+    app: web.Application,
+    *,
+    username: str,
+    password: str,
+    code: str | None,
+    source: str,
+    token: bool,
 ) -> tuple[User, accounts.NewApiToken | None, NewWebSession | None]:
     """Check a login (the API's and the console's): a short-lived bearer token
     or a console session, audited either way; raises what the attempt earned."""
     made = web_session = None
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         outcome = await check_login(
             session,
             username=username,
             password=password,
             code=code,
             source=source,
-            master_key=svc.master_key,
+            master_key=app[CONFIG].master_key,
         )
         user = outcome.user
         if outcome.error is None and user is not None:
@@ -114,7 +121,7 @@ async def log_in(
                     name="login",
                     origin="login",
                     actor=actor,
-                    ttl=parse_duration(svc.settings.login_token_ttl),
+                    ttl=parse_duration(app[CONFIG].settings.login_token_ttl),
                     mfa_at=outcome.mfa_at,
                 )
             else:
@@ -123,7 +130,7 @@ async def log_in(
                     user,
                     mfa_at=outcome.mfa_at,
                     source=source,
-                    max_hours=svc.settings.session_max_hours,
+                    max_hours=app[CONFIG].settings.session_max_hours,
                 )
             await auditlog.append(
                 session,
@@ -143,7 +150,9 @@ async def log_in(
     return user, made, web_session
 
 
-def set_session_cookie(resp: web.StreamResponse, svc: Services, web_session: NewWebSession) -> None:
+def set_session_cookie(
+    resp: web.StreamResponse, app: web.Application, web_session: NewWebSession
+) -> None:
     resp.set_cookie(
         SESSION_COOKIE,
         web_session.cookie,
@@ -151,7 +160,7 @@ def set_session_cookie(resp: web.StreamResponse, svc: Services, web_session: New
         secure=True,
         samesite="Strict",
         path="/",
-        max_age=int(svc.settings.session_max_hours * 3600),
+        max_age=int(app[CONFIG].settings.session_max_hours * 3600),
     )
 
 
@@ -168,15 +177,15 @@ class Empty(BaseModel):
     summary="End this console session, or revoke the bearer token used",
 )
 async def logout(request: web.Request) -> web.Response:
-    await log_out(services(request), principal(request))
+    await log_out(request.app, principal(request))
     resp = json_response(Empty())
     resp.del_cookie(SESSION_COOKIE, path="/")
     return resp
 
 
-async def log_out(svc: Services, who: Principal) -> None:
+async def log_out(app: web.Application, who: Principal) -> None:
     """End the caller's console session, or revoke the bearer token it used."""
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         if who.session_key is not None:
             await people.delete_web_session(session, who.session_key)
         elif who.token_id is not None:
@@ -229,9 +238,9 @@ async def binding_infos(session: AsyncSession, bindings: list[Binding]) -> list[
     summary="The caller: user, bindings and effective permissions per site",
 )
 async def me(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
-    async with svc.sessions() as session:
+    async with app[DB]() as session:
         user = await session.get(User, who.user_id)
         if user is None:
             raise Unauthorized("user no longer exists")
@@ -250,7 +259,7 @@ async def me(request: web.Request) -> web.Response:
             permissions=perms,
             csrf_token=who.csrf,
             must_enroll_2fa=who.needs_2fa,
-            mfa_recent=who.mfa_within(svc.settings.step_up_minutes),
+            mfa_recent=who.mfa_within(app[CONFIG].settings.step_up_minutes),
         )
     )
 
@@ -270,19 +279,21 @@ class TotpSetup(BaseModel):
     summary="Start TOTP enrollment: a new secret and its otpauth URI",
 )
 async def totp_start(request: web.Request) -> web.Response:
-    return json_response(await begin_totp(services(request), principal(request)))
+    return json_response(await begin_totp(request.app, principal(request)))
 
 
-async def begin_totp(svc: Services, who: Principal) -> TotpSetup:
+async def begin_totp(app: web.Application, who: Principal) -> TotpSetup:
     """A new TOTP secret for the caller (not on until confirmed with a code)."""
     secret = totp.new_secret()
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         user = await session.get(User, who.user_id)
         if user is None:
             raise Unauthorized("user no longer exists")
         if user.totp_enabled:
             raise Conflict("two-factor authentication is already on; an admin can reset it")
-        user.totp_secret_enc = seal(svc.master_key, secret.encode(), f"totp:{user.id}".encode())
+        user.totp_secret_enc = seal(
+            app[CONFIG].master_key, secret.encode(), f"totp:{user.id}".encode()
+        )
         user.totp_last_step = None
         await auditlog.append(
             session, who.actor(), Event("user.totp_start", target_type="user", target_id=user.id)
@@ -294,14 +305,14 @@ class CodeRequest(BaseModel):
     code: str = Field(min_length=6, max_length=12)
 
 
-async def verify_code(svc: Services, who: Principal, code: str, *, enabling: bool) -> None:
+async def verify_code(app: web.Application, who: Principal, code: str, *, enabling: bool) -> None:
     """Check a TOTP code for the caller and mark this session/token as
     freshly verified (step-up). Wrong codes are audited."""
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         user = await session.get(User, who.user_id)
         if user is None:
             raise Unauthorized("user no longer exists")
-        secret = totp_secret(svc.master_key, user)
+        secret = totp_secret(app[CONFIG].master_key, user)
         if secret is None or (user.totp_enabled == enabling):
             raise Conflict(
                 "two-factor authentication is already on"
@@ -319,7 +330,7 @@ async def verify_code(svc: Services, who: Principal, code: str, *, enabling: boo
     if step is None:
         raise Invalid("invalid TOTP code", fields={"code": "invalid or already used"})
     now = utcnow()
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         user = await session.get(User, who.user_id)
         assert user is not None
         user.totp_last_step = step
@@ -350,7 +361,7 @@ async def verify_code(svc: Services, who: Principal, code: str, *, enabling: boo
 )
 async def totp_confirm(request: web.Request) -> web.Response:
     await verify_code(
-        services(request), principal(request), body(request, CodeRequest).code, enabling=True
+        request.app, principal(request), body(request, CodeRequest).code, enabling=True
     )
     return json_response(Empty())
 
@@ -367,7 +378,7 @@ async def totp_confirm(request: web.Request) -> web.Response:
 )
 async def step_up(request: web.Request) -> web.Response:
     await verify_code(
-        services(request), principal(request), body(request, CodeRequest).code, enabling=False
+        request.app, principal(request), body(request, CodeRequest).code, enabling=False
     )
     return json_response(Empty())
 
@@ -434,15 +445,17 @@ def token_info(t: ApiToken) -> TokenInfo:
     summary="Make an API token for yourself (the secret is shown once)",
 )
 async def create_token(request: web.Request) -> web.Response:
-    made = await make_token(services(request), principal(request), body(request, TokenRequest))
+    made = await make_token(request.app, principal(request), body(request, TokenRequest))
     return json_response(made, status=201)
 
 
-async def make_token(svc: Services, who: Principal, req: TokenRequest) -> NewToken:
+async def make_token(app: web.Application, who: Principal, req: TokenRequest) -> NewToken:
     """An API token for the caller, never wider than the caller's rights."""
     ttl = parse_duration(req.ttl)
-    if ttl > parse_duration(svc.settings.max_token_ttl):
-        raise Invalid("ttl too long", fields={"ttl": f"at most {svc.settings.max_token_ttl}"})
+    if ttl > parse_duration(app[CONFIG].settings.max_token_ttl):
+        raise Invalid(
+            "ttl too long", fields={"ttl": f"at most {app[CONFIG].settings.max_token_ttl}"}
+        )
     if req.permissions is not None:
         unknown = rbac.unknown_permissions(req.permissions)
         if unknown:
@@ -455,7 +468,7 @@ async def make_token(svc: Services, who: Principal, req: TokenRequest) -> NewTok
             )
     if who.via == "token" and not who.explicitly("users:admin"):
         raise Forbidden("a token can make tokens only if it holds users:admin explicitly")
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         made = await accounts.make_api_token(
             session,
             username=who.username,
@@ -490,7 +503,7 @@ async def list_tokens(request: web.Request) -> web.Response:
     if q.user_id and q.user_id != who.user_id:
         who.require("users:admin", None)
         user_id = q.user_id
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         rows = await people.list_tokens(session, user_id)
     return json_response(TokenList(items=[token_info(t) for t in rows]))
 
@@ -503,13 +516,13 @@ async def list_tokens(request: web.Request) -> web.Response:
     summary="Revoke an API token (yours, or anyone's with users:admin)",
 )
 async def revoke_token(request: web.Request) -> web.Response:
-    info = await revoke(services(request), principal(request), request.match_info["token_id"])
+    info = await revoke(request.app, principal(request), request.match_info["token_id"])
     return json_response(info)
 
 
-async def revoke(svc: Services, who: Principal, token_id: str) -> TokenInfo:
+async def revoke(app: web.Application, who: Principal, token_id: str) -> TokenInfo:
     """Revoke a token: the caller's own, or anyone's with users:admin."""
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         token = await session.get(ApiToken, token_id)
         if token is None:
             raise NotFound("not found")

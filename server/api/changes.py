@@ -16,13 +16,14 @@ from pydantic import AwareDatetime, BaseModel, Field, model_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.context import services
+from server.auth.principal import Principal
 from server.engine import changes as ch
 from server.engine import paramcheck, runs
 from server.itsm.runs import TIER_PERMISSION, tier_of
 from server.store import people, tickets
 from server.store.models import Agent, Change, ChangeApproval, ChangeEvent, JobItem, Site, utcnow
-from server.web.authn import Principal, principal
+from server.web.authn import principal
+from server.web.keys import CHANGES, DB, JOBS, LINKS
 from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Conflict, Forbidden, Invalid, NotFound
 
@@ -408,7 +409,7 @@ async def change_out(session: AsyncSession, who: Principal, change: Change) -> C
 
 async def _answer(request: web.Request, change_id: str, status: int = 200) -> web.Response:
     who = principal(request)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         change = await session.get(Change, change_id)
         assert change is not None
         out = await change_out(session, who, change)
@@ -504,7 +505,7 @@ async def create(session: AsyncSession, who: Principal, req: ChangeRequest) -> C
 async def create_change(request: web.Request) -> web.Response:
     who = principal(request)
     req = body(request, ChangeRequest)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         change = await create(session, who, req)
     return await _answer(request, change.id, status=201)
 
@@ -565,7 +566,7 @@ async def list_changes(request: web.Request) -> web.Response:
     q = query(request, ChangeQuery)
     if q.state is not None and q.state not in ch.STATES:
         raise Invalid("unknown state", fields={"state": "one of " + ", ".join(ch.STATES)})
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         items = await visible_changes(session, principal(request), q)
     return json_response(ChangeList(items=items))
 
@@ -579,7 +580,7 @@ async def list_changes(request: web.Request) -> web.Response:
 )
 async def get_change(request: web.Request) -> web.Response:
     who = principal(request)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         change = await _load(session, who, request.match_info["change_id"])
         out = await change_out(session, who, change)
     return json_response(out)
@@ -668,7 +669,7 @@ async def decide(
 )
 async def approve_change(request: web.Request) -> web.Response:
     req = body(request, Decision)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         change = await decide(
             session, principal(request), request.match_info["change_id"], "approve", req.comment
         )
@@ -686,7 +687,7 @@ async def approve_change(request: web.Request) -> web.Response:
 )
 async def reject_change(request: web.Request) -> web.Response:
     req = body(request, Refusal)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         change = await decide(
             session, principal(request), request.match_info["change_id"], "reject", req.comment
         )
@@ -694,7 +695,7 @@ async def reject_change(request: web.Request) -> web.Response:
 
 
 async def start(
-    session: AsyncSession, svc: Any, who: Principal, ref: str
+    session: AsyncSession, app: Any, who: Principal, ref: str
 ) -> tuple[Change, list[int]]:
     change = await _load(session, who, ref, lock=True)
     _require_all(who, "changes:request", change, "starting a change")
@@ -706,7 +707,7 @@ async def start(
     change.started_by = who.user_id
     change.started_by_name = who.username
     change.started_at = change.pilot_started_at = change.updated_at = now
-    connected = {a["id"] for a in change.agents if svc.gateway.registry.get(a["id"])}
+    connected = {a["id"] for a in change.agents if app[LINKS].get(a["id"])}
     change.pilot_agent_ids = ch.choose_pilot(change, connected)
     pilot = await ch.live_agents(session, change, change.pilot_agent_ids)
     if not pilot:
@@ -729,18 +730,18 @@ async def start(
     "(needs the run permission of its action on every site it touches)",
 )
 async def start_change(request: web.Request) -> web.Response:
-    svc = services(request)
-    async with svc.sessions.begin() as session:
+    app = request.app
+    async with app[DB].begin() as session:
         change, item_ids = await start(
-            session, svc, principal(request), request.match_info["change_id"]
+            session, app, principal(request), request.match_info["change_id"]
         )
-    svc.jobs.start(item_ids)
-    svc.changes.wake()
+    app[JOBS].start(item_ids)
+    app[CHANGES].wake()
     return await _answer(request, change.id)
 
 
 async def cancel(
-    session: AsyncSession, svc: Any, who: Principal, ref: str, reason: str
+    session: AsyncSession, app: Any, who: Principal, ref: str, reason: str
 ) -> tuple[Change, Callable[[], None]]:
     change = await _load(session, who, ref, lock=True)
     _require_all(who, "changes:request", change, "cancelling a change")
@@ -748,7 +749,7 @@ async def cancel(
     announce: Callable[[], None] = lambda: None  # noqa: E731
     if change.state == "in_progress":
         if change.jobs and change.stage != "gate":
-            _, announce = await svc.jobs.cancel_in(session, change.jobs[-1]["job_id"])
+            _, announce = await app[JOBS].cancel_in(session, change.jobs[-1]["job_id"])
         await ch.halt(
             session,
             change,
@@ -773,11 +774,11 @@ async def cancel(
     "(queued items cancelled) and goes to review",
 )
 async def cancel_change(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     req = body(request, Cancel)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         change, announce = await cancel(
-            session, svc, principal(request), request.match_info["change_id"], req.reason
+            session, app, principal(request), request.match_info["change_id"], req.reason
         )
     announce()
     return await _answer(request, change.id)
@@ -850,11 +851,11 @@ async def review(
     "running the backout action where it ran)",
 )
 async def review_change(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     req = body(request, Review)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         change, item_ids = await review(
             session, principal(request), request.match_info["change_id"], req
         )
-    svc.jobs.start(item_ids)
+    app[JOBS].start(item_ids)
     return await _answer(request, change.id)

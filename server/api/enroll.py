@@ -10,10 +10,10 @@ from aiohttp import web
 from pydantic import BaseModel, Field, field_validator
 
 from server.base.audit import Actor, Event
-from server.context import Services, services
 from server.ops import enrollment
 from server.store import auditlog, people
 from server.web.authn import principal, source_of
+from server.web.keys import CONFIG, DB, KEYS
 from server.web.routing import ApiRouter, body, json_response
 from shared.durations import parse_duration
 from shared.errors import FieldlinkError, Invalid, NotFound
@@ -49,11 +49,11 @@ class EnrollResponse(BaseModel):
     "`fieldlink-agent enroll` calls); the token authenticates",
 )
 async def enroll(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     req = body(request, EnrollRequest)
     source = source_of(request)
     try:
-        async with svc.sessions.begin() as session:
+        async with app[DB].begin() as session:
             agent = await enrollment.enroll_agent(
                 session,
                 token_text=req.token,
@@ -63,7 +63,7 @@ async def enroll(request: web.Request) -> web.Response:
             )
             names = await people.site_names(session, {agent.site_id})
     except FieldlinkError as exc:
-        async with svc.sessions.begin() as session:
+        async with app[DB].begin() as session:
             await auditlog.append(
                 session,
                 Actor("agent", None, req.hostname[:200], source),
@@ -71,17 +71,17 @@ async def enroll(request: web.Request) -> web.Response:
             )
         log.warning("enroll_refused", source=source, hostname=req.hostname, reason=exc.code)
         raise
-    svc.gateway.key_enrolled(agent.key_fingerprint, agent.id)
+    app[KEYS].enrolled(agent.key_fingerprint, agent.id)
     log.info("agent_enrolled", agent_id=agent.id, site=names[agent.site_id], source=source)
-    ssh_host, ssh_port = svc.public_ssh()
+    ssh_host, ssh_port = app[CONFIG].public_ssh()
     return json_response(
         EnrollResponse(
             agent_id=agent.id,
             site=names[agent.site_id],
             ssh_host=ssh_host,
             ssh_port=ssh_port,
-            hq_public_key=svc.hq_public_key,
-            interval=svc.settings.report_interval,
+            hq_public_key=app[CONFIG].hq_public_key,
+            interval=app[CONFIG].settings.report_interval,
         ),
         status=201,
     )
@@ -107,14 +107,16 @@ class EnrollTokenResponse(BaseModel):
     expires_at: datetime
 
 
-def public_url(svc: Services, request: web.Request | None = None) -> str:
+def public_url(request: web.Request) -> str:
     """The URL that goes into tokens: the setting, else how the caller reached us."""
-    if svc.settings.public_url:
-        return svc.settings.public_url.rstrip("/")
-    if request is not None and request.host:
+    configured = request.app[CONFIG].settings.public_url
+    if configured:
+        return configured.rstrip("/")
+    if request.host:
         host = urlsplit(f"//{request.host}")
         return f"https://{host.netloc}"
-    return f"https://127.0.0.1:{svc.http_port}"
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    return f"https://127.0.0.1:{sockname[1] if sockname else 0}"
 
 
 @routes.route(
@@ -128,10 +130,10 @@ def public_url(svc: Services, request: web.Request | None = None) -> str:
     summary="Make an enrollment token for a site (the secret is shown once)",
 )
 async def create_enroll_token(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     req = body(request, EnrollTokenRequest)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         site = await people.site_by_name(session, req.site)
         if site is not None:
             if not who.allowed("agents:enroll", site.id):
@@ -145,8 +147,8 @@ async def create_enroll_token(request: web.Request) -> web.Response:
             site_name=req.site,
             uses=req.uses,
             ttl=parse_duration(req.ttl),
-            url=public_url(svc, request),
-            fingerprint=svc.fingerprint,
+            url=public_url(request),
+            fingerprint=app[CONFIG].fingerprint,
             actor=who.actor(),
         )
     return json_response(

@@ -13,13 +13,14 @@ from aiohttp import web
 from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import select
 
+from server.auth.principal import Principal
 from server.base.audit import Event
-from server.context import services
 from server.engine import jobs, paramcheck, runs
 from server.itsm.runs import TIER_PERMISSION, ticket_requirement, tier_of
 from server.store import auditlog, people
 from server.store.models import Agent, Job, JobItem, RunRecord, Site, utcnow
-from server.web.authn import Principal, principal
+from server.web.authn import principal
+from server.web.keys import DB, JOBS
 from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Forbidden, Invalid, NotFound
 
@@ -151,10 +152,10 @@ async def _advertised(session: Any, agents: list[_Targeted], name: str) -> list[
     "items wait until they reconnect or the TTL passes",
 )
 async def create_job(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     req = body(request, JobRequest)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         agents = await _targets(session, who, req.target)
         advertised = await _advertised(session, agents, req.name)
         if advertised is None:
@@ -208,7 +209,7 @@ async def create_job(request: web.Request) -> web.Response:
                 },
             ),
         )
-    svc.jobs.start(item_ids)
+    app[JOBS].start(item_ids)
     return json_response(await job_out(request, job.id), status=201)
 
 
@@ -217,7 +218,7 @@ async def job_out(request: web.Request, job_id: str, with_results: bool = True) 
     (unless it made the job)."""
     who = principal(request)
     scope = who.sites("agents:read")
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         job = await session.get(Job, job_id)
         if job is None:
             raise NotFound("not found")
@@ -306,7 +307,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 async def recent_jobs(request: web.Request, limit: int) -> list[JobSummary]:
     """The newest jobs the caller can see (some of their items are in its scope)."""
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         ids = list(
             await session.scalars(select(Job.id).order_by(Job.created_at.desc()).limit(limit * 4))
         )
@@ -339,9 +340,9 @@ async def recent_jobs(request: web.Request, limit: int) -> list[JobSummary]:
     summary="Server-sent events: every item's status as it changes, then `done`",
 )
 async def job_events(request: web.Request) -> web.StreamResponse:
-    svc = services(request)
+    app = request.app
     job_id = request.match_info["job_id"]
-    events = svc.jobs.subscribe(job_id)  # before the snapshot, so no event falls between
+    events = app[JOBS].subscribe(job_id)  # before the snapshot, so no event falls between
     try:
         snapshot = await job_out(request, job_id, with_results=False)
         resp = web.StreamResponse(

@@ -21,14 +21,15 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.api.tickets import readable_ticket
-from server.context import services
+from server.auth.principal import Principal
 from server.itsm import kb as rules
 from server.itsm.tickets import number_text as ticket_number
 from server.ops import kb as kb_ops
 from server.store import kb as store
 from server.store import people
 from server.store.models import Agent, KbArticle, KbLink, KbVersion, KbVote, Site, Ticket
-from server.web.authn import Principal, principal
+from server.web.authn import principal
+from server.web.keys import DB
 from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Conflict, Forbidden, Invalid, NotFound
 
@@ -269,7 +270,7 @@ class ListQuery(BaseModel):
 async def list_articles(request: web.Request) -> web.Response:
     who = principal(request)
     q = query(request, ListQuery)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         hits = await find_articles(session, who, q)
         items = [await article_out(session, h.article, who, h) for h in hits]
     return json_response(ArticleList(items=items))
@@ -324,7 +325,7 @@ class NewArticle(BaseModel):
 async def create_article(request: web.Request) -> web.Response:
     who = principal(request)
     req = body(request, NewArticle)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         site_id = await scope_site(session, who, req.visibility, req.site)
         article = await kb_ops.create(
             session,
@@ -353,7 +354,7 @@ async def create_article(request: web.Request) -> web.Response:
 )
 async def get_article(request: web.Request) -> web.Response:
     who = principal(request)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         article = await readable(session, who, request.match_info["article_id"])
         article.views += 1
         out = await detail(session, article, who)
@@ -388,7 +389,7 @@ class ArticlePatch(BaseModel):
 async def patch_article(request: web.Request) -> web.Response:
     who = principal(request)
     req = body(request, ArticlePatch)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         article = await writable(session, who, request.match_info["article_id"])
         changes = req.model_dump(exclude_none=True, exclude={"site", "note"})
         if req.visibility is not None or req.site is not None:
@@ -422,7 +423,7 @@ class TransitionRequest(BaseModel):
 async def transition_article(request: web.Request) -> web.Response:
     who = principal(request)
     req = body(request, TransitionRequest)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         article = await writable(session, who, request.match_info["article_id"])
         needed = rules.ACTIONS[req.action][2]
         if not who.allowed(needed, article.site_id):
@@ -458,7 +459,7 @@ def version_out(v: KbVersion, current: int) -> VersionOut:
 )
 async def list_versions(request: web.Request) -> web.Response:
     who = principal(request)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         article = await writable(session, who, request.match_info["article_id"])
         rows = await session.scalars(
             select(KbVersion)
@@ -479,7 +480,7 @@ async def list_versions(request: web.Request) -> web.Response:
 async def get_version(request: web.Request) -> web.Response:
     who = principal(request)
     raw = request.match_info["version"]
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         article = await writable(session, who, request.match_info["article_id"])
         row = (
             await session.get(KbVersion, (article.id, int(raw)))
@@ -537,7 +538,7 @@ async def link_target(session: AsyncSession, who: Principal, req: LinkRequest) -
 async def add_link(request: web.Request) -> web.Response:
     who = principal(request)
     req = body(request, LinkRequest)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         article = await writable(session, who, request.match_info["article_id"])
         target = await link_target(session, who, req)
         await kb_ops.link(session, article, req.kind, target, who.actor())
@@ -555,7 +556,7 @@ async def add_link(request: web.Request) -> web.Response:
 async def remove_link(request: web.Request) -> web.Response:
     who = principal(request)
     raw = request.match_info["link_id"]
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         article = await writable(session, who, request.match_info["article_id"])
         link = await session.get(KbLink, int(raw)) if raw.isdigit() and len(raw) < 18 else None
         if link is None or link.article_id != article.id:
@@ -582,7 +583,7 @@ class VoteRequest(BaseModel):
 async def vote(request: web.Request) -> web.Response:
     who = principal(request)
     req = body(request, VoteRequest)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         article = await readable(session, who, request.match_info["article_id"])
         if article.state != "published":
             raise Conflict("only published articles take votes")
@@ -617,7 +618,7 @@ class SolvedOut(BaseModel):
 async def solved(request: web.Request) -> web.Response:
     who = principal(request)
     req = body(request, SolvedRequest)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         article = await readable(session, who, request.match_info["article_id"])
         site = await people.site_by_name(session, req.site)
         if site is None or not who.allowed("tickets:write", site.id):
@@ -673,7 +674,7 @@ class FromTicketRequest(BaseModel):
 async def ticket_to_article(request: web.Request) -> web.Response:
     who = principal(request)
     req = body(request, FromTicketRequest)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         ticket = await readable_ticket(session, who, request.match_info["ticket_id"])
         if not who.works_tickets(ticket.site_id) or not who.allowed("kb:write", ticket.site_id):
             raise Forbidden("this needs tickets:write, agents:read and kb:write on the site")

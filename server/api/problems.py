@@ -18,13 +18,14 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.context import services
+from server.auth.principal import Principal
 from server.itsm import problems as pure
 from server.itsm.tickets import number_text as ticket_number
 from server.ops import problems as ops
 from server.store import people, problems, tickets
 from server.store.models import AlertRule, Problem, ProblemTicket, Site, Ticket, User
-from server.web.authn import Principal, principal
+from server.web.authn import principal
+from server.web.keys import DB
 from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Forbidden, Invalid, NotFound
 
@@ -285,7 +286,7 @@ async def find_problems(session: AsyncSession, who: Principal, q: ListQuery) -> 
 async def list_problems(request: web.Request) -> web.Response:
     who = principal(request)
     q = query(request, ListQuery)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         rows = await find_problems(session, who, q)
         items = [await problem_out(session, p, who) for p in rows]
     nxt = str(rows[-1].number) if len(rows) == q.limit else None
@@ -347,7 +348,7 @@ class NewProblem(BaseModel):
 async def create_problem(request: web.Request) -> web.Response:
     who = principal(request)
     req = body(request, NewProblem)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         site_id: str | None = None
         if req.site is not None:
             site = await people.site_by_name(session, req.site)
@@ -386,7 +387,7 @@ async def create_problem(request: web.Request) -> web.Response:
 )
 async def get_problem(request: web.Request) -> web.Response:
     who = principal(request)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         problem = await readable_problem(session, who, request.match_info["problem_id"])
         out = await detail(session, problem, who)
     return json_response(out)
@@ -415,7 +416,7 @@ class ProblemPatch(BaseModel):
 )
 async def patch_problem(request: web.Request) -> web.Response:
     req = body(request, ProblemPatch)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         problem, who = await writable_problem(session, request)
         changes = req.model_dump(exclude_none=True)
         if "assignee" in changes:
@@ -460,7 +461,7 @@ class TransitionRequest(BaseModel):
 )
 async def transition_problem(request: web.Request) -> web.Response:
     req = body(request, TransitionRequest)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         problem, who = await writable_problem(session, request)
         await ops.move(
             session,
@@ -502,7 +503,7 @@ async def _linkable(session: AsyncSession, who: Principal, ref: str) -> Ticket:
 )
 async def link_ticket(request: web.Request) -> web.Response:
     req = body(request, LinkRequest)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         problem, who = await writable_problem(session, request)
         ticket = await _linkable(session, who, req.ticket)
         await ops.link(session, problem, ticket, who.actor())
@@ -518,7 +519,7 @@ async def link_ticket(request: web.Request) -> web.Response:
     summary="Unlink an incident from the problem",
 )
 async def unlink_ticket(request: web.Request) -> web.Response:
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         problem, who = await writable_problem(session, request)
         ref = request.match_info["ticket_id"]
         ticket = await tickets.find(session, ref)
@@ -543,7 +544,7 @@ class NoteRequest(BaseModel):
 )
 async def add_note(request: web.Request) -> web.Response:
     req = body(request, NoteRequest)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         problem, who = await writable_problem(session, request)
         if not req.body.strip():
             raise Invalid("the note is empty", fields={"body": "write something"})

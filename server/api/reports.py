@@ -20,12 +20,13 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.api.service_levels import fact_of
-from server.context import services
+from server.auth.principal import Principal
 from server.itsm import review
 from server.itsm.tickets import number_text as ticket_number
 from server.store import people
 from server.store.models import Change, Problem, ProblemTicket, Site, Ticket, utcnow
-from server.web.authn import Principal, principal
+from server.web.authn import principal
+from server.web.keys import CONFIG, DB
 from server.web.routing import ApiRouter, json_response, query
 from shared.errors import NotFound
 
@@ -334,10 +335,10 @@ async def build_report(
 
 async def _report(request: web.Request) -> tuple[ReportOut, str]:
     q = query(request, ReportQuery)
-    svc = services(request)
-    async with svc.sessions() as session:
+    app = request.app
+    async with app[DB]() as session:
         report = await build_report(
-            session, principal(request), q.site, q.period, svc.settings.report_targets
+            session, principal(request), q.site, q.period, app[CONFIG].settings.report_targets
         )
     from server.console import i18n
 

@@ -10,10 +10,10 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from server.api.agents import load_agent
-from server.context import services
 from server.engine import runs
 from server.store.models import RunRecord
 from server.web.authn import principal
+from server.web.keys import DB, RUNS
 from server.web.routing import ApiRouter, body, json_response, query
 from shared import protocol as p
 from shared.errors import NotFound
@@ -103,17 +103,17 @@ class RunResult(BaseModel):
     "(diag:run, action:run or exec:run by the entry's tier)",
 )
 async def run(request: web.Request) -> web.StreamResponse:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     agent, _ = await load_agent(request, "agents:read")
     req = body(request, RunRequest)
     q = query(request, RunQuery)
-    async with svc.sessions() as session:
+    async with app[DB]() as session:
         prep = await runs.prepare(
             session, who, agent, req.name, req.params, req.ticket_id, req.timeout
         )
     if not q.stream:
-        record = await runs.execute(svc, prep)
+        record = await app[RUNS].execute(prep)
         return json_response(RunResult(**runs.result_json(record)))
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
@@ -121,7 +121,7 @@ async def run(request: web.Request) -> web.StreamResponse:
     async def sink(frame: p.RunOutput) -> None:
         await resp.write(frame.model_dump_json().encode() + b"\n")
 
-    record = await runs.execute(svc, prep, sink)
+    record = await app[RUNS].execute(prep, sink)
     final = {"type": "result", **RunResult(**runs.result_json(record)).model_dump(mode="json")}
     await resp.write(json.dumps(final).encode() + b"\n")
     await resp.write_eof()
@@ -129,7 +129,7 @@ async def run(request: web.Request) -> web.StreamResponse:
 
 
 async def load_result(request: web.Request) -> RunRecord:
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         record = await session.get(RunRecord, request.match_info["result_id"])
     if record is None:
         raise NotFound("not found")
@@ -171,7 +171,7 @@ async def list_results(request: web.Request) -> web.Response:
 
     agent, _ = await load_agent(request, "diag:run")
     q = query(request, ResultQuery)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         stmt = select(RunRecord).where(RunRecord.agent_id == agent.id)
         if q.name:
             stmt = stmt.where(RunRecord.name == q.name)

@@ -10,13 +10,14 @@ from pydantic import AwareDatetime, BaseModel, Field, field_validator
 from sqlalchemy import select
 
 from server.auth.crypto import seal
+from server.auth.principal import Principal
 from server.base.audit import Event
-from server.context import services
 from server.itsm import kpi, sla
 from server.ops import ticketing
 from server.store import auditlog, people
 from server.store.models import OutboxItem, SlaPolicy, Ticket, TicketEvent, User, Webhook
-from server.web.authn import Principal, principal
+from server.web.authn import principal
+from server.web.keys import CONFIG, DB
 from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Invalid, NotFound
 
@@ -57,7 +58,7 @@ class PolicyIn(BaseModel):
     summary="SLA targets per priority (seconds of business or wall time)",
 )
 async def list_policies(request: web.Request) -> web.Response:
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         rows = {r.priority: r for r in (await session.scalars(select(SlaPolicy))).all()}
     items = []
     for prio, default in sla.DEFAULT_TARGETS.items():
@@ -107,7 +108,7 @@ async def put_policy(request: web.Request) -> web.Response:
             "acknowledge must not be later than resolve",
             fields={"ack_seconds": "greater than resolve_seconds"},
         )
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         row = await session.get(SlaPolicy, prio)
         if row is None:
             row = SlaPolicy(priority=prio, **req.model_dump())
@@ -155,7 +156,7 @@ class KpiReport(BaseModel):
     summary="Service KPIs per site, engineer, priority or week",
 )
 async def kpis(request: web.Request) -> web.Response:
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         report = await kpi_report(session, principal(request), query(request, KpiQuery))
     return json_response(report)
 
@@ -302,7 +303,7 @@ async def _hook_out(session: Any, hook: Webhook) -> WebhookOut:
 )
 async def list_webhooks(request: web.Request) -> web.Response:
     principal(request).require("users:admin", None)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         hooks = (await session.scalars(select(Webhook).order_by(Webhook.created_at))).all()
         items = [await _hook_out(session, h) for h in hooks]
     return json_response(WebhookList(items=items))
@@ -318,15 +319,17 @@ async def list_webhooks(request: web.Request) -> web.Response:
     summary="Add a webhook; deliveries are HMAC-SHA256 signed with its secret",
 )
 async def create_webhook(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     who.require("users:admin", None)
     req = body(request, WebhookIn)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         hook = Webhook(url=req.url, events=req.events, secret_enc=b"")
         session.add(hook)
         await session.flush()
-        hook.secret_enc = seal(svc.master_key, req.secret.encode(), f"webhook:{hook.id}".encode())
+        hook.secret_enc = seal(
+            app[CONFIG].master_key, req.secret.encode(), f"webhook:{hook.id}".encode()
+        )
         await auditlog.append(
             session,
             who.actor(),
@@ -351,7 +354,7 @@ async def create_webhook(request: web.Request) -> web.Response:
 async def delete_webhook(request: web.Request) -> web.Response:
     who = principal(request)
     who.require("users:admin", None)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         hook = await session.get(Webhook, request.match_info["webhook_id"])
         if hook is None:
             raise NotFound("not found")

@@ -23,14 +23,15 @@ from pydantic import BaseModel, Field
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server.auth.principal import Principal
 from server.base.audit import Event
-from server.context import Services, services
 from server.engine.remote import KIND_PERMISSION, LiveShell, Sessions
 from server.itsm.consent import FINAL, LIVE
 from server.itsm.tickets import OPEN, number_text
 from server.store import auditlog, fleet, recording, tickets
 from server.store.models import Agent, RemoteSession, Ticket
-from server.web.authn import Principal, principal
+from server.web.authn import principal
+from server.web.keys import CONFIG, DB, LINKS, REMOTE
 from server.web.routing import ApiRouter, body, json_response, query
 from shared import protocol as p
 from shared.errors import Conflict, FieldlinkError, Forbidden, Invalid, NotFound, Unauthorized
@@ -43,7 +44,7 @@ MAX_FILE_BYTES = 100 * 1024 * 1024
 
 
 def sessions_of(request: web.Request) -> Sessions:
-    return services(request).remote
+    return request.app[REMOTE]
 
 
 class SessionRequest(BaseModel):
@@ -119,10 +120,11 @@ async def session_out(session: AsyncSession, rs: RemoteSession) -> SessionOut:
     )
 
 
-def require_step_up(svc: Services, who: Principal) -> None:
-    if not who.mfa_within(svc.settings.step_up_minutes):
+def require_step_up(app: web.Application, who: Principal) -> None:
+    minutes = app[CONFIG].settings.step_up_minutes
+    if not who.mfa_within(minutes):
         raise Unauthorized(
-            f"a TOTP code verified within the last {svc.settings.step_up_minutes:g} minutes is "
+            f"a TOTP code verified within the last {minutes:g} minutes is "
             'needed: POST /api/v1/auth/step-up {"code"}',
             code="step_up_required",
         )
@@ -155,10 +157,10 @@ def check_agent_policy(agent: Agent, kind: str) -> None:
     summary="Request a remote session on a machine for an open ticket (step-up 2FA)",
 )
 async def create_session(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     req = body(request, SessionRequest)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         found = await fleet.get_agent(session, req.agent_id)
         if found is None or not who.allowed("agents:read", found[0].site_id):
             raise NotFound("not found")
@@ -180,7 +182,7 @@ async def create_session(request: web.Request) -> web.Response:
         if agent.revoked_at is not None:
             raise Conflict("the agent is revoked")
         check_agent_policy(agent, req.kind)
-        require_step_up(svc, who)
+        require_step_up(app, who)
         rs = await sessions_of(request).request(
             session,
             agent=agent,
@@ -226,7 +228,7 @@ def _visible_sites(who: Principal) -> frozenset[str] | None:
     "sites asking for help",
 )
 async def list_sessions(request: web.Request) -> web.Response:
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         items = await find_sessions(session, principal(request), query(request, ListQuery))
     return json_response(SessionList(items=items))
 
@@ -301,12 +303,12 @@ class GetQuery(BaseModel):
 )
 async def get_session(request: web.Request) -> web.Response:
     q = query(request, GetQuery)
-    svc = services(request)
-    async with svc.sessions() as session:
+    app = request.app
+    async with app[DB]() as session:
         rs = await load_session(session, request)
     if q.wait and (q.state is None or q.state == rs.state) and rs.state not in FINAL:
         await sessions_of(request).wait_change(rs.id, q.wait)
-    async with svc.sessions() as session:
+    async with app[DB]() as session:
         rs = await load_session(session, request)
         out = await session_out(session, rs)
     return json_response(out)
@@ -326,10 +328,10 @@ class ConsentRequest(BaseModel):
     summary="Approve or deny a session for your site",
 )
 async def consent(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     req = body(request, ConsentRequest)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         rs = await load_session(session, request)
         who.require("sessions:consent", rs.site_id)
         if rs.requested_by == who.user_id:
@@ -351,15 +353,15 @@ async def consent(request: web.Request) -> web.Response:
     summary="Take a session a site asked for (same rights and step-up as a request)",
 )
 async def accept(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         rs = await load_session(session, request)
         require_kind(who, rs.kind, rs.site_id)
         agent = await session.get(Agent, rs.agent_id)
         if agent is not None:
             check_agent_policy(agent, rs.kind)
-        require_step_up(svc, who)
+        require_step_up(app, who)
         await sessions_of(request).accept_offer(
             session, rs, user_id=who.user_id, username=who.username, actor=who.actor()
         )
@@ -382,10 +384,10 @@ class EndRequest(BaseModel):
     "or site technician of its site",
 )
 async def end_session(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     req = body(request, EndRequest)
-    async with svc.sessions() as session:
+    async with app[DB]() as session:
         rs = await load_session(session, request)
         asked = rs.origin == "site" and await _asked_by(session, who, rs)
     if (
@@ -400,7 +402,7 @@ async def end_session(request: web.Request) -> web.Response:
             "technician can end it"
         )
     await sessions_of(request).end(rs.id, req.reason, by=who.username, actor=who.actor())
-    async with svc.sessions() as session:
+    async with app[DB]() as session:
         out = await session_out(session, await load_session(session, request))
     return json_response(out)
 
@@ -437,12 +439,12 @@ def _check_origin(request: web.Request, who: Principal) -> None:
     '{"type": "status"|"closed", ...} from HQ. `watch=1` is read-only.',
 )
 async def terminal(request: web.Request) -> web.StreamResponse:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     q = query(request, TerminalQuery)
     _check_origin(request, who)
     manager = sessions_of(request)
-    async with svc.sessions() as session:
+    async with app[DB]() as session:
         rs = await load_session(session, request)
         ticket = await session.get(Ticket, rs.ticket_id)
         assert ticket is not None
@@ -463,7 +465,7 @@ async def terminal(request: web.Request) -> web.StreamResponse:
     shell = await manager.open_shell(rs, ticket.number, term=q.term, cols=q.cols, rows=q.rows)
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=1024 * 1024)
     await ws.prepare(request)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         live = await session.get(RemoteSession, rs.id)
         assert live is not None
         await auditlog.append(
@@ -484,17 +486,19 @@ async def terminal(request: web.Request) -> web.StreamResponse:
         by = who.username if state == "ended" else "machine"
         await manager.end(rs.id, reason, by=by, actor=who.actor(), state=state)
     else:  # another end (the site, the ticket, an admin) closed the shell: say theirs
-        reason = await _end_reason(svc, manager, rs.id, reason)
+        reason = await _end_reason(app, manager, rs.id, reason)
     if not ws.closed:
         await ws.send_str(json.dumps({"type": "closed", "reason": reason}))
         await ws.close()
     return ws
 
 
-async def _end_reason(svc: Services, manager: Sessions, session_id: str, fallback: str) -> str:
+async def _end_reason(
+    app: web.Application, manager: Sessions, session_id: str, fallback: str
+) -> str:
     """Why the session ended, once whoever is ending it has recorded it."""
     for _ in range(10):
-        async with svc.sessions() as session:
+        async with app[DB]() as session:
             rs = await session.get(RemoteSession, session_id)
         if rs is None or rs.state in FINAL:
             return rs.end_reason or fallback if rs is not None else fallback
@@ -645,23 +649,23 @@ async def _watch(request: web.Request, manager: Sessions, rs: RemoteSession) -> 
     summary="The session's recording (asciicast v2), decrypted and verified; reading it is audited",
 )
 async def get_recording(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
-    async with svc.sessions() as session:
+    async with app[DB]() as session:
         rs = await load_session(session, request)
     if not (who.allowed("audit:read", rs.site_id) and who.allowed("tickets:read", rs.site_id)):
         raise NotFound("not found")
     if rs.recording_sha256 is None:
         raise NotFound("this session has no recording", code="no_recording")
-    path = svc.datadir.path / "recordings" / f"{rs.id}.cast.enc"
+    path = app[CONFIG].recordings / f"{rs.id}.cast.enc"
     problem = None
     try:
-        plain = await asyncio.to_thread(recording.read, path, svc.master_key, rs.id)
+        plain = await asyncio.to_thread(recording.read, path, app[CONFIG].master_key, rs.id)
         if hashlib.sha256(plain).hexdigest() != rs.recording_sha256:
             problem = "the recording does not match the hash recorded when it was made"
     except recording.RecordingError as exc:
         problem = str(exc)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         await auditlog.append(
             session,
             who.actor(),
@@ -693,7 +697,7 @@ class FileQuery(BaseModel):
 
 async def _files_session(request: web.Request, write: bool) -> RemoteSession:
     who = principal(request)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         rs = await load_session(session, request)
     if rs.requested_by != who.user_id:
         raise Forbidden("only the session's engineer moves files in it")
@@ -707,11 +711,11 @@ async def _files_session(request: web.Request, write: bool) -> RemoteSession:
     return rs
 
 
-async def _sftp(svc: Services, rs: RemoteSession) -> asyncssh.SFTPClient:
-    link = svc.gateway.registry.get(rs.agent_id)
+async def _sftp(app: web.Application, rs: RemoteSession) -> asyncssh.SFTPClient:
+    link = app[LINKS].get(rs.agent_id)
     if link is None:
         raise Conflict("the machine is not connected")
-    async with svc.sessions() as session:
+    async with app[DB]() as session:
         ticket = await session.get(Ticket, rs.ticket_id)
     env = {
         p.SESSION_ENV: rs.id,
@@ -735,7 +739,7 @@ def _sftp_error(exc: Exception) -> FieldlinkError:
 
 
 async def _audit_file(
-    svc: Services,
+    app: web.Application,
     who: Principal,
     rs: RemoteSession,
     action: str,
@@ -744,7 +748,7 @@ async def _audit_file(
     digest: str,
     outcome: str = "success",
 ) -> None:
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         await auditlog.append(
             session,
             who.actor(),
@@ -770,11 +774,11 @@ async def _audit_file(
     summary="Download a file from the machine (within its policy's file roots)",
 )
 async def download(request: web.Request) -> web.StreamResponse:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     q = query(request, FileQuery)
     rs = await _files_session(request, write=False)
-    sftp = await _sftp(svc, rs)
+    sftp = await _sftp(app, rs)
     sha = hashlib.sha256()
     size = 0
     try:
@@ -800,7 +804,7 @@ async def download(request: web.Request) -> web.StreamResponse:
         await resp.write_eof()
     finally:
         sftp.exit()
-    await _audit_file(svc, who, rs, "files.get", q.path, size, sha.hexdigest())
+    await _audit_file(app, who, rs, "files.get", q.path, size, sha.hexdigest())
     return resp
 
 
@@ -814,11 +818,11 @@ async def download(request: web.Request) -> web.StreamResponse:
     summary="Upload a file to the machine (within its policy's file roots)",
 )
 async def upload(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     q = query(request, FileQuery)
     rs = await _files_session(request, write=True)
-    sftp = await _sftp(svc, rs)
+    sftp = await _sftp(app, rs)
     sha = hashlib.sha256()
     size = 0
     try:
@@ -846,5 +850,5 @@ async def upload(request: web.Request) -> web.Response:
             raise
     finally:
         sftp.exit()
-    await _audit_file(svc, who, rs, "files.put", q.path, size, sha.hexdigest())
+    await _audit_file(app, who, rs, "files.put", q.path, size, sha.hexdigest())
     return json_response({"path": q.path, "bytes": size, "sha256": sha.hexdigest()}, status=201)

@@ -7,8 +7,8 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from server.auth import rbac
-from server.context import services
 from server.web.authn import authenticate
+from server.web.keys import CONFIG, DB_ENGINE, LINKS, METRICS
 from server.web.routing import ApiRouter, json_response
 from shared.errors import Forbidden, Unavailable
 from shared.version import __version__
@@ -32,9 +32,9 @@ class Health(BaseModel):
     errors=(503,),
 )
 async def healthz(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     try:
-        async with svc.engine.connect() as conn:
+        async with app[DB_ENGINE].connect() as conn:
             await conn.execute(text("SELECT 1"))
     except Exception as exc:
         raise Unavailable("database unreachable") from exc
@@ -43,7 +43,7 @@ async def healthz(request: web.Request) -> web.Response:
             status="ok",
             version=__version__,
             database="ok",
-            agents_connected=len(svc.gateway.registry),
+            agents_connected=len(app[LINKS]),
         )
     )
 
@@ -56,13 +56,13 @@ async def healthz(request: web.Request) -> web.Response:
     summary="Prometheus metrics (bearer token with kpi:read unless metrics_public)",
 )
 async def metrics(request: web.Request) -> web.Response:
-    svc = services(request)
-    if not svc.settings.metrics_public:
+    app = request.app
+    if not app[CONFIG].settings.metrics_public:
         who = await authenticate(request)
         if not rbac.holds_anywhere(who.rights, "kpi:read"):
             raise Forbidden("this needs the kpi:read permission")
     return web.Response(
-        body=svc.metrics.render(),
+        body=app[METRICS].render(),
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
     )
 

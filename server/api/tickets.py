@@ -14,14 +14,15 @@ from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth import rbac
-from server.context import Services, services
+from server.auth.principal import Principal
 from server.itsm import problems as problem_rules
 from server.itsm.tickets import OPEN, allowed_actions, number_text, priority_of
 from server.ops import helprequests, ticketing
 from server.store import fleet, people, tickets
 from server.store import problems as problem_store
 from server.store.models import Agent, RunRecord, Site, Ticket, TicketAgent, TicketEvent, User
-from server.web.authn import Principal, principal
+from server.web.authn import principal
+from server.web.keys import CONFIG, DB, REMOTE
 from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Forbidden, Invalid, NotFound, RateLimited
 
@@ -205,7 +206,7 @@ class ListQuery(BaseModel):
 async def list_tickets(request: web.Request) -> web.Response:
     who = principal(request)
     q = query(request, ListQuery)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         rows = await find_tickets(session, who, q)
         items = [await ticket_out(session, t, who) for t in rows]
     nxt = str(rows[-1].number) if len(rows) == q.limit else None
@@ -298,10 +299,10 @@ class NewTicket(BaseModel):
     "it, and past the help request limits 429)",
 )
 async def create_ticket(request: web.Request) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     req = body(request, NewTicket)
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         site = await people.site_by_name(session, req.site)
         if site is None or not who.allowed("tickets:write", site.id):
             raise NotFound("site not found", fields={"site": "no such site"})
@@ -330,7 +331,7 @@ async def create_ticket(request: web.Request) -> web.Response:
         if staff and req.priority is not None:
             raise Forbidden("site staff cannot set a priority", fields={"priority": "not allowed"})
         if staff:
-            repeat = await _site_request(session, svc, who, site.id, req)
+            repeat = await _site_request(session, app, who, site.id, req)
             if repeat is not None:
                 # a repeat of the asker's open request: that ticket, 200 not 201
                 answer = json_response(await detail(session, repeat, who), status=200)
@@ -355,7 +356,7 @@ async def create_ticket(request: web.Request) -> web.Response:
         )
         offer = None
         if req.assist:
-            offer = await svc.remote.offer(
+            offer = await app[REMOTE].offer(
                 session,
                 agent=agents[0],
                 ticket=ticket,
@@ -365,19 +366,19 @@ async def create_ticket(request: web.Request) -> web.Response:
             )
         out = await detail(session, ticket, who)
     if offer is not None:
-        await svc.remote.push(offer)
+        await app[REMOTE].push(offer)
     return json_response(out, status=201)
 
 
 async def _site_request(
-    session: AsyncSession, svc: Services, who: Principal, site_id: str, req: NewTicket
+    session: AsyncSession, app: web.Application, who: Principal, site_id: str, req: NewTicket
 ) -> Ticket | None:
     """A request from the site's people: 429 past the help request limits; the
     open request it repeats (the repeat added to it), or None for a new ticket."""
     asker = helprequests.Asker(
         site_id, req.agent_ids[0] if len(req.agent_ids) == 1 else None, who.username, who.user_id
     )
-    limited = await helprequests.check(session, asker, helprequests.Limits.of(svc.settings))
+    limited = await helprequests.check(session, asker, helprequests.Limits.of(app[CONFIG].settings))
     if limited is not None:
         raise RateLimited(
             limited.message,
@@ -443,7 +444,7 @@ async def detail(session: AsyncSession, ticket: Ticket, who: Principal) -> Ticke
     summary="A ticket with its timeline and SLA clocks",
 )
 async def get_ticket(request: web.Request) -> web.Response:
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         ticket = await load_ticket(session, request)
         out = await detail(session, ticket, principal(request))
     return json_response(out)
@@ -476,7 +477,7 @@ async def _workable(session: AsyncSession, request: web.Request) -> tuple[Ticket
 )
 async def patch_ticket(request: web.Request) -> web.Response:
     req = body(request, TicketPatch)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         ticket, who = await _workable(session, request)
         changed = req.model_dump(exclude_none=True)
         for key, value in changed.items():
@@ -517,7 +518,7 @@ class TransitionRequest(BaseModel):
 )
 async def transition_ticket(request: web.Request) -> web.Response:
     req = body(request, TransitionRequest)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         ticket, who = await _workable(session, request)
         await ticketing.act(
             session,
@@ -549,7 +550,7 @@ class CommentRequest(BaseModel):
 )
 async def comment(request: web.Request) -> web.Response:
     req = body(request, CommentRequest)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         who = principal(request)
         ticket = await load_ticket(session, request)
         if not who.allowed("tickets:write", ticket.site_id):
@@ -583,7 +584,7 @@ class AssignRequest(BaseModel):
 )
 async def assign(request: web.Request) -> web.Response:
     req = body(request, AssignRequest)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         ticket, who = await _workable(session, request)
         if not who.allowed("tickets:assign", ticket.site_id):
             raise Forbidden("assigning needs tickets:assign on this site")
@@ -620,7 +621,7 @@ class EscalateRequest(BaseModel):
 )
 async def escalate(request: web.Request) -> web.Response:
     req = body(request, EscalateRequest)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         ticket, who = await _workable(session, request)
         if not who.allowed("tickets:assign", ticket.site_id):
             raise Forbidden("escalating needs tickets:assign on this site")
@@ -643,7 +644,7 @@ class LinkRequest(BaseModel):
 )
 async def link_agent(request: web.Request) -> web.Response:
     req = body(request, LinkRequest)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         ticket, who = await _workable(session, request)
         agent = await session.get(Agent, req.agent_id)
         if agent is None or agent.site_id != ticket.site_id:
@@ -667,7 +668,7 @@ class AttachRequest(BaseModel):
 )
 async def attach_result(request: web.Request) -> web.Response:
     req = body(request, AttachRequest)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         ticket, who = await _workable(session, request)
         record = await session.get(RunRecord, req.result_id)
         if (
@@ -711,7 +712,7 @@ class RatingRequest(BaseModel):
 )
 async def rate(request: web.Request) -> web.Response:
     req = body(request, RatingRequest)
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         who = principal(request)
         ticket = await load_ticket(session, request)
         if ticket.requester_id != who.user_id:

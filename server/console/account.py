@@ -22,11 +22,11 @@ from server.auth import rbac, totp
 from server.auth.secrets import same
 from server.console import i18n
 from server.console.render import page
-from server.context import services
 from server.ops.login import totp_secret
 from server.store import people
 from server.store.models import User
 from server.web.authn import SESSION_COOKIE, authenticate, principal, source_of
+from server.web.keys import CONFIG, DB
 from server.web.middleware import see_other
 from server.web.routing import SELF, ApiRouter
 from shared.errors import FieldlinkError, NotFound, Unauthorized
@@ -95,10 +95,10 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
             request, error=i18n.gettext("The form expired; please try again."), status=403
         )
     username = form.get("username", "")[:64]
-    svc = services(request)
+    app = request.app
     try:
         _, _, web_session = await api_auth.log_in(
-            svc,
+            app,
             username=username,
             password=form.get("password", "")[:1024],
             code=form.get("totp", "").strip()[:12] or None,
@@ -115,14 +115,14 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         return _login_page(request, error=error, username=username, status=exc.status)
     assert web_session is not None
     resp = see_other(safe_next(form.get("next")))
-    api_auth.set_session_cookie(resp, svc, web_session)
+    api_auth.set_session_cookie(resp, app, web_session)
     resp.del_cookie(LOGIN_CSRF_COOKIE, path="/login")
     return resp
 
 
 @routes.route("POST", "/logout", permission=SELF, before_2fa=True, summary="Log out")
 async def logout(request: web.Request) -> web.StreamResponse:
-    await api_auth.log_out(services(request), principal(request))
+    await api_auth.log_out(request.app, principal(request))
     resp = see_other("/login")
     resp.del_cookie(SESSION_COOKIE, path="/")
     return resp
@@ -138,13 +138,13 @@ def qr_svg(uri: str) -> Markup:
     "GET", "/totp", permission=SELF, before_2fa=True, summary="Two-factor enrollment page"
 )
 async def totp_page(request: web.Request) -> web.StreamResponse:
-    svc = services(request)
+    app = request.app
     who = principal(request)
-    async with svc.sessions() as session:
+    async with app[DB]() as session:
         user = await session.get(User, who.user_id)
     if user is None:
         raise Unauthorized("user no longer exists")
-    pending = None if user.totp_enabled else totp_secret(svc.master_key, user)
+    pending = None if user.totp_enabled else totp_secret(app[CONFIG].master_key, user)
     ctx: dict[str, Any] = {
         "enabled": user.totp_enabled,
         "required": who.needs_2fa,
@@ -159,7 +159,7 @@ async def totp_page(request: web.Request) -> web.StreamResponse:
     "POST", "/totp", permission=SELF, before_2fa=True, summary="Start two-factor enrollment"
 )
 async def totp_begin(request: web.Request) -> web.StreamResponse:
-    await api_auth.begin_totp(services(request), principal(request))
+    await api_auth.begin_totp(request.app, principal(request))
     return see_other("/totp")
 
 
@@ -173,7 +173,7 @@ async def totp_begin(request: web.Request) -> web.StreamResponse:
 async def totp_confirm(request: web.Request) -> web.StreamResponse:
     code = (await _form(request)).get("code", "").strip()
     try:
-        await api_auth.verify_code(services(request), principal(request), code, enabling=True)
+        await api_auth.verify_code(request.app, principal(request), code, enabling=True)
     except FieldlinkError:
         return see_other("/totp?error=invalid")
     return see_other("/?done=totp")
@@ -182,9 +182,9 @@ async def totp_confirm(request: web.Request) -> web.StreamResponse:
 async def _profile(
     request: web.Request, new_token: api_auth.NewToken | None = None
 ) -> web.Response:
-    svc = services(request)
+    app = request.app
     who = principal(request)
-    async with svc.sessions() as session:
+    async with app[DB]() as session:
         user = await session.get(User, who.user_id)
         if user is None:
             raise Unauthorized("user no longer exists")
@@ -265,7 +265,7 @@ async def new_token(request: web.Request) -> web.StreamResponse:
             ttl=form.get("ttl", "30d") or "30d",
             permissions=wanted or None,
         )
-        made = await api_auth.make_token(services(request), principal(request), req)
+        made = await api_auth.make_token(request.app, principal(request), req)
     except (ValidationError, FieldlinkError):
         return see_other("/profile?error=token")
     # Shown once, in this answer only (never in a URL).
@@ -276,5 +276,5 @@ async def new_token(request: web.Request) -> web.StreamResponse:
     "POST", "/profile/tokens/{token_id}/revoke", permission=SELF, summary="Revoke an API token"
 )
 async def revoke_token(request: web.Request) -> web.StreamResponse:
-    await api_auth.revoke(services(request), principal(request), request.match_info["token_id"])
+    await api_auth.revoke(request.app, principal(request), request.match_info["token_id"])
     return see_other("/profile?done=revoked")

@@ -11,10 +11,10 @@ from server.api.admin import role_item, site_item, user_item, visible_users
 from server.auth import rbac
 from server.console import i18n
 from server.console.render import N_, page
-from server.context import services
 from server.store import people
 from server.store.models import Site
 from server.web.authn import principal
+from server.web.keys import DB
 from server.web.routing import ApiRouter
 from shared.errors import NotFound
 
@@ -26,7 +26,7 @@ WEEKDAYS = (N_("Mon"), N_("Tue"), N_("Wed"), N_("Thu"), N_("Fri"), N_("Sat"), N_
 async def admin(request: web.Request) -> web.StreamResponse:
     who = principal(request)
     scope = who.sites("users:admin")
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         users = [await user_item(session, u, scope) for u in await visible_users(session, scope)]
         roles = [role_item(r) for r in await people.list_roles(session)]
         sites = [
@@ -50,7 +50,7 @@ async def admin(request: web.Request) -> web.StreamResponse:
 )
 async def site(request: web.Request) -> web.StreamResponse:
     who = principal(request)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         row = await session.get(Site, request.match_info["site_id"])
     if row is None:
         raise NotFound("not found")
@@ -64,7 +64,7 @@ async def site(request: web.Request) -> web.StreamResponse:
 )
 async def enroll(request: web.Request) -> web.StreamResponse:
     who = principal(request)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         sites = [
             s.name for s in await people.list_sites(session) if who.allowed("agents:enroll", s.id)
         ]

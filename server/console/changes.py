@@ -17,12 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.api.changes import ChangeQuery, ChangeSummary, change_out, visible_changes
 from server.api.changes import _load as load_change
+from server.auth.principal import Principal
 from server.console import i18n
 from server.console.render import N_, page
-from server.context import services
 from server.engine import changes as ch
 from server.store import fleet, people
-from server.web.authn import Principal, principal
+from server.web.authn import principal
+from server.web.keys import DB
 from server.web.routing import ApiRouter
 from shared.errors import Invalid
 
@@ -79,7 +80,7 @@ async def changes_page(request: web.Request) -> web.StreamResponse:
         raise Invalid("invalid filter", fields=fields) from None
     if q.state is not None and q.state not in ch.STATES:
         raise Invalid("unknown state", fields={"state": "one of " + ", ".join(ch.STATES)})
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         rows = await visible_changes(session, who, q)
         may_request = who.holds("changes:request")
         sites: list[str] = []
@@ -115,7 +116,7 @@ async def changes_page(request: web.Request) -> web.StreamResponse:
 @routes.route("GET", "/changes/{change_id}", permission="changes:read", summary="One change")
 async def change_page(request: web.Request) -> web.StreamResponse:
     who = principal(request)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         row = await load_change(session, who, request.match_info["change_id"])
         c = await change_out(session, who, row)
         sites = row.site_ids

@@ -17,14 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from server.api.agents import AgentListQuery, visible_agents
 from server.api.alerts import AlertQuery, alert_items
 from server.api.tickets import ListQuery, find_tickets
+from server.auth.principal import Principal
 from server.console import i18n, live
 from server.console.render import fragment, page
 from server.console.sessions import pending
-from server.context import Services, services
 from server.itsm.tickets import number_text
 from server.ops import ticketing
 from server.store.models import Ticket
-from server.web.authn import Principal, principal
+from server.web.authn import principal
+from server.web.keys import DB
 from server.web.middleware import see_other
 from server.web.routing import SELF, ApiRouter
 
@@ -50,7 +51,7 @@ async def clocks_of(session: AsyncSession, ticket: Ticket) -> dict[str, Any]:
     return found
 
 
-async def summary(svc: Services, who: Principal) -> dict[str, Any]:
+async def summary(app: web.Application, who: Principal) -> dict[str, Any]:
     """What the dashboard shows, for this caller."""
     out: dict[str, Any] = {
         "sites": [],
@@ -59,7 +60,7 @@ async def summary(svc: Services, who: Principal) -> dict[str, Any]:
         "at_risk": [],
         "consents": None,
     }
-    async with svc.sessions() as session:
+    async with app[DB]() as session:
         if who.holds("agents:read"):
             per_site: dict[str, Counter[str]] = {}
             for agent in await visible_agents(session, who, AgentListQuery()):
@@ -90,7 +91,7 @@ async def summary(svc: Services, who: Principal) -> dict[str, Any]:
                         }
                     )
     if who.holds("sessions:consent"):
-        out["consents"] = await pending(svc, who)
+        out["consents"] = await pending(app, who)
     out["online"] = sum(s["online"] for s in out["sites"])
     out["offline"] = sum(s["offline"] for s in out["sites"])
     return out
@@ -114,7 +115,7 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
     elsewhere = landing(who)
     if elsewhere is not None:
         return see_other(elsewhere)
-    data = await summary(services(request), who)
+    data = await summary(request.app, who)
     return page(request, "dashboard.html", {"d": data}, title=i18n.gettext("Dashboard"))
 
 
@@ -125,9 +126,9 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
     summary="The dashboard's panels, live (server-sent events)",
 )
 async def dashboard_events(request: web.Request) -> web.StreamResponse:
-    svc = services(request)
+    app = request.app
 
     async def render(who: Principal) -> str:
-        return fragment(request, "dashboard_panels.html", {"d": await summary(svc, who)})
+        return fragment(request, "dashboard_panels.html", {"d": await summary(app, who)})
 
     return await live.stream(request, render)

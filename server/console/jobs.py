@@ -11,10 +11,10 @@ from server.api.jobs import job_out, recent_jobs
 from server.console import i18n
 from server.console.forms import fields_of
 from server.console.render import page
-from server.context import services
 from server.store import fleet
 from server.store.models import Agent
 from server.web.authn import principal
+from server.web.keys import DB
 from server.web.routing import ApiRouter
 
 routes = ApiRouter("console", console=True)
@@ -23,7 +23,7 @@ routes = ApiRouter("console", console=True)
 @routes.route("GET", "/jobs", permission="diag:run", summary="Jobs: start one, recent ones")
 async def jobs(request: web.Request) -> web.StreamResponse:
     who = principal(request)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         rows = await fleet.list_agents(session, who.sites("agents:read"))
     live = [(a, site) for a, site in rows if a.revoked_at is None]
     ctx = {

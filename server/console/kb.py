@@ -15,11 +15,11 @@ from sqlalchemy import select
 from server.api import kb as kb_api
 from server.console import i18n
 from server.console.render import page
-from server.context import services
 from server.itsm import kb as rules
 from server.store import people
 from server.store.models import KbVersion, Site
 from server.web.authn import principal
+from server.web.keys import DB
 from server.web.routing import ApiRouter
 from shared.errors import Invalid, NotFound
 
@@ -37,7 +37,7 @@ async def kb_list(request: web.Request) -> web.StreamResponse:
     except ValidationError as exc:
         fields = {".".join(map(str, e["loc"])): e["msg"] for e in exc.errors()}
         raise Invalid("invalid filter", fields=fields) from None
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         hits = await kb_api.find_articles(session, who, q)
         rows = [await kb_api.article_out(session, h.article, who, h) for h in hits]
     ctx = {
@@ -52,7 +52,7 @@ async def kb_list(request: web.Request) -> web.StreamResponse:
 
 async def _writable_sites(request: web.Request) -> list[str]:
     who = principal(request)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         sites = await people.list_sites(session)
     return [s.name for s in sites if who.allowed("kb:write", s.id)]
 
@@ -73,7 +73,7 @@ async def kb_new(request: web.Request) -> web.StreamResponse:
 async def kb_article(request: web.Request) -> web.StreamResponse:
     who = principal(request)
     raw_version = request.query.get("version", "").strip()
-    async with services(request).sessions.begin() as session:
+    async with request.app[DB].begin() as session:
         row = await kb_api.readable(session, who, request.match_info["article_id"])
         may_edit = who.allowed("kb:write", row.site_id)
         shown: Any = None
@@ -111,7 +111,7 @@ async def kb_article(request: web.Request) -> web.StreamResponse:
 )
 async def kb_edit(request: web.Request) -> web.StreamResponse:
     who = principal(request)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         row = await kb_api.writable(session, who, request.match_info["article_id"])
         a = await kb_api.detail(session, row, who)
         site = await session.get(Site, row.site_id) if row.site_id else None

@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from server.web.authn import PRINCIPAL_KEY, Principal, authenticate
+from server.auth.principal import Principal
+from server.web.authn import PRINCIPAL_KEY, authenticate
 from shared.errors import FieldlinkError
 
 CLOSING = web.AppKey("console_closing", asyncio.Event)

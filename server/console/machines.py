@@ -16,15 +16,16 @@ from server.api.sessions import ListQuery as SessionQuery
 from server.api.sessions import find_sessions
 from server.api.tickets import ListQuery as TicketQuery
 from server.api.tickets import find_tickets, ticket_out
+from server.auth.principal import Principal
 from server.console import i18n, live
 from server.console.changes import labels as change_labels
 from server.console.changes import upcoming_for
 from server.console.forms import fields_of
 from server.console.render import fragment, page
-from server.context import Services, services
 from server.itsm.runs import TIER_PERMISSION
 from server.store import people
-from server.web.authn import Principal, principal
+from server.web.authn import principal
+from server.web.keys import DB
 from server.web.routing import ApiRouter
 from shared.errors import Invalid
 
@@ -46,12 +47,12 @@ def _filters(request: web.Request) -> dict[str, str]:
     return {k: request.query[k].strip() for k in keys if request.query.get(k, "").strip()}
 
 
-async def machine_rows(svc: Services, who: Principal, f: dict[str, str]) -> list[AgentItem]:
+async def machine_rows(app: web.Application, who: Principal, f: dict[str, str]) -> list[AgentItem]:
     try:
         q = AgentListQuery(site=f.get("site"), tag=f.get("tag"), status=f.get("status"))
     except ValidationError as exc:
         raise Invalid("invalid filter", fields={"status": str(exc.errors()[0]["msg"])}) from None
-    async with svc.sessions() as session:
+    async with app[DB]() as session:
         items = await visible_agents(session, who, q)
     if f.get("q"):
         needle = f["q"].lower()
@@ -68,14 +69,14 @@ async def machine_rows(svc: Services, who: Principal, f: dict[str, str]) -> list
     "GET", "/machines", permission="agents:read", summary="Machines: search, filter, sort"
 )
 async def machines(request: web.Request) -> web.StreamResponse:
-    svc = services(request)
+    app = request.app
     who = principal(request)
     f = _filters(request)
-    rows = await machine_rows(svc, who, f)
-    async with svc.sessions() as session:
+    rows = await machine_rows(app, who, f)
+    async with app[DB]() as session:
         scope = who.sites("agents:read")
         sites = [s.name for s in await people.list_sites(session) if scope is None or s.id in scope]
-    tags = sorted({t for a in await machine_rows(svc, who, {}) for t in a.tags})
+    tags = sorted({t for a in await machine_rows(app, who, {}) for t in a.tags})
     ctx = {"rows": rows, "f": f, "sites": sites, "tags": tags, "query": request.query_string}
     return page(request, "machines.html", ctx, title=i18n.gettext("Machines"))
 
@@ -87,21 +88,21 @@ async def machines(request: web.Request) -> web.StreamResponse:
     summary="The machines table, live (server-sent events)",
 )
 async def machines_events(request: web.Request) -> web.StreamResponse:
-    svc = services(request)
+    app = request.app
     f = _filters(request)
-    await machine_rows(svc, principal(request), f)  # a bad filter answers 422 before streaming
+    await machine_rows(app, principal(request), f)  # a bad filter answers 422 before streaming
 
     async def render(who: Principal) -> str:
-        return fragment(request, "machines_rows.html", {"rows": await machine_rows(svc, who, f)})
+        return fragment(request, "machines_rows.html", {"rows": await machine_rows(app, who, f)})
 
     return await live.stream(request, render)
 
 
 @routes.route("GET", "/machines/{agent_id}", permission="agents:read", summary="One machine's page")
 async def machine(request: web.Request) -> web.StreamResponse:
-    svc = services(request)
+    app = request.app
     who = principal(request)
-    async with svc.sessions() as session:
+    async with app[DB]() as session:
         agent, site = await agent_for(session, who, request.match_info["agent_id"], "agents:read")
         tickets: list[Any] = []
         if who.holds("tickets:read"):

@@ -15,9 +15,9 @@ from server.api.problems import ListQuery, detail, find_problems, may_write, pro
 from server.api.problems import readable_problem as load_problem
 from server.console import i18n
 from server.console.render import page
-from server.context import services
 from server.store import people
 from server.web.authn import principal
+from server.web.keys import DB
 from server.web.routing import ApiRouter
 from shared.errors import Invalid
 
@@ -40,7 +40,7 @@ def parse_filters(request: web.Request) -> tuple[ListQuery, dict[str, str]]:
 async def problems(request: web.Request) -> web.StreamResponse:
     who = principal(request)
     q, f = parse_filters(request)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         rows = [await problem_out(session, p, who) for p in await find_problems(session, who, q)]
         sites = list(await people.list_sites(session))
     older = rows[-1].number.removeprefix("PRB-") if len(rows) == PAGE else None
@@ -60,7 +60,7 @@ async def problems(request: web.Request) -> web.StreamResponse:
 )
 async def problem(request: web.Request) -> web.StreamResponse:
     who = principal(request)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         row = await load_problem(session, who, request.match_info["problem_id"])
         p = await detail(session, row, who)
     ctx = {"p": p, "works": may_write(who, row)}

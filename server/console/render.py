@@ -18,8 +18,9 @@ from aiohttp import web
 from babel.dates import format_date, format_time
 from markupsafe import Markup
 
+from server.auth.principal import Principal
 from server.console import i18n, labels
-from server.web.authn import PRINCIPAL_KEY, Principal
+from server.web.authn import PRINCIPAL_KEY
 
 TEMPLATES = i18n.HERE / "templates"
 

@@ -16,10 +16,10 @@ from server.api.audit import AuditQuery, audit_item, audit_page
 from server.api.service_levels import KpiQuery, kpi_report
 from server.console import i18n
 from server.console.render import page
-from server.context import services
 from server.store import people
 from server.store.models import Site
 from server.web.authn import principal
+from server.web.keys import DB
 from server.web.routing import ApiRouter
 from shared.errors import Invalid
 
@@ -58,7 +58,7 @@ def _utc(value: str | None, *, next_day: bool = False) -> str | None:
 )
 async def alert_rules(request: web.Request) -> web.StreamResponse:
     who = principal(request)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         rules = await visible_rules(session, who)
         alerts = await alert_items(session, who, AlertQuery(status="firing"))
         sites = [
@@ -91,7 +91,7 @@ async def kpis(request: web.Request) -> web.StreamResponse:
     params: dict[str, Any] = {"group_by": "site", **raw}
     params["from"], params["to"] = _utc(raw.get("from")), _utc(raw.get("to"), next_day=True)
     q = _query(KpiQuery, {k: v for k, v in params.items() if v is not None})
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         report = await kpi_report(session, principal(request), q)
     ctx = {"report": report, "f": raw, "rates": RATES, "times": TIMES}
     return page(request, "kpis.html", ctx, title=i18n.gettext("KPIs"))
@@ -119,7 +119,7 @@ async def reports(request: web.Request) -> web.StreamResponse:
     `GET /api/v1/reports/html|pdf` in the console's language."""
     who = principal(request)
     allowed = who.sites("kpi:read")
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         stmt = select(Site.name).order_by(Site.name)
         if allowed is not None:
             stmt = stmt.where(Site.id.in_(sorted(allowed)))

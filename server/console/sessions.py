@@ -9,11 +9,12 @@ from typing import Any
 from aiohttp import web
 
 from server.api.sessions import ListQuery, find_sessions, readable_session, session_out
+from server.auth.principal import Principal
 from server.console import i18n, live
 from server.console.render import fragment, page
-from server.context import Services, services
 from server.itsm.consent import LIVE
-from server.web.authn import Principal, principal
+from server.web.authn import principal
+from server.web.keys import DB
 from server.web.routing import ApiRouter
 
 routes = ApiRouter("console", console=True)
@@ -29,7 +30,7 @@ async def sessions(request: web.Request) -> web.StreamResponse:
         origin=origin if origin in ("hq", "site") else None,
         limit=200,
     )
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         rows = await find_sessions(session, principal(request), q)
     ctx = {"rows": rows, "state": q.state or "", "origin": q.origin or "", "states": STATES}
     return page(request, "sessions.html", ctx, title=i18n.gettext("Sessions"))
@@ -40,7 +41,7 @@ async def sessions(request: web.Request) -> web.StreamResponse:
 )
 async def session_page(request: web.Request) -> web.StreamResponse:
     who = principal(request)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         rs = await readable_session(session, who, request.match_info["session_id"])
         out = await session_out(session, rs)
     site = rs.site_id
@@ -63,8 +64,8 @@ async def session_page(request: web.Request) -> web.StreamResponse:
     return page(request, "session.html", ctx, title=f"{i18n.gettext('Session')} {out.ticket}")
 
 
-async def pending(svc: Services, who: Principal) -> list[Any]:
-    async with svc.sessions() as session:
+async def pending(app: web.Application, who: Principal) -> list[Any]:
+    async with app[DB]() as session:
         rows = await find_sessions(session, who, ListQuery(state="awaiting_consent", limit=200))
     return [s for s in rows if who.allowed("sessions:consent", s.site_id)]
 
@@ -73,7 +74,7 @@ async def pending(svc: Services, who: Principal) -> list[Any]:
     "GET", "/consents", permission="sessions:consent", summary="Sessions waiting for your consent"
 )
 async def consents(request: web.Request) -> web.StreamResponse:
-    rows = await pending(services(request), principal(request))
+    rows = await pending(request.app, principal(request))
     return page(request, "consents.html", {"rows": rows}, title=i18n.gettext("Consents"))
 
 
@@ -84,9 +85,9 @@ async def consents(request: web.Request) -> web.StreamResponse:
     summary="Pending consents, live (server-sent events)",
 )
 async def consent_events(request: web.Request) -> web.StreamResponse:
-    svc = services(request)
+    app = request.app
 
     async def render(who: Principal) -> str:
-        return fragment(request, "consents_list.html", {"rows": await pending(svc, who)})
+        return fragment(request, "consents_list.html", {"rows": await pending(app, who)})
 
     return await live.stream(request, render)

@@ -27,17 +27,18 @@ from server.api.tickets import (
     readable_ticket,
     ticket_out,
 )
+from server.auth.principal import Principal
 from server.console import i18n, labels
 from server.console.changes import labels as change_labels
 from server.console.changes import upcoming_for
 from server.console.render import page
-from server.context import services
 from server.engine.remote import KIND_PERMISSION
 from server.itsm.kb import number_text
 from server.itsm.tickets import OPEN
 from server.store import fleet, people
 from server.store import kb as kb_store
-from server.web.authn import Principal, principal
+from server.web.authn import principal
+from server.web.keys import DB
 from server.web.routing import ApiRouter
 from shared.errors import Invalid
 
@@ -57,7 +58,7 @@ def parse_filters(request: web.Request) -> tuple[ListQuery, dict[str, str]]:
 
 
 async def writable_sites(request: web.Request, who: Principal) -> list[str]:
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         sites = await people.list_sites(session)
     return [s.name for s in sites if who.allowed("tickets:write", s.id)]
 
@@ -66,7 +67,7 @@ async def writable_sites(request: web.Request, who: Principal) -> list[str]:
 async def tickets(request: web.Request) -> web.StreamResponse:
     who = principal(request)
     q, f = parse_filters(request)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         rows = [await ticket_out(session, t, who) for t in await find_tickets(session, who, q)]
     older = rows[-1].number.removeprefix("FL-") if len(rows) == PAGE else None
     ctx = {"rows": rows, "f": f, "older": older, "sites": await writable_sites(request, who)}
@@ -78,7 +79,7 @@ async def help_page(request: web.Request) -> web.StreamResponse:
     """Asking first shows the best published knowledge-base articles (help.js);
     "This solved it" records a self-served request instead of a ticket."""
     who = principal(request)
-    async with services(request).sessions() as session:
+    async with request.app[DB]() as session:
         mine = await find_tickets(session, who, ListQuery(mine=True, limit=100))
         rows = [await ticket_out(session, t, who) for t in mine]
         upcoming = await upcoming_for(session, who)
@@ -111,9 +112,9 @@ async def problems_to_link(
 
 @routes.route("GET", "/tickets/{ticket_id}", permission="tickets:read", summary="One ticket's page")
 async def ticket(request: web.Request) -> web.StreamResponse:
-    svc = services(request)
+    app = request.app
     who = principal(request)
-    async with svc.sessions() as session:
+    async with app[DB]() as session:
         row = await readable_ticket(session, who, request.match_info["ticket_id"])
         t = await detail(session, row, who)
         sessions = await find_sessions(session, who, SessionQuery(ticket=row.id, limit=50))

@@ -27,10 +27,10 @@ from typing import Any
 
 import structlog
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.base.audit import Actor, Event
-from server.context import Services
-from server.engine.runs import Prepared, execute
+from server.engine.runs import Prepared, Runs
 from server.itsm import alerts as pure
 from server.itsm.tickets import OPEN, number_text
 from server.ops import problems as problem_ops
@@ -56,8 +56,9 @@ class _Report:
 
 
 class AlertEngine:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], runs: Runs) -> None:
+        self._sessions = sessions
+        self._runs = runs
         self._queue: asyncio.Queue[_Report | None] = asyncio.Queue(10000)
         self._rules: list[AlertRule] = []
         self._states: dict[tuple[str, str], pure.State] = {}
@@ -82,7 +83,7 @@ class AlertEngine:
                 log.warning("alert_queue_full", agent_id=agent_id)
 
     async def reload_rules(self) -> None:
-        async with self.svc.sessions() as session:
+        async with self._sessions() as session:
             self._rules = list(
                 (await session.scalars(select(AlertRule).where(AlertRule.enabled.is_(True)))).all()
             )
@@ -127,7 +128,7 @@ class AlertEngine:
             return
         now = now or utcnow()
         # Only the columns needed: decoding every agent's JSON here would stall HQ.
-        async with self.svc.sessions() as session:
+        async with self._sessions() as session:
             rows = (
                 await session.execute(
                     select(
@@ -157,7 +158,7 @@ class AlertEngine:
     async def _state(self, rule_id: str, agent_id: str) -> pure.State:
         key = (rule_id, agent_id)
         if key not in self._states:
-            async with self.svc.sessions() as session:
+            async with self._sessions() as session:
                 row = await session.scalar(
                     select(Alert).where(Alert.rule_id == rule_id, Alert.agent_id == agent_id)
                 )
@@ -185,7 +186,7 @@ class AlertEngine:
             return
         self._states[(rule.id, agent_id)] = outcome.state
         triage: Prepared | None = None
-        async with self.svc.sessions.begin() as session:
+        async with self._sessions.begin() as session:
             alert = await session.scalar(
                 select(Alert).where(Alert.rule_id == rule.id, Alert.agent_id == agent_id)
             )
@@ -211,7 +212,7 @@ class AlertEngine:
         one when the rule fires on enough machines. In its own transaction, so a
         failure here never costs the incident."""
         try:
-            async with self.svc.sessions.begin() as session:
+            async with self._sessions.begin() as session:
                 ticket = await session.get(Ticket, ticket_id)
                 if ticket is not None:
                     await problem_ops.after_alert_fired(session, rule, ticket)
@@ -391,7 +392,7 @@ class AlertEngine:
 
     async def _triage(self, rule: AlertRule, base: Prepared) -> None:
         """Run the rule's diagnostics on the agent; each result attaches to the ticket."""
-        async with self.svc.sessions() as session:
+        async with self._sessions() as session:
             agent = await session.get(Agent, base.agent_id)
         offered = {e.get("name"): e for e in (agent.catalog or [])} if agent else {}
         for name in rule.diagnostics:
@@ -401,8 +402,8 @@ class AlertEngine:
                 continue
             params = _triage_params(name, agent, rule)
             try:
-                await execute(
-                    self.svc, Prepared(**{**base.__dict__, "name": name, "params": params})
+                await self._runs.execute(
+                    Prepared(**{**base.__dict__, "name": name, "params": params})
                 )
             except Exception:
                 log.exception("triage_failed", name=name)
@@ -442,9 +443,9 @@ def _triage_params(name: str, agent: Agent | None, rule: AlertRule) -> dict[str,
     return {}
 
 
-async def ensure_default_rules(svc: Services) -> None:
+async def ensure_default_rules(sessions: async_sessionmaker[AsyncSession]) -> None:
     """Install the shipped rules once (an empty rule table gets them)."""
-    async with svc.sessions.begin() as session:
+    async with sessions.begin() as session:
         if await session.scalar(select(AlertRule.id).limit(1)) is not None:
             return
         for spec in pure.DEFAULT_RULES:

@@ -32,10 +32,9 @@ from typing import Any
 
 import structlog
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.base.audit import Actor, Event
-from server.context import Services
 from server.engine import jobs as jobs_mod
 from server.store import auditlog
 from server.store.models import Agent, Alert, AlertRule, Change, ChangeEvent, JobItem, utcnow
@@ -208,8 +207,9 @@ def choose_pilot(change: Change, connected: set[str]) -> list[str]:
 class ChangeRunner:
     """Advances changes in progress: stage results, the gate, halting."""
 
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], jobs: jobs_mod.Jobs) -> None:
+        self._sessions = sessions
+        self._jobs = jobs
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -226,7 +226,7 @@ class ChangeRunner:
                 await asyncio.wait_for(self._wake.wait(), TICK_SECONDS)
 
     async def advance_all(self) -> None:
-        async with self.svc.sessions() as session:
+        async with self._sessions() as session:
             ids = list(
                 await session.scalars(select(Change.id).where(Change.state == "in_progress"))
             )
@@ -239,7 +239,7 @@ class ChangeRunner:
     async def advance(self, change_id: str) -> None:
         start: list[int] = []
         announce: list[Callable[[], None]] = []
-        async with self.svc.sessions.begin() as session:
+        async with self._sessions.begin() as session:
             change = await session.scalar(
                 select(Change).where(Change.id == change_id).with_for_update()
             )
@@ -289,7 +289,7 @@ class ChangeRunner:
         for told in announce:
             told()
         if start:
-            self.svc.jobs.start(start)
+            self._jobs.start(start)
             self.wake()
 
     async def cancel_stage(self, session: AsyncSession, job_id: str | None) -> Callable[[], None]:
@@ -297,7 +297,7 @@ class ChangeRunner:
         sees the change halted sees its queued items cancelled)."""
         if job_id is None:
             return lambda: None
-        _, announce = await self.svc.jobs.cancel_in(session, job_id)
+        _, announce = await self._jobs.cancel_in(session, job_id)
         return announce
 
     async def gate_alert(self, session: AsyncSession, change: Change) -> str | None:

@@ -18,13 +18,12 @@ from typing import Any, cast
 
 import structlog
 from sqlalchemy import Table, bindparam, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.base.audit import Actor
-from server.context import Services
-from server.engine.runs import Prepared, perform, store_many
+from server.engine.runs import Prepared, Runs, store_many
 from server.itsm.runs import TicketView
-from server.links.registry import AgentLink
+from server.links.registry import AgentLink, Registry
 from server.store.models import Job, JobItem, RunRecord, utcnow
 
 log = structlog.get_logger(__name__)
@@ -63,8 +62,12 @@ class Subscription:
 
 
 class Jobs:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], links: Registry, runs: Runs
+    ) -> None:
+        self._sessions = sessions
+        self._links = links
+        self._runs = runs
         self._sem = asyncio.Semaphore(MAX_CONCURRENT)
         self._subs: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -97,7 +100,7 @@ class Jobs:
             self._spawn(self._dispatch(item_ids))
 
     async def on_agent_connected(self, link: AgentLink) -> None:
-        async with self.svc.sessions() as session:
+        async with self._sessions() as session:
             rows = await session.scalars(
                 select(JobItem.id)
                 .where(JobItem.agent_id == link.agent_id, JobItem.status == "queued")
@@ -112,11 +115,11 @@ class Jobs:
         """Claim what can run now (agents connected here), expire what is past
         its job's TTL, leave the rest queued."""
         now = utcnow()
-        registry = self.svc.gateway.registry
+        registry = self._links
         preps: dict[int, Prepared] = {}
         expired: list[tuple[str, str]] = []
         finished: list[str] = []
-        async with self.svc.sessions.begin() as session:
+        async with self._sessions.begin() as session:
             rows = (
                 await session.execute(
                     select(JobItem.id, JobItem.agent_id, JobItem.site_id, Job)
@@ -165,7 +168,7 @@ class Jobs:
 
     async def _run(self, item_id: int, prep: Prepared) -> None:
         async with self._sem:
-            record = await perform(self.svc, prep)
+            record = await self._runs.perform(prep)
         await self._done.put((item_id, prep, record))
 
     async def writer(self) -> None:
@@ -200,7 +203,7 @@ class Jobs:
             for item_id, _, record in batch
         }
         finished: list[str] = []
-        async with self.svc.sessions.begin() as session:
+        async with self._sessions.begin() as session:
             await store_many(session, [(record, prep) for _, prep, record in batch])
             items = cast(Table, JobItem.__table__)  # Core: an executemany, one statement
             await session.execute(
@@ -255,7 +258,7 @@ class Jobs:
 
     async def cancel(self, job_id: str) -> int:
         """Cancel the job's items still queued (those running finish); how many."""
-        async with self.svc.sessions.begin() as session:
+        async with self._sessions.begin() as session:
             count, announce = await self.cancel_in(session, job_id)
         announce()
         return count
@@ -286,7 +289,7 @@ class Jobs:
 
     async def recover(self) -> None:
         """At start-up: runs this HQ was doing when it died did not finish."""
-        async with self.svc.sessions.begin() as session:
+        async with self._sessions.begin() as session:
             await session.execute(
                 update(JobItem)
                 .where(JobItem.status == "running")
@@ -296,7 +299,7 @@ class Jobs:
     async def sweep(self) -> int:
         """Expire queued items of jobs past their TTL."""
         now = utcnow()
-        async with self.svc.sessions.begin() as session:
+        async with self._sessions.begin() as session:
             rows = (
                 await session.execute(
                     select(JobItem.id, JobItem.job_id, JobItem.agent_id)

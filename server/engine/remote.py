@@ -17,18 +17,19 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncssh
 import structlog
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.auth import rbac
 from server.base.audit import Actor, Event
-from server.context import Services
 from server.itsm import consent as policy
 from server.itsm.tickets import OPEN, number_text
+from server.links.registry import Registry
 from server.ops import ticketing
 from server.store import auditlog, people
 from server.store.models import Agent, RemoteSession, Site, Ticket, utcnow
@@ -75,8 +76,17 @@ class LiveShell:
 
 
 class Sessions:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        links: Registry,
+        master_key: bytes,
+        recordings: Path,
+    ) -> None:
+        self._sessions = sessions
+        self._links = links
+        self._master_key = master_key
+        self._recordings = recordings
         self.shells: dict[str, LiveShell] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -169,20 +179,20 @@ class Sessions:
     async def push(self, rs: RemoteSession) -> None:
         """Tell the machine (if connected here) and anyone following the session."""
         self._signal(rs.id)
-        link = self.svc.gateway.registry.get(rs.agent_id)
+        link = self._links.get(rs.agent_id)
         if link is None:
             return
-        async with self.svc.sessions() as session:
+        async with self._sessions() as session:
             ticket = await session.get(Ticket, rs.ticket_id)
         if ticket is not None:
             link.send(self.info(rs, ticket.number))
 
     async def push_live(self, agent_id: str) -> None:
         """After an agent's hello: every live session on it, again."""
-        link = self.svc.gateway.registry.get(agent_id)
+        link = self._links.get(agent_id)
         if link is None:
             return
-        async with self.svc.sessions() as session:
+        async with self._sessions() as session:
             rows = (
                 await session.execute(
                     select(RemoteSession, Ticket.number)
@@ -320,7 +330,7 @@ class Sessions:
             shell.close()
         lock = self._ending.setdefault(session_id, asyncio.Lock())
         try:
-            async with lock, self.svc.sessions.begin() as session:
+            async with lock, self._sessions.begin() as session:
                 rs = await session.get(RemoteSession, session_id)
                 if rs is None or rs.state in policy.FINAL:
                     if rs is not None and recording is not None and rs.recording_sha256 is None:
@@ -345,7 +355,7 @@ class Sessions:
     async def sweep(self) -> None:
         """Deadlines: consent timeouts, expired offers, max_minutes."""
         now = utcnow()
-        async with self.svc.sessions() as session:
+        async with self._sessions() as session:
             rows = (
                 await session.scalars(
                     select(RemoteSession).where(RemoteSession.state.in_(sorted(policy.LIVE)))
@@ -358,7 +368,7 @@ class Sessions:
                 )
             elif rs.state == "awaiting_consent" and rs.expires_at and now >= rs.expires_at:
                 if rs.consent_on_timeout == "allow":
-                    async with self.svc.sessions.begin() as session:
+                    async with self._sessions.begin() as session:
                         live = await session.get(RemoteSession, rs.id)
                         if live is not None and live.state == "awaiting_consent":
                             live.consent_by, live.consent_via = "nobody", "timeout"
@@ -391,7 +401,7 @@ class Sessions:
 
     async def check_rights(self) -> None:
         """End active sessions whose engineer no longer holds the rights."""
-        async with self.svc.sessions() as session:
+        async with self._sessions() as session:
             rows = (
                 await session.scalars(select(RemoteSession).where(RemoteSession.state == "active"))
             ).all()
@@ -413,7 +423,7 @@ class Sessions:
         task.add_done_callback(self._tasks.discard)
 
     async def _end_for_tickets(self, ticket_ids: set[str]) -> None:
-        async with self.svc.sessions() as session:
+        async with self._sessions() as session:
             rows = (
                 await session.execute(
                     select(RemoteSession.id, Ticket.status)
@@ -445,7 +455,7 @@ class Sessions:
         """`fieldlink-agent help --assist`: the ticket's session offer, queued for HQ."""
         if not frame.assist:
             return
-        async with self.svc.sessions.begin() as session:
+        async with self._sessions.begin() as session:
             agent = await session.get(Agent, agent_id)
             ticket = await session.get(Ticket, ticket_id)
             if agent is None or ticket is None:
@@ -506,7 +516,7 @@ class Sessions:
     # --- consent from the machine -----------------------------------------------------------
 
     async def from_machine(self, agent_id: str, frame: p.Consent) -> None:
-        async with self.svc.sessions.begin() as session:
+        async with self._sessions.begin() as session:
             rs = await session.get(RemoteSession, frame.session_id)
             agent = await session.get(Agent, agent_id)
             if rs is None or rs.agent_id != agent_id or agent is None:
@@ -539,10 +549,10 @@ class Sessions:
     ) -> LiveShell:
         if rs.id in self.shells:
             raise Conflict("this session's terminal is already open")
-        link = self.svc.gateway.registry.get(rs.agent_id)
+        link = self._links.get(rs.agent_id)
         if link is None:
             raise Conflict("the machine is not connected")
-        path = self.svc.datadir.path / "recordings" / f"{rs.id}.cast.enc"
+        path = self._recordings / f"{rs.id}.cast.enc"
         header = {
             "version": 2,
             "width": cols,
@@ -558,7 +568,7 @@ class Sessions:
             },
         }
         try:
-            recorder = Recorder(path, self.svc.master_key, rs.id, header)
+            recorder = Recorder(path, self._master_key, rs.id, header)
         except RecordingError as exc:  # no recording, no shell: fail closed
             log.error("recording_open_failed", session_id=rs.id, error=str(exc))
             reason = f"the recording could not be written ({exc}); the session was stopped"

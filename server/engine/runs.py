@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from server.auth.principal import Principal
 from server.base.audit import Actor, Event
-from server.context import Services
 from server.engine import paramcheck
 from server.itsm.runs import (
     TIER_PERMISSION,
@@ -28,9 +28,9 @@ from server.itsm.runs import (
 )
 from server.itsm.tickets import number_text
 from server.links import dispatch
+from server.links.registry import Registry
 from server.store import auditlog, tickets
 from server.store.models import Agent, RunRecord, new_id, utcnow
-from server.web.authn import Principal
 from shared import protocol as p
 from shared.errors import Forbidden, Invalid
 
@@ -167,77 +167,83 @@ class _Collected:
         self.sizes[frame.stream] = size + len(data)
 
 
-async def execute(svc: Services, prep: Prepared, sink: OutputSink | None = None) -> RunRecord:
-    """Run on the agent now; store and return the result (status `offline` if
-    the agent has no live link here)."""
-    record = await perform(svc, prep, sink)
-    async with svc.sessions.begin() as session:
-        await store_many(session, [(record, prep)])
-    return record
+class Runs:
+    """Runs a prepared diagnostic, action or command on an agent over its live link."""
 
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], links: Registry) -> None:
+        self._sessions = sessions
+        self._links = links
 
-async def perform(svc: Services, prep: Prepared, sink: OutputSink | None = None) -> RunRecord:
-    """Run on the agent now and return the (not yet stored) result."""
-    run_id = new_id("rn")
-    request = p.RunRequest(
-        id=run_id,
-        name=prep.name,
-        params=prep.params,
-        timeout=prep.timeout,
-        # the number (FL-N), as the machine knows its sessions' tickets: a plain
-        # command where the machine requires consent must match one of them
-        ticket_id=number_text(prep.ticket.number) if prep.ticket else None,
-        engineer=prep.actor.name,
-    )
-    collected = _Collected()
-    result: p.RunResult | None = None
-    try:
-        async for frame in dispatch.run(
-            svc.gateway.registry, prep.agent_id, request, timeout=prep.timeout
-        ):
-            if isinstance(frame, p.RunOutput):
-                collected.add(frame)
-                if sink is not None:
-                    await sink(frame)
-            else:
-                result = frame
-    except dispatch.Offline:
-        result = None
-    record = RunRecord(
-        id=run_id,
-        agent_id=prep.agent_id,
-        site_id=prep.site_id,
-        name=prep.name,
-        tier=prep.tier,
-        params=prep.params,
-        requested_by=prep.user_id,
-        requested_by_name=prep.actor.name,
-        ticket_id=prep.ticket.id if prep.ticket else None,
-        job_id=prep.job_id,
-        stdout="".join(collected.stdout),
-        stderr="".join(collected.stderr),
-    )
-    if result is None:
-        record.status = "offline"
-        record.reason = "the agent is not connected"
-        record.started_at = record.finished_at = utcnow()
-    else:
-        record.status = result.status
-        record.exit_code = result.exit_code
-        record.truncated = result.truncated or collected.clipped
-        record.data = result.data
-        record.reason = result.reason
-        record.started_at = result.started_at
-        record.finished_at = result.finished_at
-    log.info(
-        "run_done",
-        agent_id=prep.agent_id,
-        name=prep.name,
-        status=record.status,
-        run_id=run_id,
-        job_id=prep.job_id,
-    )
-    return record
+    async def execute(self, prep: Prepared, sink: OutputSink | None = None) -> RunRecord:
+        """Run on the agent now; store and return the result (status `offline` if
+        the agent has no live link here)."""
+        record = await self.perform(prep, sink)
+        async with self._sessions.begin() as session:
+            await store_many(session, [(record, prep)])
+        return record
+
+    async def perform(self, prep: Prepared, sink: OutputSink | None = None) -> RunRecord:
+        """Run on the agent now and return the (not yet stored) result."""
+        run_id = new_id("rn")
+        request = p.RunRequest(
+            id=run_id,
+            name=prep.name,
+            params=prep.params,
+            timeout=prep.timeout,
+            # the number (FL-N), as the machine knows its sessions' tickets: a plain
+            # command where the machine requires consent must match one of them
+            ticket_id=number_text(prep.ticket.number) if prep.ticket else None,
+            engineer=prep.actor.name,
+        )
+        collected = _Collected()
+        result: p.RunResult | None = None
+        try:
+            async for frame in dispatch.run(
+                self._links, prep.agent_id, request, timeout=prep.timeout
+            ):
+                if isinstance(frame, p.RunOutput):
+                    collected.add(frame)
+                    if sink is not None:
+                        await sink(frame)
+                else:
+                    result = frame
+        except dispatch.Offline:
+            result = None
+        record = RunRecord(
+            id=run_id,
+            agent_id=prep.agent_id,
+            site_id=prep.site_id,
+            name=prep.name,
+            tier=prep.tier,
+            params=prep.params,
+            requested_by=prep.user_id,
+            requested_by_name=prep.actor.name,
+            ticket_id=prep.ticket.id if prep.ticket else None,
+            job_id=prep.job_id,
+            stdout="".join(collected.stdout),
+            stderr="".join(collected.stderr),
+        )
+        if result is None:
+            record.status = "offline"
+            record.reason = "the agent is not connected"
+            record.started_at = record.finished_at = utcnow()
+        else:
+            record.status = result.status
+            record.exit_code = result.exit_code
+            record.truncated = result.truncated or collected.clipped
+            record.data = result.data
+            record.reason = result.reason
+            record.started_at = result.started_at
+            record.finished_at = result.finished_at
+        log.info(
+            "run_done",
+            agent_id=prep.agent_id,
+            name=prep.name,
+            status=record.status,
+            run_id=run_id,
+            job_id=prep.job_id,
+        )
+        return record
 
 
 def audit_event(record: RunRecord, prep: Prepared) -> tuple[Actor, Event]:

@@ -25,9 +25,9 @@ from datetime import timedelta
 import aiohttp
 import structlog
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.auth.crypto import DecryptError, unseal
-from server.context import Services
 from server.store.models import OutboxItem, Webhook, utcnow
 
 log = structlog.get_logger(__name__)
@@ -46,13 +46,14 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(2**attempts * 5, 6 * 3600))
 
 
-def secret_of(svc: Services, hook: Webhook) -> bytes:
-    return unseal(svc.master_key, hook.secret_enc, f"webhook:{hook.id}".encode())
+def secret_of(master_key: bytes, hook: Webhook) -> bytes:
+    return unseal(master_key, hook.secret_enc, f"webhook:{hook.id}".encode())
 
 
 class Sender:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], master_key: bytes) -> None:
+        self._sessions = sessions
+        self._master_key = master_key
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -74,7 +75,7 @@ class Sender:
 
     async def deliver_due(self, http: aiohttp.ClientSession) -> int:
         now = utcnow()
-        async with self.svc.sessions() as session:
+        async with self._sessions() as session:
             rows = (
                 await session.execute(
                     select(OutboxItem, Webhook)
@@ -97,7 +98,7 @@ class Sender:
         stamp = int(time.time())
         error: str | None = None
         try:
-            secret = secret_of(self.svc, hook)
+            secret = secret_of(self._master_key, hook)
             headers = {
                 "Content-Type": "application/json",
                 "User-Agent": "fieldlink-webhooks",
@@ -111,7 +112,7 @@ class Sender:
                     error = f"HTTP {resp.status}"
         except (aiohttp.ClientError, TimeoutError, OSError, DecryptError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
-        async with self.svc.sessions.begin() as session:
+        async with self._sessions.begin() as session:
             row = await session.get(OutboxItem, item.id)
             if row is None:
                 return

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from typing import Any
 
 import asyncssh
@@ -20,16 +19,14 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.base.metrics import Metrics
-from server.engine.ingest import Ingestor
-from server.gateway.telemetry import run_telemetry
+from server.gateway.telemetry import Telemetry
+from server.links.keys import KeyDirectory
 from server.links.registry import AgentLink, Registry
-from server.ops.helprequests import Limits
 from server.store import fleet
 
 log = structlog.get_logger(__name__)
 
 ConnectHook = Callable[[AgentLink], Awaitable[None]]
-HelpHook = Callable[[str, str, Any], Awaitable[None]]
 
 
 class _HQClient(asyncssh.SSHClient):
@@ -87,26 +84,24 @@ class Gateway:
         sessions: async_sessionmaker[AsyncSession],
         hq_key: asyncssh.SSHKey,
         metrics: Metrics,
-        ingestor: Ingestor,
+        links: Registry,
+        keys: KeyDirectory,
+        telemetry: Telemetry,
+        on_connect: ConnectHook,
         node_id: str,
         keepalive_interval: float,
         max_pending: int,
-        help_limits: Limits | None = None,
     ) -> None:
-        self.help_limits = help_limits or Limits(10, 5, timedelta(hours=1))
         self.sessions = sessions
         self.hq_key = hq_key
         self.metrics = metrics
-        self.ingestor = ingestor
+        self.registry = links
+        self.keys = keys
+        self.telemetry = telemetry
+        self.on_connect = on_connect
         self.node_id = node_id
         self.keepalive_interval = keepalive_interval
         self.max_pending = max_pending
-        self.keys: dict[str, str] = {}
-        self.registry = Registry()
-        self.on_connect: list[ConnectHook] = []
-        self.on_help: list[HelpHook] = []
-        self.on_hello: list[Callable[[str], Awaitable[None]]] = []
-        self.on_consent: Callable[[str, Any], Awaitable[None]] | None = None
         self._pending = 0
         # Newly authenticated agents checked in at once: bounds database work in a storm.
         self._admitting = asyncio.Semaphore(32)
@@ -116,61 +111,16 @@ class Gateway:
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    # --- key directory ---------------------------------------------------------
-
-    async def refresh_keys(self) -> None:
-        async with self.sessions() as session:
-            keys = await fleet.active_keys(session)
-        self.keys = keys
-        allowed = set(keys.values())
-        for link in self.registry.all():
-            if link.agent_id not in allowed:
-                log.info("agent_cut_off", agent_id=link.agent_id, reason="revoked")
-                link.close()
-
-    def key_enrolled(self, fingerprint: str, agent_id: str) -> None:
-        self.keys[fingerprint] = agent_id
-
-    def agent_revoked(self, agent_id: str) -> None:
-        self.keys = {fp: a for fp, a in self.keys.items() if a != agent_id}
-        if self.registry.disconnect(agent_id):
-            log.info("agent_cut_off", agent_id=agent_id, reason="revoked")
-
-    # --- pushing to agents ----------------------------------------------------------
-
-    async def push_tickets(self, agent_ids: set[str]) -> None:
-        """Send each connected agent among these its current ticket list."""
-        from server.gateway.requests import tickets_frame
-
-        links = [link for a in agent_ids if (link := self.registry.get(a)) is not None]
-        if not links:
-            return
-        async with self.sessions() as session:
-            for link in links:
-                link.send(await tickets_frame(session, link.agent_id))
-
     def tickets_changed(self, ticket_ids: set[str]) -> None:
         """After-commit hook: push the new lists to the machines concerned."""
-        task = asyncio.create_task(self._push_for(ticket_ids))
+        task = asyncio.create_task(self.telemetry.push_for(ticket_ids))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _push_for(self, ticket_ids: set[str]) -> None:
-        from server.gateway.requests import agents_of_tickets
-
-        if not len(self.registry):
-            return
-        try:
-            async with self.sessions() as session:
-                agents = await agents_of_tickets(session, ticket_ids)
-            await self.push_tickets(agents)
-        except Exception as exc:
-            log.warning("ticket_push_failed", error=str(exc))
 
     # --- listening -------------------------------------------------------------
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        await self.refresh_keys()
+        await self.keys.refresh()
         self._acceptor = await asyncssh.listen_reverse(
             host,
             port,
@@ -212,9 +162,8 @@ class Gateway:
         if link is None:
             return
         try:
-            for hook in self.on_connect:
-                await hook(link)
-            await run_telemetry(link, self)
+            await self.on_connect(link)
+            await self.telemetry.run(link)
         except (asyncssh.Error, OSError) as exc:
             log.info("agent_channel_failed", error=str(exc))
         except Exception:

@@ -14,82 +14,21 @@ Principal with its rights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from aiohttp import web
 
 from server.auth import rbac
+from server.auth.principal import Principal
 from server.auth.secrets import digest, same
-from server.base.audit import Actor
-from server.context import services
 from server.store import people
 from server.store.models import User, utcnow
-from shared.errors import Forbidden, NotFound, Unauthorized
+from server.web.keys import CONFIG, DB
+from shared.errors import Forbidden, Unauthorized
 
 SESSION_COOKIE = "fl_session"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-@dataclass(frozen=True)
-class Principal:
-    user_id: str
-    username: str
-    rights: rbac.Rights
-    via: str  # token | session
-    token_id: str | None
-    source: str
-    origin: str = "session"  # token origin: api | login | break-glass; or "session"
-    mfa_at: datetime | None = None
-    session_key: str | None = None
-    csrf: str | None = None
-    totp_enabled: bool = False
-    needs_2fa: bool = False
-
-    def actor(self) -> Actor:
-        if self.via == "token":
-            return Actor("token", self.token_id, self.username, self.source)
-        return Actor("user", self.user_id, self.username, self.source)
-
-    def allowed(self, permission: str, site_id: str | None) -> bool:
-        return rbac.allowed(self.rights, permission, site_id)
-
-    def require(self, permission: str, site_id: str | None) -> None:
-        """Objects out of scope look exactly like objects that do not exist."""
-        if not rbac.allowed(self.rights, permission, site_id):
-            raise NotFound("not found")
-
-    def sites(self, permission: str) -> frozenset[str] | None:
-        return rbac.sites_with(self.rights, permission)
-
-    def holds(self, permission: str) -> bool:
-        return rbac.holds_anywhere(self.rights, permission)
-
-    def explicitly(self, permission: str) -> bool:
-        """For tokens: the permission is listed on the token itself (or it is
-        the break-glass token). Sessions hold what they hold."""
-        if self.via != "token" or self.origin == "break-glass":
-            return self.holds(permission)
-        tp = self.rights.token_permissions
-        return tp is not None and permission in tp and self.holds(permission)
-
-    def sees_all_tickets(self, site_id: str) -> bool:
-        """Every ticket of a site needs tickets:read with agents:read there; with
-        tickets:read alone (site staff) a user sees only the requests it opened."""
-        return self.allowed("tickets:read", site_id) and self.allowed("agents:read", site_id)
-
-    def can_read_ticket(self, site_id: str, requester_id: str | None) -> bool:
-        if self.sees_all_tickets(site_id):
-            return True
-        return self.allowed("tickets:read", site_id) and requester_id == self.user_id
-
-    def works_tickets(self, site_id: str) -> bool:
-        """Changing a ticket's state, assignment or links (not just commenting)."""
-        return self.allowed("tickets:write", site_id) and self.sees_all_tickets(site_id)
-
-    def mfa_within(self, minutes: float) -> bool:
-        return self.mfa_at is not None and utcnow() - self.mfa_at <= timedelta(minutes=minutes)
 
 
 def source_of(request: web.Request) -> str:
@@ -97,15 +36,15 @@ def source_of(request: web.Request) -> str:
 
 
 def needs_2fa(request: web.Request, user: User, rights: rbac.Rights, origin: str) -> bool:
-    if not services(request).settings.require_2fa or user.totp_enabled or origin == "break-glass":
+    if not request.app[CONFIG].settings.require_2fa or user.totp_enabled or origin == "break-glass":
         return False
     held = {perm for grant in rights.grants for perm in grant.permissions}
     return bool(held & rbac.SENSITIVE)
 
 
 async def from_bearer(request: web.Request, token: str) -> Principal:
-    svc = services(request)
-    async with svc.sessions.begin() as session:
+    app = request.app
+    async with app[DB].begin() as session:
         found = await people.token_by_hash(session, digest(token))
         if found is None:
             raise Unauthorized("invalid or expired token")
@@ -131,16 +70,16 @@ async def from_bearer(request: web.Request, token: str) -> Principal:
 
 
 async def from_cookie(request: web.Request, cookie: str) -> Principal:
-    svc = services(request)
+    app = request.app
     key = digest(cookie)
     expired = Unauthorized("session expired; log in again", code="session_expired")
-    async with svc.sessions.begin() as session:
+    async with app[DB].begin() as session:
         found = await people.web_session(session, key)
         if found is None:
             raise expired
         ws, user = found
         now = utcnow()
-        idle = timedelta(minutes=svc.settings.session_idle_minutes)
+        idle = timedelta(minutes=app[CONFIG].settings.session_idle_minutes)
         over = ws.expires_at <= now or now - ws.last_seen_at > idle or user.disabled
         if over:
             await people.delete_web_session(session, key)  # committed, then refused

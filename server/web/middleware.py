@@ -28,9 +28,9 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from server.auth import rbac
-from server.context import services
 from server.web import guard as webguard
 from server.web.authn import PRINCIPAL_KEY, SAFE_METHODS, authenticate, check_csrf
+from server.web.keys import METRICS
 from server.web.routing import BODY_KEY, QUERY_KEY, SELF, Handler, spec_of
 from shared.errors import (
     BadRequest,
@@ -144,7 +144,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not resp.prepared:
         for key, value in SECURITY_HEADERS.items():
             resp.headers.setdefault(key, value)
-    services(request).metrics.api_requests.labels(str(resp.status)).inc()
+    request.app[METRICS].api_requests.labels(str(resp.status)).inc()
     return resp
 
 
