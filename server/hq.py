@@ -43,6 +43,7 @@ from server.api import (
 from server.base.metrics import Metrics
 from server.config.datadir import DataDir
 from server.config.settings import Settings
+from server.console.documents import Documents
 from server.control.socket import ControlServer
 from server.engine.alerting import AlertEngine, ensure_default_rules
 from server.engine.changes import ChangeRunner
@@ -279,6 +280,7 @@ class HQ:
         app[keys.ALERTS] = alert_engine
         app[keys.REMOTE] = remote
         app[keys.CHANGES] = change_runner
+        app[keys.REPORT_DOCS] = Documents()
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         stack.push_async_callback(self._runner.cleanup)

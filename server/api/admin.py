@@ -10,24 +10,30 @@ answers 404, as if it did not exist.
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.api.auth import BindingInfo, binding_infos
 from server.auth import rbac
 from server.auth.principal import Principal
 from server.auth.secrets import hash_password, new_password
 from server.base.audit import Event
-from server.itsm.consent import SitePolicy
 from server.ops import accounts
 from server.store import auditlog, people
 from server.store.models import Agent, Binding, Role, Site, Ticket, User
+from server.views.accounts import BindingInfo, binding_infos
+from server.views.admin import (
+    Calendar,
+    RoleItem,
+    SessionPolicyIn,
+    SiteItem,
+    UserItem,
+    role_item,
+    site_item,
+    user_item,
+    visible_users,
+)
 from server.web.authn import principal
 from server.web.keys import DB
 from server.web.routing import ApiRouter, body, json_response, query
@@ -40,18 +46,6 @@ ROLE_NAME = r"^[a-z][a-z0-9_]{1,63}$"
 
 
 # --- users ---------------------------------------------------------------------------
-
-
-class UserItem(BaseModel):
-    id: str
-    username: str
-    display_name: str
-    email: str
-    disabled: bool
-    totp_enabled: bool
-    created_at: datetime
-    last_login_at: datetime | None
-    bindings: list[BindingInfo]
 
 
 class UserList(BaseModel):
@@ -83,28 +77,6 @@ class UserPatch(BaseModel):
     reset_totp: bool = Field(False, description="turn 2FA off so the user enrolls again")
 
 
-async def user_item(
-    session: AsyncSession, user: User, scope: frozenset[str] | None = None
-) -> UserItem:
-    """The user as an admin with users:admin on `scope` sees it (None: global):
-    a site-scoped admin sees only the bindings on its own sites."""
-    rows = await people.bindings_of(session, [user.id])
-    if scope is not None:
-        rows = [b for b in rows if b.site_id in scope]
-    bindings = await binding_infos(session, rows)
-    return UserItem(
-        id=user.id,
-        username=user.username,
-        display_name=user.display_name,
-        email=user.email,
-        disabled=user.disabled,
-        totp_enabled=user.totp_enabled,
-        created_at=user.created_at,
-        last_login_at=user.last_login_at,
-        bindings=bindings,
-    )
-
-
 @routes.route(
     "GET",
     "/api/v1/users",
@@ -118,19 +90,6 @@ async def list_users(request: web.Request) -> web.Response:
         users = await visible_users(session, scope)
         items = [await user_item(session, u, scope) for u in users]
     return json_response(UserList(items=items))
-
-
-async def visible_users(session: AsyncSession, scope: frozenset[str] | None) -> list[User]:
-    """The users an admin with users:admin on `scope` may see and act on: all of
-    them for a global admin; for a site-scoped admin, those bound to one of its
-    sites and those bound nowhere yet (so a user it just created can be bound)."""
-    users = await people.list_users(session)
-    if scope is None:
-        return users
-    sites: dict[str, set[str | None]] = {}
-    for b in await people.bindings_of(session, [u.id for u in users]):
-        sites.setdefault(b.user_id, set()).add(b.site_id)
-    return [u for u in users if u.id not in sites or sites[u.id] & scope]
 
 
 async def sees_user(session: AsyncSession, scope: frozenset[str] | None, user: User) -> bool:
@@ -294,13 +253,6 @@ async def delete_user(request: web.Request) -> web.Response:
 # --- roles ---------------------------------------------------------------------------------
 
 
-class RoleItem(BaseModel):
-    name: str
-    description: str
-    permissions: list[str]
-    builtin: bool
-
-
 class RoleList(BaseModel):
     items: list[RoleItem]
     next: str | None = None
@@ -319,15 +271,6 @@ class RolePatch(BaseModel):
 
 class PermissionList(BaseModel):
     items: dict[str, str]
-
-
-def role_item(role: Role) -> RoleItem:
-    return RoleItem(
-        name=role.name,
-        description=role.description,
-        permissions=sorted(role.permissions),
-        builtin=role.builtin,
-    )
 
 
 def _check_permissions(who: Principal, perms: list[str]) -> list[str]:
@@ -615,79 +558,6 @@ async def delete_binding(request: web.Request) -> web.Response:
 # --- sites -----------------------------------------------------------------------------------
 
 
-class SessionPolicyIn(BaseModel):
-    """Remote-session settings of a site (see server/itsm/consent.py)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    consent: dict[str, bool] = Field(
-        default_factory=lambda: {"shell": True, "exec": True, "files": True},
-        description="consent needed per session kind: shell, exec, files (the machine's "
-        "policy can only add)",
-    )
-
-    @field_validator("consent")
-    @classmethod
-    def _kinds(cls, value: dict[str, bool]) -> dict[str, bool]:
-        unknown = set(value) - {"shell", "exec", "files"}
-        if unknown:
-            raise ValueError(f"unknown session kinds: {', '.join(sorted(unknown))}")
-        return value
-
-    consent_timeout_seconds: float = Field(300.0, ge=10, le=86400)
-    on_timeout: Literal["deny", "allow"] = "deny"
-    require_session_for: list[Literal["exec", "action"]] = Field(
-        default_factory=list, description="run tiers that need an active session on the ticket"
-    )
-    record_input: bool = Field(False, description="record what the engineer types, too")
-    offer_timeout_seconds: float = Field(1800.0, ge=10, le=7 * 86400)
-
-
-class Calendar(BaseModel):
-    timezone: str = Field("UTC", description="IANA time zone, e.g. Asia/Seoul")
-    work_days: list[int] = Field(
-        default_factory=lambda: [0, 1, 2, 3, 4],
-        min_length=1,
-        description="0 = Monday ... 6 = Sunday; at least one",
-    )
-    work_start: str = Field("09:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
-    work_end: str = Field("18:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
-    # Fewer than the working days of ten years (one a week): SLA clocks always
-    # find working time.
-    holidays: list[date] = Field(default_factory=list, max_length=500)
-
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
-        return value
-
-    @field_validator("work_days")
-    @classmethod
-    def _days(cls, value: list[int]) -> list[int]:
-        if any(d not in range(7) for d in value):
-            raise ValueError("days are 0 (Monday) to 6 (Sunday)")
-        return sorted(set(value))
-
-    @model_validator(mode="after")
-    def _hours(self) -> Calendar:
-        if self.work_end <= self.work_start:
-            raise ValueError("work_end must be after work_start")
-        return self
-
-
-class SiteItem(BaseModel):
-    id: str
-    name: str
-    description: str
-    created_at: datetime
-    calendar: Calendar
-    session_policy: SessionPolicyIn
-
-
 class SiteList(BaseModel):
     items: list[SiteItem]
     next: str | None = None
@@ -705,23 +575,6 @@ class SitePatch(BaseModel):
     description: str | None = Field(None, max_length=1000)
     calendar: Calendar | None = Field(None, description="business hours for SLA clocks")
     session_policy: SessionPolicyIn | None = None
-
-
-def site_item(site: Site) -> SiteItem:
-    return SiteItem(
-        id=site.id,
-        name=site.name,
-        description=site.description,
-        created_at=site.created_at,
-        calendar=Calendar(
-            timezone=site.timezone,
-            work_days=site.work_days,
-            work_start=site.work_start,
-            work_end=site.work_end,
-            holidays=[date.fromisoformat(d) for d in site.holidays or []],
-        ),
-        session_policy=SessionPolicyIn(**SitePolicy.from_json(site.session_policy).to_json()),
-    )
 
 
 def _apply(site: Site, calendar: Calendar | None, session_policy: SessionPolicyIn | None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from aiohttp import web
@@ -10,12 +9,19 @@ from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.auth.principal import Principal
 from server.base.audit import Event
 from server.itsm import alerts as pure
-from server.itsm.tickets import number_text
 from server.store import auditlog, people
-from server.store.models import Agent, Alert, AlertRule, Site, Ticket
+from server.store.models import Alert, AlertRule
+from server.views.alerts import (
+    AlertOut,
+    AlertQuery,
+    RuleOut,
+    _rule_out,
+    _visible,
+    alert_items,
+    visible_rules,
+)
 from server.web.authn import principal
 from server.web.keys import ALERTS, DB
 from server.web.routing import ApiRouter, PatchBody, body, json_response, query
@@ -74,52 +80,9 @@ class RulePatch(PatchBody):
     reopen_window_seconds: float | None = Field(None, ge=0, le=30 * 86400)
 
 
-class RuleOut(BaseModel):
-    id: str
-    name: str
-    metric: str
-    op: str
-    threshold: float
-    for_seconds: float
-    clear_threshold: float | None
-    priority: str
-    diagnostics: list[str]
-    site: str | None
-    tags: list[str]
-    enabled: bool
-    auto_resolve: bool
-    reopen_window_seconds: float
-    created_at: datetime
-
-
 class RuleList(BaseModel):
     items: list[RuleOut]
     next: str | None = None
-
-
-async def _rule_out(session: AsyncSession, rule: AlertRule) -> RuleOut:
-    site = await session.get(Site, rule.site_id) if rule.site_id else None
-    return RuleOut(
-        id=rule.id,
-        name=rule.name,
-        metric=rule.metric,
-        op=rule.op,
-        threshold=rule.threshold,
-        for_seconds=rule.for_seconds,
-        clear_threshold=rule.clear_threshold,
-        priority=rule.priority,
-        diagnostics=rule.diagnostics,
-        site=site.name if site else None,
-        tags=rule.tags or [],
-        enabled=rule.enabled,
-        auto_resolve=rule.auto_resolve,
-        reopen_window_seconds=rule.reopen_window_seconds,
-        created_at=rule.created_at,
-    )
-
-
-def _visible(who: Principal, rule: AlertRule) -> bool:
-    return who.allowed("alerts:manage", rule.site_id)
 
 
 @routes.route(
@@ -133,16 +96,6 @@ async def list_rules(request: web.Request) -> web.Response:
     async with request.app[DB]() as session:
         items = await visible_rules(session, principal(request))
     return json_response(RuleList(items=items))
-
-
-async def visible_rules(session: AsyncSession, who: Principal) -> list[RuleOut]:
-    """Rules the caller manages (global rules are shown to every manager)."""
-    rules = (await session.scalars(select(AlertRule).order_by(AlertRule.created_at))).all()
-    return [
-        await _rule_out(session, r)
-        for r in rules
-        if _visible(who, r) or (who.holds("alerts:manage") and r.site_id is None)
-    ]
 
 
 @routes.route(
@@ -269,29 +222,6 @@ async def delete_rule(request: web.Request) -> web.Response:
     return json_response(out)
 
 
-class AlertQuery(BaseModel):
-    status: Literal["ok", "pending", "firing"] | None = None
-    agent_id: str | None = None
-    limit: int = Field(200, ge=1, le=1000)
-
-
-class AlertOut(BaseModel):
-    id: str
-    rule_id: str
-    rule: str
-    agent_id: str
-    hostname: str | None
-    site_id: str
-    status: str
-    count: int
-    last_value: float | None
-    first_seen: datetime | None
-    last_seen: datetime | None
-    fired_at: datetime | None
-    resolved_at: datetime | None
-    ticket: str | None
-
-
 class AlertList(BaseModel):
     items: list[AlertOut]
     next: str | None = None
@@ -309,44 +239,3 @@ async def list_alerts(request: web.Request) -> web.Response:
     async with request.app[DB]() as session:
         items = await alert_items(session, principal(request), query(request, AlertQuery))
     return json_response(AlertList(items=items))
-
-
-async def alert_items(session: AsyncSession, who: Principal, q: AlertQuery) -> list[AlertOut]:
-    """Alert states the caller may see (its agents:read scope), firing first."""
-    scope = who.sites("agents:read")
-    stmt = (
-        select(Alert, AlertRule.name, Agent.hostname, Ticket.number)
-        .join(AlertRule, AlertRule.id == Alert.rule_id)
-        .join(Agent, Agent.id == Alert.agent_id)
-        .outerjoin(Ticket, Ticket.id == Alert.ticket_id)
-    )
-    if scope is not None:
-        stmt = stmt.where(Alert.site_id.in_(scope))
-    if q.status:
-        stmt = stmt.where(Alert.status == q.status)
-    if q.agent_id:
-        stmt = stmt.where(Alert.agent_id == q.agent_id)
-    rows = (await session.execute(stmt.limit(q.limit))).all()
-    order = {"firing": 0, "pending": 1, "ok": 2}
-    return sorted(
-        (
-            AlertOut(
-                id=a.id,
-                rule_id=a.rule_id,
-                rule=name,
-                agent_id=a.agent_id,
-                hostname=host,
-                site_id=a.site_id,
-                status=a.status,
-                count=a.count,
-                last_value=a.last_value,
-                first_seen=a.first_seen,
-                last_seen=a.last_seen,
-                fired_at=a.fired_at,
-                resolved_at=a.resolved_at,
-                ticket=number_text(number) if number is not None else None,
-            )
-            for a, name, host, number in rows
-        ),
-        key=lambda x: (order.get(x.status, 3), x.rule, x.agent_id),
-    )

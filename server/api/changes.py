@@ -8,7 +8,6 @@ sites it touches (only their sites' machines are listed). Deciding needs
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, Literal
 
 from aiohttp import web
@@ -17,11 +16,19 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.principal import Principal
-from server.engine import changes as ch
 from server.engine import paramcheck, runs
 from server.itsm.runs import TIER_PERMISSION, tier_of
+from server.ops import changes as ch
 from server.store import people, tickets
-from server.store.models import Agent, Change, ChangeApproval, ChangeEvent, JobItem, Site, utcnow
+from server.store.models import Agent, Change, ChangeApproval, JobItem, Site, utcnow
+from server.views.changes import (
+    ChangeOut,
+    ChangeQuery,
+    ChangeSummary,
+    _load,
+    change_out,
+    visible_changes,
+)
 from server.web.authn import principal
 from server.web.keys import CHANGES, DB, JOBS, LINKS
 from server.web.routing import ApiRouter, body, json_response, query
@@ -97,109 +104,11 @@ class Review(BaseModel):
     )
 
 
-class ApprovalOut(BaseModel):
-    approver: str
-    decision: str
-    comment: str
-    at: datetime
-
-
-class StageOut(BaseModel):
-    stage: str
-    job_id: str
-    agents: int
-    started_at: str
-    status: str = Field(description="running, or done when every item is final")
-    counts: dict[str, int]
-
-
-class EventOut(BaseModel):
-    at: datetime
-    actor: str | None
-    kind: str
-    body: str
-    data: dict[str, Any]
-
-
-class AgentRef(BaseModel):
-    id: str
-    hostname: str | None = None
-    site: str | None = None
-    pilot: bool = False
-
-
-class ChangeOut(BaseModel):
-    id: str
-    number: str
-    title: str
-    description: str
-    risk: str
-    plan: str
-    backout_plan: str
-    action: dict[str, Any]
-    backout_action: dict[str, Any] | None
-    target: dict[str, Any]
-    sites: list[str]
-    agents: list[AgentRef]
-    agent_count: int
-    pilot_size: int
-    gate_seconds: float
-    failure_threshold: float
-    batch_size: int | None
-    approvals_required: int
-    approvals: list[ApprovalOut]
-    planned_start: datetime | None
-    state: str
-    stage: str | None
-    requester: str
-    started_by: str | None
-    stages: list[StageOut]
-    halted: bool
-    halt_reason: str | None
-    outcome: str | None
-    review_comment: str | None
-    created_at: datetime
-    updated_at: datetime
-    approved_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    closed_at: datetime | None
-    history: list[EventOut]
-
-
-class ChangeSummary(BaseModel):
-    id: str
-    number: str
-    title: str
-    risk: str
-    state: str
-    stage: str | None
-    requester: str
-    sites: list[str]
-    agent_count: int
-    planned_start: datetime | None
-    created_at: datetime
-
-
 class ChangeList(BaseModel):
     items: list[ChangeSummary]
 
 
-class ChangeQuery(BaseModel):
-    state: str | None = Field(None, description="only changes in this state")
-    upcoming: bool = Field(
-        False, description="only changes not yet done (requested, approved, in progress)"
-    )
-    agent: str | None = Field(None, description="only changes touching this agent")
-    limit: int = Field(100, ge=1, le=500)
-
-
 # --- helpers --------------------------------------------------------------------------
-
-
-def _visible(who: Principal, change: Change) -> bool:
-    scope = who.sites("changes:read")
-    return scope is None or bool(scope & set(change.site_ids))
 
 
 def _require_all(who: Principal, permission: str, change: Change, what: str) -> None:
@@ -209,15 +118,6 @@ def _require_all(who: Principal, permission: str, change: Change, what: str) -> 
             f"{what} needs {permission} on every site the change touches",
             fields={"target": f"{len(denied)} site(s) beyond your rights"},
         )
-
-
-async def _load(session: AsyncSession, who: Principal, ref: str, lock: bool = False) -> Change:
-    found = await ch.find(session, ref)
-    if found is not None and lock:
-        found = await session.scalar(select(Change).where(Change.id == found.id).with_for_update())
-    if found is None or not _visible(who, found):
-        raise NotFound("change not found")
-    return found
 
 
 def _state_is(change: Change, *states: str, doing: str) -> None:
@@ -307,104 +207,6 @@ async def _check_action(
             exc.message, fields={f"{field}.{k}": v for k, v in (exc.fields or {}).items()}
         ) from exc
     return tier
-
-
-async def change_out(session: AsyncSession, who: Principal, change: Change) -> ChangeOut:
-    scope = who.sites("changes:read")
-    names = {
-        s.id: s.name
-        for s in (await session.scalars(select(Site).where(Site.id.in_(change.site_ids)))).all()
-    }
-    approvals = (
-        await session.scalars(
-            select(ChangeApproval)
-            .where(ChangeApproval.change_id == change.id)
-            .order_by(ChangeApproval.id)
-        )
-    ).all()
-    events = (
-        await session.scalars(
-            select(ChangeEvent).where(ChangeEvent.change_id == change.id).order_by(ChangeEvent.id)
-        )
-    ).all()
-    job_ids = [s["job_id"] for s in change.jobs]
-    counts = await ch.stage_counts(session, job_ids)
-    pilot = set(change.pilot_agent_ids)
-    return ChangeOut(
-        id=change.id,
-        number=ch.label(change),
-        title=change.title,
-        description=change.description,
-        risk=change.risk,
-        plan=change.plan,
-        backout_plan=change.backout_plan,
-        action={"name": change.action, "params": change.params, "tier": change.tier},
-        backout_action=(
-            {
-                "name": change.backout_action,
-                "params": change.backout_params or {},
-                "tier": change.backout_tier,
-            }
-            if change.backout_action
-            else None
-        ),
-        target=change.target,
-        sites=sorted(names.get(s, s) for s in change.site_ids),
-        agents=[
-            AgentRef(
-                id=a["id"],
-                hostname=a.get("hostname"),
-                site=names.get(a.get("site_id", "")),
-                pilot=a["id"] in pilot,
-            )
-            for a in change.agents
-            if scope is None or a.get("site_id") in scope
-        ],
-        agent_count=len(change.agents),
-        pilot_size=change.pilot_size,
-        gate_seconds=change.gate_seconds,
-        failure_threshold=change.failure_threshold,
-        batch_size=change.batch_size,
-        approvals_required=change.approvals_required,
-        approvals=[
-            ApprovalOut(approver=a.approver_name, decision=a.decision, comment=a.comment, at=a.at)
-            for a in approvals
-        ],
-        planned_start=change.planned_start,
-        state=change.state,
-        stage=change.stage,
-        requester=change.requester_name,
-        started_by=change.started_by_name,
-        stages=[
-            StageOut(
-                stage=s["stage"],
-                job_id=s["job_id"],
-                agents=int(s.get("agents", 0)),
-                started_at=str(s.get("started_at", "")),
-                counts=counts.get(s["job_id"], {}),
-                status=(
-                    "running"
-                    if any(k in ch.OPEN_ITEMS for k in counts.get(s["job_id"], {}))
-                    else "done"
-                ),
-            )
-            for s in change.jobs
-        ],
-        halted=change.halted,
-        halt_reason=change.halt_reason,
-        outcome=change.outcome,
-        review_comment=change.review_comment,
-        created_at=change.created_at,
-        updated_at=change.updated_at,
-        approved_at=change.approved_at,
-        started_at=change.started_at,
-        finished_at=change.finished_at,
-        closed_at=change.closed_at,
-        history=[
-            EventOut(at=e.at, actor=e.actor_name, kind=e.kind, body=e.body, data=e.data)
-            for e in events
-        ],
-    )
 
 
 async def _answer(request: web.Request, change_id: str, status: int = 200) -> web.Response:
@@ -508,49 +310,6 @@ async def create_change(request: web.Request) -> web.Response:
     async with request.app[DB].begin() as session:
         change = await create(session, who, req)
     return await _answer(request, change.id, status=201)
-
-
-async def visible_changes(
-    session: AsyncSession, who: Principal, q: ChangeQuery
-) -> list[ChangeSummary]:
-    stmt = select(Change)
-    if q.state:
-        stmt = stmt.where(Change.state == q.state)
-    if q.upcoming:
-        stmt = stmt.where(Change.state.in_(ch.OPEN_STATES))
-    rows = (
-        await session.scalars(stmt.order_by(Change.created_at.desc()).limit(q.limit * 10))
-    ).all()
-    scope = who.sites("changes:read")
-    found = [c for c in rows if _visible(who, c)]
-    if q.agent:
-        found = [c for c in found if any(a["id"] == q.agent for a in c.agents)]
-        found = [
-            c
-            for c in found
-            if scope is None
-            or any(a["id"] == q.agent and a.get("site_id") in scope for a in c.agents)
-        ]
-    if q.upcoming:
-        far = datetime.max.replace(tzinfo=utcnow().tzinfo)
-        found.sort(key=lambda c: (c.planned_start or far, c.number))
-    names = {s.id: s.name for s in (await session.scalars(select(Site))).all()}
-    return [
-        ChangeSummary(
-            id=c.id,
-            number=ch.label(c),
-            title=c.title,
-            risk=c.risk,
-            state=c.state,
-            stage=c.stage,
-            requester=c.requester_name,
-            sites=sorted(names.get(s, s) for s in c.site_ids if scope is None or s in scope),
-            agent_count=len(c.agents),
-            planned_start=c.planned_start,
-            created_at=c.created_at,
-        )
-        for c in found[: q.limit]
-    ]
 
 
 @routes.route(

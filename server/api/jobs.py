@@ -4,9 +4,8 @@ offline ones and live progress."""
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
@@ -15,10 +14,12 @@ from sqlalchemy import select
 
 from server.auth.principal import Principal
 from server.base.audit import Event
-from server.engine import jobs, paramcheck, runs
+from server.engine import paramcheck, runs
 from server.itsm.runs import TIER_PERMISSION, ticket_requirement, tier_of
+from server.ops import jobs as job_store
 from server.store import auditlog, people
-from server.store.models import Agent, Job, JobItem, RunRecord, Site, utcnow
+from server.store.models import Agent, Site, utcnow
+from server.views.jobs import JobOut, JobSummary, job_out, recent_jobs
 from server.web.authn import principal
 from server.web.keys import DB, JOBS
 from server.web.routing import ApiRouter, body, json_response, query
@@ -48,38 +49,6 @@ class JobRequest(BaseModel):
     ticket_id: str | None = None
     ttl: int = Field(3600, ge=1, le=MAX_TTL, description="seconds queued items may wait")
     timeout: float | None = Field(None, gt=0, le=runs.MAX_TIMEOUT)
-
-
-class JobItemOut(BaseModel):
-    agent_id: str
-    hostname: str | None = None
-    status: str
-    result: dict[str, Any] | None = None
-
-
-class JobOut(BaseModel):
-    id: str
-    name: str
-    tier: str
-    params: dict[str, Any]
-    target: dict[str, Any]
-    ticket_id: str | None
-    created_by: str | None
-    created_at: datetime
-    expires_at: datetime
-    finished_at: datetime | None
-    status: str = Field(description="running, or done when every item is final")
-    counts: dict[str, int]
-    items: list[JobItemOut]
-
-
-class JobSummary(BaseModel):
-    id: str
-    name: str
-    created_by: str | None
-    created_at: datetime
-    status: str
-    counts: dict[str, int]
 
 
 class JobList(BaseModel):
@@ -178,7 +147,7 @@ async def create_job(request: web.Request) -> web.Response:
             reason = ticket_requirement(tier, ticket, agent.site_id)
             if reason is not None:
                 raise Invalid(reason, fields={"ticket_id": reason})
-        job, item_ids = await jobs.insert(
+        job, item_ids = await job_store.insert(
             session,
             name=req.name,
             tier=tier,
@@ -210,70 +179,7 @@ async def create_job(request: web.Request) -> web.Response:
             ),
         )
     app[JOBS].start(item_ids)
-    return json_response(await job_out(request, job.id), status=201)
-
-
-async def job_out(request: web.Request, job_id: str, with_results: bool = True) -> JobOut:
-    """A job as the caller may see it: only items on its sites; 404 if none
-    (unless it made the job)."""
-    who = principal(request)
-    scope = who.sites("agents:read")
-    async with request.app[DB]() as session:
-        job = await session.get(Job, job_id)
-        if job is None:
-            raise NotFound("not found")
-        items = list(
-            (
-                await session.scalars(
-                    select(JobItem).where(JobItem.job_id == job.id).order_by(JobItem.id)
-                )
-            ).all()
-        )
-        visible = [i for i in items if scope is None or i.site_id in scope]
-        if not visible and job.created_by != who.user_id:
-            raise NotFound("not found")
-        hosts: dict[str, str] = {}
-        if visible:
-            rows = await session.execute(
-                select(Agent.id, Agent.hostname).where(Agent.id.in_([i.agent_id for i in visible]))
-            )
-            hosts = {row[0]: row[1] for row in rows}
-        results: dict[str, RunRecord] = {}
-        ids = [i.result_id for i in visible if i.result_id]
-        if with_results and ids:
-            results = {
-                r.id: r
-                for r in (
-                    await session.scalars(select(RunRecord).where(RunRecord.id.in_(ids)))
-                ).all()
-            }
-    counts = Counter(i.status for i in visible)
-    done = all(i.status not in ("queued", "running") for i in items)
-    return JobOut(
-        id=job.id,
-        name=job.name,
-        tier=job.tier,
-        params=job.params,
-        target=job.target,
-        ticket_id=job.ticket_id,
-        created_by=job.created_by_name,
-        created_at=job.created_at,
-        expires_at=job.expires_at,
-        finished_at=job.finished_at,
-        status="done" if done else "running",
-        counts=dict(counts),
-        items=[
-            JobItemOut(
-                agent_id=i.agent_id,
-                hostname=hosts.get(i.agent_id),
-                status=i.status,
-                result=runs.result_json(results[i.result_id])
-                if i.result_id and i.result_id in results
-                else None,
-            )
-            for i in visible
-        ],
-    )
+    return json_response(await job_out(request.app[DB], principal(request), job.id), status=201)
 
 
 @routes.route(
@@ -284,7 +190,7 @@ async def job_out(request: web.Request, job_id: str, with_results: bool = True) 
     summary="A job: status, counts by item status, and every item with its result",
 )
 async def get_job(request: web.Request) -> web.Response:
-    out = await job_out(request, request.match_info["job_id"])
+    out = await job_out(request.app[DB], principal(request), request.match_info["job_id"])
     return web.Response(text=out.model_dump_json(), content_type="application/json")
 
 
@@ -302,34 +208,9 @@ class JobQuery(BaseModel):
 )
 async def list_jobs(request: web.Request) -> web.Response:
     q = query(request, JobQuery)
-    return json_response(JobList(items=await recent_jobs(request, q.limit)))
-
-
-async def recent_jobs(request: web.Request, limit: int) -> list[JobSummary]:
-    """The newest jobs the caller can see (some of their items are in its scope)."""
-    async with request.app[DB]() as session:
-        ids = list(
-            await session.scalars(select(Job.id).order_by(Job.created_at.desc()).limit(limit * 4))
-        )
-    out: list[JobSummary] = []
-    for job_id in ids:
-        try:
-            job = await job_out(request, job_id, with_results=False)
-        except NotFound:
-            continue
-        out.append(
-            JobSummary(
-                id=job.id,
-                name=job.name,
-                created_by=job.created_by,
-                created_at=job.created_at,
-                status=job.status,
-                counts=job.counts,
-            )
-        )
-        if len(out) >= limit:
-            break
-    return out
+    return json_response(
+        JobList(items=await recent_jobs(request.app[DB], principal(request), q.limit))
+    )
 
 
 @routes.route(
@@ -344,7 +225,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     job_id = request.match_info["job_id"]
     events = app[JOBS].subscribe(job_id)  # before the snapshot, so no event falls between
     try:
-        snapshot = await job_out(request, job_id, with_results=False)
+        snapshot = await job_out(request.app[DB], principal(request), job_id, with_results=False)
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
         )
@@ -364,7 +245,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                     await send("item", event)
     finally:
         await events.aclose()
-    final = await job_out(request, job_id, with_results=False)
+    final = await job_out(request.app[DB], principal(request), job_id, with_results=False)
     await send("done", {"status": final.status, "counts": final.counts})
     await resp.write_eof()
     return resp

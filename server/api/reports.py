@@ -19,14 +19,14 @@ from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.api.service_levels import fact_of
 from server.auth.principal import Principal
 from server.itsm import review
 from server.itsm.tickets import number_text as ticket_number
 from server.store import people
 from server.store.models import Change, Problem, ProblemTicket, Site, Ticket, utcnow
+from server.views.service_levels import fact_of
 from server.web.authn import principal
-from server.web.keys import CONFIG, DB
+from server.web.keys import CONFIG, DB, REPORT_DOCS
 from server.web.routing import ApiRouter, json_response, query
 from shared.errors import NotFound
 
@@ -340,9 +340,7 @@ async def _report(request: web.Request) -> tuple[ReportOut, str]:
         report = await build_report(
             session, principal(request), q.site, q.period, app[CONFIG].settings.report_targets
         )
-    from server.console import i18n
-
-    lang = q.lang or i18n.language_of(request)
+    lang = q.lang or app[REPORT_DOCS].language_of(request)
     return report, lang
 
 
@@ -375,10 +373,9 @@ async def report_json(request: web.Request) -> web.Response:
     summary="The review report as a standalone, printable HTML page",
 )
 async def report_html(request: web.Request) -> web.Response:
-    from server.console import reportdoc
-
     report, lang = await _report(request)
-    text = await asyncio.to_thread(reportdoc.html, report.model_dump(mode="json"), lang)
+    docs = request.app[REPORT_DOCS]
+    text = await asyncio.to_thread(docs.html, report.model_dump(mode="json"), lang)
     how = "attachment" if query(request, ReportQuery).download else "inline"
     return web.Response(
         text=text,
@@ -400,10 +397,9 @@ async def report_html(request: web.Request) -> web.Response:
     summary="The review report as a PDF (A4)",
 )
 async def report_pdf(request: web.Request) -> web.Response:
-    from server.console import reportdoc
-
     report, lang = await _report(request)
-    data = await asyncio.to_thread(reportdoc.pdf, report.model_dump(mode="json"), lang)
+    docs = request.app[REPORT_DOCS]
+    data = await asyncio.to_thread(docs.pdf, report.model_dump(mode="json"), lang)
     return web.Response(
         body=data,
         content_type="application/pdf",

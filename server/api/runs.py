@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from server.api.agents import load_agent
 from server.engine import runs
 from server.store.models import RunRecord
+from server.views.runs import result_json
 from server.web.authn import principal
 from server.web.keys import DB, RUNS
 from server.web.routing import ApiRouter, body, json_response, query
@@ -114,7 +115,7 @@ async def run(request: web.Request) -> web.StreamResponse:
         )
     if not q.stream:
         record = await app[RUNS].execute(prep)
-        return json_response(RunResult(**runs.result_json(record)))
+        return json_response(RunResult(**result_json(record)))
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
 
@@ -122,7 +123,7 @@ async def run(request: web.Request) -> web.StreamResponse:
         await resp.write(frame.model_dump_json().encode() + b"\n")
 
     record = await app[RUNS].execute(prep, sink)
-    final = {"type": "result", **RunResult(**runs.result_json(record)).model_dump(mode="json")}
+    final = {"type": "result", **RunResult(**result_json(record)).model_dump(mode="json")}
     await resp.write(json.dumps(final).encode() + b"\n")
     await resp.write_eof()
     return resp
@@ -145,7 +146,7 @@ async def load_result(request: web.Request) -> RunRecord:
     summary="A stored run result",
 )
 async def get_result(request: web.Request) -> web.Response:
-    return json_response(RunResult(**runs.result_json(await load_result(request))))
+    return json_response(RunResult(**result_json(await load_result(request))))
 
 
 class ResultQuery(BaseModel):
@@ -178,4 +179,4 @@ async def list_results(request: web.Request) -> web.Response:
         rows = (
             await session.scalars(stmt.order_by(RunRecord.created_at.desc()).limit(q.limit))
         ).all()
-    return json_response(ResultList(items=[RunResult(**runs.result_json(r)) for r in rows]))
+    return json_response(ResultList(items=[RunResult(**result_json(r)) for r in rows]))

@@ -17,7 +17,6 @@ from aiohttp import web
 from markupsafe import Markup
 from pydantic import ValidationError
 
-from server.api import auth as api_auth
 from server.auth import rbac, totp
 from server.auth.secrets import same
 from server.console import i18n
@@ -25,6 +24,8 @@ from server.console.render import page
 from server.ops.login import totp_secret
 from server.store import people
 from server.store.models import User
+from server.views import accounts
+from server.web import account as api_auth
 from server.web.authn import SESSION_COOKIE, authenticate, principal, source_of
 from server.web.keys import CONFIG, DB
 from server.web.middleware import see_other
@@ -188,10 +189,10 @@ async def _profile(
         user = await session.get(User, who.user_id)
         if user is None:
             raise Unauthorized("user no longer exists")
-        bindings = await api_auth.binding_infos(
+        bindings = await accounts.binding_infos(
             session, await people.bindings_of(session, [user.id])
         )
-        tokens = [api_auth.token_info(t) for t in await people.list_tokens(session, user.id)]
+        tokens = [accounts.token_info(t) for t in await people.list_tokens(session, user.id)]
         eff = rbac.effective(who.rights)
         names = await people.site_names(session, {s for s in eff if s != "global"})
     rights = {

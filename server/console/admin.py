@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.api.admin import role_item, site_item, user_item, visible_users
 from server.auth import rbac
 from server.console import i18n
 from server.console.render import N_, page
 from server.store import people
 from server.store.models import Site
+from server.views.admin import role_item, site_item, user_item, visible_users
 from server.web.authn import principal
 from server.web.keys import DB
 from server.web.routing import ApiRouter

@@ -15,13 +15,13 @@ from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.api.changes import ChangeQuery, ChangeSummary, change_out, visible_changes
-from server.api.changes import _load as load_change
 from server.auth.principal import Principal
 from server.console import i18n
 from server.console.render import N_, page
-from server.engine import changes as ch
+from server.ops import changes as ch
 from server.store import fleet, people
+from server.views.changes import ChangeQuery, ChangeSummary, change_out, visible_changes
+from server.views.changes import _load as load_change
 from server.web.authn import principal
 from server.web.keys import DB
 from server.web.routing import ApiRouter

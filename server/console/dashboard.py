@@ -14,9 +14,6 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.api.agents import AgentListQuery, visible_agents
-from server.api.alerts import AlertQuery, alert_items
-from server.api.tickets import ListQuery, find_tickets
 from server.auth.principal import Principal
 from server.console import i18n, live
 from server.console.render import fragment, page
@@ -24,6 +21,9 @@ from server.console.sessions import pending
 from server.itsm.tickets import number_text
 from server.ops import ticketing
 from server.store.models import Ticket
+from server.views.agents import AgentListQuery, visible_agents
+from server.views.alerts import AlertQuery, alert_items
+from server.views.tickets import ListQuery, find_tickets
 from server.web.authn import principal
 from server.web.keys import DB
 from server.web.middleware import see_other

@@ -7,12 +7,12 @@ from typing import Any
 
 from aiohttp import web
 
-from server.api.jobs import job_out, recent_jobs
 from server.console import i18n
 from server.console.forms import fields_of
 from server.console.render import page
 from server.store import fleet
 from server.store.models import Agent
+from server.views.jobs import job_out, recent_jobs
 from server.web.authn import principal
 from server.web.keys import DB
 from server.web.routing import ApiRouter
@@ -27,7 +27,7 @@ async def jobs(request: web.Request) -> web.StreamResponse:
         rows = await fleet.list_agents(session, who.sites("agents:read"))
     live = [(a, site) for a, site in rows if a.revoked_at is None]
     ctx = {
-        "jobs": await recent_jobs(request, 50),
+        "jobs": await recent_jobs(request.app[DB], principal(request), 50),
         "sites": sorted({site for a, site in live if who.allowed("diag:run", a.site_id)}),
         "tags": sorted({t for a, _ in live for t in a.tags or []}),
         "entries": _entries(live),
@@ -48,5 +48,5 @@ def _entries(agents: list[tuple[Agent, str]]) -> list[dict[str, Any]]:
 
 @routes.route("GET", "/jobs/{job_id}", permission="diag:run", summary="One job, live")
 async def job(request: web.Request) -> web.StreamResponse:
-    out = await job_out(request, request.match_info["job_id"])
+    out = await job_out(request.app[DB], principal(request), request.match_info["job_id"])
     return page(request, "job.html", {"job": out}, title=f"{i18n.gettext('Job')} {out.name}")

@@ -12,12 +12,12 @@ from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from server.api import kb as kb_api
 from server.console import i18n
 from server.console.render import page
 from server.itsm import kb as rules
 from server.store import people
 from server.store.models import KbVersion, Site
+from server.views import kb as kb_api
 from server.web.authn import principal
 from server.web.keys import DB
 from server.web.routing import ApiRouter

@@ -11,11 +11,6 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from server.api.agents import AgentItem, AgentListQuery, agent_for, visible_agents
-from server.api.sessions import ListQuery as SessionQuery
-from server.api.sessions import find_sessions
-from server.api.tickets import ListQuery as TicketQuery
-from server.api.tickets import find_tickets, ticket_out
 from server.auth.principal import Principal
 from server.console import i18n, live
 from server.console.changes import labels as change_labels
@@ -24,6 +19,11 @@ from server.console.forms import fields_of
 from server.console.render import fragment, page
 from server.itsm.runs import TIER_PERMISSION
 from server.store import people
+from server.views.agents import AgentItem, AgentListQuery, agent_for, visible_agents
+from server.views.sessions import ListQuery as SessionQuery
+from server.views.sessions import find_sessions
+from server.views.tickets import ListQuery as TicketQuery
+from server.views.tickets import find_tickets, ticket_out
 from server.web.authn import principal
 from server.web.keys import DB
 from server.web.routing import ApiRouter

@@ -11,11 +11,11 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import ValidationError
 
-from server.api.problems import ListQuery, detail, find_problems, may_write, problem_out
-from server.api.problems import readable_problem as load_problem
 from server.console import i18n
 from server.console.render import page
 from server.store import people
+from server.views.problems import ListQuery, detail, find_problems, may_write, problem_out
+from server.views.problems import readable_problem as load_problem
 from server.web.authn import principal
 from server.web.keys import DB
 from server.web.routing import ApiRouter

@@ -11,13 +11,13 @@ from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from server.api.alerts import AlertQuery, alert_items, visible_rules
-from server.api.audit import AuditQuery, audit_item, audit_page
-from server.api.service_levels import KpiQuery, kpi_report
 from server.console import i18n
 from server.console.render import page
 from server.store import people
 from server.store.models import Site
+from server.views.alerts import AlertQuery, alert_items, visible_rules
+from server.views.audit import AuditQuery, audit_item, audit_page
+from server.views.service_levels import KpiQuery, kpi_report
 from server.web.authn import principal
 from server.web.keys import DB
 from server.web.routing import ApiRouter
@@ -141,7 +141,7 @@ async def audit(request: web.Request) -> web.StreamResponse:
     params: dict[str, Any] = {**raw, "limit": 100}
     params["since"], params["until"] = _utc(raw.get("since")), _utc(raw.get("until"))
     q = _query(AuditQuery, {k: v for k, v in params.items() if v is not None})
-    rows = [audit_item(e) for e in await audit_page(request, q, 100)]
+    rows = [audit_item(e) for e in await audit_page(request.app[DB], principal(request), q, 100)]
     ctx = {
         "rows": rows,
         "f": raw,

@@ -8,11 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
-from server.api.sessions import ListQuery, find_sessions, readable_session, session_out
 from server.auth.principal import Principal
 from server.console import i18n, live
 from server.console.render import fragment, page
 from server.itsm.consent import LIVE
+from server.views.sessions import ListQuery, find_sessions, readable_session, session_out
 from server.web.authn import principal
 from server.web.keys import DB
 from server.web.routing import ApiRouter

@@ -14,19 +14,6 @@ from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.api.kb import viewer as kb_viewer
-from server.api.problems import ListQuery as ProblemListQuery
-from server.api.problems import ProblemOut, find_problems, may_write, problem_out
-from server.api.sessions import ListQuery as SessionQuery
-from server.api.sessions import find_sessions
-from server.api.tickets import (
-    ListQuery,
-    TicketDetail,
-    detail,
-    find_tickets,
-    readable_ticket,
-    ticket_out,
-)
 from server.auth.principal import Principal
 from server.console import i18n, labels
 from server.console.changes import labels as change_labels
@@ -37,6 +24,19 @@ from server.itsm.kb import number_text
 from server.itsm.tickets import OPEN
 from server.store import fleet, people
 from server.store import kb as kb_store
+from server.views.kb import viewer as kb_viewer
+from server.views.problems import ListQuery as ProblemListQuery
+from server.views.problems import ProblemOut, find_problems, may_write, problem_out
+from server.views.sessions import ListQuery as SessionQuery
+from server.views.sessions import find_sessions
+from server.views.tickets import (
+    ListQuery,
+    TicketDetail,
+    detail,
+    find_tickets,
+    readable_ticket,
+    ticket_out,
+)
 from server.web.authn import principal
 from server.web.keys import DB
 from server.web.routing import ApiRouter

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -37,6 +38,17 @@ class Config:
         return self.settings.ssh_public_host, self.settings.ssh_public_port or self.ssh_port
 
 
+class ReportDocuments(Protocol):
+    """Renders a review report (as `GET /api/v1/reports` answers it) for people:
+    the console's templates, handed to the API so it need not import them."""
+
+    def language_of(self, request: web.Request) -> str: ...
+
+    def html(self, report: dict[str, Any], lang: str) -> str: ...
+
+    def pdf(self, report: dict[str, Any], lang: str) -> bytes: ...
+
+
 CONFIG = web.AppKey("config", Config)
 DB = web.AppKey("db", async_sessionmaker[AsyncSession])
 DB_ENGINE = web.AppKey("db_engine", AsyncEngine)
@@ -48,3 +60,4 @@ JOBS = web.AppKey("jobs", Jobs)
 ALERTS = web.AppKey("alerts", AlertEngine)
 REMOTE = web.AppKey("remote", Sessions)
 CHANGES = web.AppKey("changes", ChangeRunner)
+REPORT_DOCS: web.AppKey[ReportDocuments] = web.AppKey("report_docs")

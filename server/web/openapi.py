@@ -8,13 +8,33 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
-from pydantic.json_schema import JsonSchemaMode, models_json_schema
+from pydantic.json_schema import (
+    CoreModeRef,
+    DefsRef,
+    GenerateJsonSchema,
+    JsonSchemaMode,
+    models_json_schema,
+)
 
 from server.web.middleware import INT_MAX, INT_MIN
 from server.web.routing import ROUTE_ATTR, RouteSpec
 from shared.version import __version__
 
 _REF = "#/components/schemas/{model}"
+
+
+class _Names(GenerateJsonSchema):
+    """Component names as published. Models whose short names collide (two
+    `EventOut`s, three `LinkRequest`s) are named by module path, and the
+    document was first published with the API's modules (`server__api__tickets__
+    EventOut`); clients generate code from these names. Read models shared with
+    the console now live in `server.views`: they keep the names they had."""
+
+    def get_defs_ref(self, core_mode_ref: CoreModeRef) -> DefsRef:
+        core_ref, mode = core_mode_ref
+        published = core_ref.replace("server.views.", "server.api.")
+        return super().get_defs_ref((type(core_ref)(published), mode))
+
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -68,7 +88,9 @@ def document(app: web.Application) -> dict[str, Any]:
             models.append((spec.body, "validation"))
         if spec.response is not None:
             models.append((spec.response, "serialization"))
-    refs, defs = models_json_schema(list(dict.fromkeys(models)), ref_template=_REF)
+    refs, defs = models_json_schema(
+        list(dict.fromkeys(models)), ref_template=_REF, schema_generator=_Names
+    )
     components: dict[str, Any] = dict(defs.get("$defs", {}))
     components["Error"] = ERROR_SCHEMA
 
