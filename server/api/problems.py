@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.principal import Principal
 from server.ops import problems as ops
+from server.ops import problemstates
 from server.store import people, tickets
 from server.store.models import Problem, Ticket, User
 from server.views.problems import (
@@ -246,7 +247,7 @@ async def transition_problem(request: web.Request) -> web.Response:
     req = body(request, TransitionRequest)
     async with request.app[DB].begin() as session:
         problem, who = await writable_problem(session, request)
-        await ops.move(
+        await problemstates.move(
             session,
             problem,
             req.status,

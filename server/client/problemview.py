@@ -14,7 +14,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from server.client.ticketview import PRIORITY_STYLE, STATUS_STYLE, one_line, when
+from server.client.cells import PRIORITY_STYLE, STATUS_STYLE, one_line, when
 
 PROBLEM_STYLE = {
     "proposed": "magenta",

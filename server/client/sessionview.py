@@ -13,8 +13,9 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from server.client.cells import one_line, when
 from server.client.render import parse_time
-from server.client.ticketview import one_line, short_span, span, when
+from server.client.ticketview import short_span, span
 
 STATE_STYLE = {
     "requested": "yellow",

@@ -15,6 +15,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from server.client import problemview
+from server.client.cells import PRIORITY_STYLE, STATUS_STYLE, one_line, when
 from server.client.render import parse_time
 from server.itsm import sla
 
@@ -26,16 +28,6 @@ BADGE_STYLE = {
     "ok": "green",
     "met": "dim green",
 }
-STATUS_STYLE = {
-    "new": "bold",
-    "acknowledged": "cyan",
-    "in_progress": "cyan",
-    "waiting": "blue",
-    "resolved": "green",
-    "closed": "dim",
-    "cancelled": "dim",
-}
-PRIORITY_STYLE = {"P1": "bold red", "P2": "yellow", "P3": "", "P4": "dim"}
 CLOCK_NAMES = {"ack": "acknowledge", "response": "first response", "resolve": "resolve"}
 
 
@@ -78,12 +70,6 @@ def rate(value: Any) -> str:
     return f"{pct:.0f}%" if abs(pct - round(pct)) < 0.05 else f"{pct:.1f}%"
 
 
-def when(value: Any) -> str:
-    """An API time in the local time zone, to the minute; `-` for none."""
-    at = parse_time(value)
-    return at.astimezone().strftime("%Y-%m-%d %H:%M") if at else "-"
-
-
 def sla_badge(clocks: dict[str, Any], now: datetime | None = None) -> tuple[str, str]:
     """(label, style) for a ticket's worst SLA clock. Running clocks count as
     `ok`; the label carries the time to the nearest due (or past it). Pure."""
@@ -96,11 +82,6 @@ def sla_badge(clocks: dict[str, Any], now: datetime | None = None) -> tuple[str,
     elif got.seconds is not None and got.state == "breached":
         label = f"breached {short_span(got.seconds)} ago"
     return label, BADGE_STYLE[got.state]
-
-
-def one_line(value: Any) -> Text:
-    """A cell that is cut short with … rather than wrapped."""
-    return Text(str(value or ""), no_wrap=True, overflow="ellipsis")
 
 
 def _styled(value: Any, styles: dict[str, str]) -> Text:
@@ -372,8 +353,6 @@ def ticket_detail(t: dict[str, Any], now: datetime | None = None) -> RenderableT
     parts: list[RenderableType] = [head, Text(""), _fields(t)]
     if t.get("description"):
         parts += [Text(""), Text(str(t["description"]))]
-    from server.client import problemview  # it draws with this module's styles
-
     linked = problemview.ticket_problems(t.get("problems") or [])
     if linked:
         parts += [Text(""), *linked]

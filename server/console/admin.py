@@ -9,7 +9,8 @@ from aiohttp import web
 
 from server.auth import rbac
 from server.console import i18n
-from server.console.render import N_, page
+from server.console.i18n import N_
+from server.console.render import page
 from server.store import people
 from server.store.models import Site
 from server.views.admin import role_item, site_item, user_item, visible_users

@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.principal import Principal
 from server.console import i18n
-from server.console.render import N_, page
+from server.console.i18n import N_
+from server.console.render import page
 from server.ops import changes as ch
 from server.store import fleet, people
 from server.views.changes import ChangeQuery, ChangeSummary, change_out, visible_changes

@@ -108,3 +108,8 @@ def js_messages() -> tuple[str, ...]:
 def js_strings() -> dict[str, str]:
     """The JavaScript's strings in the active language, keyed by their English text."""
     return {message: gettext(message) for message in js_messages()}
+
+
+def N_(text: str) -> str:
+    """Marks a string for extraction (`pybabel extract -k N_`); translated when shown."""
+    return text

@@ -19,7 +19,8 @@ from babel.dates import format_date, format_time
 from markupsafe import Markup
 
 from server.auth.principal import Principal
-from server.console import i18n, labels
+from server.console import i18n, labels, sla
+from server.console.i18n import N_
 from server.web.authn import PRINCIPAL_KEY
 
 TEMPLATES = i18n.HERE / "templates"
@@ -42,8 +43,6 @@ def setup(app: web.Application) -> None:
     env.filters["duration"] = duration
     env.filters["bytes"] = human_bytes
     env.filters["jsonattr"] = jsonattr
-    from server.console import sla
-
     env.globals["sla_badge"] = sla.badge
     env.globals["sla_clocks"] = sla.clock_rows
     env.filters["label"] = labels.label
@@ -97,11 +96,6 @@ def human_bytes(value: float | None) -> str:
 def jsonattr(value: Any) -> str:
     """JSON for a data-* attribute (autoescaping makes it attribute-safe)."""
     return json.dumps(value, default=str, separators=(",", ":"))
-
-
-def N_(text: str) -> str:
-    """Marks a string for extraction (`pybabel extract -k N_`); translated when shown."""
-    return text
 
 
 # (href, label, permissions: any one of them, held on some scope)

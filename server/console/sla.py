@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from server.console import i18n
-from server.console.render import N_
+from server.console.i18n import N_
 from server.itsm import sla
 
 STATES = {

@@ -8,7 +8,6 @@ notes it on their timelines, in the same transaction. Decisions come from
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -197,108 +196,7 @@ async def update(
         data={"changed": sorted(changes), "priority": problem.priority},
     )
     if "workaround" in changes and problem.status == "known_error":
-        await _announce_workaround(session, problem, actor)
-
-
-async def move(
-    session: AsyncSession,
-    problem: Problem,
-    target: str,
-    actor: Actor,
-    *,
-    workaround: str | None = None,
-    root_cause: str | None = None,
-    resolution: str | None = None,
-    reason: str | None = None,
-    note: str | None = None,
-    resolve_incidents: Callable[[Ticket], bool] | None = None,
-) -> None:
-    """Move the problem to `target`; texts given here are stored with the move.
-    Resolving it with `resolve_incidents` also resolves each open linked
-    incident that callable allows (the caller may work it)."""
-    if resolve_incidents is not None and target != "resolved":
-        raise Invalid(
-            "only resolving a problem resolves its incidents",
-            fields={"resolve_incidents": "only with status resolved"},
-        )
-    given = {"workaround": workaround, "root_cause": root_cause, "resolution": resolution}
-    texts = {k: v if v is not None else getattr(problem, k) for k, v in given.items()}
-    try:
-        status = pure.transition(problem.status, target, reason=reason, **texts)
-    except pure.IllegalTransition as exc:
-        raise Conflict(str(exc), extra={"allowed": exc.allowed}) from None
-    except pure.MissingField as exc:
-        raise Invalid(str(exc), fields={exc.field: str(exc)}) from None
-    before = problem.status
-    for key, value in given.items():
-        if value is not None:
-            setattr(problem, key, value)
-    now = utcnow()
-    problem.status = status
-    if status == "new":
-        problem.accepted_at = now
-    elif status == "known_error":
-        problem.known_error_at = now
-    elif status == "resolved":
-        problem.resolved_at = now
-    elif status == "closed":
-        problem.closed_at = now
-    elif status == "dismissed":
-        problem.dismissed_at = now
-    elif status == "investigating" and before == "resolved":
-        problem.resolved_at = None
-    action = {"new": "accept", "dismissed": "dismiss"}.get(status, "transition")
-    await record(
-        session,
-        problem,
-        actor,
-        "state",
-        action,
-        note or reason or "",
-        data={"from": before, "to": status, "changed": sorted(k for k, v in given.items() if v)},
-    )
-    if status == "known_error":
-        await _announce_workaround(session, problem, actor)
-    elif status == "resolved":
-        number = pure.number_text(problem.number)
-        await _announce(
-            session,
-            problem,
-            actor,
-            f"{number} resolved: {problem.resolution}",
-            {"state": "resolved"},
-        )
-        if resolve_incidents is not None:
-            await _resolve_incidents(session, problem, actor, resolve_incidents)
-
-
-async def _resolve_incidents(
-    session: AsyncSession, problem: Problem, actor: Actor, may: Callable[[Ticket], bool]
-) -> None:
-    from server.ops import ticketing  # it calls this module when a ticket reopens
-
-    number = pure.number_text(problem.number)
-    done: list[str] = []
-    for ticket in await problems.linked_tickets(session, problem.id):
-        if ticket.status in TICKET_OPEN and may(ticket):
-            await ticketing.act(
-                session,
-                ticket,
-                "resolve",
-                actor,
-                resolution_code="problem_resolved",
-                resolution_text=f"{number}: {problem.resolution}",
-            )
-            done.append(ticket_number(ticket.number))
-    await record(
-        session,
-        problem,
-        actor,
-        "incidents_resolved",
-        "resolve_incidents",
-        ", ".join(done),
-        data={"tickets": done},
-    )
+        await announce_workaround(session, problem, actor)
 
 
 async def note(session: AsyncSession, problem: Problem, actor: Actor, text: str) -> None:
@@ -306,7 +204,7 @@ async def note(session: AsyncSession, problem: Problem, actor: Actor, text: str)
     await record(session, problem, actor, "note", "note", text)
 
 
-async def _announce(
+async def announce(
     session: AsyncSession, problem: Problem, actor: Actor, body: str, data: dict[str, Any]
 ) -> None:
     for ticket in await problems.linked_tickets(session, problem.id):
@@ -320,8 +218,8 @@ async def _announce(
             )
 
 
-async def _announce_workaround(session: AsyncSession, problem: Problem, actor: Actor) -> None:
-    await _announce(
+async def announce_workaround(session: AsyncSession, problem: Problem, actor: Actor) -> None:
+    await announce(
         session,
         problem,
         actor,
