@@ -86,3 +86,16 @@ def test_agent_runs_without_hq_libraries():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "fieldlink-agent" in out.stdout
+
+
+def test_import_contracts_hold():
+    """HQ's layers point downwards only and its edges never import each other:
+    the import-linter contracts in pyproject.toml (also run by `make lint`)."""
+    code = (
+        "import sys; from importlinter.cli import lint_imports; "
+        "sys.exit(lint_imports(no_cache=True, no_logo=True))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
