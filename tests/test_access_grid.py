@@ -198,7 +198,7 @@ async def _own_token(world: World, who: tuple[str, str]) -> tuple[str, str, Any]
 
 
 def accounts_actor() -> Any:
-    from server import admin
+    from server.control import admin
 
     return admin.local_actor()
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.auth import rbac
-from server.base.audit import Actor, Event
+from server.base.audit import Actor
+from server.engine.shells import LiveShell
 from server.itsm import consent as policy
 from server.itsm.tickets import OPEN, number_text
 from server.links.registry import Registry
-from server.ops import ticketing
-from server.store import auditlog, people
+from server.ops import remotesessions, ticketing
+from server.store import people
 from server.store.models import Agent, RemoteSession, Site, Ticket, utcnow
 from server.store.recording import Recorder, RecordingError
 from shared import protocol as p
@@ -43,36 +43,10 @@ SYSTEM = Actor("system", None, "sessions", "hq")
 KIND_PERMISSION = {"shell": ("shell:open",), "exec": ("exec:run",), "files": ("files:read",)}
 SWEEP_SECONDS = 1.0
 RIGHTS_CHECK_SECONDS = 5.0
-WATCH_BACKLOG = 64 * 1024
 
 
 def site_policy(site: Site | None) -> policy.SitePolicy:
     return policy.SitePolicy.from_json(site.session_policy if site else None)
-
-
-@dataclass(eq=False)
-class LiveShell:
-    """A shell being bridged: the SSH process, its recorder and its watchers."""
-
-    session_id: str
-    process: asyncssh.SSHClientProcess[bytes]
-    recorder: Recorder
-    record_input: bool
-    watchers: set[asyncio.Queue[bytes | None]] = field(default_factory=set)
-    backlog: bytearray = field(default_factory=bytearray)
-
-    def broadcast(self, data: bytes) -> None:
-        self.backlog += data
-        if len(self.backlog) > WATCH_BACKLOG:
-            del self.backlog[: len(self.backlog) - WATCH_BACKLOG]
-        for queue in list(self.watchers):
-            if queue.qsize() < 1000:
-                queue.put_nowait(data)
-
-    def close(self) -> None:
-        for queue in list(self.watchers):
-            queue.put_nowait(None)
-        self.process.close()
 
 
 class Sessions:
@@ -105,77 +79,6 @@ class Sessions:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
 
-    # --- recording a state change ---------------------------------------------------------
-
-    async def _record(
-        self,
-        session: AsyncSession,
-        rs: RemoteSession,
-        actor: Actor,
-        action: str,
-        text: str,
-        **details: Any,
-    ) -> None:
-        ticket = await session.get(Ticket, rs.ticket_id)
-        if ticket is not None:
-            await ticketing.record_event(
-                session,
-                ticket,
-                actor,
-                "session",
-                f"session_{action}",
-                text,
-                internal=True,
-                data={
-                    "session_id": rs.id,
-                    "state": rs.state,
-                    "kind": rs.kind,
-                    "agent_id": rs.agent_id,
-                    **details,
-                },
-            )
-        else:
-            await auditlog.append(
-                session,
-                actor,
-                Event(
-                    f"ticket.session_{action}",
-                    target_type="session",
-                    target_id=rs.id,
-                    site_id=rs.site_id,
-                    ticket_id=rs.ticket_id,
-                    details=details,
-                ),
-            )
-        await auditlog.append(
-            session,
-            actor,
-            Event(
-                f"session.{action}",
-                target_type="session",
-                target_id=rs.id,
-                site_id=rs.site_id,
-                ticket_id=rs.ticket_id,
-                details={"state": rs.state, "kind": rs.kind, "agent_id": rs.agent_id, **details},
-            ),
-        )
-
-    def info(self, rs: RemoteSession, ticket_number: int) -> p.SessionInfo:
-        return p.SessionInfo(
-            session_id=rs.id,
-            kind=rs.kind,
-            state=rs.state,
-            origin=rs.origin,
-            engineer=rs.requested_by_name,
-            ticket=number_text(ticket_number),
-            reason=rs.reason,
-            consent_by=rs.consent_by,
-            expires_at=rs.ends_at if rs.state == "active" else rs.expires_at,
-            started_at=rs.started_at,
-            end_reason=rs.end_reason,
-            record_input=rs.record_input,
-        )
-
     async def push(self, rs: RemoteSession) -> None:
         """Tell the machine (if connected here) and anyone following the session."""
         self._signal(rs.id)
@@ -185,7 +88,7 @@ class Sessions:
         async with self._sessions() as session:
             ticket = await session.get(Ticket, rs.ticket_id)
         if ticket is not None:
-            link.send(self.info(rs, ticket.number))
+            link.send(remotesessions.info(rs, ticket.number))
 
     async def push_live(self, agent_id: str) -> None:
         """After an agent's hello: every live session on it, again."""
@@ -204,7 +107,7 @@ class Sessions:
                 )
             ).all()
         for rs, number in rows:
-            link.send(self.info(rs, number))
+            link.send(remotesessions.info(rs, number))
 
     # --- creating ---------------------------------------------------------------------------
 
@@ -247,7 +150,7 @@ class Sessions:
             rs.consent_by, rs.consent_via, rs.consent_at = requested_by_name, "site_request", now
         session.add(rs)
         await session.flush()
-        await self._record(
+        await remotesessions.record(
             session,
             rs,
             actor,
@@ -262,7 +165,7 @@ class Sessions:
             if decision.consent_needed:
                 rs.state = "awaiting_consent"
                 rs.expires_at = now + timedelta(seconds=decision.timeout_seconds)
-                await self._record(
+                await remotesessions.record(
                     session,
                     rs,
                     SYSTEM,
@@ -282,7 +185,7 @@ class Sessions:
         rs.started_at = now
         rs.ends_at = now + timedelta(minutes=rs.max_minutes)
         rs.expires_at = None
-        await self._record(
+        await remotesessions.record(
             session, rs, actor, "active", f"session active ({why})", ends_at=rs.ends_at.isoformat()
         )
 
@@ -313,7 +216,7 @@ class Sessions:
             rs.state = "denied"
             rs.ended_at = utcnow()
             rs.end_reason = f"denied by {by} ({via})"
-            await self._record(session, rs, actor, "denied", rs.end_reason)
+            await remotesessions.record(session, rs, actor, "denied", rs.end_reason)
 
     # --- ending -------------------------------------------------------------------------------
 
@@ -345,7 +248,7 @@ class Sessions:
                     rs.recording_sha256, rs.recording_bytes = recording
                     details.update(recording_sha256=recording[0], recording_bytes=recording[1])
                 summary = f"session {state}: {reason}"
-                await self._record(session, rs, actor, state, summary, **details)
+                await remotesessions.record(session, rs, actor, state, summary, **details)
         finally:  # later ends find the session final in the database
             self._ending.pop(session_id, None)
         log.info("session_end", session_id=session_id, state=state, reason=reason)
