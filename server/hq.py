@@ -411,10 +411,8 @@ class HQ:
 
     async def stop(self) -> None:
         """Stop what `start` started, in reverse (nothing if it never started)."""
-        if self._stopped.is_set():
-            return
         started = bool(self._tasks) or self._parts is not None
-        await self._stack.aclose()
+        await self._stack.aclose()  # empty once done: a second stop does nothing
         self._stopped.set()
         if started:
             log.info("hq_stopped")
