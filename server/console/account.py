@@ -25,7 +25,7 @@ from server.ops.login import totp_secret
 from server.store import people
 from server.store.models import User
 from server.views import accounts
-from server.web import account as api_auth
+from server.web import account as web_account
 from server.web.authn import SESSION_COOKIE, authenticate, principal, source_of
 from server.web.keys import CONFIG, DB
 from server.web.middleware import see_other
@@ -98,7 +98,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     username = form.get("username", "")[:64]
     app = request.app
     try:
-        _, _, web_session = await api_auth.log_in(
+        _, _, web_session = await web_account.log_in(
             app,
             username=username,
             password=form.get("password", "")[:1024],
@@ -116,14 +116,14 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         return _login_page(request, error=error, username=username, status=exc.status)
     assert web_session is not None
     resp = see_other(safe_next(form.get("next")))
-    api_auth.set_session_cookie(resp, app, web_session)
+    web_account.set_session_cookie(resp, app, web_session)
     resp.del_cookie(LOGIN_CSRF_COOKIE, path="/login")
     return resp
 
 
 @routes.route("POST", "/logout", permission=SELF, before_2fa=True, summary="Log out")
 async def logout(request: web.Request) -> web.StreamResponse:
-    await api_auth.log_out(request.app, principal(request))
+    await web_account.log_out(request.app, principal(request))
     resp = see_other("/login")
     resp.del_cookie(SESSION_COOKIE, path="/")
     return resp
@@ -160,7 +160,7 @@ async def totp_page(request: web.Request) -> web.StreamResponse:
     "POST", "/totp", permission=SELF, before_2fa=True, summary="Start two-factor enrollment"
 )
 async def totp_begin(request: web.Request) -> web.StreamResponse:
-    await api_auth.begin_totp(request.app, principal(request))
+    await web_account.begin_totp(request.app, principal(request))
     return see_other("/totp")
 
 
@@ -174,14 +174,14 @@ async def totp_begin(request: web.Request) -> web.StreamResponse:
 async def totp_confirm(request: web.Request) -> web.StreamResponse:
     code = (await _form(request)).get("code", "").strip()
     try:
-        await api_auth.verify_code(request.app, principal(request), code, enabling=True)
+        await web_account.verify_code(request.app, principal(request), code, enabling=True)
     except FieldlinkError:
         return see_other("/totp?error=invalid")
     return see_other("/?done=totp")
 
 
 async def _profile(
-    request: web.Request, new_token: api_auth.NewToken | None = None
+    request: web.Request, new_token: web_account.NewToken | None = None
 ) -> web.Response:
     app = request.app
     who = principal(request)
@@ -261,12 +261,12 @@ async def new_token(request: web.Request) -> web.StreamResponse:
     form = await _form(request)
     wanted = [p for p in rbac.PERMISSIONS if form.get(f"perm:{p}") == "on"]
     try:
-        req = api_auth.TokenRequest(
+        req = web_account.TokenRequest(
             name=form.get("name", ""),
             ttl=form.get("ttl", "30d") or "30d",
             permissions=wanted or None,
         )
-        made = await api_auth.make_token(request.app, principal(request), req)
+        made = await web_account.make_token(request.app, principal(request), req)
     except (ValidationError, FieldlinkError):
         return see_other("/profile?error=token")
     # Shown once, in this answer only (never in a URL).
@@ -277,5 +277,5 @@ async def new_token(request: web.Request) -> web.StreamResponse:
     "POST", "/profile/tokens/{token_id}/revoke", permission=SELF, summary="Revoke an API token"
 )
 async def revoke_token(request: web.Request) -> web.StreamResponse:
-    await api_auth.revoke(request.app, principal(request), request.match_info["token_id"])
+    await web_account.revoke(request.app, principal(request), request.match_info["token_id"])
     return see_other("/profile?done=revoked")
