@@ -30,7 +30,10 @@ def parse_hostport(value: str, default_host: str = "0.0.0.0") -> tuple[str, int]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FIELDLINK_", frozen=True, extra="ignore")
+    # allow_inf_nan: no setting means "never" by being infinite (see shared.numbers)
+    model_config = SettingsConfigDict(
+        env_prefix="FIELDLINK_", frozen=True, extra="ignore", allow_inf_nan=False
+    )
 
     data_dir: Path
     http: str = Field("0.0.0.0:8443", description="HTTPS API and console listen address")

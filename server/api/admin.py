@@ -31,6 +31,7 @@ from server.ops import accounts
 from server.store import auditlog, people
 from server.store.models import Agent, Binding, Role, Site, Ticket, User
 from shared.errors import Conflict, Invalid, NotFound
+from shared.numbers import FiniteFloat
 
 routes = ApiRouter("administration")
 
@@ -633,13 +634,13 @@ class SessionPolicyIn(BaseModel):
             raise ValueError(f"unknown session kinds: {', '.join(sorted(unknown))}")
         return value
 
-    consent_timeout_seconds: float = Field(300.0, ge=10, le=86400)
+    consent_timeout_seconds: FiniteFloat = Field(300.0, ge=10, le=86400)
     on_timeout: Literal["deny", "allow"] = "deny"
     require_session_for: list[Literal["exec", "action"]] = Field(
         default_factory=list, description="run tiers that need an active session on the ticket"
     )
     record_input: bool = Field(False, description="record what the engineer types, too")
-    offer_timeout_seconds: float = Field(1800.0, ge=10, le=7 * 86400)
+    offer_timeout_seconds: FiniteFloat = Field(1800.0, ge=10, le=7 * 86400)
 
 
 class Calendar(BaseModel):

@@ -22,6 +22,7 @@ from server.itsm.runs import TIER_PERMISSION, ticket_requirement, tier_of
 from server.store import auditlog, people
 from server.store.models import Agent, Job, JobItem, RunRecord, Site, utcnow
 from shared.errors import Forbidden, Invalid, NotFound
+from shared.numbers import FiniteFloat
 
 routes = ApiRouter("jobs")
 
@@ -46,7 +47,7 @@ class JobRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     ticket_id: str | None = None
     ttl: int = Field(3600, ge=1, le=MAX_TTL, description="seconds queued items may wait")
-    timeout: float | None = Field(None, gt=0, le=runs.MAX_TIMEOUT)
+    timeout: FiniteFloat | None = Field(None, gt=0, le=runs.MAX_TIMEOUT)
 
 
 class JobItemOut(BaseModel):

@@ -17,6 +17,7 @@ from server.context import services
 from server.store.models import RunRecord
 from shared import protocol as p
 from shared.errors import NotFound
+from shared.numbers import FiniteFloat
 
 routes = ApiRouter("runs")
 
@@ -63,7 +64,7 @@ class RunRequest(BaseModel):
         description="ticket id or number (FL-N); "
         "actions and commands need an open ticket on the agent's site",
     )
-    timeout: float | None = Field(None, gt=0, le=runs.MAX_TIMEOUT)
+    timeout: FiniteFloat | None = Field(None, gt=0, le=runs.MAX_TIMEOUT)
 
 
 class RunQuery(BaseModel):

@@ -35,6 +35,7 @@ from server.store import auditlog, fleet, tickets
 from server.store.models import Agent, RemoteSession, Ticket
 from shared import protocol as p
 from shared.errors import Conflict, FieldlinkError, Forbidden, Invalid, NotFound, Unauthorized
+from shared.numbers import FiniteFloat
 
 routes = ApiRouter("sessions")
 log = structlog.get_logger(__name__)
@@ -283,7 +284,7 @@ async def _asked_by(session: AsyncSession, who: Principal, rs: RemoteSession) ->
 
 
 class GetQuery(BaseModel):
-    wait: float = Field(
+    wait: FiniteFloat = Field(
         0,
         ge=0,
         le=30,
