@@ -319,7 +319,8 @@ class NewArticle(BaseModel):
     body=NewArticle,
     response=ArticleDetail,
     status=201,
-    summary="Write a draft article",
+    summary="Write a draft article (404 naming `site` for a site you do not write for)",
+    errors=(404,),
 )
 async def create_article(request: web.Request) -> web.Response:
     who = principal(request)
