@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server import console
+from server import console, webguard
 from server.api import (
     admin,
     agents,
@@ -51,6 +51,7 @@ MAX_BODY = 1024 * 1024
 
 def make_app(svc: Services) -> web.Application:
     app = web.Application(middlewares=[errors, enforce], client_max_size=MAX_BODY)
+    app.on_response_prepare.append(webguard.server_header)
     app[SERVICES] = svc
     for router in ROUTERS:
         router.install(app)

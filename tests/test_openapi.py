@@ -66,6 +66,7 @@ async def test_route_specific_error_codes_are_documented(sqlite_hq):
         for op in ops.values():
             if "requestBody" in op:
                 assert "413" in op["responses"]
+            assert {"414", "431"} <= set(op["responses"])
 
 
 async def test_a_kb_article_for_an_unknown_site_is_a_documented_404(sqlite_hq):
