@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         ge=1,
         description="help requests one person (at a machine, or a user) may make per window",
     )
+    help_limit_self_served: int = Field(
+        10,
+        ge=1,
+        description="self-served requests (an article solved it) one machine, or one site "
+        "user, may record per window; they do not count against the limits above",
+    )
     help_limit_window_minutes: float = Field(
         60.0, gt=0, description="the window of the help request limits, in minutes"
     )

@@ -22,15 +22,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.api.authn import Principal, principal
 from server.api.routing import ApiRouter, body, json_response, query
-from server.api.tickets import readable_ticket
+from server.api.tickets import REPEAT_HEADER, readable_ticket
 from server.context import services
 from server.itsm import kb as rules
 from server.itsm.tickets import number_text as ticket_number
+from server.ops import helprequests
 from server.ops import kb as kb_ops
 from server.store import kb as store
 from server.store import people
 from server.store.models import Agent, KbArticle, KbLink, KbVersion, KbVote, Site, Ticket
-from shared.errors import Conflict, Forbidden, Invalid, NotFound
+from shared.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited
 
 routes = ApiRouter("kb")
 
@@ -611,14 +612,17 @@ class SolvedOut(BaseModel):
     body=SolvedRequest,
     response=SolvedOut,
     status=201,
+    also=(200,),
     summary='"This solved it": records the help request as self-served (closed at once, '
-    'linked to the article, a "helped" vote); counts in the deflection rate',
-    errors=(409,),
+    'linked to the article, a "helped" vote); counts in the deflection rate. Site people: '
+    "the same words again answer 200 with the first record, past the self-served limit 429",
+    errors=(409, 429),
 )
 async def solved(request: web.Request) -> web.Response:
     who = principal(request)
     req = body(request, SolvedRequest)
-    async with services(request).sessions.begin() as session:
+    svc = services(request)
+    async with svc.sessions.begin() as session:
         article = await readable(session, who, request.match_info["article_id"])
         site = await people.site_by_name(session, req.site)
         if site is None or not who.allowed("tickets:write", site.id):
@@ -631,6 +635,29 @@ async def solved(request: web.Request) -> web.Response:
             if agent is None or agent.site_id != site.id:
                 raise Invalid("unknown agent", fields={"agent_id": "not on this site"})
             agent_ids.append(agent.id)
+        if not who.sees_all_tickets(site.id):
+            # the site's people, as for help requests (HQ's are neither limited nor folded)
+            asker = helprequests.Asker(site.id, None, who.username, who.user_id)
+            limits = helprequests.Limits.of(svc.settings)
+            limited = await helprequests.check_self_served(session, asker, limits)
+            if limited is not None:
+                raise RateLimited(
+                    limited.message,
+                    headers={"Retry-After": str(int(limited.retry_after + 0.999))},
+                )
+            repeat = await helprequests.self_served_repeat(
+                session, asker, article.id, req.text.strip(), limits
+            )
+            if repeat is not None:
+                await helprequests.fold_self_served(session, repeat, who.actor(), req.text.strip())
+                first = SolvedOut(
+                    ticket_id=repeat.id,
+                    ticket=ticket_number(repeat.number),
+                    article=rules.number_text(article.number),
+                )
+                answer = json_response(first, status=200)
+                answer.headers[REPEAT_HEADER] = first.ticket
+                return answer
         ticket = await kb_ops.self_served(
             session,
             article,

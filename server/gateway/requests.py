@@ -80,7 +80,7 @@ async def handle_help(gw: Gateway, agent_id: str, frame: p.Help) -> p.Receipt:
         who = f"{frame.user}@{agent.hostname}" if frame.user else agent.hostname
         actor = Actor("agent", agent_id, who, "machine")
         if frame.solved_by is not None:
-            receipt, ticket_id = await _self_served(session, agent, frame, actor, who)
+            receipt, ticket_id = await _self_served(gw, session, agent, frame, actor, who)
             await _remember(session, agent_id, "help", frame.seq, receipt, ticket_id)
             log.info("help_self_served", agent_id=agent_id, ok=receipt.ok, ticket=receipt.ticket)
             return receipt
@@ -167,11 +167,13 @@ async def handle_help(gw: Gateway, agent_id: str, frame: p.Help) -> p.Receipt:
 
 
 async def _self_served(
-    session: AsyncSession, agent: Agent, frame: p.Help, actor: Actor, who: str
+    gw: Gateway, session: AsyncSession, agent: Agent, frame: p.Help, actor: Actor, who: str
 ) -> tuple[p.Receipt, str | None]:
     """A help request an article solved: self-served if the article is a
     published one for this machine's site, else refused (nothing is opened:
-    the person said it is solved)."""
+    the person said it is solved). Past the machine's self-served limit it is
+    refused; the same person saying the same again is added to the first
+    record (see server.ops.helprequests)."""
     assert frame.solved_by is not None
     article = await kb_store.find(session, frame.solved_by)
     viewer = kb_store.Viewer.for_site(agent.site_id)
@@ -183,6 +185,24 @@ async def _self_served(
             message=f"{frame.solved_by} is not a published article for this machine",
         )
         return refused, None
+    asker = helprequests.Asker(agent.site_id, agent.id, who[:200])
+    limited = await helprequests.check_self_served(session, asker, gw.help_limits)
+    if limited is not None:
+        return p.Receipt(kind="help", seq=frame.seq, ok=False, message=limited.message), None
+    text = frame.text.strip()
+    repeat = await helprequests.self_served_repeat(session, asker, article.id, text, gw.help_limits)
+    if repeat is not None:
+        await helprequests.fold_self_served(session, repeat, actor, text)
+        number = number_text(repeat.number)
+        receipt = p.Receipt(
+            kind="help",
+            seq=frame.seq,
+            ok=True,
+            ticket=number,
+            message=f"already recorded as solved by {kb_rules.number_text(article.number)} "
+            f"in {number}",
+        )
+        return receipt, repeat.id
     ticket = await kb_ops.self_served(
         session,
         article,
