@@ -68,7 +68,7 @@ from server.store.db import make_engine, migrate, sessionmaker
 from server.store.hooks import CommitHooks
 from server.store.models import utcnow
 from server.web import keys
-from server.web.guard import Guard, GuardedSite
+from server.web.guard import Guard, GuardedSite, server_header
 from server.web.middleware import enforce, errors
 from server.web.routing import ApiRouter
 from shared.errors import FieldlinkError
@@ -111,6 +111,7 @@ MAX_BODY = 1024 * 1024
 def make_app() -> web.Application:
     """The app's middlewares and routes (API and console); the caller sets its keys."""
     app = web.Application(middlewares=[errors, enforce], client_max_size=MAX_BODY)
+    app.on_response_prepare.append(server_header)
     for router in ROUTERS:
         router.install(app)
     console.install(app)

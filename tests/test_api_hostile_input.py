@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from structlog.testing import capture_logs
 
 from tests.support import HQHandle
@@ -207,3 +208,73 @@ async def test_a_due_date_beyond_ten_years_of_working_time_is_no_500(sqlite_hq: 
             await api.ok("GET", "/api/v1/tickets")
             await api.ok("GET", "/api/v1/kpis")
         assert not _failed(logs)
+
+
+NON_FINITE = ("1e400", "-1e400", "1E999", "-2e308")
+
+
+async def test_non_finite_numbers_are_refused_wherever_stored(hq):
+    """1e400 parses as infinity: an alert rule's threshold, clear_threshold
+    (POST and PATCH), a change's failure threshold and free-form run
+    parameters answer 422 naming the field, on both databases; nothing is
+    stored (the rule was stored with an infinite threshold and fired for
+    every agent, read back as `threshold: null`)."""
+    async with hq.client(hq.admin_token) as api:
+
+        async def raw(method: str, path: str, text: str) -> tuple[int, Any]:
+            return await api.request(
+                method, path, data=text.encode(), headers={"Content-Type": "application/json"}
+            )
+
+        before = await api.ok("GET", "/api/v1/alert-rules")
+        rule = await api.ok(
+            "POST",
+            "/api/v1/alert-rules",
+            json={"name": "hot", "metric": "cpu.percent", "op": ">", "threshold": 90},
+        )
+        for number in NON_FINITE:
+            for field in ("threshold", "clear_threshold"):
+                body = '{"name": "x", "metric": "cpu.percent", "op": ">", "threshold": 1'
+                body = body.replace('"threshold": 1', f'"threshold": 1, "{field}": {number}')
+                if field == "threshold":
+                    body = body.replace('"threshold": 1, ', "")
+                with capture_logs() as logs:
+                    status, err = await raw("POST", "/api/v1/alert-rules", body + "}")
+                    assert status == 422, (number, field, status, err)
+                    assert field in err["error"]["fields"], err
+                    status, err = await raw(
+                        "PATCH", f"/api/v1/alert-rules/{rule['id']}", f'{{"{field}": {number}}}'
+                    )
+                    assert status == 422, (number, field, status, err)
+                    assert field in err["error"]["fields"], err
+                assert not _failed(logs)
+            # free-form parameters, stored as JSON (PostgreSQL refuses Infinity)
+            status, err = await raw(
+                "POST",
+                "/api/v1/jobs",
+                f'{{"target": {{"site": "shop-1"}}, "name": "sys.info", '
+                f'"params": {{"deep": [1, {{"x": {number}}}]}}}}',
+            )
+            assert status == 422, (number, status, err)
+            assert "params.deep.1.x" in err["error"]["fields"], err
+        after = await api.ok("GET", "/api/v1/alert-rules")
+        assert len(after["items"]) == len(before["items"]) + 1
+        same = await api.ok("GET", f"/api/v1/alert-rules/{rule['id']}")
+        assert same["threshold"] == 90 and same["clear_threshold"] is None
+
+
+def test_settings_refuse_non_finite_numbers(tmp_path):
+    """A setting of `inf` or `nan` (environment, config.toml, command line) is
+    refused at start-up rather than taken as "never"."""
+    import pydantic
+
+    from server.config.settings import load_settings
+
+    for name, value in (
+        ("report_interval", "inf"),
+        ("http_header_timeout", "nan"),
+        ("help_limit_window_minutes", "1e400"),
+        ("session_idle_minutes", float("inf")),
+    ):
+        with pytest.raises(pydantic.ValidationError, match=name):
+            load_settings(tmp_path, **{name: value})

@@ -5,6 +5,7 @@ upcoming changes, and carrying on after an HQ restart."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from tests import support
@@ -420,3 +421,40 @@ async def test_cancelling_a_running_change_halts_it_and_cancels_what_waits(
     assert halted["stages"][0]["status"] == "done"
     status, err = await call(hq, engineer.token, "POST", f"/api/v1/changes/{n}/cancel", json={})
     assert status == 409 and err["error"]["fields"]["state"] == "review"
+
+
+async def test_approve_and_reject_at_the_same_moment_decide_once(hq, agent_factory):
+    """Two approvers decide on one change at the same moment: one answers 200
+    and the other 409, and the change holds one decision; the same approver
+    twice at once is one 200 and one 409 (both databases). Both answered 200
+    before: each read the change as requested."""
+    agent = await online_agent(hq, agent_factory, allow_exec=True, require_consent=False)
+    engineer, approver = await engineer_and_approver(hq)
+    second = await make_user(hq, "admin", totp=True)
+    async with hq.client(approver.token) as one, hq.client(second.token) as two:
+        for round_ in range(4):
+            made = await ok(
+                hq, engineer.token, "POST", "/api/v1/changes", json=exec_change([agent])
+            )
+            n = made["number"]
+            # warm both clients' connections, so the two requests really race
+            await one.get("/api/v1/me")
+            await two.get("/api/v1/me")
+            (s1, b1), (s2, b2) = await asyncio.gather(
+                one.post(f"/api/v1/changes/{n}/approve", {}),
+                two.post(f"/api/v1/changes/{n}/reject", {"comment": "not now"}),
+            )
+            assert sorted((s1, s2)) == [200, 409], (round_, s1, b1, s2, b2)
+            final = await ok(hq, hq.admin_token, "GET", f"/api/v1/changes/{n}")
+            assert len(final["approvals"]) == 1, final["approvals"]
+            winner = "approved" if s1 == 200 else "rejected"
+            assert final["state"] == winner, (final["state"], s1, s2)
+            events = [e["kind"] for e in final["history"]]
+            assert events.count("rejected") + events.count("approval") == 1, events
+        made = await ok(hq, engineer.token, "POST", "/api/v1/changes", json=exec_change([agent]))
+        n = made["number"]
+        (s1, b1), (s2, b2) = await asyncio.gather(
+            one.post(f"/api/v1/changes/{n}/approve", {}),
+            one.post(f"/api/v1/changes/{n}/approve", {}),
+        )
+        assert sorted((s1, s2)) == [200, 409], (s1, b1, s2, b2)

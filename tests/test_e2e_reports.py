@@ -451,3 +451,48 @@ def test_pdf_takes_long_text_and_html_keeps_it_whole():
             assert korean in text
         page = reportdoc.html(report, lang)
         assert page.count("slow slow") >= 2 and "&lt;b&gt;en<" in page and "<b>en" not in page
+
+
+EDGE_PERIODS = (
+    "0001-W01",
+    "9999-W52",
+    "0001-01-01..0001-01-10",
+    "9999-12-25..9999-12-31",
+    "0001-01",
+    "9999-12",
+    "\uff12\uff10\uff12\uff16-11",  # full-width digits
+    "2026-W\uff14\uff17",
+    "\uff12\uff10\uff12\uff16-11-01..2026-11-02",
+)
+
+
+async def test_periods_out_of_range_answer_422_naming_period(sqlite_hq):
+    """Periods at the calendar's edges (their trend or end overflows a date)
+    and digits other than ASCII ones answer 422 naming `period`, never 500."""
+    hq = sqlite_hq
+    await ok(hq, hq.admin_token, "POST", "/api/v1/sites", json={"name": "shop-e"})
+    for bad in EDGE_PERIODS:
+        for fmt in ("", "/html", "/pdf"):
+            status, err, _, raw = await get(
+                hq, hq.admin_token, "/api/v1/reports" + fmt, site="shop-e", period=bad
+            )
+            assert status == 422, (bad, fmt, status, raw[:300])
+            assert "period" in err["error"]["fields"], (bad, err)
+
+
+def test_periods_keep_to_a_sane_range_of_ascii_digits():
+    """The first and last years a period may touch, both ways; ASCII digits only."""
+    for bad in EDGE_PERIODS:
+        with pytest.raises(ValueError, match=r"years from|expected"):
+            review.parse_period(bad)
+    first = review.parse_period(f"{review.MIN_YEAR}-01")
+    last = review.parse_period(f"{review.MAX_YEAR}-12")
+    assert review.trend_periods(first)[0].label == f"{review.MIN_YEAR - 1}-08"
+    assert last.end.year == review.MAX_YEAR + 1
+    review.parse_period(f"{review.MAX_YEAR}-W52")
+    review.parse_period(f"{review.MIN_YEAR}-W02")
+    review.parse_period(f"{review.MAX_YEAR}-12-01..{review.MAX_YEAR}-12-31")
+    with pytest.raises(ValueError, match="years from"):
+        review.parse_period(f"{review.MIN_YEAR - 1}-12")
+    with pytest.raises(ValueError, match="years from"):
+        review.parse_period(f"{review.MAX_YEAR + 1}-01")

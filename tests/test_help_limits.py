@@ -18,7 +18,7 @@ from server.store.models import Ticket, TicketEvent
 from shared import protocol as p
 from shared.version import PROTOCOL_VERSION, __version__
 from tests.support import make_user, wait_until
-from tests.test_e2e_help import cli
+from tests.test_e2e_help import cli, number_in
 
 
 async def _tickets(hq: Any, agent_id: str) -> list[Ticket]:
@@ -203,3 +203,90 @@ def test_what_counts_as_the_same_request():
     assert similar("till freezes\nsince 9am", "Till freezes -- since 9 am")
     assert not similar("the screen flickers", "the receipt printer jams")
     assert not similar("printer 1 is down", "printer 2 is down and the scanner too")
+
+
+async def _kpis(hq: Any) -> dict[str, Any]:
+    async with hq.client(hq.admin_token) as api:
+        body = await api.ok("GET", "/api/v1/kpis")
+    return dict(body["groups"]["all"])
+
+
+async def test_self_served_requests_have_their_own_limit_and_fold(
+    hq_factory, sqlite_url, agent_factory
+):
+    """`fieldlink-agent help --solved KB-N` again with the same words is added to
+    the first record, not a new closed ticket; self-served records have their own
+    limit (repeats count) and never use up the machine's help quota: the next
+    real request still opens a ticket. Before, 40 of them made 40 tickets, used
+    up the quota and set the site's deflection rate to 1.0."""
+    from tests.test_e2e_kb_help import article, cli_in
+
+    hq = await hq_factory(
+        sqlite_url, help_limit_per_machine=3, help_limit_per_asker=3, help_limit_self_served=4
+    )
+    agent = await agent_factory(hq)
+    await wait_until(lambda: hq.hq.parts.links.get(agent.agent_id), what="agent linked")
+    kb = await article(hq, {"title": "Printer blank", "resolution": "flip", "visibility": "public"})
+    numbers = set()
+    for _ in range(3):
+        rc, out, err = await cli_in(agent, b"", "help", "x", "--solved", kb)
+        assert rc == 0 and "Glad it is solved" in out, (out, err)
+        numbers.add(number_in(out))
+    assert len(numbers) == 1, numbers  # folded into the first record
+    rc, out, err = await cli_in(agent, b"", "help", "the other printer", "--solved", kb)
+    assert rc == 0 and number_in(out) not in numbers, (out, err)
+    # the 5th self-served record within the hour (repeats count) is refused
+    rc, out, err = await cli_in(agent, b"", "help", "yet another", "--solved", kb)
+    assert rc == 1 and "too many self-served requests from this machine" in out, (out, err)
+    served = [t for t in await _tickets(hq, agent.agent_id) if t.resolution_code == "self_served"]
+    assert len(served) == 2
+    # the machine's real-help quota is untouched
+    for text in ("the scanner beeps", "screen is black", "no network at the till"):
+        rc, out, err = await cli_in(agent, b"", "help", text, "--no-suggest")
+        assert rc == 0 and "Your request is ticket" in out, (text, out, err)
+    kpi = await _kpis(hq)
+    assert kpi["self_served"] == 2 and kpi["deflection_rate"] == 0.4, kpi
+
+
+async def test_site_staff_self_served_through_the_api_fold_and_are_limited(hq_factory, sqlite_url):
+    """POST /api/v1/kb/{id}/solved as site staff: the same words again answer
+    200 with the first record (X-Fieldlink-Repeat-Of), past
+    `help_limit_self_served` 429; the staff's real requests are not refused
+    for them. Before, 30 posts made 30 tickets (201 each)."""
+    from tests.test_e2e_kb_help import article
+
+    hq = await hq_factory(sqlite_url, help_limit_per_asker=2, help_limit_self_served=3)
+    staff = await make_user(hq, "site_staff", "shop-1")
+    kb = await article(
+        hq, {"title": "Till frozen", "resolution": "restart", "visibility": "public"}
+    )
+    url = f"/api/v1/kb/{kb}/solved"
+    async with hq.client(staff.token) as api:
+
+        async def solved(text: str) -> tuple[int, Any, Any]:
+            async with api._session.post(
+                api.base + url, json={"site": "shop-1", "text": text}, headers=api.headers()
+            ) as resp:
+                return resp.status, await resp.json(), resp.headers
+
+        status, first, _ = await solved("till frozen")
+        assert status == 201, first
+        status, again, headers = await solved("Till frozen!")
+        assert status == 200 and again["ticket"] == first["ticket"], again
+        assert headers["X-Fieldlink-Repeat-Of"] == first["ticket"]
+        status, other, _ = await solved("scanner frozen too")
+        assert status == 201 and other["ticket"] != first["ticket"]
+        status, err, headers = await solved("and the printer")
+        assert status == 429, err
+        assert "too many self-served requests" in err["error"]["message"]
+        assert int(headers["Retry-After"]) > 0
+        # real requests: the asker's own limit (2) is all theirs
+        for title in ("Card reader dead", "No network"):
+            status, made = await api.post("/api/v1/tickets", {"title": title, "site": "shop-1"})
+            assert status == 201, made
+    kpi = await _kpis(hq)
+    assert kpi["self_served"] == 2, kpi
+    async with hq.client() as api:
+        doc = await api.ok("GET", "/api/openapi.json")
+    answers = doc["paths"]["/api/v1/kb/{article_id}/solved"]["post"]["responses"]
+    assert {"200", "201", "429"} <= set(answers)

@@ -148,3 +148,51 @@ async def test_authenticated_connections_leave_the_count(hq_factory, sqlite_url)
     finally:
         for _, w in conns:
             await _close(w)
+
+
+async def _exchange(hq: HQHandle, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes on a fresh TLS connection; HQ's status, headers and body."""
+    reader, writer = await _connect(hq, "127.0.0.1")
+    try:
+        writer.write(raw)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {
+            k.strip().lower(): v.strip()
+            for k, _, v in (line.partition(":") for line in lines[1:] if line)
+        }
+        body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 10)
+        return int(lines[0].split(" ", 2)[1]), headers, body
+    finally:
+        await _close(writer)
+
+
+async def test_oversized_request_lines_and_headers_answer_in_the_error_shape(sqlite_hq):
+    """A request line over 8,190 bytes answers 414 and a header field over
+    8,192 bytes 431, garbage 400, all in the JSON error shape (aiohttp's
+    parser answered text/plain); no answer names HQ's software versions."""
+    import json
+
+    hq = sqlite_hq
+    long_path = b"/api/v1/tickets?q=" + b"a" * 9000
+    cases = [
+        (b"GET " + long_path + b" HTTP/1.1\r\nHost: hq\r\n\r\n", 414, "uri_too_long"),
+        (b"GET /healthz HTTP/1.1\r\nHost: hq\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431, None),
+        (b"\x16\x03\x01 nonsense\r\n\r\n", 400, "bad_request"),
+    ]
+    for raw, want, code in cases:
+        status, headers, body = await _exchange(hq, raw)
+        assert status == want, (raw[:40], status, body[:200])
+        assert headers["content-type"].startswith("application/json"), headers
+        err = json.loads(body)["error"]
+        assert err["code"] == (code or "headers_too_large") and err["message"], err
+        assert "aiohttp" not in headers.get("server", "") and "Python" not in headers.get(
+            "server", ""
+        ), headers
+        assert headers.get("connection", "").lower() == "close", headers
+    # ordinary answers (JSON, an error, a page, a static file) name no version either
+    for path in ("/healthz", "/api/v1/me", "/login", "/api/openapi.json"):
+        status, headers, _ = await _exchange(
+            hq, f"GET {path} HTTP/1.1\r\nHost: hq\r\nConnection: close\r\n\r\n".encode()
+        )
+        assert headers.get("server") == "Fieldlink", (path, status, headers)

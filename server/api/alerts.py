@@ -26,6 +26,7 @@ from server.web.authn import principal
 from server.web.keys import ALERTS, DB
 from server.web.routing import ApiRouter, PatchBody, body, json_response, query
 from shared.errors import NotFound
+from shared.numbers import FiniteFloat
 
 routes = ApiRouter("alerts")
 
@@ -40,9 +41,11 @@ class RuleIn(BaseModel):
         "disk[/var].percent, disk[*].percent, agent.offline (seconds), ..."
     )
     op: Op
-    threshold: float
-    for_seconds: float = Field(0.0, ge=0, le=7 * 86400)
-    clear_threshold: float | None = Field(None, description="hysteresis; default the threshold")
+    threshold: FiniteFloat
+    for_seconds: FiniteFloat = Field(0.0, ge=0, le=7 * 86400)
+    clear_threshold: FiniteFloat | None = Field(
+        None, description="hysteresis; default the threshold"
+    )
     priority: Priority = "P3"
     diagnostics: list[str] = Field(
         default_factory=list,
@@ -55,7 +58,7 @@ class RuleIn(BaseModel):
     auto_resolve: bool = Field(
         True, description="resolve the ticket on recovery if no human touched it"
     )
-    reopen_window_seconds: float = Field(86400.0, ge=0, le=30 * 86400)
+    reopen_window_seconds: FiniteFloat = Field(86400.0, ge=0, le=30 * 86400)
 
     @field_validator("metric")
     @classmethod
@@ -69,15 +72,15 @@ class RulePatch(PatchBody):
 
     name: str | None = Field(None, min_length=1, max_length=200)
     op: Op | None = None
-    threshold: float | None = None
-    for_seconds: float | None = Field(None, ge=0, le=7 * 86400)
-    clear_threshold: float | None = None
+    threshold: FiniteFloat | None = None
+    for_seconds: FiniteFloat | None = Field(None, ge=0, le=7 * 86400)
+    clear_threshold: FiniteFloat | None = None
     priority: Priority | None = None
     diagnostics: list[str] | None = Field(None, max_length=10)
     tags: list[str] | None = None
     enabled: bool | None = None
     auto_resolve: bool | None = None
-    reopen_window_seconds: float | None = Field(None, ge=0, le=30 * 86400)
+    reopen_window_seconds: FiniteFloat | None = Field(None, ge=0, le=30 * 86400)
 
 
 class RuleList(BaseModel):

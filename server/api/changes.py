@@ -32,6 +32,7 @@ from server.web.authn import principal
 from server.web.keys import DB
 from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Conflict, Forbidden, Invalid, NotFound
+from shared.numbers import FiniteFloat
 
 routes = ApiRouter("changes")
 
@@ -66,19 +67,19 @@ class ChangeRequest(BaseModel):
     pilot_agent_ids: list[str] | None = Field(
         None, max_length=1000, description="the pilot machines, instead of pilot_size"
     )
-    gate_minutes: float = Field(
+    gate_minutes: FiniteFloat = Field(
         15.0, ge=0, le=7 * 1440, description="health gate after the pilot, minutes"
     )
-    gate_seconds: float | None = Field(
+    gate_seconds: FiniteFloat | None = Field(
         None, ge=0, le=7 * 86400, description="the gate in seconds (overrides gate_minutes)"
     )
-    failure_threshold: float = Field(
+    failure_threshold: FiniteFloat = Field(
         0.0, ge=0, le=100, description="halt when failed items exceed this % of a stage"
     )
     batch_size: int | None = Field(
         None, ge=1, le=100000, description="run the rest in batches of this many"
     )
-    timeout: float | None = Field(None, gt=0, le=runs.MAX_TIMEOUT)
+    timeout: FiniteFloat | None = Field(None, gt=0, le=runs.MAX_TIMEOUT)
     approvals_required: int = Field(1, ge=1, le=10)
     planned_start: AwareDatetime | None = Field(None, description="RFC 3339, with offset")
 

@@ -24,6 +24,7 @@ from server.web.authn import principal
 from server.web.keys import DB, JOBS
 from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Forbidden, Invalid, NotFound
+from shared.numbers import FiniteFloat
 
 routes = ApiRouter("jobs")
 
@@ -48,7 +49,7 @@ class JobRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     ticket_id: str | None = None
     ttl: int = Field(3600, ge=1, le=MAX_TTL, description="seconds queued items may wait")
-    timeout: float | None = Field(None, gt=0, le=runs.MAX_TIMEOUT)
+    timeout: FiniteFloat | None = Field(None, gt=0, le=runs.MAX_TIMEOUT)
 
 
 class JobList(BaseModel):

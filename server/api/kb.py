@@ -19,9 +19,11 @@ from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server.api.tickets import REPEAT_HEADER
 from server.auth.principal import Principal
 from server.itsm import kb as rules
 from server.itsm.tickets import number_text as ticket_number
+from server.ops import helprequests
 from server.ops import kb as kb_ops
 from server.store import people
 from server.store.models import Agent, KbLink, KbVersion, Site
@@ -41,9 +43,9 @@ from server.views.kb import (
 )
 from server.views.tickets import readable_ticket
 from server.web.authn import principal
-from server.web.keys import DB
+from server.web.keys import CONFIG, DB
 from server.web.routing import ApiRouter, body, json_response, query
-from shared.errors import Conflict, Forbidden, Invalid, NotFound
+from shared.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited
 
 routes = ApiRouter("kb")
 
@@ -123,7 +125,8 @@ class NewArticle(BaseModel):
     body=NewArticle,
     response=ArticleDetail,
     status=201,
-    summary="Write a draft article",
+    summary="Write a draft article (404 naming `site` for a site you do not write for)",
+    errors=(404,),
 )
 async def create_article(request: web.Request) -> web.Response:
     who = principal(request)
@@ -397,9 +400,11 @@ class SolvedOut(BaseModel):
     body=SolvedRequest,
     response=SolvedOut,
     status=201,
+    also=(200,),
     summary='"This solved it": records the help request as self-served (closed at once, '
-    'linked to the article, a "helped" vote); counts in the deflection rate',
-    errors=(409,),
+    'linked to the article, a "helped" vote); counts in the deflection rate. Site people: '
+    "the same words again answer 200 with the first record, past the self-served limit 429",
+    errors=(409, 429),
 )
 async def solved(request: web.Request) -> web.Response:
     who = principal(request)
@@ -417,6 +422,29 @@ async def solved(request: web.Request) -> web.Response:
             if agent is None or agent.site_id != site.id:
                 raise Invalid("unknown agent", fields={"agent_id": "not on this site"})
             agent_ids.append(agent.id)
+        if not who.sees_all_tickets(site.id):
+            # the site's people, as for help requests (HQ's are neither limited nor folded)
+            asker = helprequests.Asker(site.id, None, who.username, who.user_id)
+            limits = helprequests.Limits.of(request.app[CONFIG].settings)
+            limited = await helprequests.check_self_served(session, asker, limits)
+            if limited is not None:
+                raise RateLimited(
+                    limited.message,
+                    headers={"Retry-After": str(int(limited.retry_after + 0.999))},
+                )
+            repeat = await helprequests.self_served_repeat(
+                session, asker, article.id, req.text.strip(), limits
+            )
+            if repeat is not None:
+                await helprequests.fold_self_served(session, repeat, who.actor(), req.text.strip())
+                first = SolvedOut(
+                    ticket_id=repeat.id,
+                    ticket=ticket_number(repeat.number),
+                    article=rules.number_text(article.number),
+                )
+                answer = json_response(first, status=200)
+                answer.headers[REPEAT_HEADER] = first.ticket
+                return answer
         ticket = await kb_ops.self_served(
             session,
             article,

@@ -46,7 +46,8 @@ class ReportQuery(BaseModel):
     site: str | None = Field(None, description="a site's name; without it: the HQ report")
     period: str = Field(
         description="2026-11 (a month), 2026-W47 (an ISO week) or "
-        "2026-11-01..2026-11-15 (days, both included; at most 366), in UTC",
+        "2026-11-01..2026-11-15 (days, both included; at most 366), in UTC; years "
+        f"{review.MIN_YEAR} to {review.MAX_YEAR} in ASCII digits",
         max_length=40,
     )
     lang: str | None = Field(

@@ -18,6 +18,7 @@ from server.web.keys import DB, RUNS
 from server.web.routing import ApiRouter, body, json_response, query
 from shared import protocol as p
 from shared.errors import NotFound
+from shared.numbers import FiniteFloat
 
 routes = ApiRouter("runs")
 
@@ -64,7 +65,7 @@ class RunRequest(BaseModel):
         description="ticket id or number (FL-N); "
         "actions and commands need an open ticket on the agent's site",
     )
-    timeout: float | None = Field(None, gt=0, le=runs.MAX_TIMEOUT)
+    timeout: FiniteFloat | None = Field(None, gt=0, le=runs.MAX_TIMEOUT)
 
 
 class RunQuery(BaseModel):

@@ -19,6 +19,7 @@ from server.web.authn import principal
 from server.web.keys import CONFIG, DB
 from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Invalid, NotFound
+from shared.numbers import FiniteFloat
 
 routes = ApiRouter("service levels")
 
@@ -42,10 +43,10 @@ class PolicyList(BaseModel):
 
 
 class PolicyIn(BaseModel):
-    ack_seconds: float = Field(gt=0, le=365 * 86400)
-    response_seconds: float = Field(gt=0, le=365 * 86400)
-    resolve_seconds: float = Field(gt=0, le=365 * 86400)
-    warn_at: float = Field(0.8, gt=0, lt=1)
+    ack_seconds: FiniteFloat = Field(gt=0, le=365 * 86400)
+    response_seconds: FiniteFloat = Field(gt=0, le=365 * 86400)
+    resolve_seconds: FiniteFloat = Field(gt=0, le=365 * 86400)
+    warn_at: FiniteFloat = Field(0.8, gt=0, lt=1)
     business_hours: bool = True
 
 

@@ -33,6 +33,7 @@ from server.web.authn import principal
 from server.web.keys import CONFIG, DB, REMOTE
 from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
+from shared.numbers import FiniteFloat
 
 routes = ApiRouter("sessions")
 
@@ -155,7 +156,7 @@ async def load_session(session: AsyncSession, request: web.Request) -> RemoteSes
 
 
 class GetQuery(BaseModel):
-    wait: float = Field(
+    wait: FiniteFloat = Field(
         0,
         ge=0,
         le=30,

@@ -193,6 +193,7 @@ LABELS = {
     "sla_breach": "SLA breach",
     "update": "changed",
     "help_repeat": "asked again",
+    "self_served_repeat": "said again it is solved",
     "problem": "problem",
 }
 

@@ -30,7 +30,10 @@ def parse_hostport(value: str, default_host: str = "0.0.0.0") -> tuple[str, int]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FIELDLINK_", frozen=True, extra="ignore")
+    # allow_inf_nan: no setting means "never" by being infinite (see shared.numbers)
+    model_config = SettingsConfigDict(
+        env_prefix="FIELDLINK_", frozen=True, extra="ignore", allow_inf_nan=False
+    )
 
     data_dir: Path
     http: str = Field("0.0.0.0:8443", description="HTTPS API and console listen address")
@@ -74,6 +77,12 @@ class Settings(BaseSettings):
         5,
         ge=1,
         description="help requests one person (at a machine, or a user) may make per window",
+    )
+    help_limit_self_served: int = Field(
+        10,
+        ge=1,
+        description="self-served requests (an article solved it) one machine, or one site "
+        "user, may record per window; they do not count against the limits above",
     )
     help_limit_window_minutes: float = Field(
         60.0, gt=0, description="the window of the help request limits, in minutes"

@@ -10,6 +10,10 @@ Periods (UTC):
 - `2026-11-01..2026-11-15`: the days from the first to the second, both
   included (at most 366 days)
 
+Years are written with ASCII digits, from `MIN_YEAR` to `MAX_YEAR`: a report
+far from the present has nothing to show, and the trend and the day after a
+period's end must stay inside the calendar's dates.
+
 The trend covers the period and the `TREND` periods of the same length
 before it (the months before a month, the weeks before a week).
 """
@@ -26,10 +30,13 @@ from server.itsm import kpi
 
 TREND = 5  # earlier periods shown with the report's own
 MAX_RANGE_DAYS = 366
+MIN_YEAR, MAX_YEAR = 1970, 2999
 
-_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
-_WEEK = re.compile(r"^(\d{4})-W(\d{2})$", re.IGNORECASE)
-_RANGE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.\.(\d{4}-\d{2}-\d{2})$")
+# [0-9], not \d: \d also matches other scripts' digits (full-width ones, U+FF10..),
+# which int() and date() would then read.
+_MONTH = re.compile(r"^([0-9]{4})-([0-9]{2})$")
+_WEEK = re.compile(r"^([0-9]{4})-W([0-9]{2})$", re.IGNORECASE)
+_RANGE = re.compile(r"^(([0-9]{4})-[0-9]{2}-[0-9]{2})\.\.(([0-9]{4})-[0-9]{2}-[0-9]{2})$")
 
 # KPI -> (comparison, target); a KPI meets its target when value >= (or <=) it.
 TARGETS: dict[str, tuple[str, float]] = {
@@ -83,15 +90,22 @@ def month(year: int, mon: int) -> Period:
     return Period("month", f"{year}-{mon:02d}", start, end)
 
 
+def _in_range(*years: str) -> None:
+    if not all(MIN_YEAR <= int(year) <= MAX_YEAR for year in years):
+        raise ValueError(f"years from {MIN_YEAR} to {MAX_YEAR}")
+
+
 def parse_period(text: str) -> Period:
     """A period from its text; ValueError says what is wrong."""
     value = text.strip()
     if m := _MONTH.match(value):
+        _in_range(m.group(1))
         year, mon = int(m.group(1)), int(m.group(2))
-        if not 1 <= mon <= 12 or year < 1970:
+        if not 1 <= mon <= 12:
             raise ValueError("no such month")
         return month(year, mon)
     if m := _WEEK.match(value):
+        _in_range(m.group(1))
         year, week = int(m.group(1)), int(m.group(2))
         try:
             monday = date.fromisocalendar(year, week, 1)
@@ -99,8 +113,9 @@ def parse_period(text: str) -> Period:
             raise ValueError("no such ISO week") from None
         return Period("week", f"{year}-W{week:02d}", monday, monday + timedelta(days=7))
     if m := _RANGE.match(value):
+        _in_range(m.group(2), m.group(4))
         try:
-            first, last = date.fromisoformat(m.group(1)), date.fromisoformat(m.group(2))
+            first, last = date.fromisoformat(m.group(1)), date.fromisoformat(m.group(3))
         except ValueError:
             raise ValueError("no such day") from None
         if last < first:

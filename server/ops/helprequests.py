@@ -12,6 +12,16 @@ asker still has open, from the same machine, is not a new ticket: it is
 added to the open one as a `help_repeat` event, and the asker is told which
 ticket. Repeats count against the limits too. The counts are read from the
 tickets and their events, so they hold across restarts and replicas.
+
+Self-served requests ("this solved it": a ticket closed at once with
+resolution code `self_served`) are limited on their own: at most
+`help_limit_self_served` per window from one machine (`--solved KB-N` there,
+whoever asks) or one site user (`POST /api/v1/kb/{id}/solved`), and they never
+count against the limits above, so recording what an article solved cannot use
+up a machine's real help. The same asker saying the same article solved the
+same request again within the window is added to the first record as a
+`self_served_repeat` event (it counts against the self-served limit), so one
+person cannot inflate the site's deflection rate by repeating it.
 """
 
 from __future__ import annotations
@@ -22,17 +32,19 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.base.audit import Actor
 from server.config.settings import Settings
+from server.itsm.kpi import SELF_SERVED
 from server.itsm.tickets import OPEN, number_text
 from server.ops import ticketing
-from server.store.models import Ticket, TicketAgent, TicketEvent, utcnow
+from server.store.models import KbLink, Ticket, TicketAgent, TicketEvent, utcnow
 from shared import protocol as p
 
 REPEAT_KIND = "help_repeat"
+SELF_SERVED_REPEAT_KIND = "self_served_repeat"
 SIMILAR = 0.85  # difflib ratio from which two requests are "the same"
 COMPARED_CHARS = 500  # bounds the comparison (quadratic) on the event loop
 
@@ -42,6 +54,7 @@ class Limits:
     per_machine: int
     per_asker: int
     window: timedelta
+    self_served: int = 10
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
@@ -49,6 +62,7 @@ class Limits:
             settings.help_limit_per_machine,
             settings.help_limit_per_asker,
             timedelta(minutes=settings.help_limit_window_minutes),
+            settings.help_limit_self_served,
         )
 
 
@@ -94,11 +108,16 @@ def _wait(times: list[datetime], limit: int, window: timedelta, now: datetime) -
     return max(1.0, (frees_at - now).total_seconds())
 
 
+def _asked_for_help() -> ColumnElement[bool]:
+    """Tickets that asked for help: not the self-served ones (their own limit)."""
+    return or_(Ticket.resolution_code.is_(None), Ticket.resolution_code != SELF_SERVED)
+
+
 async def _machine_times(session: AsyncSession, agent_id: str, since: datetime) -> list[datetime]:
     """When requests were made at the machine (help frames and their repeats)."""
     opened = await session.scalars(
         select(Ticket.created_at).where(
-            Ticket.requester_agent_id == agent_id, Ticket.created_at >= since
+            Ticket.requester_agent_id == agent_id, Ticket.created_at >= since, _asked_for_help()
         )
     )
     repeated = await session.scalars(
@@ -122,7 +141,7 @@ async def _asker_times(session: AsyncSession, asker: Asker, since: datetime) -> 
         mine = (Ticket.requester_agent_id == asker.agent_id) & (Ticket.requester_name == asker.name)
         by = (TicketEvent.actor_type == "agent") & (TicketEvent.actor_id == asker.agent_id)
     opened = await session.scalars(
-        select(Ticket.created_at).where(mine, Ticket.created_at >= since)
+        select(Ticket.created_at).where(mine, Ticket.created_at >= since, _asked_for_help())
     )
     repeated = await session.scalars(
         select(TicketEvent.at).where(
@@ -158,6 +177,97 @@ async def check(session: AsyncSession, asker: Asker, limits: Limits) -> Limited 
             wait,
         )
     return None
+
+
+def _self_served_by(asker: Asker) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    """(its self-served tickets, its repeat events): a user's, or a machine's
+    whoever asked there."""
+    if asker.user_id is not None:
+        return (
+            Ticket.requester_id == asker.user_id,
+            TicketEvent.actor_type.in_(("user", "token")) & (TicketEvent.actor_name == asker.name),
+        )
+    return (
+        Ticket.requester_agent_id == asker.agent_id,
+        (TicketEvent.actor_type == "agent") & (TicketEvent.actor_id == asker.agent_id),
+    )
+
+
+async def check_self_served(session: AsyncSession, asker: Asker, limits: Limits) -> Limited | None:
+    """None if one more self-served request may be recorded now; else why not
+    and for how long. Per machine for `--solved` at a machine, per user through
+    the API; repeats folded into a record count."""
+    now = utcnow()
+    since = now - limits.window
+    mine, by = _self_served_by(asker)
+    opened = await session.scalars(
+        select(Ticket.created_at).where(
+            mine, Ticket.resolution_code == SELF_SERVED, Ticket.created_at >= since
+        )
+    )
+    repeated = await session.scalars(
+        select(TicketEvent.at).where(
+            by, TicketEvent.kind == SELF_SERVED_REPEAT_KIND, TicketEvent.at >= since
+        )
+    )
+    times = [*opened, *repeated]
+    wait = _wait(times, limits.self_served, limits.window, now)
+    if wait is None:
+        return None
+    who = "this machine" if asker.user_id is None else asker.name
+    minutes = f"{limits.window.total_seconds() / 60:g} minutes"
+    return Limited(
+        f"too many self-served requests from {who} ({len(times)} in the last {minutes}); "
+        f"try again in {_human(wait)}",
+        wait,
+    )
+
+
+async def self_served_repeat(
+    session: AsyncSession, asker: Asker, article_id: str, text: str, limits: Limits
+) -> Ticket | None:
+    """The asker's self-served record of the same article, within the window,
+    whose words `text` repeats (as for help requests), if any."""
+    since = utcnow() - limits.window
+    stmt = (
+        select(Ticket)
+        .join(
+            KbLink,
+            (KbLink.kind == "ticket")
+            & (KbLink.target == Ticket.id)
+            & (KbLink.article_id == article_id),
+        )
+        .where(
+            Ticket.site_id == asker.site_id,
+            Ticket.resolution_code == SELF_SERVED,
+            Ticket.created_at >= since,
+        )
+    )
+    if asker.user_id is not None:
+        stmt = stmt.where(Ticket.requester_id == asker.user_id)
+    else:
+        stmt = stmt.where(
+            Ticket.requester_agent_id == asker.agent_id, Ticket.requester_name == asker.name
+        )
+    found = list(await session.scalars(stmt.order_by(Ticket.number.desc()).limit(10)))
+    if not found:
+        return None
+    said = [(t.description, t.description) for t in found]
+    hit = await asyncio.to_thread(_first_similar, text, said)
+    return None if hit is None else found[hit]
+
+
+async def fold_self_served(session: AsyncSession, ticket: Ticket, actor: Actor, text: str) -> None:
+    """Add the repeated "this solved it" to the first record."""
+    await ticketing.record_event(
+        session,
+        ticket,
+        actor,
+        SELF_SERVED_REPEAT_KIND,
+        "self_served_repeat",
+        f"said again it is solved: {text}" if text else "said again it is solved",
+        data={"text": text[:5000]},
+    )
 
 
 def _human(seconds: float) -> str:

@@ -91,7 +91,7 @@ async def ask_help(
     who = f"{frame.user}@{agent.hostname}" if frame.user else agent.hostname
     actor = Actor("agent", agent_id, who, "machine")
     if frame.solved_by is not None:
-        receipt, ticket_id = await _self_served(session, agent, frame, actor, who)
+        receipt, ticket_id = await _self_served(session, agent, frame, actor, who, limits)
         await _remember(session, agent_id, "help", frame.seq, receipt, ticket_id)
         log.info("help_self_served", agent_id=agent_id, ok=receipt.ok, ticket=receipt.ticket)
         return HelpOutcome(receipt)
@@ -176,11 +176,18 @@ async def ask_help(
 
 
 async def _self_served(
-    session: AsyncSession, agent: Agent, frame: p.Help, actor: Actor, who: str
+    session: AsyncSession,
+    agent: Agent,
+    frame: p.Help,
+    actor: Actor,
+    who: str,
+    limits: helprequests.Limits,
 ) -> tuple[p.Receipt, str | None]:
     """A help request an article solved: self-served if the article is a
     published one for this machine's site, else refused (nothing is opened:
-    the person said it is solved)."""
+    the person said it is solved). Past the machine's self-served limit it is
+    refused; the same person saying the same again is added to the first
+    record (see server.ops.helprequests)."""
     assert frame.solved_by is not None
     article = await kb_store.find(session, frame.solved_by)
     viewer = kb_store.Viewer.for_site(agent.site_id)
@@ -192,6 +199,24 @@ async def _self_served(
             message=f"{frame.solved_by} is not a published article for this machine",
         )
         return refused, None
+    asker = helprequests.Asker(agent.site_id, agent.id, who[:200])
+    limited = await helprequests.check_self_served(session, asker, limits)
+    if limited is not None:
+        return p.Receipt(kind="help", seq=frame.seq, ok=False, message=limited.message), None
+    text = frame.text.strip()
+    repeat = await helprequests.self_served_repeat(session, asker, article.id, text, limits)
+    if repeat is not None:
+        await helprequests.fold_self_served(session, repeat, actor, text)
+        number = number_text(repeat.number)
+        receipt = p.Receipt(
+            kind="help",
+            seq=frame.seq,
+            ok=True,
+            ticket=number,
+            message=f"already recorded as solved by {kb_rules.number_text(article.number)} "
+            f"in {number}",
+        )
+        return receipt, repeat.id
     ticket = await kb_ops.self_served(
         session,
         article,

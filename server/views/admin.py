@@ -14,6 +14,7 @@ from server.itsm.consent import SitePolicy
 from server.store import people
 from server.store.models import Role, Site, User
 from server.views.accounts import BindingInfo, binding_infos
+from shared.numbers import FiniteFloat
 
 
 class UserItem(BaseModel):
@@ -98,13 +99,13 @@ class SessionPolicyIn(BaseModel):
             raise ValueError(f"unknown session kinds: {', '.join(sorted(unknown))}")
         return value
 
-    consent_timeout_seconds: float = Field(300.0, ge=10, le=86400)
+    consent_timeout_seconds: FiniteFloat = Field(300.0, ge=10, le=86400)
     on_timeout: Literal["deny", "allow"] = "deny"
     require_session_for: list[Literal["exec", "action"]] = Field(
         default_factory=list, description="run tiers that need an active session on the ticket"
     )
     record_input: bool = Field(False, description="record what the engineer types, too")
-    offer_timeout_seconds: float = Field(1800.0, ge=10, le=7 * 86400)
+    offer_timeout_seconds: FiniteFloat = Field(1800.0, ge=10, le=7 * 86400)
 
 
 class Calendar(BaseModel):

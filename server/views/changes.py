@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.principal import Principal
@@ -116,9 +116,26 @@ def _visible(who: Principal, change: Change) -> bool:
 
 
 async def _load(session: AsyncSession, who: Principal, ref: str, lock: bool = False) -> Change:
+    """The change, 404 if not visible. With `lock`, the row is claimed for this
+    transaction before its state is read: a no-op UPDATE takes PostgreSQL's row
+    lock and SQLite's write lock, so a concurrent decision (approve and reject at
+    the same moment) waits for this one's commit and then reads its outcome
+    (409), rather than both reading "requested". The re-read must overwrite
+    what the session already holds (populate_existing)."""
     found = await ch.find(session, ref)
     if found is not None and lock:
-        found = await session.scalar(select(Change).where(Change.id == found.id).with_for_update())
+        await session.execute(
+            update(Change)
+            .where(Change.id == found.id)
+            .values(state=Change.state)
+            .execution_options(synchronize_session=False)
+        )
+        found = await session.scalar(
+            select(Change)
+            .where(Change.id == found.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
     if found is None or not _visible(who, found):
         raise NotFound("change not found")
     return found

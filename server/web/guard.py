@@ -13,6 +13,13 @@
 Connections refused for the count are counted in
 `fieldlink_http_connections_refused`. A trickle of header bytes does not reset
 the clock (slowloris).
+
+Requests aiohttp's parser refuses before any route sees them answer in the
+API's error shape and close the connection: a request line over
+`MAX_REQUEST_LINE` bytes 414 (`uri_too_long`), a header field over
+`MAX_HEADER_FIELD` bytes 431 (`headers_too_large`), anything else the parser
+cannot read 400. No answer names HQ's software or its version (`Server:
+Fieldlink`).
 """
 
 from __future__ import annotations
@@ -22,12 +29,44 @@ from collections import Counter
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from server.base.metrics import Metrics
 
 log = structlog.get_logger(__name__)
+
+SERVER = "Fieldlink"
+# aiohttp's LineTooLong names the limit it hit, and only that tells a request
+# line from a header field apart: the two limits differ on purpose.
+MAX_REQUEST_LINE = 8190
+MAX_HEADER_FIELD = 8192
+_PLAIN_HEADERS = {
+    hdrs.SERVER: SERVER,
+    hdrs.CONNECTION: "close",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+
+async def server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: the Server header names no software version
+    (aiohttp's default is `Python/3.x aiohttp/3.y.z`)."""
+    response.headers[hdrs.SERVER] = SERVER
+
+
+def _refusal(status: int, exc: BaseException | None) -> tuple[int, str, str]:
+    """(status, code, message) for a request the parser refused (or a failure
+    outside the application)."""
+    if isinstance(exc, LineTooLong):
+        limit = exc.args[1] if len(exc.args) > 1 else None
+        if limit == MAX_REQUEST_LINE:
+            return 414, "uri_too_long", f"the request line is longer than {limit} bytes"
+        return 431, "headers_too_large", f"a header field is longer than {limit} bytes"
+    if isinstance(exc, HttpProcessingError) or 400 <= status < 500:
+        return 400, "bad_request", "the request could not be read as HTTP"
+    return 500, "internal", "internal error"
 
 
 class Guard:
@@ -62,9 +101,37 @@ class GuardedHandler(RequestHandler):
     connection if no complete request has arrived by then."""
 
     def __init__(self, manager: web.Server, guard: Guard, **kwargs: Any) -> None:
-        super().__init__(manager, keepalive_timeout=guard.header_timeout, **kwargs)
+        super().__init__(
+            manager,
+            keepalive_timeout=guard.header_timeout,
+            max_line_size=MAX_REQUEST_LINE,
+            max_field_size=MAX_HEADER_FIELD,
+            **kwargs,
+        )
         self.guard = guard
         self.address: str | None = None  # set while counted
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """The API's error shape for what fails before (or outside) the
+        application, the parser's refusals above all; the connection closes."""
+        if isinstance(exc, HttpProcessingError):
+            # a client's malformed request, not HQ's failure: no traceback
+            log.debug("http_request_unreadable", peer=self.address, error=str(exc)[:200])
+            if request.writer.output_size > 0:
+                raise ConnectionError("a response was already sent")
+        else:
+            super().handle_error(request, status, exc, message)  # logs; raises if sent
+        status, code, text = _refusal(status, exc)
+        resp = web.json_response({"error": {"code": code, "message": text}}, status=status)
+        resp.headers.update(_PLAIN_HEADERS)
+        resp.force_close()
+        return resp
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -199,10 +200,14 @@ async def _read_json(request: web.Request) -> Any:
 
 def _unstorable(value: Any, where: str) -> tuple[str, str] | None:
     """The first value in a validated model that no database column can hold,
-    as (field path, why): an integer beyond 64 bits, or text with a NUL
-    character (PostgreSQL refuses those in any text)."""
+    as (field path, why): an integer beyond 64 bits, text with a NUL
+    character (PostgreSQL refuses those in any text), or a float that is not
+    finite (`1e400` parses as infinity; free-form JSON such as run parameters
+    is not held to `FiniteFloat`, and PostgreSQL's JSON refuses it)."""
     if isinstance(value, bool):
         return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (where or "body", "must be a finite number")
     if isinstance(value, int):
         if INT_MIN <= value <= INT_MAX:
             return None

@@ -140,6 +140,9 @@ def document(app: web.Application) -> dict[str, Any]:
         codes = ["400", "422"] if spec.body or spec.query else []
         if spec.body:
             codes.append("413")
+        # answered before routing (server.webguard): a request line or a header
+        # field too long, for any operation
+        codes += ["414", "431"]
         if not spec.public:
             codes += ["401", "403"]
         if "{" in spec.path:
