@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from agent.desktop import x11vnc_argv
 from agent.policy import Policy, write_default
+from agent.screen import x11vnc_argv
 from server.gateway.desktop import DesktopChannel, DesktopRefused, open_desktop
 from shared import protocol as p
 from shared import rfb
