@@ -149,7 +149,8 @@ class DesktopStream:
         self._stopped = asyncio.Event()
         self._reason = ""
         self._failure = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._pumps: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # notice redraws
         self._dropped: dict[str, int] = {}
 
     # --- control -------------------------------------------------------------------------
@@ -237,10 +238,11 @@ class DesktopStream:
             self._reason, self._failure = reason, failure
             self._stopped.set()
 
-    def _own(self, coro: Awaitable[None]) -> None:
+    def _own(self, coro: Awaitable[None], tasks: set[asyncio.Task[None]] | None = None) -> None:
+        owner = self._tasks if tasks is None else tasks
         task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        owner.add(task)
+        task.add_done_callback(owner.discard)
 
     # --- the pump ------------------------------------------------------------------------
 
@@ -306,8 +308,8 @@ class DesktopStream:
         """Pump until the stream ends, then close everything; the exit status
         for the channel (None if the channel is gone)."""
         self._status()
-        self._own(self._pump(self._from_viewer))
-        self._own(self._pump(self._from_screen))
+        self._own(self._pump(self._from_viewer), self._pumps)
+        self._own(self._pump(self._from_screen), self._pumps)
         closed = asyncio.ensure_future(self._process.wait_closed())
         stopped = asyncio.ensure_future(self._stopped.wait())
         try:
@@ -337,6 +339,11 @@ class DesktopStream:
     async def close(self) -> None:
         """Drop the stream, kill x11vnc and the notice."""
         self.stop("the agent closed the stream")
+        for task in list(self._pumps):
+            task.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        if self._tasks:  # a redraw half-way through starting xmessage: let it finish
+            await asyncio.wait(set(self._tasks), timeout=2 * GRACE)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -422,6 +429,11 @@ class DesktopService:
             except DesktopRefused as exc:
                 await stream.close()
                 refuse(process, session_id, str(exc))
+                return
+            except Exception as exc:  # a bug must not leave x11vnc or the channel behind
+                log.exception("desktop_start_failed", session_id=session_id)
+                await stream.close()
+                refuse(process, session_id, f"the agent failed to open the screen ({exc!r})")
                 return
             log.info(
                 "desktop_started",
