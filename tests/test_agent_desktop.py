@@ -30,7 +30,14 @@ from server.gateway.desktop import DesktopChannel, DesktopRefused, open_desktop
 from shared import protocol as p
 from shared import rfb
 from shared.rfbclient import RfbClient
-from tests.desktop_support import Display, children_running, cmdline, inet_sockets, xvfb
+from tests.desktop_support import (
+    Display,
+    children_running,
+    cmdline,
+    inet_sockets,
+    need_x_programs,
+    xvfb,
+)
 from tests.support import AgentHandle, HQHandle, wait_until
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
@@ -191,6 +198,7 @@ async def test_view_only_holds_at_the_agent_and_control_is_granted_at_the_machin
     (HQ is told on the channel) and the pointer moves; `--view-only` takes it
     back and it stays put again."""
     agent, link = await linked(sqlite_hq, agent_factory, display, desktop_control="ask")
+    heard = spy_consent(sqlite_hq)
     sid = session_id()
     await tell(agent, link, sid, control=True)
     await display.run("xdotool", "mousemove", "5", "5")
@@ -212,6 +220,7 @@ async def test_view_only_holds_at_the_agent_and_control_is_granted_at_the_machin
         assert code == 0, err
         assert f"control granted: {ENGINEER} may use the keyboard and mouse" in out
         await status(channel, control=True, by=f"{ME} at this machine")
+        await wait_until(lambda: ("control", sid) in heard, what="HQ told of the grant")
         viewer.pointer(600, 400)
         await wait_until(lambda: _at(display, (600, 400)), what="the pointer moved by the engineer")
 
@@ -219,10 +228,26 @@ async def test_view_only_holds_at_the_agent_and_control_is_granted_at_the_machin
         assert code == 0, err
         assert f"view only: {ENGINEER} can no longer use the keyboard and mouse" in out
         await status(channel, control=False, by=f"{ME} at this machine")
+        await wait_until(lambda: ("view_only", sid) in heard, what="HQ told of the take-back")
         viewer.pointer(100, 100)
         channel.writer.write(rfb.pointer_event(150, 150))
         await settled(viewer)
         assert await display.pointer() == (600, 400)
+
+
+def spy_consent(hq: HQHandle) -> list[tuple[str, str]]:
+    """(action, session id) of every consent frame HQ's gateway hands on."""
+    heard: list[tuple[str, str]] = []
+    gateway = hq.hq.svc.gateway
+    handler = gateway.on_consent
+    assert handler is not None
+
+    async def spy(agent_id: str, frame: p.Consent) -> None:
+        heard.append((frame.action, frame.session_id))
+        await handler(agent_id, frame)
+
+    gateway.on_consent = spy
+    return heard
 
 
 async def new_windows(display: Display, before: list[Any]) -> list[Any]:
@@ -339,6 +364,7 @@ async def test_the_agent_refuses_screens_outside_a_consented_desktop_session(
 
 async def test_x11vnc_that_cannot_open_the_display_says_why(sqlite_hq, agent_factory, tmp_path):
     """A display that is not there: the stream ends as a failure naming it."""
+    need_x_programs()
     agent, link = await linked(sqlite_hq, agent_factory, None, desktop_display=":189")
     sid = session_id()
     await tell(agent, link, sid)
