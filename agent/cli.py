@@ -11,7 +11,8 @@ fieldlink-agent help TEXT [--assist] [--no-suggest | --solved KB-N] [--wait SECO
                      [--config-dir DIR] [--socket PATH]
 fieldlink-agent tickets [--json] [--config-dir DIR] [--socket PATH]
 fieldlink-agent rate FL-N SCORE [--comment TEXT] [--wait SECONDS]
-fieldlink-agent consent [--approve ID | --deny ID | --end ID] [--wait SECONDS] [--json]
+fieldlink-agent consent [--approve ID | --deny ID | --end ID | --control ID | --view-only ID]
+                        [--wait SECONDS] [--json]
 """
 
 from __future__ import annotations
@@ -139,13 +140,27 @@ def _parser() -> argparse.ArgumentParser:
 
     cs = add(
         "consent",
-        "list HQ's session requests and live sessions on this machine; approve, deny or end one",
+        "list HQ's session requests and live sessions on this machine; approve, deny or end "
+        "one; grant or take back keyboard and mouse in a desktop session",
     )
     answer = cs.add_mutually_exclusive_group()
     answer.add_argument("--approve", metavar="ID", help="let the engineer in (a waiting request)")
     answer.add_argument("--deny", metavar="ID", help="refuse a waiting request")
     answer.add_argument(
-        "--end", metavar="ID", help="end a session now (its shell and file transfer stop at once)"
+        "--end",
+        metavar="ID",
+        help="end a session now (its shell, file transfer and screen sharing stop at once)",
+    )
+    answer.add_argument(
+        "--control",
+        metavar="ID",
+        help="let the engineer use keyboard and mouse in an active desktop session (at once)",
+    )
+    answer.add_argument(
+        "--view-only",
+        dest="view_only",
+        metavar="ID",
+        help="take keyboard and mouse back in a desktop session: they can only watch (at once)",
     )
     local(cs, waits=True)
     return parser
@@ -350,7 +365,7 @@ def _staff(config_dir: ConfigDir, args: argparse.Namespace) -> int:
             path, args.ticket, args.score, args.comment, wait=args.wait, as_json=args.json
         )
     if args.command == "consent":
-        for action in ("approve", "deny", "end"):
+        for action in ("approve", "deny", "end", "control", "view_only"):
             session = getattr(args, action)
             if session is not None:
                 return staff.consent_command(

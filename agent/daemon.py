@@ -1,6 +1,6 @@
 """The agent daemon: samples health on a schedule into the spool, keeps the
-link to HQ up, serves HQ's runs, shells and file transfers under the local
-policy and the remote sessions HQ announced, and answers people at the
+link to HQ up, serves HQ's runs, shells, file transfers and desktop streams
+under the local policy and the remote sessions HQ announced, and answers people at the
 machine on its local socket (help requests, ratings, the ticket list,
 consent). `fieldlink-agent run` runs `Daemon.run()`; SIGHUP reloads the
 policy. SIGTERM and SIGINT stop it (exit 0); a part of it that fails stops
@@ -56,6 +56,7 @@ class Daemon:
         )
         self.telemetry = Telemetry(self.spool, self._hello, self.sessions)
         self._shells: Any = None  # agent.shell.ShellService, made at the first shell
+        self._desktops: Any = None  # agent.desktop.DesktopService, made at the first stream
         self._lang = os.environ.get("LANG")  # a shell's LANG unless HQ sends one
         self.link = Link(
             host=self.config.ssh_host,
@@ -66,7 +67,10 @@ class Daemon:
             backoff_cap=self.config.backoff_cap,
             telemetry=self.telemetry,
             spool=self.spool,
-            process_handlers={p.RUN_SUBSYSTEM: self.runs.serve},
+            process_handlers={
+                p.RUN_SUBSYSTEM: self.runs.serve,
+                p.DESKTOP_SUBSYSTEM: self._desktop,
+            },
             shell_handler=self._shell,
             sftp_factory=self._files,
         )
@@ -116,6 +120,19 @@ class Daemon:
             self._shells = ShellService(lambda: self.policy, self.sessions, lang=self._lang)
         await self._shells.serve(process)
 
+    async def _desktop(self, process: Any) -> None:
+        """A desktop channel (agent.desktop, loaded at the first one)."""
+        if self._desktops is None:
+            from agent.desktop import DesktopService
+
+            self._desktops = DesktopService(
+                lambda: self.policy,
+                self.sessions,
+                groups=self.groups,
+                end_here=self.desk.end_at_screen,
+            )
+        await self._desktops.serve(process)
+
     def _files(self, chan: Any) -> Any:
         """An SFTP channel (agent.files, loaded at the first one)."""
         from agent.files import FileServer
@@ -139,9 +156,26 @@ class Daemon:
             )
         if policy.file_roots != old.file_roots:
             self.sessions.stop_kind("files", "this machine's file roots changed")
+        self._desktop_policy_changed(old, policy)
         self.telemetry.resend_hello()
         log.info("policy_reloaded", path=str(path), **policy.summary().model_dump())
         return True
+
+    def _desktop_policy_changed(self, old: Policy, new: Policy) -> None:
+        """Open desktop streams under a reloaded policy: stopped when desktops
+        are no longer allowed or the screen is another; control and clipboard
+        looked at again otherwise."""
+        if not new.allow_desktop:
+            self.sessions.stop_kind(
+                "desktop",
+                "this machine's policy no longer allows desktop sessions (allow_desktop = false)",
+            )
+            return
+        source = ("desktop_display", "desktop_xauthority", "desktop_vnc_address")
+        if any(getattr(old, key) != getattr(new, key) for key in source):
+            self.sessions.stop_kind("desktop", "this machine's screen settings changed")
+            return
+        self.sessions.recheck_control()
 
     async def sample(self) -> p.HealthReport:
         """One health sample, off the event loop. The sampler keeps counters
@@ -251,6 +285,8 @@ class Daemon:
             self.sessions.stop_all("the agent is stopping")
             if self._shells is not None:
                 await self._shells.close()
+            if self._desktops is not None:
+                await self._desktops.close()
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -12,7 +12,13 @@ session becomes a spooled `Consent` frame the same way; the answer waits,
 bounded, for HQ to report the session's new state (`SessionInfo`, kept in
 the session book, agent.sessions). Ending a session also stops its shell and
 file transfer here: at once when HQ is unreachable, otherwise as soon as HQ
-has closed them or after a moment (`END_GRACE`), whichever comes first.
+has closed them or after a moment (`END_GRACE`), whichever comes first. A
+desktop stream stops at once, always: the screen is the person's.
+
+In a desktop session, control of keyboard and mouse is granted and taken
+back here (`control`, `view_only`): it applies to the open stream at once and
+goes to HQ as a spooled `Consent` frame for its records. The notice on the
+screen ends a session the same way as `--end` (`end_at_screen`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from datetime import UTC, datetime
 import structlog
 
 from agent.config import AgentConfig
+from agent.desktop import control_now
 from agent.link import Telemetry
 from agent.local import (
     Answer,
@@ -141,7 +148,14 @@ class Desk:
         return await self.status(caller)
 
     def _view(self, known: Known) -> SessionView:
-        return session_view(known, self._sessions.channels(known.info.session_id))
+        view = session_view(known, self._sessions.channels(known.info.session_id))
+        if known.info.kind != "desktop":
+            return view
+        sid = known.info.session_id
+        control, by = control_now(self._policy(), known.info, self._sessions.grant(sid))
+        return view.model_copy(
+            update={"control_asked": known.info.control, "control": control, "control_by": by}
+        )
 
     async def _outcome(self, kind: str, seq: int, wait: float) -> dict[str, object]:
         """HQ's receipt for (kind, seq) if it comes within `wait` seconds."""
@@ -307,6 +321,8 @@ class Desk:
             )
         if request.session is None:
             raise Refusal("bad_request", f"{request.action} needs a session id")
+        if request.action in ("control", "view_only"):
+            return await self._control(caller, request.session, request.action == "control")
         known = self._pick(request.session, request.action, connected)
         sid = known.info.session_id if known else request.session
         before = known.info.state if known else None
@@ -334,6 +350,8 @@ class Desk:
             # ends the session, and whatever is still open after a moment is stopped here.
             stopped = self._sessions.channels(sid)
             self._sessions.end_here(sid, f"by {caller.user}", stop=False)
+            # the screen is dropped at once, not after HQ's moment
+            self._sessions.stop_now(sid, "desktop", f"ended at this machine (by {caller.user})")
             grace = min(wait, END_GRACE)
             await self._sessions.wait(lambda: settled() or not self._sessions.channels(sid), grace)
             self._sessions.end_here(sid, f"by {caller.user}", stop=True)
@@ -347,6 +365,66 @@ class Desk:
             session=self._view(now) if now else None,
             stopped=stopped,
         )
+
+    async def _control(self, caller: Caller, text: str, granted: bool) -> ConsentAnswer:
+        """Grant or take back keyboard and mouse in an active desktop session:
+        at once here, then HQ is told (spooled)."""
+        known = self._one(text)
+        info = known.info
+        sid = info.session_id
+        if info.kind != "desktop":
+            raise Refusal("conflict", f"session {sid} is a {info.kind} session, not a desktop one")
+        if info.state != "active" or known.ended_here is not None:
+            state = "ended here" if known.ended_here else info.state.replace("_", " ")
+            raise Refusal(
+                "conflict",
+                f"session {sid} is {state}; control is granted or taken back in an active "
+                "desktop session (approve it first)",
+            )
+        policy = self._policy()
+        if granted and policy.desktop_control == "never":
+            raise Refusal(
+                "forbidden",
+                'this machine\'s policy never gives control (desktop_control = "never")',
+            )
+        if granted and not info.control:
+            raise Refusal(
+                "conflict",
+                f"{info.engineer} asked for a view-only session; control cannot be granted in it",
+            )
+        who = caller.user
+        self._sessions.grant_here(sid, granted, f"{who} at this machine")
+        action = "control" if granted else "view_only"
+
+        def build(seq: int, dropped: int) -> bytes:
+            return p.encode(p.Consent(seq=seq, session_id=sid, action=action, user=who))
+
+        await self._append("consent", build)
+        self._telemetry.notify()
+        log.info("desktop_control_given", session_id=sid, granted=granted, user=who)
+        now = self._sessions.get(sid)
+        return ConsentAnswer(
+            action=action,
+            connected=self._telemetry.open,
+            state="applied",
+            session=self._view(now) if now else None,
+        )
+
+    async def end_at_screen(self, session_id: str, who: str) -> None:
+        """The person at the screen pressed the notice's button: the session
+        ends here at once (its channels stop) and HQ is told, as for `--end`."""
+        self._sessions.end_here(session_id, "at the screen", stop=True)
+
+        def build(seq: int, dropped: int) -> bytes:
+            return p.encode(p.Consent(seq=seq, session_id=session_id, action="end", user=who))
+
+        try:
+            await self._append("consent", build)
+        except Refusal as exc:  # a full disk: ended here all the same
+            log.error("screen_end_unsent", session_id=session_id, reason=exc.message)
+            return
+        self._telemetry.notify()
+        log.info("consent_given", session_id=session_id, action="end", user=who)
 
     def _pick(self, text: str, action: str, connected: bool) -> Known | None:
         """The session an answer is about. While HQ is unreachable an id this

@@ -15,8 +15,8 @@ and handed to whoever waits for them; HQ's list of the machine's tickets is
 kept, in memory and in the spool, for `fieldlink-agent tickets`; HQ's word on
 remote sessions goes to the session book (agent.sessions), which enforces it.
 
-Other channels HQ opens: subsystems with a handler (`fieldlink-run`), a
-shell (no command, a terminal: the shell handler, agent.shell) and SFTP
+Other channels HQ opens: subsystems with a handler (`fieldlink-run`,
+`fieldlink-desktop`), a shell (no command, a terminal: the shell handler, agent.shell) and SFTP
 (the `sftp_factory`, agent.files). The built-in line editor is off, so a
 shell's PTY gets the engineer's bytes untouched; anything else is refused.
 """

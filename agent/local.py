@@ -27,7 +27,9 @@ the socket (SO_PEERCRED) and names it by its local account. Lines are capped
 `error` answer and never reaches the daemon's state.
 
 `consent` lists the machine's session requests and live sessions, or sends
-a person's answer (approve, deny, end) to HQ; `offer` waits for the next
+a person's answer (approve, deny, end) to HQ, or grants or takes back
+control of the screen in a desktop session (control, view_only: applied
+here at once, HQ told); `offer` waits for the next
 change of the session a site's `help --assist` asked for (who joined, how it
 ended); `suggest` asks HQ for the knowledge-base articles that best match a
 person's words (only while HQ is connected), and `help` with `solved_by`
@@ -137,13 +139,18 @@ class StatusRequest(_Model):
     op: Literal["status"] = "status"
 
 
+ConsentAction = Literal["list", "approve", "deny", "end", "control", "view_only"]
+
+
 class ConsentRequest(_Model):
     """List session requests and live sessions (`list`), or answer one: approve
     or deny a request, end a session. The answer waits up to `wait` seconds
-    for HQ to report the session's new state."""
+    for HQ to report the session's new state. `control` and `view_only` grant
+    and take back keyboard and mouse in an active desktop session: they apply
+    at this machine at once and do not wait for HQ."""
 
     op: Literal["consent"] = "consent"
-    action: Literal["list", "approve", "deny", "end"] = "list"
+    action: ConsentAction = "list"
     session: str | None = Field(None, min_length=1, max_length=64)
     wait: float = Field(DEFAULT_WAIT_SECONDS, ge=0, le=MAX_WAIT_SECONDS)
 
@@ -251,17 +258,23 @@ class SessionView(_Model):
     started_at: datetime | None = None
     end_reason: str | None = None
     ended_here: str | None = None  # who ended it at this machine, if HQ has not said yet
-    channels: int = 0  # shell and file-transfer channels open for it now
+    channels: int = 0  # shell, file-transfer and desktop channels open for it now
     heard_at: datetime  # when HQ last said
+    # desktop sessions: whether the engineer asked for keyboard and mouse, and
+    # whether they may use them now (this machine's policy and the latest grant)
+    control_asked: bool = False
+    control: bool | None = None
+    control_by: str = ""
 
 
 class ConsentAnswer(_Model):
     type: Literal["consent"] = "consent"
-    action: Literal["list", "approve", "deny", "end"]
+    action: ConsentAction
     connected: bool
     # for an answer: `answered` once HQ reported the session's new state, else
-    # `queued` (saved in the spool; HQ gets it when it can)
-    state: Literal["listed", "answered", "queued"]
+    # `queued` (saved in the spool; HQ gets it when it can); `applied` for a
+    # change of control, which holds here at once (HQ is told as for `queued`)
+    state: Literal["listed", "answered", "queued", "applied"]
     session: SessionView | None = None
     sessions: list[SessionView] = Field(default_factory=list)
     stopped: int = 0  # channels stopped at this machine by `end`

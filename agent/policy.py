@@ -9,18 +9,33 @@ comment per key by `fieldlink-agent enroll`). The daemon reads it at start
 and again on SIGHUP; a broken file on reload keeps the previous policy.
 
 `check_run()` is the one pure decision: may a run of this tier go ahead?
+
+The desktop keys (`allow_desktop`, `desktop_*`, issue 18) are a block of
+their own at the end of the model and the file; `vnc_target()` reads
+`desktop_vnc_address`, which must name this machine itself (loopback or a
+Unix socket): the agent never relays a screen from elsewhere.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pwd
+import re
 import tomllib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from agent import interpreters
 from agent.config import ConfigError, write_private
@@ -48,6 +63,78 @@ def _absolute(value: str) -> str:
 
 
 AbsPath = Annotated[str, AfterValidator(_absolute)]
+
+
+# --- desktop keys (issue 18) ----------------------------------------------------------
+
+DISPLAY = re.compile(r":\d{1,4}(\.\d{1,3})?")
+
+
+def _display(value: str) -> str:
+    if value and not DISPLAY.fullmatch(value):
+        raise ValueError(
+            f'{value!r} is not a local X display: write it as ":0" (or ":0.0"); '
+            "a display on another host is not served"
+        )
+    return value
+
+
+def _optional_absolute(value: str) -> str:
+    return _absolute(value) if value else value
+
+
+@dataclass(frozen=True)
+class VncTarget:
+    """Where the site's own VNC server listens: a TCP address on this
+    machine, or a Unix socket."""
+
+    host: str = ""
+    port: int = 0
+    path: str = ""  # a Unix socket, instead of host and port
+
+    def __str__(self) -> str:
+        if self.path:
+            return f"unix:{self.path}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def vnc_target(value: str) -> VncTarget:
+    """`desktop_vnc_address` read: "127.0.0.1:5900", "[::1]:5900",
+    "localhost:5900" or "unix:/run/wayvnc.sock". Anything that is not this
+    machine itself is refused (ValueError, saying why)."""
+    if value.startswith("unix:"):
+        return VncTarget(path=_absolute(value[len("unix:") :]))
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f'{value!r} is not HOST:PORT (like "127.0.0.1:5900") or unix:/PATH')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f'{value!r}: write an IPv6 address in brackets, like "[::1]:5900"')
+    if host != "localhost":
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(
+                f"{value!r} is not on this machine: desktop_vnc_address must be a loopback "
+                "address (127.0.0.1, [::1], localhost) or a Unix socket, so the VNC server "
+                "listens to nothing but this machine"
+            )
+    return VncTarget(host="127.0.0.1" if host == "localhost" else host, port=int(port_text))
+
+
+def _vnc_address(value: str) -> str:
+    if value:
+        vnc_target(value)
+    return value
+
+
+Display = Annotated[str, Field(max_length=16), AfterValidator(_display)]
+OptionalAbsPath = Annotated[str, Field(max_length=4096), AfterValidator(_optional_absolute)]
+VncAddress = Annotated[str, Field(max_length=4096), AfterValidator(_vnc_address)]
+DesktopControl = Literal["never", "ask", "allow"]
 ProgramName = Annotated[
     str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 ]
@@ -75,6 +162,36 @@ class Policy(BaseModel):
     )
     cleanup_min_age_hours: float = Field(default=24.0, ge=0)
 
+    # --- remote desktop (issue 18); see docs/desktop.md ---------------------------------
+    allow_desktop: bool = False
+    desktop_control: DesktopControl = "ask"
+    desktop_display: Display = ""
+    desktop_xauthority: OptionalAbsPath = ""
+    desktop_vnc_address: VncAddress = ""
+    desktop_clipboard: bool = False
+
+    @model_validator(mode="after")
+    def _desktop_has_a_screen(self) -> Policy:
+        if self.allow_desktop and not (self.desktop_display or self.desktop_vnc_address):
+            raise ValueError(
+                "allow_desktop = true needs a screen: desktop_display (an X display such "
+                'as ":0") or desktop_vnc_address (a VNC server on this machine)'
+            )
+        return self
+
+    def desktop_summary(self) -> p.DesktopSummary | None:
+        """What HQ is told about desktop sessions; None when they are not allowed."""
+        if not self.allow_desktop:
+            return None
+        return p.DesktopSummary(
+            control=self.desktop_control,
+            clipboard=self.desktop_clipboard,
+            source="vnc" if self.desktop_vnc_address else "x11",
+            notice=bool(self.desktop_display),
+        )
+
+    # --- the hello ------------------------------------------------------------------------
+
     def summary(self) -> p.PolicySummary:
         """What HQ is told about this policy (in the hello)."""
         return p.PolicySummary(
@@ -86,6 +203,7 @@ class Policy(BaseModel):
             max_output_bytes=self.max_output_bytes,
             max_runtime_seconds=self.max_runtime_seconds,
             max_concurrent=self.max_concurrent,
+            desktop=self.desktop_summary(),
         )
 
 
@@ -193,6 +311,36 @@ cleanup_dirs = {_toml_list(pol.cleanup_dirs)}
 
 # disk.cleanup deletes only files untouched for at least this many hours.
 cleanup_min_age_hours = {pol.cleanup_min_age_hours:g}
+
+# --- Remote desktop: HQ sees (and, if granted, uses) this machine's screen ---
+# Nothing listens here: the screen's VNC stream travels inside the agent's own
+# connection, and only in a desktop session the site consented to. While one is
+# open, a notice on the screen says who is connected and can end it.
+# See docs/desktop.md.
+
+# Allow desktop sessions at all.
+allow_desktop = {flag(pol.allow_desktop)}
+
+# Keyboard and mouse for the engineer: "never" (view only, always); "ask"
+# (someone at the site grants it during the session, e.g.
+# `fieldlink-agent consent --control ID`, and can take it back); "allow" (a
+# session that asked for control has it until taken back here).
+desktop_control = {_toml_str(pol.desktop_control)}
+
+# The X display to share (":0"): the agent starts x11vnc on it for each
+# session, talking through a socket pair it holds. "" for none.
+desktop_display = {_toml_str(pol.desktop_display)}
+
+# The X authority file x11vnc needs to open that display. "" for none.
+desktop_xauthority = {_toml_str(pol.desktop_xauthority)}
+
+# A VNC server this machine already runs, used instead of x11vnc (Windows,
+# macOS, Wayland with wayvnc): a loopback address ("127.0.0.1:5900",
+# "[::1]:5900") or a Unix socket ("unix:/run/wayvnc.sock"). "" for none.
+desktop_vnc_address = {_toml_str(pol.desktop_vnc_address)}
+
+# Let the clipboard pass both ways, while control is granted.
+desktop_clipboard = {flag(pol.desktop_clipboard)}
 """
 
 

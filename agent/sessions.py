@@ -19,6 +19,13 @@ a shell or file-transfer channel open:
 An end decided at the machine is remembered apart from HQ's word, so an
 "active" re-sent by HQ before it has read the site's `Consent` frame cannot
 revive the session.
+
+Desktop sessions also carry a control grant (keyboard and mouse): the latest
+decision wins, whether taken here (`grant_here`, `fieldlink-agent consent
+--control` / `--view-only`) or by the site through HQ (a change of HQ's
+`control_by`; the same word re-sent after a reconnect is no new decision).
+Open desktop channels are told of every change (`control_changed`); what the
+grant means under the machine's policy is agent.desktop's to decide.
 """
 
 from __future__ import annotations
@@ -58,6 +65,16 @@ class Channel(Protocol):
 
 
 NOBODY = "nobody"  # HQ's consent_by when a site lets silence mean yes
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The latest decision on control of a desktop session: granted or not,
+    by whom, and whether it was taken at this machine."""
+
+    granted: bool
+    by: str
+    here: bool
 
 
 @dataclass(frozen=True)
@@ -173,6 +190,8 @@ class SessionBook:
         self._channels: dict[str, set[Channel]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._changed = asyncio.Event()
+        self._grants: OrderedDict[str, Grant] = OrderedDict()
+        self._hq_control_by: OrderedDict[str, str | None] = OrderedDict()
 
     # --- reading -----------------------------------------------------------------
 
@@ -206,6 +225,11 @@ class SessionBook:
             for k in self.all()
             if k.info.session_id.startswith(text) or k.info.session_id.startswith(f"se_{text}")
         ]
+
+    def grant(self, session_id: str) -> Grant | None:
+        """The latest decision on control of a desktop session; None while
+        nobody decided (the policy's default applies)."""
+        return self._grants.get(session_id)
 
     def for_ticket(self, ticket: str, origin: str = "site") -> Known | None:
         """The latest session on `ticket` that came from `origin`."""
@@ -249,6 +273,7 @@ class SessionBook:
         sid = info.session_id
         self._known.pop(sid, None)
         self._known[sid] = Known(info, time.time())
+        self._hear_control(info)
         log.info(
             "session_info",
             session_id=sid,
@@ -266,8 +291,58 @@ class SessionBook:
             self._stop_channels(sid, f"the session is {info.state.replace('_', ' ')}")
         else:
             self._arm_timer(sid, aware(info.expires_at))
+            if info.kind == "desktop":  # HQ's grant, or what the engineer asked, may differ
+                self._control_changed(sid)
         self._prune()
         self._notify()
+
+    def _hear_control(self, info: p.SessionInfo) -> None:
+        """HQ's word on a desktop session's control: a new `control_by` is a
+        decision of the site's (granted when set, taken back when cleared)."""
+        if info.kind != "desktop":
+            return
+        sid = info.session_id
+        before = self._hq_control_by.pop(sid, None)
+        self._hq_control_by[sid] = info.control_by
+        while len(self._hq_control_by) > KEEP_ENDED_HERE:
+            self._hq_control_by.popitem(last=False)
+        if info.control_by != before:
+            self._set_grant(sid, Grant(info.control_by is not None, info.control_by or "HQ", False))
+
+    def grant_here(self, session_id: str, granted: bool, by: str) -> None:
+        """Someone at the machine grants or takes back control of a desktop
+        session; it applies at once to its open channel."""
+        self._set_grant(session_id, Grant(granted, by, True))
+        self._control_changed(session_id)
+        self._notify()
+
+    def _set_grant(self, session_id: str, grant: Grant) -> None:
+        self._grants.pop(session_id, None)
+        self._grants[session_id] = grant
+        while len(self._grants) > KEEP_ENDED_HERE:
+            self._grants.popitem(last=False)
+        log.info(
+            "desktop_control_decided",
+            session_id=session_id,
+            granted=grant.granted,
+            by=grant.by,
+            here=grant.here,
+        )
+
+    def recheck_control(self) -> None:
+        """The policy changed: every open desktop channel looks at its control again."""
+        for sid in list(self._channels):
+            self._control_changed(sid)
+
+    def _control_changed(self, session_id: str) -> None:
+        for chan in list(self._channels.get(session_id, ())):
+            changed = getattr(chan, "control_changed", None)
+            if changed is None:
+                continue
+            try:
+                changed()
+            except Exception:  # one broken channel must not keep the others as they were
+                log.exception("desktop_control_update_failed", session_id=session_id)
 
     def reset_live(self) -> None:
         """A new telemetry channel: forget what HQ said about sessions still live
@@ -288,6 +363,13 @@ class SessionBook:
         if stop:
             self._stop_channels(session_id, f"ended at this machine ({why})")
         self._notify()
+
+    def stop_now(self, session_id: str, kind: str, reason: str) -> int:
+        """Stop the session's open channels of `kind` at once; how many there were."""
+        chans = [c for c in self._channels.get(session_id, ()) if c.kind == kind]
+        for chan in chans:
+            self._stop(session_id, chan, reason)
+        return len(chans)
 
     def stop_kind(self, kind: str, reason: str) -> None:
         """Stop every open channel of `kind`: the machine's policy no longer

@@ -111,11 +111,27 @@ def clock(value: datetime | None, now: datetime | None = None) -> str:
     return here.strftime("%H:%M") if here.date() == today else here.strftime("%Y-%m-%d %H:%M")
 
 
-def doing(kind: str) -> str:
-    """What a session of `kind` lets the engineer do, for a person."""
+def doing(kind: str, control: bool = False) -> str:
+    """What a session of `kind` lets the engineer do, for a person (a desktop
+    session asking for `control` wants keyboard and mouse too)."""
+    if kind == "desktop":
+        return "see and control this screen" if control else "see this screen"
     return {"shell": "open a shell", "files": "move files", "exec": "run commands"}.get(
         kind, f"open a {kind} session"
     )
+
+
+def hands(s: SessionView) -> str:
+    """Who has keyboard and mouse in a desktop session, for a person."""
+    if not s.control_asked:
+        return "view only"
+    if s.control:
+        return f"keyboard and mouse: theirs too (granted by {s.control_by})"
+    if s.control_by == "policy":
+        return "keyboard and mouse: yours; this machine never grants them"
+    if s.control_by:
+        return f"keyboard and mouse: yours (taken back by {s.control_by})"
+    return "keyboard and mouse: yours until you grant them"
 
 
 def _ago(value: datetime, now: datetime) -> str:
@@ -324,7 +340,10 @@ def session_line(s: SessionView, now: datetime) -> str:
     """One live session, for a person."""
     what = f"{s.kind} for {s.ticket}"
     if s.state == "awaiting_consent":
-        text = f"{s.engineer} wants to {doing(s.kind)} for {s.ticket}: waiting for consent"
+        text = (
+            f"{s.engineer} wants to {doing(s.kind, s.control_asked)} for {s.ticket}: "
+            "waiting for consent"
+        )
         text += f" (answer by {clock(s.expires_at, now)})"
     elif s.state == "requested" and s.origin == "site":
         text = f"{what}, asked for here: waiting for someone at HQ"
@@ -334,6 +353,8 @@ def session_line(s: SessionView, now: datetime) -> str:
         text = f"{s.engineer}: {what}, active since {clock(s.started_at, now)}"
         if s.expires_at:
             text += f" until {clock(s.expires_at, now)}"
+        if s.kind == "desktop":
+            text += f"; {hands(s)}"
     else:
         text = f"{s.engineer or '-'}: {what}, {s.state.replace('_', ' ')}"
     if s.ended_here:
@@ -363,8 +384,8 @@ def consent_list_lines(answer: ConsentAnswer, now: datetime) -> list[str]:
         lines.append("Waiting for your answer:")
         for s in pending:
             lines.append(
-                f"  {s.id}  {s.engineer} wants to {doing(s.kind)} for {s.ticket} "
-                f"(answer by {clock(s.expires_at, now)})"
+                f"  {s.id}  {s.engineer} wants to {doing(s.kind, s.control_asked)} for "
+                f"{s.ticket} (answer by {clock(s.expires_at, now)})"
             )
             if s.reason:
                 lines.append(f"      reason: {s.reason}")
@@ -375,12 +396,38 @@ def consent_list_lines(answer: ConsentAnswer, now: datetime) -> list[str]:
     if live:
         lines.append("Live sessions (end one with `fieldlink-agent consent --end ID`):")
         lines.extend(session_line(s, now) for s in live)
+        if any(s.kind == "desktop" and s.control_asked and s.state == "active" for s in live):
+            lines.append(
+                "  Grant keyboard and mouse in a desktop session with "
+                "`fieldlink-agent consent --control ID`, take them back with `--view-only ID`."
+            )
+    return lines
+
+
+def control_lines(answer: ConsentAnswer) -> list[str]:
+    """What a grant or take-back of control did (it holds here at once)."""
+    s = answer.session
+    assert s is not None
+    if answer.action == "control":
+        lines = [
+            f"control granted: {s.engineer} may use the keyboard and mouse on this screen "
+            f"for {s.ticket}; take it back with `fieldlink-agent consent --view-only {s.id}`"
+        ]
+    else:
+        lines = [
+            f"view only: {s.engineer} can no longer use the keyboard and mouse on this screen "
+            f"({s.ticket})"
+        ]
+    if not answer.connected:
+        lines.append("HQ is unreachable right now; it is told when the connection returns.")
     return lines
 
 
 def consent_answer_lines(answer: ConsentAnswer, now: datetime) -> list[str]:
-    """What became of a person's answer (approve, deny, end)."""
+    """What became of a person's answer (approve, deny, end, control, view_only)."""
     s = answer.session
+    if answer.state == "applied":
+        return control_lines(answer)
     if answer.state == "queued":
         lines = (
             [
@@ -392,19 +439,30 @@ def consent_answer_lines(answer: ConsentAnswer, now: datetime) -> list[str]:
         )
         if answer.action == "end":
             lines.append(
-                "The session's shell and file transfer on this machine are stopped; "
-                "nothing new opens for it."
+                "The session's shell, file transfer and screen sharing on this machine are "
+                "stopped; nothing new opens for it."
             )
         return lines
     assert s is not None
     what = f"{s.kind} session for {s.ticket}"
     if s.state == "active":
-        return [
+        lines = [
             f"approved: {s.engineer} may {doing(s.kind)} for {s.ticket} "
             f"until {clock(s.expires_at, now)}"
         ]
+        if s.kind == "desktop" and s.control_asked and not s.control:
+            lines.append(
+                f"Keyboard and mouse stay yours; grant them with "
+                f"`fieldlink-agent consent --control {s.id}`."
+            )
+        elif s.kind == "desktop" and s.control:
+            lines.append(
+                f"They may use keyboard and mouse too (this machine's policy); take them "
+                f"back with `fieldlink-agent consent --view-only {s.id}`."
+            )
+        return lines
     if s.state == "denied" and answer.action == "deny":
-        return [f"denied: {s.engineer} may not {doing(s.kind)} for {s.ticket}"]
+        return [f"denied: {s.engineer} may not {doing(s.kind, s.control_asked)} for {s.ticket}"]
     if answer.action == "end" and s.state in FINAL:
         if not s.engineer:  # nobody from HQ had taken the site's request yet
             return [f"withdrawn: nobody from HQ will take over for {s.ticket}"]

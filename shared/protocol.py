@@ -22,7 +22,9 @@ the article in `solved_by`; HQ records it as self-served (closed at once).
 Remote sessions use their own channels on the same connection, opened by HQ
 with `FIELDLINK_SESSION`, `FIELDLINK_TICKET` and `FIELDLINK_ENGINEER` in the
 channel environment: a PTY shell (kind shell), the SFTP subsystem (kind
-files). The agent accepts them only for a session it knows to be active.
+files), the `fieldlink-desktop` subsystem (kind desktop: the screen's RFB
+stream on the channel's data, `DesktopStatus` / `DesktopClosed` lines on its
+stderr). The agent accepts them only for a session it knows to be active.
 
 `FrameDecoder` turns a byte stream into frames and refuses a line longer than
 its limit, so a misbehaving peer cannot make the reader buffer without bound.
@@ -196,6 +198,15 @@ class CatalogEntry(Model):
     output_cap: int
 
 
+class DesktopSummary(Model):
+    """What a machine that allows desktop sessions offers (its policy's desktop keys)."""
+
+    control: Literal["never", "ask", "allow"]  # may the engineer get keyboard and mouse
+    clipboard: bool  # the clipboard may pass while control is granted
+    source: Literal["x11", "vnc"]  # x11vnc on an X display, or the site's own VNC server
+    notice: bool  # a notice shows on the machine's screen while a desktop session is open
+
+
 class PolicySummary(Model):
     """The parts of the agent's local policy HQ needs to know (it cannot change them)."""
 
@@ -207,6 +218,16 @@ class PolicySummary(Model):
     max_output_bytes: int
     max_runtime_seconds: float
     max_concurrent: int
+    # present only when the machine allows desktop sessions, so HQs that
+    # predate them read every other machine's hello as before
+    desktop: DesktopSummary | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_no_desktop(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("desktop") is None:
+            data.pop("desktop", None)
+        return data
 
 
 # --- frames --------------------------------------------------------------------
@@ -297,7 +318,9 @@ class Consent(Model):
     type: Literal["consent"] = "consent"
     seq: int = Field(ge=1)
     session_id: str = Field(min_length=1, max_length=64)
-    action: Literal["approve", "deny", "end"]
+    # control / view_only: control of the screen in a desktop session granted or
+    # taken back at the machine (it applies there at once; HQ records it)
+    action: Literal["approve", "deny", "end", "control", "view_only"]
     user: str = Field(max_length=200)
 
 
@@ -348,7 +371,7 @@ class SessionInfo(Model):
 
     type: Literal["session"] = "session"
     session_id: str
-    kind: Literal["shell", "exec", "files"]
+    kind: Literal["shell", "exec", "files", "desktop"]
     state: Literal[
         "requested", "awaiting_consent", "active", "ended", "denied", "expired", "failed"
     ]
@@ -361,6 +384,21 @@ class SessionInfo(Model):
     started_at: datetime | None = None
     end_reason: str | None = None
     record_input: bool = False
+    # desktop sessions: the engineer asked for keyboard and mouse (else view
+    # only), and who at the site granted it through HQ (a machine whose policy
+    # says `desktop_control = "ask"` needs that, or a grant at the machine).
+    # Left out when unset, so agents that predate desktops read other sessions.
+    control: bool = False
+    control_by: str | None = Field(None, max_length=200)
+
+    @model_serializer(mode="wrap")
+    def _drop_desktop_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not data.get("control"):
+            data.pop("control", None)
+        if data.get("control_by") is None:
+            data.pop("control_by", None)
+        return data
 
 
 class Tickets(Model):
@@ -411,6 +449,42 @@ class RunResult(Model):
     finished_at: datetime
 
 
+# --- the `fieldlink-desktop` subsystem: one desktop stream per channel ----------------
+#
+# HQ opens a session on subsystem DESKTOP_SUBSYSTEM with the session's
+# FIELDLINK_SESSION, FIELDLINK_TICKET and FIELDLINK_ENGINEER in its environment.
+# The channel's data is the screen's RFB (VNC) stream, raw bytes both ways: HQ
+# is the viewer. The agent writes JSON lines on the channel's stderr: a
+# DesktopStatus when the stream opens and whenever control or clipboard change,
+# and one DesktopClosed with the reason before it closes the channel (exit
+# status 0 when the session or HQ ended it, 1 when refused or failed).
+
+DESKTOP_SUBSYSTEM = "fieldlink-desktop"
+
+
+class DesktopStatus(Model):
+    """What the engineer may do on the screen now, and who decided it last."""
+
+    type: Literal["desktop_status"] = "desktop_status"
+    session_id: str
+    control: bool  # keyboard and mouse reach the screen
+    clipboard: bool  # the clipboard passes both ways
+    # "policy", "view-only session", or who at the site granted or took back
+    # control last; "" while nobody has granted it (desktop_control = "ask")
+    by: str = ""
+    notice: bool = False  # a notice shows on the machine's screen
+
+
+class DesktopClosed(Model):
+    """The agent ends the desktop stream: why, and whether HQ should record
+    the session as failed (refused, or the machine could not serve it)."""
+
+    type: Literal["desktop_closed"] = "desktop_closed"
+    session_id: str
+    reason: str
+    failure: bool = False
+
+
 AgentFrame = Annotated[
     Hello | Health | Help | Rating | Consent | KbQuery, Field(discriminator="type")
 ]
@@ -432,6 +506,7 @@ def _adapter(kind: str) -> TypeAdapter[Any]:
         "hq": HQFrame,
         "run_request": RunRequest,
         "run_reply": Annotated[RunOutput | RunResult, Field(discriminator="type")],
+        "desktop_notice": Annotated[DesktopStatus | DesktopClosed, Field(discriminator="type")],
     }
     return TypeAdapter(shapes[kind])
 
@@ -473,6 +548,11 @@ def decode_run_request(line: bytes) -> RunRequest:
 
 def decode_run_reply(line: bytes) -> RunOutput | RunResult:
     frame: RunOutput | RunResult = _decode(_adapter("run_reply"), line)
+    return frame
+
+
+def decode_desktop_notice(line: bytes) -> DesktopStatus | DesktopClosed:
+    frame: DesktopStatus | DesktopClosed = _decode(_adapter("desktop_notice"), line)
     return frame
 
 
