@@ -51,6 +51,22 @@ async def wait_until(
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+async def running(*argv: str, timeout: float = 30.0) -> Any:
+    """Wait until a live process runs exactly `argv` (pick an argv no other test
+    runs, e.g. a random sleep duration): a shell then has it in the foreground,
+    so a Ctrl-C typed now reaches it rather than the shell between commands."""
+    import psutil
+
+    def find() -> list[Any]:
+        found = []
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            if proc.info["cmdline"] == list(argv) and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        return found
+
+    return await wait_until(find, timeout=timeout, what=" ".join(argv))
+
+
 class ApiClient:
     """HTTPS client pinned to HQ's certificate fingerprint."""
 
