@@ -18,6 +18,9 @@ BIND ?= 127.0.0.1
 HTTP_PORT ?= 8443
 SSH_PORT ?= 8022
 
+# `make test` runs the suite on this many xdist workers (0: serially, in one process).
+TEST_WORKERS ?= 3
+
 .PHONY: run test test-latest lock fuzz bench lint format venv clean i18n
 
 # pip, the build backend and then the project with its dev extras, all at the
@@ -44,7 +47,7 @@ run: $(STAMP) $(NODE_STAMP)
 	$(BIN)/fieldlink demo --data-dir $(DEMO_DIR) --http $(BIND):$(HTTP_PORT) --ssh $(BIND):$(SSH_PORT)
 
 test: $(STAMP) $(NODE_STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # The suite against the newest releases of everything (the lock ignored), in a
 # venv of its own, so that the next upstream break shows here before a user meets it.

@@ -4,6 +4,7 @@ PostgreSQL. No mocks of our own components."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,6 +19,38 @@ from tests.support import (
     start_agent,
     start_hq,
 )
+
+# A module with a fixture (or event loop) of module scope or wider shares it
+# across its tests: such a module runs on one xdist worker, whole, so that its
+# world starts once; every other test goes to whichever worker is free.
+_SHARED_SCOPE = re.compile(r"""scope=["'](module|package|session)["']""")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "load":  # another --dist asked for: xdist's own
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    shared: dict[str, bool] = {}
+
+    def shares_a_world(module: str) -> bool:
+        if module not in shared:
+            path = config.rootpath / module
+            shared[module] = path.is_file() and bool(_SHARED_SCOPE.search(path.read_text()))
+        return shared[module]
+
+    class ModuleWorlds(LoadScopeScheduling):
+        """xdist's load scheduling, but a module that shares a world is one
+        unit of work (those go first, the largest first: LoadScopeScheduling
+        orders units by their number of tests)."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if shares_a_world(module) else nodeid
+
+    return ModuleWorlds(config, log)
+
 
 PG_URL = os.environ.get("FIELDLINK_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -6,6 +6,11 @@ Everything here drives the real components; nothing is faked.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import random
+import socket
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -44,6 +49,22 @@ async def wait_until(
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+async def running(*argv: str, timeout: float = 30.0) -> Any:
+    """Wait until a live process runs exactly `argv` (pick an argv no other test
+    runs, e.g. a random sleep duration): a shell then has it in the foreground,
+    so a Ctrl-C typed now reaches it rather than the shell between commands."""
+    import psutil
+
+    def find() -> list[Any]:
+        found = []
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            if proc.info["cmdline"] == list(argv) and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        return found
+
+    return await wait_until(find, timeout=timeout, what=" ".join(argv))
 
 
 class ApiClient:
@@ -193,7 +214,10 @@ class HQHandle:
 
 async def start_hq(data_dir: Path, db: str, **settings: Any) -> HQHandle:
     settings.setdefault("keepalive_interval", 1.0)
-    cfg = load_settings(data_dir, http="127.0.0.1:0", ssh="127.0.0.1:0", db=db, **settings)
+    # ports of this process's own (see free_port), so that restart() finds them free
+    settings.setdefault("http", f"127.0.0.1:{free_port()}")
+    settings.setdefault("ssh", f"127.0.0.1:{free_port()}")
+    cfg = load_settings(data_dir, db=db, **settings)
     await admin.init(cfg, admin_password=ADMIN_PASSWORD)
     hq = HQ(cfg)
     await hq.start()
@@ -297,9 +321,81 @@ async def make_user(
     return TestUser(user_id, name, password, token, secret)
 
 
-def free_port() -> int:
-    import socket
+class _PortBlock:
+    """Ports for the tests' servers (the HQs, `fieldlink demo`, "nowhere"
+    addresses) from a block that this process holds alone.
 
+    A port the OS hands out (bind to port 0) comes from the ephemeral range,
+    where any outgoing connection on this machine can take it the moment its
+    listener closes: an HQ restarted on its ports then found one taken. So the
+    ports come from below that range, which the OS never hands out, in blocks
+    of BLOCK: each pytest process (each xdist worker, every checkout's run on
+    this machine) claims a free block with a lock file that it holds while it
+    lives, and hands out the block's ports in turn, skipping any that some
+    other program listens on. Without a free block, port 0 as before."""
+
+    BLOCK = 200
+    FIRST = 10_000
+    LOCKS = Path(tempfile.gettempdir()) / "fieldlink-test-ports"
+
+    def __init__(self) -> None:
+        self._claimed: tuple[int, int] | None = None  # (lock fd, first port)
+        self._next = 0
+        self._tried = False
+
+    @staticmethod
+    def _ephemeral_low() -> int:
+        try:
+            low = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]
+            return int(low)
+        except (OSError, ValueError, IndexError):
+            return 32768
+
+    def _claim(self) -> None:
+        self._tried = True
+        count = (self._ephemeral_low() - self.FIRST) // self.BLOCK
+        if count < 1:
+            return
+        self.LOCKS.mkdir(exist_ok=True)
+        start = random.randrange(count)
+        for i in range(count):
+            index = (start + i) % count
+            fd = os.open(self.LOCKS / f"{index}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            self._claimed = (fd, self.FIRST + index * self.BLOCK)
+            return
+
+    def take(self) -> int | None:
+        if not self._tried:
+            self._claim()
+        if self._claimed is None:
+            return None
+        first = self._claimed[1]
+        for _ in range(self.BLOCK):
+            port = first + self._next
+            self._next = (self._next + 1) % self.BLOCK
+            with socket.socket() as sock:
+                try:  # no SO_REUSEADDR: a port with closing connections is skipped too
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+        return None
+
+
+_PORTS = _PortBlock()
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on, for a test's own server;
+    no other test process on this machine is given it (see _PortBlock)."""
+    port = _PORTS.take()
+    if port is not None:
+        return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

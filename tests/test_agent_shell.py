@@ -19,7 +19,7 @@ import pytest
 
 from agent.policy import Policy, write_default
 from shared import protocol as p
-from tests.support import AgentHandle, HQHandle, wait_until
+from tests.support import AgentHandle, HQHandle, running, wait_until
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 TICKET = "FL-7"
@@ -215,8 +215,9 @@ async def test_raw_bytes_and_full_screen_programs(sqlite_hq, agent_factory, tmp_
     await shell.type(b"\r\x1b\x7f\x01\x04")
     await shell.expect(r"0d 1b 7f 01 04")
 
-    await shell.type("sleep 100; echo after-$((1+1))\r")
-    await asyncio.sleep(0.3)
+    duration = str(100 + secrets.randbelow(900))
+    await shell.type(f"sleep {duration}; echo after-$((1+1))\r")
+    await running("sleep", duration)
     await shell.type(b"\x03")
     await shell.type("echo interrupted-$((2+2))\r")
     await shell.expect(r"interrupted-4", timeout=5)

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support import free_port, wait_until
 
 
@@ -29,6 +31,9 @@ def run(
     return proc
 
 
+# dozens of CLI processes, each a Python start-up: on a loaded machine (a
+# parallel run) far past the default 120 s budget
+@pytest.mark.timeout(300)
 async def test_hq_and_agent_command_lines(tmp_path: Path):
     """init, serve, admin enroll-token/api-token/fingerprint/user add/agent revoke/audit
     verify, and fieldlink-agent enroll/status, exactly as the issues write them."""

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import signal
 import struct
 import subprocess
@@ -452,8 +453,9 @@ async def test_shell_in_a_terminal_watched_and_replayed(sqlite_hq, agent_factory
         term.type(b"stty size\r")
         await term.expect(rb"\b33 111\r\n")
 
-        term.type(b"sleep 30\r")
-        await asyncio.sleep(0.5)
+        duration = str(30 + secrets.randbelow(900))
+        term.type(f"sleep {duration}\r".encode())
+        await support.running("sleep", duration)
         term.type(b"\x03")  # Ctrl-C goes to the remote side in raw mode
         term.type(b"echo after-int-$?\r")
         await term.expect(rb"after-int-130\r\n")

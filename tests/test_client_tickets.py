@@ -11,10 +11,15 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 
+import pytest
+
 from tests.support import make_user
 from tests.test_client_cli import as_user, fieldlink, ready_agent
 
 
+# dozens of CLI processes, each a Python start-up: on a loaded machine (a
+# parallel run) far past the default 120 s budget
+@pytest.mark.timeout(300)
 async def test_ticket_lifecycle_from_the_command_line(sqlite_hq, agent_factory, tmp_path):
     """new prints the number alone; the list shows priority, status and an SLA badge;
     every action moves the ticket, an illegal one exits 1 naming the allowed actions;

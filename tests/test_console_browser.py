@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from playwright.async_api import expect
 
 from tests import support
 from tests.browser import SITE, World, console_world, log_in, new_page, screenshot
@@ -49,7 +50,8 @@ async def test_a_machine_coming_online_appears_without_a_reload(world: World) ->
     await machines.evaluate("window.__noReload = true")
     handle = await world.agent_online("shop-live")
     row = page.locator("tr[data-site='shop-live']")
-    await row.wait_for()
+    # the row can show before its count does: wait for the count, then assert it
+    await expect(row.locator("td").nth(1)).to_contain_text("1", timeout=15000)
     assert "1" in await row.locator("td").nth(1).inner_text()
     live_row = machines.locator(f"tr[data-agent='{handle.agent_id}'][data-status=online]")
     await live_row.wait_for()

@@ -70,10 +70,19 @@ async def test_hq_killed_and_restarted_loses_nothing(db_url, tmp_path, hq_factor
         await wait_until(seqs, timeout=20, what="first reports")
         serve.send_signal(signal.SIGKILL)
         await serve.wait()
-        await asyncio.sleep(1.5)  # the agent keeps sampling into its spool
-        spooled = Spool(cdir.spool_file, 1000).stats().pending
-        assert spooled > 5
+
+        def spooled() -> int:  # the agent keeps sampling into its spool
+            return Spool(cdir.spool_file, 1000).stats().pending
+
+        await wait_until(lambda: spooled() > 5, timeout=30, what="reports spooled")
         serve = await spawn(tmp_path / "serve2.log", *argv)
+
+        def up_again() -> bool:
+            text = (tmp_path / "serve2.log").read_text()
+            assert serve.returncode is None, text[-3000:]
+            return "hq_started" in text
+
+        await wait_until(up_again, timeout=60, what="HQ up again")
 
         async def drained():
             stats = Spool(cdir.spool_file, 1000).stats()
@@ -199,8 +208,11 @@ async def test_full_spool_drops_are_visible(sqlite_hq, agent_factory):
     gw = sqlite_hq.hq.parts.gateway
     await wait_until(lambda: gw.registry.get(handle.agent_id), what="connected")
     await sqlite_hq.stop()
-    await asyncio.sleep(1.0)
-    assert Spool(handle.dir.spool_file, 10).stats().dropped > 0
+    await wait_until(  # the agent samples every 0.02 s into a spool of 10 frames
+        lambda: Spool(handle.dir.spool_file, 10).stats().dropped > 0,
+        timeout=30,
+        what="drops in the spool",
+    )
     await sqlite_hq.restart()
 
     async def dropped():
