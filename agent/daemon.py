@@ -22,7 +22,7 @@ from typing import Any
 import asyncssh
 import structlog
 
-from agent import catalog
+from agent import allowlist, catalog
 from agent.config import AgentConfig, ConfigDir
 from agent.desk import Desk
 from agent.groups import GroupBook
@@ -48,9 +48,9 @@ class Daemon:
             log.warning("policy_written_default", path=str(config_dir.policy_file))
         self.sessions = SessionBook()
         self.groups = GroupBook(config_dir.runs_dir)
-        self.runs = RunService(
-            load_policy(config_dir.policy_file), sessions=self.sessions, groups=self.groups
-        )
+        policy = load_policy(config_dir.policy_file)
+        self.runs = RunService(policy, sessions=self.sessions, groups=self.groups)
+        self.runs.apply(policy, self._resolve(policy))
         self.spool = Spool(
             config_dir.spool_file, self.config.spool_max_frames, self.config.spool_max_bytes
         )
@@ -77,6 +77,7 @@ class Daemon:
             sample=self.fresh_sample,
             sessions=self.sessions,
             policy=lambda: self.policy,
+            status_extra=self._status_extra,
         )
         socket_path = config_dir.socket_path(self.config)
         self.local = LocalServer(
@@ -101,12 +102,32 @@ class Daemon:
             facts=facts,
             spool_dropped=self.spool.dropped,
             catalog=catalog.advertise(),
-            policy=self.policy.summary(),
+            policy=self.policy.summary(self.runs.programs),
         )
 
     @property
     def policy(self) -> Policy:
         return self.runs.policy
+
+    @property
+    def policy_warnings(self) -> list[str]:
+        """What is wrong with the policy in force (e.g. programs left out of the
+        allow-list), for `status`."""
+        return list(self.runs.programs.warnings)
+
+    def _status_extra(self) -> dict[str, Any]:
+        return {"policy_warnings": self.policy_warnings}
+
+    def _resolve(self, policy: Policy) -> allowlist.AllowList:
+        """The policy's allow-list resolved on this machine; each problem is
+        logged once, at load."""
+        programs = allowlist.resolve(policy)
+        for warning in programs.warnings:
+            if warning == allowlist.migration_notice():
+                log.warning("exec_needs_allowed_programs", message=warning)
+            else:
+                log.warning("policy_warning", message=warning)
+        return programs
 
     async def _shell(self, process: Any) -> None:
         """A shell channel (agent.shell, loaded at the first one)."""
@@ -132,7 +153,8 @@ class Daemon:
         except PolicyError as exc:
             log.error("policy_reload_failed", path=str(path), error=str(exc))
             return False
-        old, self.runs.policy = self.runs.policy, policy
+        old = self.runs.policy
+        self.runs.apply(policy, self._resolve(policy))
         if not policy.allow_shell:
             self.sessions.stop_kind(
                 "shell", "this machine's policy no longer allows shells (allow_shell = false)"
@@ -140,7 +162,9 @@ class Daemon:
         if policy.file_roots != old.file_roots:
             self.sessions.stop_kind("files", "this machine's file roots changed")
         self.telemetry.resend_hello()
-        log.info("policy_reloaded", path=str(path), **policy.summary().model_dump())
+        log.info(
+            "policy_reloaded", path=str(path), **policy.summary(self.runs.programs).model_dump()
+        )
         return True
 
     async def sample(self) -> p.HealthReport:

@@ -289,6 +289,8 @@ class StatusAnswer(_Model):
     spool_error: str | None = None  # why the spool cannot be written now (a full disk)
     spool_error_since: datetime | None = None
     sessions: list[SessionView] = Field(default_factory=list)  # live sessions
+    # what is wrong with the policy in force (e.g. exec with an empty allow-list)
+    policy_warnings: list[str] = Field(default_factory=list)
 
 
 class SuggestAnswer(_Model):

@@ -177,8 +177,10 @@ async def run_process(
     user: str | None = None,
     grace: float = GRACE,
     groups: GroupBook | None = None,
+    executable: str | None = None,
 ) -> ProcessResult:
-    """Run `argv` in its own process group; see the module docstring.
+    """Run `argv` in its own process group; see the module docstring. With
+    `executable` that file runs, `argv[0]` being only the name it is given.
 
     Raises OSError (FileNotFoundError, PermissionError) if it cannot start.
     """
@@ -199,6 +201,7 @@ async def run_process(
         user=user,
         group=group,
         extra_groups=[] if user is not None else None,
+        executable=executable,
     )
     proc = asyncio.subprocess.Process(transport, protocol, loop)
     pgid = proc.pid

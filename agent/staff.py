@@ -315,8 +315,10 @@ def status_lines(answer: StatusAnswer) -> list[str]:
         "you are": answer.caller,
     }
     width = max(len(k) for k in info)
-    return [f"{k:<{width}}  {v}" for k, v in info.items()] + sessions_lines(
-        answer.sessions, datetime.now(UTC)
+    return (
+        [f"{k:<{width}}  {v}" for k, v in info.items()]
+        + sessions_lines(answer.sessions, datetime.now(UTC))
+        + [f"policy warning: {w}" for w in answer.policy_warnings]
     )
 
 

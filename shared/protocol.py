@@ -207,6 +207,10 @@ class PolicySummary(Model):
     max_output_bytes: int
     max_runtime_seconds: float
     max_concurrent: int
+    # with allow_exec and not allow_shell: the real paths `exec` may run (the
+    # machine's allow-list as resolved there; empty: no plain command runs).
+    # None: not limited by a list (or an agent from before the allow-list).
+    allowed_programs: list[str] | None = None
 
 
 # --- frames --------------------------------------------------------------------

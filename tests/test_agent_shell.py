@@ -19,7 +19,7 @@ import pytest
 
 from agent.policy import Policy, write_default
 from shared import protocol as p
-from tests.support import AgentHandle, HQHandle, wait_until
+from tests.support import AgentHandle, HQHandle, machine_policy, wait_until
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 TICKET = "FL-7"
@@ -30,7 +30,7 @@ async def linked(hq: HQHandle, agent_factory: Any, **policy: Any) -> tuple[Agent
     agent: AgentHandle = await agent_factory(hq, run=False)
     policy.setdefault("allow_shell", True)
     policy.setdefault("shell_user", ME)
-    write_default(agent.dir.policy_file, Policy(**policy))
+    write_default(agent.dir.policy_file, machine_policy(**policy))
     await agent.start()
     registry = hq.hq.svc.gateway.registry
 

@@ -185,6 +185,8 @@ class Context:
         self.used = 0
         self.truncated = False
         self.stop = threading.Event()  # set when the run ends: worker threads give up
+        # exec under the allow-list: (the real file that was checked, its argv[0])
+        self.program: tuple[str, str] | None = None
         self._send = send
         self._deadline = asyncio.get_running_loop().time() + timeout
 
@@ -218,12 +220,14 @@ class Context:
         user: str | None = None,
         home: str = "/",
         cwd: str = "/",
+        executable: str | None = None,
     ) -> ProcessResult:
         """Run a fixed argv (the first word looked up on a fixed PATH), streaming
         its output to HQ or (stream=False) only capturing it for parsing; either
         way the result keeps the output (up to the cap) for parsing.
-        Raises Problem if the program is not installed."""
-        program = which(argv[0])
+        Raises Problem if the program is not installed. With `executable`, that
+        file runs, with `argv` (its argv[0] too) as given."""
+        program = which(argv[0]) if executable is None else argv[0]
         if program is None:
             raise Problem(f"{argv[0]} is not installed on this machine")
         if stream:
@@ -237,6 +241,7 @@ class Context:
                 cwd=cwd,
                 user=user,
                 groups=self.groups,
+                executable=executable,
             )
             self.used += result.output_bytes
             self.truncated = self.truncated or result.truncated
@@ -249,6 +254,7 @@ class Context:
                 cwd=cwd,
                 user=user,
                 groups=self.groups,
+                executable=executable,
             )
         return result
 
