@@ -241,6 +241,9 @@ def _status(config_dir: ConfigDir, as_json: bool) -> int:
         if state.get("last_error_at")
         else None,
         "interval": config.interval,
+        "run_containment": "unknown (the agent is not running)"
+        if live is None
+        else live.run_containment,
         "version": __version__,
     }
     sessions = None if live is None else live.sessions

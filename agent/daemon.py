@@ -24,6 +24,7 @@ import structlog
 
 from agent import allowlist, catalog
 from agent.config import AgentConfig, ConfigDir
+from agent.containment import Containment, probe
 from agent.desk import Desk
 from agent.groups import GroupBook
 from agent.link import Link, Telemetry
@@ -48,6 +49,8 @@ class Daemon:
             log.warning("policy_written_default", path=str(config_dir.policy_file))
         self.sessions = SessionBook()
         self.groups = GroupBook(config_dir.runs_dir)
+        # how runs are contained: decided at start (`run`), process groups until then
+        self.containment = Containment(None, "not decided yet (the agent is starting)")
         policy = load_policy(config_dir.policy_file)
         self.runs = RunService(policy, sessions=self.sessions, groups=self.groups)
         self.runs.apply(policy, self._resolve(policy))
@@ -95,6 +98,7 @@ class Daemon:
 
     async def _hello(self) -> p.Hello:
         facts = await asyncio.to_thread(collect_facts)
+        facts = facts.model_copy(update={"run_containment": self.containment.describe()})
         return p.Hello(
             protocol=PROTOCOL_VERSION,
             agent_id=self.config.agent_id,
@@ -116,7 +120,10 @@ class Daemon:
         return list(self.runs.programs.warnings)
 
     def _status_extra(self) -> dict[str, Any]:
-        return {"policy_warnings": self.policy_warnings}
+        return {
+            "policy_warnings": self.policy_warnings,
+            "run_containment": self.containment.describe(),
+        }
 
     def _resolve(self, policy: Policy) -> allowlist.AllowList:
         """The policy's allow-list resolved on this machine; each problem is
@@ -134,7 +141,12 @@ class Daemon:
         if self._shells is None:
             from agent.shell import ShellService
 
-            self._shells = ShellService(lambda: self.policy, self.sessions, lang=self._lang)
+            self._shells = ShellService(
+                lambda: self.policy,
+                self.sessions,
+                lang=self._lang,
+                containment=lambda: self.containment,
+            )
         await self._shells.serve(process)
 
     def _files(self, chan: Any) -> Any:
@@ -257,8 +269,10 @@ class Daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signal.SIGHUP, self.reload_policy)
         try:
+            self.containment = await asyncio.to_thread(probe, self.config.run_containment)
+            self.runs.containment = self.containment
             # runs a previous agent process left behind when it died: before any new one
-            await asyncio.to_thread(self.groups.reap)
+            await asyncio.to_thread(self.groups.reap, self.containment.base)
             await self.local.start()
             log.info(
                 "agent_started",
@@ -266,6 +280,7 @@ class Daemon:
                 hq=f"{self.config.ssh_host}:{self.config.ssh_port}",
                 interval=self.interval,
                 local_socket=str(self.local.path),
+                run_containment=self.containment.describe(),
             )
             self._spawn(self._sample_loop())
             self._spawn(self.link.run())

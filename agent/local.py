@@ -291,6 +291,8 @@ class StatusAnswer(_Model):
     sessions: list[SessionView] = Field(default_factory=list)  # live sessions
     # what is wrong with the policy in force (e.g. exec with an empty allow-list)
     policy_warnings: list[str] = Field(default_factory=list)
+    # how runs' processes are contained (agent.containment.Containment.describe)
+    run_containment: str | None = None
 
 
 class SuggestAnswer(_Model):

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from agent import allowlist, catalog
 from agent.catalog.base import Context, Outcome, Problem
+from agent.containment import Containment
 from agent.groups import GroupBook
 from agent.policy import Policy, check_run
 from agent.runner import Stream
@@ -95,8 +96,11 @@ class RunService:
         queue_wait: float = 5.0,
         sessions: SessionBook | None = None,
         groups: GroupBook | None = None,
+        containment: Containment | None = None,
     ) -> None:
         self.policy = policy
+        # how runs' processes are contained (agent.containment; set at start)
+        self.containment = containment
         # the policy's allowed_programs as resolved on this machine (see `apply`)
         self.programs = allowlist.EMPTY
         self.groups = groups
@@ -243,7 +247,14 @@ class RunService:
             process.stdout.write(p.encode(p.RunOutput(stream=stream, data=text)))
             await process.stdout.drain()
 
-        ctx = Context(policy=policy, timeout=timeout, output_cap=cap, send=send, groups=self.groups)
+        ctx = Context(
+            policy=policy,
+            timeout=timeout,
+            output_cap=cap,
+            send=send,
+            groups=self.groups,
+            containment=self.containment,
+        )
         if isinstance(program, allowlist.Identity) and argv:
             # the very file the allow-list checked, named as its entry was listed
             ctx.program = allowlist.launch(programs, argv, program)

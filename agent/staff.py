@@ -311,6 +311,7 @@ def status_lines(answer: StatusAnswer) -> list[str]:
         "spool dropped": str(answer.spool_dropped),
         "spool error": spool_error_text(answer.spool_error, answer.spool_error_since),
         "requests waiting": str(answer.requests_waiting),
+        "run containment": answer.run_containment or "unknown",
         "version": answer.version,
         "you are": answer.caller,
     }

@@ -74,6 +74,9 @@ class Facts(Model):
     boot_time: datetime
     agent_version: str
     python_version: str
+    # how the agent contains a run's processes: "cgroup v2 (PATH)" or
+    # "process group (cgroups unavailable: REASON)"; None from older agents
+    run_containment: str | None = None
 
 
 # --- health report -----------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from agent.containment import Containment
 from agent.groups import GroupBook
 from agent.policy import Policy
 from agent.runner import SAFE_PATH, ProcessResult, Stream, base_env, run_process
@@ -177,9 +178,11 @@ class Context:
         output_cap: int,
         send: Callable[[Stream, str], Awaitable[None]],
         groups: GroupBook | None = None,
+        containment: Containment | None = None,
     ) -> None:
         self.policy = policy
         self.groups = groups
+        self.containment = containment
         self.timeout = timeout
         self.output_cap = output_cap
         self.used = 0
@@ -242,6 +245,7 @@ class Context:
                 user=user,
                 groups=self.groups,
                 executable=executable,
+                containment=self.containment,
             )
             self.used += result.output_bytes
             self.truncated = self.truncated or result.truncated
@@ -255,6 +259,7 @@ class Context:
                 user=user,
                 groups=self.groups,
                 executable=executable,
+                containment=self.containment,
             )
         return result
 
