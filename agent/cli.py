@@ -244,6 +244,8 @@ def _status(config_dir: ConfigDir, as_json: bool) -> int:
         "run_containment": "unknown (the agent is not running)"
         if live is None
         else live.run_containment,
+        "log_dropped": None if live is None else live.log_dropped,
+        "log_error": None if live is None else live.log_error,
         "version": __version__,
     }
     sessions = None if live is None else live.sessions
@@ -264,6 +266,9 @@ def _status(config_dir: ConfigDir, as_json: bool) -> int:
         if shown["spool_last_error"] is None:
             shown.pop("spool_last_error")
             shown.pop("spool_last_error_at")
+        if not shown["log_dropped"] and shown["log_error"] is None:
+            shown.pop("log_dropped")
+            shown.pop("log_error")
         width = max(len(k) for k in shown)
         for key, value in shown.items():
             print(f"{key.replace('_', ' '):<{width}}  {value}")
@@ -384,7 +389,8 @@ def _staff(config_dir: ConfigDir, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     fmt = {"auto": None, "json": True, "console": False}[args.log_format]
-    logs.configure(json=fmt)
+    # the daemon logs through a sink that never raises into or blocks its link
+    logs.configure(json=fmt, safe=args.command == "run")
     config_dir = ConfigDir(args.config_dir)
     # Modules are imported by the command that needs them: `help` on a till
     # should not wait for asyncssh and psutil to load.

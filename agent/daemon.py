@@ -34,6 +34,7 @@ from agent.run import RunService
 from agent.sampler import Sampler, collect_facts
 from agent.sessions import SessionBook
 from agent.spool import Spool, SpoolFull
+from shared import logs
 from shared import protocol as p
 from shared.version import PROTOCOL_VERSION, __version__
 
@@ -120,9 +121,12 @@ class Daemon:
         return list(self.runs.programs.warnings)
 
     def _status_extra(self) -> dict[str, Any]:
+        sink = logs.sink()
         return {
             "policy_warnings": self.policy_warnings,
             "run_containment": self.containment.describe(),
+            "log_dropped": sink.dropped if sink is not None else 0,
+            "log_error": sink.error if sink is not None else None,
         }
 
     def _resolve(self, policy: Policy) -> allowlist.AllowList:
@@ -253,9 +257,9 @@ class Daemon:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("task_failed", error=repr(task.exception()))
             self.failure = self.failure or repr(task.exception())
-            self._stop.set()
+            self._stop.set()  # first: nothing below may keep the agent from stopping
+            log.error("task_failed", error=repr(task.exception()))
 
     def stop(self) -> None:
         self._stop.set()

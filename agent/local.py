@@ -293,6 +293,9 @@ class StatusAnswer(_Model):
     policy_warnings: list[str] = Field(default_factory=list)
     # how runs' processes are contained (agent.containment.Containment.describe)
     run_containment: str | None = None
+    # log lines the agent could not write (its log file failing: a full disk)
+    log_dropped: int = 0
+    log_error: str | None = None  # why log writes fail now
 
 
 class SuggestAnswer(_Model):

@@ -312,6 +312,8 @@ def status_lines(answer: StatusAnswer) -> list[str]:
         "spool error": spool_error_text(answer.spool_error, answer.spool_error_since),
         "requests waiting": str(answer.requests_waiting),
         "run containment": answer.run_containment or "unknown",
+        "log dropped": str(answer.log_dropped)
+        + (f" (failing now: {answer.log_error})" if answer.log_error else ""),
         "version": answer.version,
         "you are": answer.caller,
     }
