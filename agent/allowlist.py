@@ -360,12 +360,30 @@ def refusal(
     return interpreters.refusal(argv, allowed_interpreters)
 
 
-def launch(allow: AllowList, argv: Sequence[str], ident: Identity) -> tuple[str, str]:
-    """(the file to execute, the argv[0] to give it) for an argv the allow-list
-    let through: the real file checked, named as its listed entry was found."""
+@dataclass(frozen=True)
+class Launch:
+    """How to start an argv the allow-list let through: the real file checked
+    (`ident`), given the argv[0] its listed entry was found as."""
+
+    ident: Identity
+    name: str
+
+    def still_same(self) -> str | None:
+        """Why the file is no longer the one checked (blocking: a stat), or None."""
+        now = identify(self.ident.real)
+        if isinstance(now, str) or not now.same_file(self.ident):
+            return (
+                f"{self.ident.real} was replaced while the run waited to start; "
+                "it runs again once the policy is reloaded"
+            )
+        return None
+
+
+def launch(allow: AllowList, argv: Sequence[str], ident: Identity) -> Launch:
+    """How to start `argv`, which the allow-list let through (see `Launch`)."""
     found = pick(allow, argv, ident, agent_uid=None)
     listed = found.ident.found if isinstance(found, Allowed) else ident.real
-    return ident.real, listed
+    return Launch(ident, listed)
 
 
 def pick(

@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from agent.allowlist import Launch
 from agent.containment import Containment
 from agent.groups import GroupBook
 from agent.policy import Policy
@@ -188,8 +189,8 @@ class Context:
         self.used = 0
         self.truncated = False
         self.stop = threading.Event()  # set when the run ends: worker threads give up
-        # exec under the allow-list: (the real file that was checked, its argv[0])
-        self.program: tuple[str, str] | None = None
+        # exec under the allow-list: the real file that was checked, and its argv[0]
+        self.program: Launch | None = None
         self._send = send
         self._deadline = asyncio.get_running_loop().time() + timeout
 
