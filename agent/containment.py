@@ -21,7 +21,9 @@ Decided once when the agent starts (`probe()`), and shown by
   cgroups: `agent` and the runs'. Without `Delegate=yes` systemd does not
   expect a service to make cgroups; set it in the unit (docs/agent-runs.md).
 - **process group** otherwise (not root, no cgroup v2, no `cgroup.kill`
-  (Linux < 5.14), a hierarchy the agent may not write), or when config.toml
+  (Linux < 5.14), a kernel that judges a move into a cgroup by the moving
+  program's user rather than by who opened `cgroup.procs` (Linux < 5.16),
+  a hierarchy the agent may not write), or when config.toml
   says `run_containment = "process_group"`: each run leads its own process
   group, which is killed (agent.runner), and what leaves it is not followed.
 
@@ -54,6 +56,7 @@ log = structlog.get_logger(__name__)
 LEAF = "agent"  # the agent's own leaf beside its runs' cgroups
 RUN_PREFIX = "run-"
 EMPTY_WAIT = 5.0  # seconds to wait for a killed cgroup to be empty
+NOBODY = 65534  # the user the probe switches to, as a run under another shell_user does
 
 
 class ContainmentError(OSError):
@@ -184,6 +187,25 @@ def _try(base: Path) -> None:
         )
     except subprocess.SubprocessError as exc:
         raise ContainmentError(errno.EPERM, f"a program cannot join a run cgroup: {exc}") from None
+    try:
+        # as another user, as runs under a policy's shell_user do (the kernel must
+        # judge the move by who opened cgroup.procs: Linux 5.16, or a backport)
+        subprocess.run(
+            [true],
+            preexec_fn=cg.join,
+            check=True,
+            timeout=10,
+            stdin=subprocess.DEVNULL,
+            user=NOBODY,
+            group=NOBODY,
+            extra_groups=[],
+        )
+    except subprocess.SubprocessError:
+        raise ContainmentError(
+            errno.EPERM,
+            "a program that switched users cannot join a run cgroup here (this kernel "
+            "checks the move against the program's own user; Linux 5.16 does not)",
+        ) from None
     finally:
         cg.kill_now()
         cg.remove_now()
