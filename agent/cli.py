@@ -177,6 +177,7 @@ def _wait_seconds(text: str) -> float:
 
 
 def _policy(config_dir: ConfigDir, as_json: bool, init: bool) -> int:
+    from agent import allowlist
     from agent.policy import ensure_policy, load_policy
 
     path = config_dir.policy_file
@@ -185,7 +186,9 @@ def _policy(config_dir: ConfigDir, as_json: bool, init: bool) -> int:
         if ensure_policy(path):
             print(f"wrote the default policy to {path}", file=sys.stderr)
     policy = load_policy(path)
-    values = policy.model_dump()
+    for warning in allowlist.resolve(policy).warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    values = policy.model_dump(exclude_none=True)
     if as_json:
         print(json.dumps(values, indent=2))
         return 0
@@ -253,9 +256,15 @@ def _status(config_dir: ConfigDir, as_json: bool) -> int:
         if state.get("last_error_at")
         else None,
         "interval": config.interval,
+        "run_containment": "unknown (the agent is not running)"
+        if live is None
+        else live.run_containment,
+        "log_dropped": None if live is None else live.log_dropped,
+        "log_error": None if live is None else live.log_error,
         "version": __version__,
     }
     sessions = None if live is None else live.sessions
+    info["policy_warnings"] = _policy_warnings(config_dir) if live is None else live.policy_warnings
     if as_json:
         info["spool_error_since"] = (
             None if info["spool_error_since"] is None else info["spool_error_since"].isoformat()
@@ -266,11 +275,15 @@ def _status(config_dir: ConfigDir, as_json: bool) -> int:
         print(json.dumps(info, indent=2))
     else:
         shown = dict(info)
+        warnings = shown.pop("policy_warnings")
         shown["spool_error"] = staff.spool_error_text(error, info["spool_error_since"])
         shown.pop("spool_error_since")
         if shown["spool_last_error"] is None:
             shown.pop("spool_last_error")
             shown.pop("spool_last_error_at")
+        if not shown["log_dropped"] and shown["log_error"] is None:
+            shown.pop("log_dropped")
+            shown.pop("log_error")
         width = max(len(k) for k in shown)
         for key, value in shown.items():
             print(f"{key.replace('_', ' '):<{width}}  {value}")
@@ -279,6 +292,8 @@ def _status(config_dir: ConfigDir, as_json: bool) -> int:
         else:
             for line in staff.sessions_lines(sessions, datetime.now(UTC)):
                 print(line)
+        for warning in warnings:
+            print(f"policy warning: {warning}")
         if error is not None:
             print(
                 f"warning: the spool cannot be written ({error}); new reports are dropped "
@@ -292,6 +307,17 @@ def _status(config_dir: ConfigDir, as_json: bool) -> int:
                 file=sys.stderr,
             )
     return 0
+
+
+def _policy_warnings(config_dir: ConfigDir) -> list[str]:
+    """What is wrong with the policy file, as the agent would find it at start."""
+    from agent import allowlist
+    from agent.policy import PolicyError, load_policy
+
+    try:
+        return list(allowlist.resolve(load_policy(config_dir.policy_file)).warnings)
+    except PolicyError as exc:
+        return [str(exc)]
 
 
 def _run(config_dir: ConfigDir, interval: float | None) -> int:
@@ -378,7 +404,8 @@ def _staff(config_dir: ConfigDir, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     fmt = {"auto": None, "json": True, "console": False}[args.log_format]
-    logs.configure(json=fmt)
+    # the daemon logs through a sink that never raises into or blocks its link
+    logs.configure(json=fmt, safe=args.command == "run")
     config_dir = ConfigDir(args.config_dir)
     # Modules are imported by the command that needs them: `help` on a till
     # should not wait for asyncssh and psutil to load.

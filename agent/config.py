@@ -4,7 +4,7 @@ DIR/config.toml   identity, HQ endpoints, pinned HQ key, tuning (0600)
 DIR/agent_key     the agent's ed25519 host key, made on this machine (0600)
 DIR/spool.db      unacknowledged frames (see agent.spool)
 DIR/policy.toml   the site's local policy (see agent.policy)
-DIR/runs/         the process groups of runs in progress (see agent.groups)
+DIR/runs/         the process groups (and cgroups) of runs in progress (see agent.groups)
 DIR/agent.sock    the running daemon's local socket for people at the machine
                   (see agent.local; `local_socket` may put it elsewhere)
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -45,6 +46,9 @@ class AgentConfig(BaseModel):
     # own primary group).
     local_socket: str | None = Field(default=None, min_length=1)
     local_group: str | None = Field(default=None, min_length=1)
+    # How runs' processes are contained (agent.containment): "auto" uses a
+    # cgroup v2 per run where it can, "process_group" only the process-group rule.
+    run_containment: Literal["auto", "process_group"] = "auto"
 
 
 class ConfigDir:

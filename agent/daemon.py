@@ -22,8 +22,9 @@ from typing import Any
 import asyncssh
 import structlog
 
-from agent import catalog
+from agent import allowlist, catalog
 from agent.config import AgentConfig, ConfigDir
+from agent.containment import Containment, probe
 from agent.desk import Desk
 from agent.groups import GroupBook
 from agent.link import Link, Telemetry
@@ -33,6 +34,7 @@ from agent.run import RunService
 from agent.sampler import Sampler, collect_facts
 from agent.sessions import SessionBook
 from agent.spool import Spool, SpoolFull
+from shared import logs
 from shared import protocol as p
 from shared.version import PROTOCOL_VERSION, __version__
 
@@ -48,9 +50,11 @@ class Daemon:
             log.warning("policy_written_default", path=str(config_dir.policy_file))
         self.sessions = SessionBook()
         self.groups = GroupBook(config_dir.runs_dir)
-        self.runs = RunService(
-            load_policy(config_dir.policy_file), sessions=self.sessions, groups=self.groups
-        )
+        # how runs are contained: decided at start (`run`), process groups until then
+        self.containment = Containment(None, "not decided yet (the agent is starting)")
+        policy = load_policy(config_dir.policy_file)
+        self.runs = RunService(policy, sessions=self.sessions, groups=self.groups)
+        self.runs.apply(policy, self._resolve(policy))
         self.spool = Spool(
             config_dir.spool_file, self.config.spool_max_frames, self.config.spool_max_bytes
         )
@@ -81,6 +85,7 @@ class Daemon:
             sample=self.fresh_sample,
             sessions=self.sessions,
             policy=lambda: self.policy,
+            status_extra=self._status_extra,
         )
         socket_path = config_dir.socket_path(self.config)
         self.local = LocalServer(
@@ -98,6 +103,7 @@ class Daemon:
 
     async def _hello(self) -> p.Hello:
         facts = await asyncio.to_thread(collect_facts)
+        facts = facts.model_copy(update={"run_containment": self.containment.describe()})
         return p.Hello(
             protocol=PROTOCOL_VERSION,
             agent_id=self.config.agent_id,
@@ -105,19 +111,50 @@ class Daemon:
             facts=facts,
             spool_dropped=self.spool.dropped,
             catalog=catalog.advertise(),
-            policy=self.policy.summary(),
+            policy=self.policy.summary(self.runs.programs),
         )
 
     @property
     def policy(self) -> Policy:
         return self.runs.policy
 
+    @property
+    def policy_warnings(self) -> list[str]:
+        """What is wrong with the policy in force (e.g. programs left out of the
+        allow-list), for `status`."""
+        return list(self.runs.programs.warnings)
+
+    def _status_extra(self) -> dict[str, Any]:
+        sink = logs.sink()
+        return {
+            "policy_warnings": self.policy_warnings,
+            "run_containment": self.containment.describe(),
+            "log_dropped": sink.dropped if sink is not None else 0,
+            "log_error": sink.error if sink is not None else None,
+        }
+
+    def _resolve(self, policy: Policy) -> allowlist.AllowList:
+        """The policy's allow-list resolved on this machine; each problem is
+        logged once, at load."""
+        programs = allowlist.resolve(policy)
+        for warning in programs.warnings:
+            if warning == allowlist.migration_notice():
+                log.warning("exec_needs_allowed_programs", message=warning)
+            else:
+                log.warning("policy_warning", message=warning)
+        return programs
+
     async def _shell(self, process: Any) -> None:
         """A shell channel (agent.shell, loaded at the first one)."""
         if self._shells is None:
             from agent.shell import ShellService
 
-            self._shells = ShellService(lambda: self.policy, self.sessions, lang=self._lang)
+            self._shells = ShellService(
+                lambda: self.policy,
+                self.sessions,
+                lang=self._lang,
+                containment=lambda: self.containment,
+            )
         await self._shells.serve(process)
 
     async def _desktop(self, process: Any) -> None:
@@ -149,7 +186,8 @@ class Daemon:
         except PolicyError as exc:
             log.error("policy_reload_failed", path=str(path), error=str(exc))
             return False
-        old, self.runs.policy = self.runs.policy, policy
+        old = self.runs.policy
+        self.runs.apply(policy, self._resolve(policy))
         if not policy.allow_shell:
             self.sessions.stop_kind(
                 "shell", "this machine's policy no longer allows shells (allow_shell = false)"
@@ -158,7 +196,9 @@ class Daemon:
             self.sessions.stop_kind("files", "this machine's file roots changed")
         self._desktop_policy_changed(old, policy)
         self.telemetry.resend_hello()
-        log.info("policy_reloaded", path=str(path), **policy.summary().model_dump())
+        log.info(
+            "policy_reloaded", path=str(path), **policy.summary(self.runs.programs).model_dump()
+        )
         return True
 
     def _desktop_policy_changed(self, old: Policy, new: Policy) -> None:
@@ -251,9 +291,9 @@ class Daemon:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("task_failed", error=repr(task.exception()))
             self.failure = self.failure or repr(task.exception())
-            self._stop.set()
+            self._stop.set()  # first: nothing below may keep the agent from stopping
+            log.error("task_failed", error=repr(task.exception()))
 
     def stop(self) -> None:
         self._stop.set()
@@ -267,8 +307,10 @@ class Daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signal.SIGHUP, self.reload_policy)
         try:
+            self.containment = await asyncio.to_thread(probe, self.config.run_containment)
+            self.runs.containment = self.containment
             # runs a previous agent process left behind when it died: before any new one
-            await asyncio.to_thread(self.groups.reap)
+            await asyncio.to_thread(self.groups.reap, self.containment.base)
             await self.local.start()
             log.info(
                 "agent_started",
@@ -276,6 +318,7 @@ class Daemon:
                 hq=f"{self.config.ssh_host}:{self.config.ssh_port}",
                 interval=self.interval,
                 local_socket=str(self.local.path),
+                run_containment=self.containment.describe(),
             )
             self._spawn(self._sample_loop())
             self._spawn(self.link.run())

@@ -29,6 +29,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
@@ -122,8 +123,12 @@ class Desk:
         sample: Callable[[], Awaitable[p.HealthReport | None]],
         sessions: SessionBook,
         policy: Callable[[], Policy],
+        status_extra: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._config = config
+        # more of the agent's own state for `status` (policy warnings, run
+        # containment, dropped log lines): StatusAnswer fields by name
+        self._status_extra = status_extra
         self._spool = spool
         self._telemetry = telemetry
         self._sample = sample
@@ -294,6 +299,7 @@ class Desk:
             spool_error=error.message if error else None,
             spool_error_since=_when(error.since) if error else None,
             sessions=[self._view(k) for k in self._sessions.live()],
+            **(self._status_extra() if self._status_extra is not None else {}),
         )
 
     # --- sessions ---------------------------------------------------------------------

@@ -17,10 +17,12 @@ recorded start time, or the leader is gone and processes remain in the group
 are the run's). A leader pid that now belongs to another process means the
 run's group is long gone: nothing is killed.
 
-A process that leaves its group on purpose (setsid, a double fork into a
-new session) is not found this way; containing those would take a cgroup.
-Nor is a run whose agent died in the instant between starting its program
-and writing the record.
+Where runs have cgroups (agent.containment), the record names the run's
+cgroup too, and `reap()` kills that cgroup whole and removes it: a process
+that left its group on purpose (setsid, a double fork into a new session) is
+found that way. Under the process-group rule it is not. Nor is a run whose
+agent died in the instant between starting its program and writing the
+record (its cgroup, if any, stays, and so does what runs in it).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from pathlib import Path
 
 import psutil
 import structlog
+
+from agent import containment
 
 log = structlog.get_logger(__name__)
 
@@ -76,15 +80,17 @@ class GroupBook:
     def _file(self, pgid: int) -> Path:
         return self.path / f"{pgid}.json"
 
-    def add(self, pgid: int) -> None:
-        """Record a run's group as soon as it started. Best effort: a failure
-        (a full disk) is logged and the run goes on."""
-        record = {
+    def add(self, pgid: int, cgroup: Path | None = None) -> None:
+        """Record a run's group (and cgroup) as soon as it started. Best effort:
+        a failure (a full disk) is logged and the run goes on."""
+        record: dict[str, object] = {
             "pgid": pgid,
             "started": _started(pgid),
             "boot_id": self._boot,
             "agent_pid": os.getpid(),
         }
+        if cgroup is not None:
+            record["cgroup"] = str(cgroup)
         try:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             tmp = self.path / f".{pgid}.tmp"
@@ -129,13 +135,25 @@ class GroupBook:
             return isinstance(recorded, float) and abs(started - recorded) < 0.01
         return bool(members(pgid))
 
-    def reap(self) -> list[int]:
-        """Kill every recorded group a previous agent left running; forget the
-        records. Returns the groups killed. Blocking (up to REAP_WAIT s)."""
+    def reap(self, base: Path | None = None) -> list[int]:
+        """Kill every recorded group (and run cgroup under `base`, this agent's
+        cgroup) a previous agent left running; forget the records. Returns the
+        groups killed. Blocking (up to REAP_WAIT s each)."""
         killed = []
         for record in self.recorded():
             pgid = record["pgid"]
             assert isinstance(pgid, int)
+            cgroup = record.get("cgroup")
+            if (
+                isinstance(cgroup, str)
+                and record.get("boot_id") == self._boot
+                and record.get("agent_pid") != os.getpid()
+                and containment.reap(Path(cgroup), base)
+            ):
+                log.warning("orphaned_run_killed", pgid=pgid, cgroup=cgroup)
+                killed.append(pgid)
+                self.remove(pgid)
+                continue
             if self._still_ours(record):
                 left = members(pgid)
                 with contextlib.suppress(ProcessLookupError, PermissionError):

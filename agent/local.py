@@ -302,6 +302,13 @@ class StatusAnswer(_Model):
     spool_error: str | None = None  # why the spool cannot be written now (a full disk)
     spool_error_since: datetime | None = None
     sessions: list[SessionView] = Field(default_factory=list)  # live sessions
+    # what is wrong with the policy in force (e.g. exec with an empty allow-list)
+    policy_warnings: list[str] = Field(default_factory=list)
+    # how runs' processes are contained (agent.containment.Containment.describe)
+    run_containment: str | None = None
+    # log lines the agent could not write (its log file failing: a full disk)
+    log_dropped: int = 0
+    log_error: str | None = None  # why log writes fail now
 
 
 class SuggestAnswer(_Model):

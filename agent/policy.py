@@ -14,6 +14,10 @@ The desktop keys (`allow_desktop`, `desktop_*`, issue 18) are a block of
 their own at the end of the model and the file; `vnc_target()` reads
 `desktop_vnc_address`, which must name this machine itself (loopback or a
 Unix socket): the agent never relays a screen from elsewhere.
+
+With `allow_shell = false` a plain command must pass the allow-list
+(`allowed_programs`, agent.allowlist: resolved on the machine when the policy
+is loaded) and then the interpreter rule (agent.interpreters).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from pydantic import (
     model_validator,
 )
 
-from agent import interpreters
+from agent import allowlist
 from agent.config import ConfigError, write_private
 from shared import protocol as p
 
@@ -148,6 +152,7 @@ class Policy(BaseModel):
     allow_actions: bool = True
     allow_exec: bool = False
     allow_shell: bool = False
+    allowed_programs: list[allowlist.Entry] = Field(default_factory=list, max_length=256)
     allowed_interpreters: list[ProgramName] = Field(default_factory=list, max_length=64)
     require_consent: bool = True
     shell_user: str = Field(default_factory=current_user, min_length=1, max_length=64)
@@ -192,8 +197,13 @@ class Policy(BaseModel):
 
     # --- the hello ------------------------------------------------------------------------
 
-    def summary(self) -> p.PolicySummary:
-        """What HQ is told about this policy (in the hello)."""
+    def summary(self, programs: allowlist.AllowList | None = None) -> p.PolicySummary:
+        """What HQ is told about this policy (in the hello): with `programs` (the
+        allow-list as resolved here) the real paths exec may run while
+        `allow_shell = false`."""
+        runnable = None
+        if programs is not None and self.allow_exec and not self.allow_shell:
+            runnable = programs.runnable()
         return p.PolicySummary(
             allow_actions=self.allow_actions,
             allow_exec=self.allow_exec,
@@ -204,18 +214,29 @@ class Policy(BaseModel):
             max_runtime_seconds=self.max_runtime_seconds,
             max_concurrent=self.max_concurrent,
             desktop=self.desktop_summary(),
+            allowed_programs=runnable,
         )
 
 
 def check_run(
-    policy: Policy, tier: p.Tier, *, shell: bool, argv: Sequence[str] | None = None
+    policy: Policy,
+    tier: p.Tier,
+    *,
+    shell: bool,
+    argv: Sequence[str] | None = None,
+    programs: allowlist.AllowList = allowlist.EMPTY,
+    program: allowlist.Identity | str | None = None,
+    agent_uid: int = 0,
 ) -> str | None:
     """Why this machine's policy refuses a run of `tier`, or None if it allows it.
 
     Diagnostics are always allowed. Actions need `allow_actions`; plain
-    commands need `allow_exec`, and a shell string needs `allow_shell` too,
-    as does an `argv` that runs a shell or script interpreter (see
-    agent.interpreters) the policy's `allowed_interpreters` does not list.
+    commands need `allow_exec`, and a shell string needs `allow_shell` too.
+    While `allow_shell = false` an `argv` runs only if its program (`program`:
+    argv[0] as identified on this machine) is in the resolved allow-list
+    `programs` with arguments its patterns allow, and it is not a shell or
+    interpreter the policy's `allowed_interpreters` does not name
+    (agent.allowlist, agent.interpreters).
     """
     if tier == "diagnostic":
         return None
@@ -231,7 +252,13 @@ def check_run(
             "send an argv list instead"
         )
     if argv is not None and not policy.allow_shell:
-        return interpreters.refusal(argv, policy.allowed_interpreters)
+        return allowlist.refusal(
+            programs,
+            argv,
+            program if program is not None else f"{argv[0] if argv else ''}: not identified",
+            agent_uid=agent_uid,
+            allowed_interpreters=policy.allowed_interpreters,
+        )
     return None
 
 
@@ -240,8 +267,24 @@ def _toml_str(value: str) -> str:
     return f'"{escaped}"'
 
 
-def _toml_list(values: list[str]) -> str:
+def _toml_list(values: Sequence[str]) -> str:
     return "[" + ", ".join(_toml_str(v) for v in values) + "]"
+
+
+def _toml_programs(entries: Sequence[allowlist.Entry]) -> str:
+    if not entries:
+        return "[]"
+    lines = []
+    for entry in entries:
+        if isinstance(entry, str):
+            lines.append(f"  {_toml_str(entry)},")
+            continue
+        parts = [f"path = {_toml_str(entry.path)}"]
+        if entry.args is not None:
+            args = [_toml_str(a) if isinstance(a, str) else _toml_list(a) for a in entry.args]
+            parts.append("args = [" + ", ".join(args) + "]")
+        lines.append("  { " + ", ".join(parts) + " },")
+    return "[\n" + "\n".join(lines) + "\n]"
 
 
 def template(policy: Policy | None = None) -> str:
@@ -267,14 +310,33 @@ allow_exec = {flag(pol.allow_exec)}
 
 # Allow interactive shells in remote sessions (a login shell of shell_user
 # under a terminal), and shell command strings for exec (run with
-# /bin/sh -c; those need allow_exec = true as well). While false, exec also
-# refuses an argv that runs a shell or script interpreter (sh, bash, busybox
-# sh, python -c, perl, env sh, ...; judged by the program's name, see
-# docs/agent-runs.md) unless allowed_interpreters lists it.
+# /bin/sh -c; those need allow_exec = true as well). While false, exec runs
+# only the programs listed in allowed_programs (below), and never a shell or
+# script interpreter that allowed_interpreters does not name.
 allow_shell = {flag(pol.allow_shell)}
+
+# With allow_shell = false: the only programs exec may run. Each entry is an
+# absolute path or a bare name (looked up on the agent's fixed PATH), or a
+# table with argument patterns matched against all the arguments, one word
+# each: "*" any text, "?" one character (a wildcard word never matches an
+# option unless it starts with "-"), a last word "..." any further
+# non-option arguments. The agent resolves each entry to its real file when
+# it loads this policy and runs a program only if it is that very file (a
+# copy or link of a shell under another name is refused; a listed file
+# replaced later is refused until the policy is reloaded). Programs that can
+# run code through their arguments (find, env, flock, sed, tar, make, git,
+# vim, socat, ...) need argument patterns. See docs/agent-runs.md
+# ("Plain commands: the allow-list"). For example:
+#   allowed_programs = [
+#     "uptime", "df", "/usr/bin/lpstat",
+#     {{ path = "systemctl", args = ["status *", "is-active *"] }},
+#     {{ path = "journalctl", args = ["-u * -n ?", "-u * -n ??"] }},
+#   ]
+allowed_programs = {_toml_programs(pol.allowed_programs)}
 
 # Interpreters exec may run with allow_shell = false, by name: "python3"
 # allows python3 however it resolves, "python" every python. Empty: none.
+# They must be in allowed_programs too (where they need no argument patterns).
 allowed_interpreters = {_toml_list(pol.allowed_interpreters)}
 
 # Ask the site for consent before shells, plain commands and file writes.

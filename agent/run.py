@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -26,8 +27,9 @@ import asyncssh
 import structlog
 from pydantic import ValidationError
 
-from agent import catalog
+from agent import allowlist, catalog
 from agent.catalog.base import Context, Outcome, Problem
+from agent.containment import Containment
 from agent.groups import GroupBook
 from agent.policy import Policy, check_run
 from agent.runner import Stream
@@ -94,13 +96,23 @@ class RunService:
         queue_wait: float = 5.0,
         sessions: SessionBook | None = None,
         groups: GroupBook | None = None,
+        containment: Containment | None = None,
     ) -> None:
         self.policy = policy
+        # how runs' processes are contained (agent.containment; set at start)
+        self.containment = containment
+        # the policy's allowed_programs as resolved on this machine (see `apply`)
+        self.programs = allowlist.EMPTY
         self.groups = groups
         self.queue_wait = queue_wait
         self.sessions = sessions if sessions is not None else SessionBook()
         self.slots = Slots(lambda: self.policy.max_concurrent)
         self._runs: set[asyncio.Task[Any]] = set()
+
+    def apply(self, policy: Policy, programs: allowlist.AllowList) -> None:
+        """Take a (re)loaded policy and its resolved allow-list, for runs from now on."""
+        self.policy = policy
+        self.programs = programs
 
     async def serve(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         """One channel: read the request, run it, send the result, close."""
@@ -181,7 +193,7 @@ class RunService:
         self, process: asyncssh.SSHServerProcess[bytes], request: p.RunRequest
     ) -> p.RunResult:
         started = _now()
-        policy = self.policy
+        policy, programs = self.policy, self.programs
         fields = {
             "run_id": request.id,
             "name": request.name,
@@ -204,8 +216,18 @@ class RunService:
             params = entry.params.model_validate(request.params)
         except ValidationError as exc:
             return refuse(describe_validation(exc))
+        argv = entry.argv(params)
+        program: allowlist.Identity | str | None = None
+        if entry.tier == "exec" and argv and not policy.allow_shell:
+            program = await asyncio.to_thread(allowlist.identify, argv[0])
         denied = check_run(
-            policy, entry.tier, shell=entry.wants_shell(params), argv=entry.argv(params)
+            policy,
+            entry.tier,
+            shell=entry.wants_shell(params),
+            argv=argv,
+            programs=programs,
+            program=program,
+            agent_uid=os.geteuid(),
         )
         if denied is None and entry.tier == "exec" and policy.require_consent:
             denied = self.sessions.exec_refusal(
@@ -225,7 +247,17 @@ class RunService:
             process.stdout.write(p.encode(p.RunOutput(stream=stream, data=text)))
             await process.stdout.drain()
 
-        ctx = Context(policy=policy, timeout=timeout, output_cap=cap, send=send, groups=self.groups)
+        ctx = Context(
+            policy=policy,
+            timeout=timeout,
+            output_cap=cap,
+            send=send,
+            groups=self.groups,
+            containment=self.containment,
+        )
+        if isinstance(program, allowlist.Identity) and argv:
+            # the very file the allow-list checked, named as its entry was listed
+            ctx.program = allowlist.launch(programs, argv, program)
         log.info("run_started", tier=entry.tier, timeout=timeout, **fields)
         clock = time.monotonic()
         final: p.RunResult

@@ -1,11 +1,15 @@
-"""Run one program, bounded: its own process group, a timeout, an output cap.
+"""Run one program, bounded: its own process group (and cgroup), a timeout,
+an output cap.
 
 `run_process()` starts a fixed argv (never through a shell: a caller that
 wants a shell passes `/bin/sh -c` itself) as the leader of a new session and
 process group, streams stdout and stderr to a callback as text (UTF-8, bad
-bytes replaced) and keeps a copy up to the cap.
+bytes replaced) and keeps a copy up to the cap. Given a `Containment` that
+uses cgroups (agent.containment), the program joins a fresh cgroup before it
+execs, and that whole cgroup is killed and removed at the end too: what left
+the process group (`setsid`, `setpgid`) goes with it.
 
-It always leaves the whole group dead, whatever happens:
+It always leaves the whole group (and cgroup) dead, whatever happens:
 
 - timeout: SIGTERM to the group, a short grace for the leader, then SIGKILL;
 - output over the cap: the excess is dropped, `truncated` set, group killed;
@@ -13,9 +17,9 @@ It always leaves the whole group dead, whatever happens:
 - the awaiting task is cancelled (HQ closed the channel): the same as timeout,
   then the cancellation goes on.
 
-With a `GroupBook` (agent.groups) the group is recorded on disk while it
-runs, so an agent that dies without getting here has it killed at its next
-start.
+With a `GroupBook` (agent.groups) the group (and cgroup) is recorded on disk
+while it runs, so an agent that dies without getting here has it killed at
+its next start.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -31,6 +36,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
+
+from agent.containment import Containment, ContainmentError, RunCgroup
 
 if TYPE_CHECKING:
     from agent.groups import GroupBook
@@ -177,33 +184,50 @@ async def run_process(
     user: str | None = None,
     grace: float = GRACE,
     groups: GroupBook | None = None,
+    executable: str | None = None,
+    containment: Containment | None = None,
 ) -> ProcessResult:
-    """Run `argv` in its own process group; see the module docstring.
+    """Run `argv` in its own process group (and, with `containment` using
+    cgroups, its own cgroup); see the module docstring. With `executable` that
+    file runs, `argv[0]` being only the name it is given.
 
-    Raises OSError (FileNotFoundError, PermissionError) if it cannot start.
+    Raises OSError (FileNotFoundError, PermissionError; ContainmentError when
+    its cgroup cannot be made or joined) if it cannot start.
     """
     if not argv:
         raise ValueError("empty argv")
     out = _Collector(output_cap, on_output, keep_output)
     group = _primary_group(user) if user is not None else None
     loop = asyncio.get_running_loop()
-    transport, protocol = await loop.subprocess_exec(
-        lambda: _Protocol(loop),
-        *argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        env=dict(env) if env is not None else base_env(),
-        cwd=cwd or "/",
-        user=user,
-        group=group,
-        extra_groups=[] if user is not None else None,
-    )
+    cgroup = containment.new_run() if containment is not None else None
+    try:
+        transport, protocol = await loop.subprocess_exec(
+            lambda: _Protocol(loop),
+            *argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            env=dict(env) if env is not None else base_env(),
+            cwd=cwd or "/",
+            user=user,
+            group=group,
+            extra_groups=[] if user is not None else None,
+            executable=executable,
+            preexec_fn=cgroup.join if cgroup is not None else None,
+        )
+    except BaseException as exc:
+        if cgroup is not None:
+            await cgroup.finish()
+        if isinstance(exc, subprocess.SubprocessError):  # the child could not join its cgroup
+            raise ContainmentError(
+                errno.EPERM, f"the program could not join its cgroup ({exc})"
+            ) from None
+        raise
     proc = asyncio.subprocess.Process(transport, protocol, loop)
     pgid = proc.pid
     if groups is not None:
-        groups.add(pgid)
+        groups.add(pgid, cgroup=cgroup.path if cgroup is not None else None)
     assert proc.stdout is not None
     assert proc.stderr is not None
     pumps = asyncio.gather(_pump(proc.stdout, "stdout", out), _pump(proc.stderr, "stderr", out))
@@ -221,14 +245,18 @@ async def run_process(
                 kill_group(pgid)  # stragglers that outlived the leader
         except BaseException:
             kill_group(pgid)
+            if cgroup is not None:
+                cgroup.kill_now()
             raise
         finally:
+            if cgroup is not None:
+                await _finish_cgroup(cgroup)  # what left the group, too
             pumps.cancel()
             await asyncio.wait({pumps})
             if not pumps.cancelled():
                 pumps.exception()  # retrieved: a failure here was raised above
             if groups is not None:
-                groups.remove(pgid)  # the group was killed above
+                groups.remove(pgid)  # the group (and cgroup) was killed above
             await _drain(proc, transport)
     await out.finish()
     return ProcessResult(
@@ -239,6 +267,16 @@ async def run_process(
         stderr=out.text("stderr"),
         output_bytes=out.used,
     )
+
+
+async def _finish_cgroup(cgroup: RunCgroup) -> None:
+    """Kill and remove a run's cgroup, even while the run is being cancelled."""
+    task = asyncio.ensure_future(cgroup.finish())
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task  # killed already; let the removal finish (bounded), then go on
+        raise
 
 
 async def _supervise(

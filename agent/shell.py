@@ -19,8 +19,11 @@ blocking the event loop; window-size changes arrive as
 `asyncssh.TerminalSizeChanged` while reading the channel and are applied with
 TIOCSWINSZ. The shell exiting ends the channel with its exit status. HQ
 closing the channel, or the session ending (`stop`), hangs up the terminal
-and kills every process of the shell's session; nothing the engineer started
-outlives the session unless it left the session itself (setsid).
+and kills every process of the shell's session. Where runs are contained by
+cgroups (agent.containment) the shell joins a cgroup of its own before it
+execs, and that cgroup is killed whole when the shell ends: nothing the
+engineer started outlives the session, even what left it (setsid); under the
+process-group rule, what left the session is not followed.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from dataclasses import dataclass
 import asyncssh
 import structlog
 
+from agent.containment import Containment, RunCgroup
 from agent.policy import Policy
 from agent.runner import SAFE_PATH
 from agent.sessions import SessionBook
@@ -195,12 +199,22 @@ class Shell:
         self._stop_reason = ""
         self._failure = False
         self._hung_up = False
+        self._cgroup: RunCgroup | None = None
         self.pid = 0
 
-    async def start(self, account: Account, env: Mapping[str, str]) -> None:
+    async def start(
+        self, account: Account, env: Mapping[str, str], containment: Containment | None = None
+    ) -> None:
         import pty
 
         cols, rows, xpixel, ypixel = self._process.term_size
+        cgroup = containment.new_run() if containment is not None else None
+
+        def prepare() -> None:  # pragma: no cover - runs in the child, before exec
+            if cgroup is not None:
+                cgroup.join()
+            _take_terminal()
+
         master, slave = pty.openpty()
         try:
             set_window(slave, cols or 80, rows or 24, xpixel, ypixel)
@@ -218,7 +232,7 @@ class Shell:
                 cwd=home,
                 env=dict(env),
                 start_new_session=True,
-                preexec_fn=_take_terminal,
+                preexec_fn=prepare,
                 close_fds=True,
                 user=account.uid if account.switch else None,
                 group=account.gid if account.switch else None,
@@ -228,9 +242,12 @@ class Shell:
             )
         except BaseException:
             os.close(master)
+            if cgroup is not None:
+                await cgroup.finish()
             raise
         finally:
             os.close(slave)
+        self._cgroup = cgroup
         os.set_blocking(master, False)
         self._fd = master
         self._transport = transport
@@ -328,7 +345,11 @@ class Shell:
                 task.cancel()
             if not self._hung_up:  # cancelled half-way: no time left to be gentle
                 signal_session(self.pid, signal.SIGKILL)
+            if self._cgroup is not None:
+                self._cgroup.kill_now()  # what left the session too
             await asyncio.gather(out, inp, exited, stopped, closed, return_exceptions=True)
+            if self._cgroup is not None:
+                await self._cgroup.finish()
             self._close()
         if closed.done() and not closed.cancelled():
             return None
@@ -379,11 +400,16 @@ class ShellService:
     """Serves shell requests under the current policy and the session book."""
 
     def __init__(
-        self, policy: Callable[[], Policy], book: SessionBook, lang: str | None = None
+        self,
+        policy: Callable[[], Policy],
+        book: SessionBook,
+        lang: str | None = None,
+        containment: Callable[[], Containment] | None = None,
     ) -> None:
         self._policy = policy
         self._book = book
         self._lang = lang
+        self._containment = containment
         self._open: dict[str, Shell] = {}
         self._idle = asyncio.Event()
         self._idle.set()
@@ -426,7 +452,11 @@ class ShellService:
             account = account_for(policy.shell_user)
             shell = Shell(process, session_id)
             lang = env.get("LANG") or self._lang
-            await shell.start(account, shell_env(account, process.term_type, known.info, lang))
+            await shell.start(
+                account,
+                shell_env(account, process.term_type, known.info, lang),
+                self._containment() if self._containment is not None else None,
+            )
         except ShellRefused as exc:
             refuse(process, str(exc))
             return

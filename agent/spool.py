@@ -12,8 +12,13 @@ request or rating is dropped only when the spool holds nothing else.
 
 A full disk is not the end of the agent. The write-ahead log is kept small
 (checkpoints every `WAL_PAGES` pages, truncated to `WAL_LIMIT`), so a link
-that is up needs next to no room. A write the disk cannot take makes room
-(drops the oldest health reports, truncates the log) and tries once more;
+that is up needs next to no room. Beside the database a reserve file
+(`spool.db-reserve`, `RESERVE_BYTES`) holds room for the day the disk fills:
+SQLite needs a little room for any change at all, even a delete, and after a
+restart its write-ahead log must be made anew. A write the disk cannot take
+makes room (gives up the reserve, drops the oldest health reports, truncates
+the log) and tries once more; the reserve is made again once the disk has
+ample room (`RESERVE_AGAIN_FREE`).
 if that fails too the report is lost: `lost()` counts it (in memory, added
 to the persisted drop count at the next write that succeeds) and `error`
 says why until a write succeeds again. The caller goes on.
@@ -29,6 +34,7 @@ daemon runs them in a worker thread.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -66,6 +72,9 @@ WAL_PAGES = 64  # checkpoint the write-ahead log past this many pages (256 KiB)
 WAL_LIMIT = 1024 * 1024  # and cut its file back to at most this after a checkpoint
 MAKE_ROOM_FRACTION = 10  # a full disk drops 1/10 of the spooled health reports
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+RESERVE_BYTES = 512 * 1024  # room kept on disk for the spool, given up when the disk is full
+RESERVE_AGAIN_FREE = 2 * RESERVE_BYTES  # made (again) only while this much of the disk is free
+RESERVE_CHECK_EVERY = 60.0  # seconds between looks at the free space while it is given up
 
 
 @dataclass(frozen=True)
@@ -141,20 +150,67 @@ class Spool:
         self._max_bytes = max_bytes
         self._lost = 0  # frames lost to failed writes, not yet in the persisted count
         self.error: SpoolError | None = None
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._reserve = path.with_name(path.name + "-reserve")
+        self._reserve_whole = False
+        self._reserve_checked = 0.0
+        try:
+            self._db = self._open(path)
+        except sqlite3.Error:
+            # a full disk: opening makes the write-ahead log anew; use the reserve
+            if not self._reserve_size():
+                raise
+            self._release_reserve()
+            self._db = self._open(path)
+        self._keep_reserve()
+
+    def _open(self, path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
             path.chmod(0o600)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
-            self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
-            self._db.executescript(_SCHEMA)
-            self._count, self._bytes = self._db.execute(
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+            db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+            db.executescript(_SCHEMA)
+            self._count, self._bytes = db.execute(
                 "SELECT count(*), coalesce(sum(length(data)), 0) FROM frames"
             ).fetchone()
         except BaseException:
-            self._db.close()
+            db.close()
             raise
+        return db
+
+    def _reserve_size(self) -> int:
+        try:
+            return self._reserve.stat().st_size
+        except OSError:
+            return 0
+
+    def _keep_reserve(self) -> None:
+        """Make the reserve file whole again if the disk has ample room (best
+        effort: a disk without that room keeps what there is)."""
+        self._reserve_checked = time.monotonic()
+        if self._reserve_size() >= RESERVE_BYTES:
+            self._reserve_whole = True
+            return
+        try:
+            disk = os.statvfs(self._reserve.parent)
+            if disk.f_bavail * disk.f_frsize < RESERVE_AGAIN_FREE:
+                return
+            fd = os.open(self._reserve, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+            self._reserve_whole = True
+        except OSError:
+            pass
+
+    def _release_reserve(self) -> None:
+        """Give the reserve's room to the spool (the disk is full)."""
+        with contextlib.suppress(OSError):
+            os.truncate(self._reserve, 0)
+        self._reserve_whole = False
 
     def close(self) -> None:
         with self._lock:
@@ -232,8 +288,10 @@ class Spool:
         return removed
 
     def _make_room(self) -> None:
-        """After a write the disk could not take: drop the oldest health reports
-        (a tenth of them, at least one) and cut the write-ahead log back."""
+        """After a write the disk could not take: give up the reserve, drop the
+        oldest health reports (a tenth of them, at least one) and cut the
+        write-ahead log back."""
+        self._release_reserve()
         health = self._db.execute("SELECT count(*) FROM frames WHERE kind = 'health'").fetchone()[0]
         if health:
             try:
@@ -312,6 +370,10 @@ class Spool:
         self._bytes += len(data)
         self._lost = 0
         self.error = None
+        if not self._reserve_whole and time.monotonic() - self._reserve_checked > (
+            RESERVE_CHECK_EVERY
+        ):
+            self._keep_reserve()
         return Spooled(int(cur.lastrowid or 0), kind, seq, data)
 
     def pending(self, after_id: int = 0, limit: int = 500) -> list[Spooled]:

@@ -327,12 +327,17 @@ def status_lines(answer: StatusAnswer) -> list[str]:
         "spool dropped": str(answer.spool_dropped),
         "spool error": spool_error_text(answer.spool_error, answer.spool_error_since),
         "requests waiting": str(answer.requests_waiting),
+        "run containment": answer.run_containment or "unknown",
+        "log dropped": str(answer.log_dropped)
+        + (f" (failing now: {answer.log_error})" if answer.log_error else ""),
         "version": answer.version,
         "you are": answer.caller,
     }
     width = max(len(k) for k in info)
-    return [f"{k:<{width}}  {v}" for k, v in info.items()] + sessions_lines(
-        answer.sessions, datetime.now(UTC)
+    return (
+        [f"{k:<{width}}  {v}" for k, v in info.items()]
+        + sessions_lines(answer.sessions, datetime.now(UTC))
+        + [f"policy warning: {w}" for w in answer.policy_warnings]
     )
 
 

@@ -93,11 +93,19 @@ def _output(log: IO[str] | None) -> dict[str, Any]:
     return {} if log is None else {"stdout": log, "stderr": log}
 
 
+# What `fieldlink exec` may run on the demo's own agent (its allow-list).
+DEMO_PROGRAMS = '["uptime", "df", "free", "id", "uname", "hostname", "date", "echo", "ls"]'
+
+
 def _allow_exec(policy: Path) -> None:
-    """The demo lets HQ run plain commands on its own local agent, so a new
-    user can try `fieldlink exec`. (Real sites decide this in their policy.)"""
+    """The demo lets HQ run a few plain commands on its own local agent, so a
+    new user can try `fieldlink exec`. (Real sites decide this in their policy.)"""
     lines = policy.read_text().splitlines()
     lines = ["allow_exec = true" if line.startswith("allow_exec =") else line for line in lines]
+    lines = [
+        f"allowed_programs = {DEMO_PROGRAMS}" if line.startswith("allowed_programs =") else line
+        for line in lines
+    ]
     policy.write_text("\n".join(lines) + "\n")
 
 

@@ -76,6 +76,9 @@ class Facts(Model):
     boot_time: datetime
     agent_version: str
     python_version: str
+    # how the agent contains a run's processes: "cgroup v2 (PATH)" or
+    # "process group (cgroups unavailable: REASON)"; None from older agents
+    run_containment: str | None = None
 
 
 # --- health report -----------------------------------------------------------
@@ -218,6 +221,10 @@ class PolicySummary(Model):
     max_output_bytes: int
     max_runtime_seconds: float
     max_concurrent: int
+    # with allow_exec and not allow_shell: the real paths `exec` may run (the
+    # machine's allow-list as resolved there; empty: no plain command runs).
+    # None: not limited by a list (or an agent from before the allow-list).
+    allowed_programs: list[str] | None = None
     # present only when the machine allows desktop sessions, so HQs that
     # predate them read every other machine's hello as before
     desktop: DesktopSummary | None = None

@@ -20,10 +20,18 @@ from typing import Any
 
 import pytest
 
-from agent.policy import Policy, write_default
+from agent.policy import write_default
 from server.auth.totp import code_for
 from tests import support
-from tests.support import AgentHandle, HQHandle, make_user, start_agent, start_hq, wait_until
+from tests.support import (
+    AgentHandle,
+    HQHandle,
+    machine_policy,
+    make_user,
+    start_agent,
+    start_hq,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "screenshots"
@@ -159,7 +167,7 @@ class World:
         handle = await start_agent(
             self.hq, self.tmp / f"ag-{secrets.token_hex(3)}", site=site, run=False
         )
-        write_default(handle.dir.policy_file, Policy(**policy))
+        write_default(handle.dir.policy_file, machine_policy(**policy))
         self.agents.append(handle)
         await handle.start()
         await wait_until(lambda: self.hq.hq.parts.links.get(handle.agent_id), what="online")

@@ -23,6 +23,7 @@ import aiohttp
 from agent.config import ConfigDir
 from agent.daemon import Daemon
 from agent.enroll import enroll
+from agent.policy import Policy
 from server.config.settings import Settings, load_settings
 from server.control import admin
 from server.hq import HQ
@@ -30,6 +31,22 @@ from server.ops import accounts, enrollment
 from shared.durations import parse_duration
 
 ADMIN_PASSWORD = "admin-password-for-tests"
+
+# The programs tests run as plain commands. With allow_shell = false a machine
+# runs only what its policy's allowed_programs lists
+# (docs/agent-runs.md#plain-commands-the-allow-list).
+TEST_PROGRAMS = [
+    "echo", "id", "true", "false", "sleep", "ls", "yes", "printf", "cat", "date", "uname",
+    "hostname", "whoami", "pwd", "head", "seq", "df", "uptime",
+]  # fmt: skip
+
+
+def machine_policy(**values: Any) -> Policy:
+    """A test machine's policy: these values; where it allows plain commands but
+    no shell and lists no programs, the programs tests run (TEST_PROGRAMS)."""
+    if values.get("allow_exec") and not values.get("allow_shell"):
+        values.setdefault("allowed_programs", TEST_PROGRAMS)
+    return Policy(**values)
 
 
 async def wait_until(

@@ -31,7 +31,16 @@ from agent.policy import Policy, write_default
 from server.links import dispatch
 from server.store.models import HealthRecord
 from shared import protocol as p
-from tests.support import AgentHandle, HQHandle, make_user, spawn, start_agent, wait_until
+from tests.support import (
+    TEST_PROGRAMS,
+    AgentHandle,
+    HQHandle,
+    machine_policy,
+    make_user,
+    spawn,
+    start_agent,
+    wait_until,
+)
 from tests.test_client_cli import as_user, fieldlink
 from tests.test_e2e_sessions import agent_cli, desk, site_policy
 
@@ -39,7 +48,7 @@ from tests.test_e2e_sessions import agent_cli, desk, site_policy
 async def linked_agent(hq: HQHandle, agent_factory: Any, **policy: Any) -> AgentHandle:
     """An agent (in this process) with this policy, its hello known at HQ."""
     agent: AgentHandle = await agent_factory(hq, run=False)
-    write_default(agent.dir.policy_file, Policy(**policy))
+    write_default(agent.dir.policy_file, machine_policy(**policy))
     await agent.start()
     registry = hq.hq.parts.links
 
@@ -145,7 +154,7 @@ async def test_exec_in_a_session_nobody_at_the_site_consented_to_is_refused(
         run = {"name": "exec", "params": {"argv": ["echo", "ok"]}, "ticket_id": d.ticket}
         assert (await d.api.ok("POST", url, json=run))["status"] == "ok"
 
-        write_default(agent.dir.policy_file, Policy(allow_exec=True, require_consent=True))
+        write_default(agent.dir.policy_file, machine_policy(allow_exec=True, require_consent=True))
         assert agent.daemon.reload_policy()
         refused = await d.api.ok("POST", url, json=run)
         assert refused["status"] == "refused"
@@ -175,8 +184,9 @@ async def test_allow_shell_false_refuses_interpreters_invoked_as_shells(
 ):
     """`allow_shell = false`: an argv whose program is a shell or interpreter,
     however spelt (path, version, behind env, nice, find ...), is refused with
-    the reason; ordinary programs run; `allowed_interpreters` lets the named
-    ones through and nothing else."""
+    the reason; ordinary programs (listed in `allowed_programs`) run;
+    `allowed_interpreters` lets the named ones through (when listed) and
+    nothing else."""
     hq = sqlite_hq
     agent = await linked_agent(hq, agent_factory, allow_exec=True, require_consent=False)
     assert agent.daemon is not None
@@ -199,11 +209,16 @@ async def test_allow_shell_false_refuses_interpreters_invoked_as_shells(
         "exec", agent.agent_id, "--ticket", ticket, "--", "sh", "-c", "echo leaked", env=env
     )
     assert cli.returncode == 1 and "leaked" not in cli.stdout
-    assert "sh is a shell" in cli.stderr and "allow_shell = false" in cli.stderr
+    assert "not in allowed_programs" in cli.stderr and "allow_shell = false" in cli.stderr
 
     write_default(
         agent.dir.policy_file,
-        Policy(allow_exec=True, require_consent=False, allowed_interpreters=["python3"]),
+        Policy(
+            allow_exec=True,
+            require_consent=False,
+            allowed_programs=[*TEST_PROGRAMS, "python3", "sh"],
+            allowed_interpreters=["python3"],
+        ),
     )
     assert agent.daemon.reload_policy()
     ok = await fieldlink(
@@ -215,6 +230,7 @@ async def test_allow_shell_false_refuses_interpreters_invoked_as_shells(
         "exec", agent.agent_id, "--ticket", ticket, "--", "sh", "-c", "echo leaked", env=env
     )
     assert still.returncode == 1 and "leaked" not in still.stdout
+    assert "can run arbitrary code" in still.stderr  # listed, but a shell needs patterns
 
 
 # --- item 8: no run outlives its agent -----------------------------------------------

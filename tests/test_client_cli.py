@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.policy import Policy, write_default
+from agent.policy import write_default
 from server.auth.totp import code_for
 from server.store import people, tickets
 from server.store.models import Ticket
 from tests import support
-from tests.support import AgentHandle, HQHandle, free_port, make_user, wait_until
+from tests.support import AgentHandle, HQHandle, free_port, machine_policy, make_user, wait_until
 
 ENV_NAMES = ("FIELDLINK_SERVER", "FIELDLINK_TOKEN", "FIELDLINK_TLS_FINGERPRINT")
 
@@ -61,7 +61,7 @@ async def fieldlink(
 async def ready_agent(hq: HQHandle, agent_factory: Any, site: str, **policy: Any) -> AgentHandle:
     """An enrolled agent with this local policy, connected and its catalog known to HQ."""
     agent: AgentHandle = await agent_factory(hq, site=site, run=False)
-    write_default(agent.dir.policy_file, Policy(**policy))
+    write_default(agent.dir.policy_file, machine_policy(**policy))
     await agent.start()
     await catalog_known(hq, agent)
     return agent

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from agent.policy import Policy, write_default
+from agent.policy import write_default
 from tests.browser import SITE, World, axe_violations, console_world, screenshot
-from tests.support import make_user
+from tests.support import machine_policy, make_user
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -29,7 +29,9 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
 async def test_request_approve_start_and_review_a_change(world: World) -> None:
     # two machines, a pilot and the rest, whose sites let HQ run commands outside a
     # consented session (a change is approved at HQ, not consented to at the machine)
-    write_default(world.agent.dir.policy_file, Policy(allow_exec=True, require_consent=False))
+    write_default(
+        world.agent.dir.policy_file, machine_policy(allow_exec=True, require_consent=False)
+    )
     assert world.agent.daemon.reload_policy() is True
     await world.agent_online(SITE, allow_exec=True, require_consent=False)
     page = await world.engineer_page()

@@ -25,7 +25,7 @@ from agent.catalog.base import systemd_running, which
 from agent.policy import Policy, write_default
 from server.links import dispatch
 from shared import protocol as p
-from tests.support import AgentHandle, HQHandle, wait_until
+from tests.support import AgentHandle, HQHandle, machine_policy, wait_until
 
 Frames = tuple[list[p.RunOutput], p.RunResult]
 
@@ -37,7 +37,7 @@ async def start_agent(hq: HQHandle, agent_factory: Any, **policy: Any) -> AgentH
     (tests/test_agent_hardening.py covers that it does by default)."""
     agent: AgentHandle = await agent_factory(hq, run=False)
     policy.setdefault("require_consent", False)
-    write_default(agent.dir.policy_file, Policy(**policy))
+    write_default(agent.dir.policy_file, machine_policy(**policy))
     await agent.start()
     registry = hq.hq.parts.links
     await wait_until(lambda: registry.get(agent.agent_id), what="agent connected")
@@ -662,7 +662,7 @@ async def test_policy_reload_applies_and_a_broken_file_keeps_the_old(sqlite_hq, 
     _, r = await run(sqlite_hq, agent, "exec", {"argv": ["true"]})
     assert r.status == "refused"
 
-    write_default(agent.dir.policy_file, Policy(allow_exec=True, require_consent=False))
+    write_default(agent.dir.policy_file, machine_policy(allow_exec=True, require_consent=False))
     assert agent.daemon.reload_policy() is True
     _, r = await run(sqlite_hq, agent, "exec", {"argv": ["true"]})
     assert r.status == "ok"
@@ -750,7 +750,7 @@ async def test_sighup_reloads_the_policy(sqlite_hq, agent_factory):
     try:
         await wait_until(lambda: daemon.link.connected.is_set(), what="connected")
         assert daemon.policy.allow_exec is False
-        write_default(handle.dir.policy_file, Policy(allow_exec=True))
+        write_default(handle.dir.policy_file, machine_policy(allow_exec=True))
         with capture_logs() as logs:
             os.kill(os.getpid(), signal.SIGHUP)
             await wait_until(lambda: daemon.policy.allow_exec, timeout=5, what="reloaded")

@@ -8,15 +8,15 @@ import asyncio
 import json
 from typing import Any
 
-from agent.policy import Policy, write_default
-from tests.support import AgentHandle, HQHandle, make_user, wait_until
+from agent.policy import write_default
+from tests.support import AgentHandle, HQHandle, machine_policy, make_user, wait_until
 
 
 async def online_agent(
     hq: HQHandle, agent_factory: Any, site: str = "shop-1", **policy: Any
 ) -> AgentHandle:
     agent: AgentHandle = await agent_factory(hq, site=site, run=False)
-    write_default(agent.dir.policy_file, Policy(**policy))
+    write_default(agent.dir.policy_file, machine_policy(**policy))
     await agent.start()
     await wait_until(lambda: hq.hq.parts.links.get(agent.agent_id), what="connected")
 

@@ -27,7 +27,7 @@ import pytest
 from agent.policy import Policy, write_default
 from agent.staff import clock
 from tests import support
-from tests.support import AgentHandle, ApiClient, HQHandle, make_user, wait_until
+from tests.support import AgentHandle, ApiClient, HQHandle, machine_policy, make_user, wait_until
 
 ME = pwd.getpwuid(os.geteuid()).pw_name
 HOST = socket.gethostname()
@@ -63,7 +63,7 @@ async def start_agent(hq: HQHandle, agent_factory: Any, **policy: Any) -> AgentH
     agent: AgentHandle = await agent_factory(hq, run=False)
     policy.setdefault("allow_shell", True)
     policy.setdefault("shell_user", ME)
-    write_default(agent.dir.policy_file, Policy(**policy))
+    write_default(agent.dir.policy_file, machine_policy(**policy))
     await agent.start()
     registry = hq.hq.parts.links
 

@@ -94,3 +94,34 @@ def test_a_lost_write_is_counted_until_one_succeeds(tmp_path):
     stats = spool.stats()
     assert stats.dropped == 2 and stats.values["last_error"] == "database or disk is full"
     spool.close()
+
+
+def test_a_spool_reopened_on_a_full_disk_takes_reports(tmp_path, monkeypatch):
+    """The spool keeps a reserve beside it: reopened (its write-ahead log made
+    anew) on a disk that something else filled to the last byte, it gives the
+    reserve up and takes reports, and acks; once the disk has room again, the
+    reserve is made again (issue 17: a full disk never stalls the agent)."""
+    from agent import spool as spool_module
+    from tests.test_agent_hardening import fill, small_disk
+
+    with small_disk(tmp_path / "disk", "3m") as disk:
+        path = disk / "spool.db"
+        spool = Spool(path, 1000)
+        for _ in range(20):
+            spool.append("health", build)
+        spool.close()  # its write-ahead log goes with it
+        reserve = disk / "spool.db-reserve"
+        assert reserve.stat().st_size == spool_module.RESERVE_BYTES
+        filler = fill(disk / "filler")
+
+        spool = Spool(path, 1000)
+        made = [spool.append("health", build) for _ in range(50)]
+        assert made[-1].seq == 70 and spool.error is None
+        assert reserve.stat().st_size == 0  # given up for the spool
+        assert spool.ack("health", range(1, 71)) == 70
+
+        filler.unlink()
+        monkeypatch.setattr(spool_module, "RESERVE_CHECK_EVERY", 0.0)
+        spool.append("health", build)
+        assert reserve.stat().st_size == spool_module.RESERVE_BYTES
+        spool.close()

@@ -28,6 +28,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from agent.allowlist import Launch
+from agent.containment import Containment
 from agent.groups import GroupBook
 from agent.policy import Policy
 from agent.runner import SAFE_PATH, ProcessResult, Stream, base_env, run_process
@@ -177,14 +179,18 @@ class Context:
         output_cap: int,
         send: Callable[[Stream, str], Awaitable[None]],
         groups: GroupBook | None = None,
+        containment: Containment | None = None,
     ) -> None:
         self.policy = policy
         self.groups = groups
+        self.containment = containment
         self.timeout = timeout
         self.output_cap = output_cap
         self.used = 0
         self.truncated = False
         self.stop = threading.Event()  # set when the run ends: worker threads give up
+        # exec under the allow-list: the real file that was checked, and its argv[0]
+        self.program: Launch | None = None
         self._send = send
         self._deadline = asyncio.get_running_loop().time() + timeout
 
@@ -218,12 +224,14 @@ class Context:
         user: str | None = None,
         home: str = "/",
         cwd: str = "/",
+        executable: str | None = None,
     ) -> ProcessResult:
         """Run a fixed argv (the first word looked up on a fixed PATH), streaming
         its output to HQ or (stream=False) only capturing it for parsing; either
         way the result keeps the output (up to the cap) for parsing.
-        Raises Problem if the program is not installed."""
-        program = which(argv[0])
+        Raises Problem if the program is not installed. With `executable`, that
+        file runs, with `argv` (its argv[0] too) as given."""
+        program = which(argv[0]) if executable is None else argv[0]
         if program is None:
             raise Problem(f"{argv[0]} is not installed on this machine")
         if stream:
@@ -237,6 +245,8 @@ class Context:
                 cwd=cwd,
                 user=user,
                 groups=self.groups,
+                executable=executable,
+                containment=self.containment,
             )
             self.used += result.output_bytes
             self.truncated = self.truncated or result.truncated
@@ -249,6 +259,8 @@ class Context:
                 cwd=cwd,
                 user=user,
                 groups=self.groups,
+                executable=executable,
+                containment=self.containment,
             )
         return result
 

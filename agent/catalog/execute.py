@@ -2,13 +2,15 @@
 
 `argv` runs as given, without a shell. `command` is a shell string and runs
 as `/bin/sh -c COMMAND`, which the policy must allow separately
-(`allow_shell`), as it must an `argv` whose program is a shell or script
-interpreter (agent.interpreters). Where the policy requires consent, the run
-service lets exec run only inside a consented session (agent.sessions).
-Either runs as the policy's `shell_user` (switching needs an agent running
-as root), in that user's home directory, with the agent's small fixed
-environment, bounded by the run's timeout and output cap like everything
-else.
+(`allow_shell`). Without `allow_shell` an `argv` runs only if its program is
+on the policy's allow-list (agent.allowlist), and then as the real file the
+allow-list checked (if it is still that file), named as its entry was found;
+never a shell or script interpreter the policy does not name
+(agent.interpreters). Where the policy requires consent, the run service lets
+exec run only inside a consented session (agent.sessions). Either runs as the
+policy's `shell_user` (switching needs an agent running as root), in that
+user's home directory, with the agent's small fixed environment, bounded by
+the run's timeout and output cap like everything else.
 """
 
 from __future__ import annotations
@@ -79,10 +81,17 @@ async def run_exec(ctx: Context, params: ExecParams) -> Outcome:
     home = await ctx.thread(_home, user)
     argv = ["/bin/sh", "-c", params.command] if params.command is not None else params.argv
     assert argv is not None
-    if which(argv[0]) is None:
+    executable = None
+    if ctx.program is not None and params.argv is not None:
+        changed = await ctx.thread(ctx.program.still_same)
+        if changed is not None:
+            raise Refused(changed)
+        # the file the allow-list checked, named as its entry was listed
+        executable, argv = ctx.program.ident.real, [ctx.program.name, *argv[1:]]
+    elif which(argv[0]) is None:
         raise Problem(f"{argv[0]}: command not found (looked up on {SAFE_PATH})")
     try:
-        res = await ctx.exec(argv, user=run_as, home=home, cwd=home)
+        res = await ctx.exec(argv, user=run_as, home=home, cwd=home, executable=executable)
     except OSError as exc:
         raise Problem(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
     data = {"user": user, "shell": params.command is not None}

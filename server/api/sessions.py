@@ -81,6 +81,11 @@ def check_agent_policy(agent: Agent, kind: str) -> None:
         raise Conflict("this machine's policy does not allow shells (allow_shell = false)")
     if kind == "exec" and pol.get("allow_exec") is False:
         raise Conflict("this machine's policy does not allow plain commands (allow_exec = false)")
+    if kind == "exec" and pol.get("allowed_programs") == []:
+        raise Conflict(
+            "this machine's policy lets plain commands run no program: allow_shell = false "
+            "and its allowed_programs is empty (docs/agent-runs.md#plain-commands-the-allow-list)"
+        )
 
 
 @routes.route(

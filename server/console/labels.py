@@ -320,7 +320,7 @@ def kinds_allowed(policy: dict[str, object] | None) -> list[str]:
     out = []
     if policy.get("allow_shell"):
         out.append("shell")
-    if policy.get("allow_exec"):
+    if policy.get("allow_exec") and policy.get("allowed_programs") != []:
         out.append("exec")
     if policy.get("file_roots"):
         out.append("files")
