@@ -10,10 +10,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server.auth.principal import Principal
 from server.itsm.consent import SitePolicy
 from server.store import people
 from server.store.models import Role, Site, User
 from server.views.accounts import BindingInfo, binding_infos
+from shared.errors import NotFound
 from shared.numbers import FiniteFloat
 
 
@@ -168,3 +170,12 @@ def site_item(site: Site) -> SiteItem:
         ),
         session_policy=SessionPolicyIn(**SitePolicy.from_json(site.session_policy).to_json()),
     )
+
+
+async def site_named(session: AsyncSession, who: Principal, name: str, permission: str) -> Site:
+    """The site called `name` where the caller holds `permission`; any other
+    answers 404 naming `site`, as one that does not exist."""
+    site = await people.site_by_name(session, name)
+    if site is None or not who.allowed(permission, site.id):
+        raise NotFound("site not found", fields={"site": "no such site"})
+    return site

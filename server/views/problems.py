@@ -16,7 +16,7 @@ from server.itsm import problems as pure
 from server.itsm.tickets import number_text as ticket_number
 from server.store import people, problems, tickets
 from server.store.models import AlertRule, Problem, ProblemTicket, Site, Ticket, User
-from shared.errors import Invalid, NotFound
+from shared.errors import Forbidden, Invalid, NotFound
 
 
 class ProblemOut(BaseModel):
@@ -175,6 +175,17 @@ async def readable_problem(session: AsyncSession, who: Principal, ref: str) -> P
     if visible is None:
         raise NotFound("not found")
     return found
+
+
+async def writable_problem(session: AsyncSession, who: Principal, ref: str) -> Problem:
+    """A problem the caller sees (else 404) and may work (else 403)."""
+    problem = await readable_problem(session, who, ref)
+    if not may_write(who, problem):
+        raise Forbidden(
+            "working this problem needs problems:write on its site"
+            + (" (an HQ-wide problem: on every site)" if problem.site_id is None else "")
+        )
+    return problem
 
 
 class ListQuery(BaseModel):
