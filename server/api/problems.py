@@ -16,13 +16,12 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.auth import rbac
 from server.auth.principal import Principal
 from server.ops import problems as ops
 from server.ops import problemstates
-from server.store import people, tickets
-from server.store.models import Ticket, User
-from server.views.admin import site_named
+from server.store import tickets
+from server.store.models import Ticket
+from server.views.admin import assignee, site_named
 from server.views.problems import (
     ListQuery,
     ProblemDetail,
@@ -67,16 +66,8 @@ async def list_problems(request: web.Request) -> web.Response:
 async def _assignee(session: AsyncSession, name: str | None, site_id: str | None) -> str | None:
     if not name:
         return None
-    user = await people.user_by_name(session, name) or await session.get(User, name)
-    if user is None or user.disabled:
-        raise Invalid("unknown user", fields={"assignee": "no such user"})
-    rights = await people.rights_for(session, user.id)
-    if not rbac.allowed(rights, "problems:write", site_id):
-        raise Invalid(
-            "that user cannot work this problem",
-            fields={"assignee": "no problems:write on the problem's site"},
-        )
-    return user.id
+    why = "that user cannot work this problem"
+    return (await assignee(session, name, "problems:write", site_id, "problem", why)).id
 
 
 async def _incident(session: AsyncSession, who: Principal, ref: str, field: str) -> Ticket:

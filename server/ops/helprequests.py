@@ -42,6 +42,7 @@ from server.itsm.tickets import OPEN, number_text
 from server.ops import ticketing
 from server.store.models import KbLink, Ticket, TicketAgent, TicketEvent, utcnow
 from shared import protocol as p
+from shared.errors import RateLimited
 
 REPEAT_KIND = "help_repeat"
 SELF_SERVED_REPEAT_KIND = "self_served_repeat"
@@ -82,6 +83,12 @@ class Asker:
 class Limited:
     message: str
     retry_after: float  # seconds
+
+    def error(self) -> RateLimited:
+        """The 429 for the API, with Retry-After in whole seconds (rounded up)."""
+        return RateLimited(
+            self.message, headers={"Retry-After": str(int(self.retry_after + 0.999))}
+        )
 
 
 def normal(text: str) -> str:

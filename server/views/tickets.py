@@ -18,7 +18,7 @@ from server.ops import ticketing
 from server.store import people, tickets
 from server.store import problems as problem_store
 from server.store.models import Agent, Site, Ticket, TicketAgent, TicketEvent, User
-from shared.errors import NotFound
+from shared.errors import Forbidden, NotFound
 
 TicketType = Literal["incident", "service_request", "problem", "change"]
 
@@ -161,6 +161,15 @@ async def readable_ticket(session: AsyncSession, who: Principal, ref: str) -> Ti
     ticket = await tickets.find(session, ref)
     if ticket is None or not who.can_read_ticket(ticket.site_id, ticket.requester_id):
         raise NotFound("not found")
+    return ticket
+
+
+async def workable_ticket(session: AsyncSession, who: Principal, ref: str) -> Ticket:
+    """A ticket the caller reads (else 404) and works: tickets:write with
+    agents:read on its site (else 403)."""
+    ticket = await readable_ticket(session, who, ref)
+    if not who.works_tickets(ticket.site_id):
+        raise Forbidden("working this ticket needs tickets:write with agents:read on its site")
     return ticket
 
 
