@@ -24,12 +24,11 @@ from server.views.changes import (
     ChangeOut,
     ChangeQuery,
     ChangeSummary,
-    _load,
     change_out,
+    readable_change,
     visible_changes,
 )
-from server.web.authn import principal
-from server.web.keys import DB
+from server.web.act import act, answer, unit
 from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Conflict, Forbidden, Invalid, NotFound
 from shared.numbers import FiniteFloat
@@ -189,13 +188,12 @@ async def _check_action(
     return tier
 
 
-async def answer(request: web.Request, change_id: str, status: int = 200) -> web.Response:
-    who = principal(request)
-    async with request.app[DB]() as session:
+async def change_answer(request: web.Request, change_id: str) -> web.Response:
+    """The change as it is once the step's transaction has committed."""
+    async with unit(request, write=False) as (session, who):
         change = await session.get(Change, change_id)
         assert change is not None
-        out = await change_out(session, who, change)
-    return json_response(out, status=status)
+        return answer(request, await change_out(session, who, change))
 
 
 # --- routes ---------------------------------------------------------------------------
@@ -285,11 +283,10 @@ async def create(session: AsyncSession, who: Principal, req: ChangeRequest) -> C
     summary="Request a change: what it runs, where, its plan and backout; it waits for approval",
 )
 async def create_change(request: web.Request) -> web.Response:
-    who = principal(request)
     req = body(request, ChangeRequest)
-    async with request.app[DB].begin() as session:
+    async with unit(request) as (session, who):
         change = await create(session, who, req)
-    return await answer(request, change.id, status=201)
+    return await change_answer(request, change.id)
 
 
 @routes.route(
@@ -305,8 +302,8 @@ async def list_changes(request: web.Request) -> web.Response:
     q = query(request, ChangeQuery)
     if q.state is not None and q.state not in ch.STATES:
         raise Invalid("unknown state", fields={"state": "one of " + ", ".join(ch.STATES)})
-    async with request.app[DB]() as session:
-        items = await visible_changes(session, principal(request), q)
+    async with unit(request) as (session, who):
+        items = await visible_changes(session, who, q)
     return json_response(ChangeList(items=items))
 
 
@@ -318,8 +315,5 @@ async def list_changes(request: web.Request) -> web.Response:
     summary="A change (by id or CHG-N): plan, approvals, stages with job progress, history",
 )
 async def get_change(request: web.Request) -> web.Response:
-    who = principal(request)
-    async with request.app[DB]() as session:
-        change = await _load(session, who, request.match_info["change_id"])
-        out = await change_out(session, who, change)
-    return json_response(out)
+    async with act(request, readable_change) as (session, change, who):
+        return answer(request, await change_out(session, who, change))

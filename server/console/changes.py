@@ -22,7 +22,7 @@ from server.console.render import page
 from server.ops import changes as ch
 from server.store import fleet, people
 from server.views.changes import ChangeQuery, ChangeSummary, change_out, visible_changes
-from server.views.changes import _load as load_change
+from server.views.changes import readable_change as load_change
 from server.web.authn import principal
 from server.web.keys import DB
 from server.web.routing import ApiRouter

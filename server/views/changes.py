@@ -115,7 +115,9 @@ def _visible(who: Principal, change: Change) -> bool:
     return scope is None or bool(scope & set(change.site_ids))
 
 
-async def _load(session: AsyncSession, who: Principal, ref: str, lock: bool = False) -> Change:
+async def readable_change(
+    session: AsyncSession, who: Principal, ref: str, lock: bool = False
+) -> Change:
     """The change, 404 if not visible. With `lock`, the row is claimed for this
     transaction before its state is read: a no-op UPDATE takes PostgreSQL's row
     lock and SQLite's write lock, so a concurrent decision (approve and reject at
@@ -139,6 +141,11 @@ async def _load(session: AsyncSession, who: Principal, ref: str, lock: bool = Fa
     if found is None or not _visible(who, found):
         raise NotFound("change not found")
     return found
+
+
+async def locked_change(session: AsyncSession, who: Principal, ref: str) -> Change:
+    """`readable_change`, claimed for this transaction: for deciding and working it."""
+    return await readable_change(session, who, ref, lock=True)
 
 
 async def change_out(session: AsyncSession, who: Principal, change: Change) -> ChangeOut:

@@ -18,6 +18,9 @@ and the OpenAPI document; this module only shortens the handler's body.
   `ref="..."`.
 - `unit(request)`: the same without a record, yielding `(session, who)`:
   for creating and listing.
+- `fetch(request, load)`: the record and the caller, `(record, who)`, read
+  in a session closed before it returns: for handlers that then wait,
+  stream or talk to a machine.
 - Both open a transaction (committed when the block ends, rolled back when
   it raises) unless the method is GET or HEAD; `write=True` or
   `write=False` says otherwise.
@@ -110,6 +113,16 @@ async def act(
     """`unit`, with the route's record loaded in the caller's scope."""
     async with unit(request, write=write) as (session, who):
         yield session, await load(session, who, path_ref(request, ref)), who
+
+
+async def fetch(
+    request: web.Request, load: Loader[T], *, ref: str | None = None
+) -> tuple[T, Principal]:
+    """The route's record and the caller, read in a session of its own that is
+    closed on return: for handlers that go on to wait, stream or call a
+    machine without holding the database."""
+    async with act(request, load, ref=ref, write=False) as (_, record, who):
+        return record, who
 
 
 def answer(request: web.Request, out: BaseModel) -> web.Response:
