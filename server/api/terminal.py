@@ -7,21 +7,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncssh
 import structlog
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel, Field
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.api.sessions import load_session, sessions_of
+from server.api.sessions import sessions_of
 from server.auth.principal import Principal
-from server.base.audit import Event
 from server.engine.remote import Sessions
 from server.engine.shells import LiveShell
 from server.itsm.consent import FINAL
-from server.store import auditlog, recording
+from server.store import recording
 from server.store.models import RemoteSession, Ticket
+from server.views.sessions import readable_session
+from server.web.act import act, audit, fetch
 from server.web.authn import principal
 from server.web.keys import CONFIG, DB
 from server.web.routing import ApiRouter, query
@@ -41,6 +44,28 @@ class TerminalQuery(BaseModel):
     cols: int = Field(80, ge=10, le=1000)
     rows: int = Field(24, ge=5, le=1000)
     term: str = Field("xterm-256color", pattern=r"^[A-Za-z0-9._+-]{1,40}$")
+
+
+async def audit_session(
+    session: AsyncSession,
+    who: Principal,
+    action: str,
+    rs: RemoteSession,
+    details: dict[str, Any],
+    outcome: str = "success",
+) -> None:
+    """An audit entry on a remote session (its site and ticket), by the caller."""
+    target = ("session", rs.id)
+    await audit(
+        session,
+        who,
+        action,
+        target,
+        site_id=rs.site_id,
+        ticket_id=rs.ticket_id,
+        details=details,
+        outcome=outcome,
+    )
 
 
 def _check_origin(request: web.Request, who: Principal) -> None:
@@ -68,8 +93,7 @@ async def terminal(request: web.Request) -> web.StreamResponse:
     q = query(request, TerminalQuery)
     _check_origin(request, who)
     manager = sessions_of(request)
-    async with app[DB]() as session:
-        rs = await load_session(session, request)
+    async with act(request, readable_session) as (session, rs, _):
         ticket = await session.get(Ticket, rs.ticket_id)
         assert ticket is not None
     if q.watch:
@@ -92,18 +116,7 @@ async def terminal(request: web.Request) -> web.StreamResponse:
     async with app[DB].begin() as session:
         live = await session.get(RemoteSession, rs.id)
         assert live is not None
-        await auditlog.append(
-            session,
-            who.actor(),
-            Event(
-                "session.terminal_open",
-                target_type="session",
-                target_id=rs.id,
-                site_id=rs.site_id,
-                ticket_id=rs.ticket_id,
-                details={"term": q.term},
-            ),
-        )
+        await audit_session(session, who, "session.terminal_open", rs, {"term": q.term})
     await ws.send_str(json.dumps({"type": "status", "state": "active", "session": rs.id}))
     reason, state = await _bridge(ws, shell, manager)
     if manager.shells.get(rs.id) is shell:
@@ -274,9 +287,7 @@ async def _watch(request: web.Request, manager: Sessions, rs: RemoteSession) -> 
 )
 async def get_recording(request: web.Request) -> web.Response:
     app = request.app
-    who = principal(request)
-    async with app[DB]() as session:
-        rs = await load_session(session, request)
+    rs, who = await fetch(request, readable_session)
     if not (who.allowed("audit:read", rs.site_id) and who.allowed("tickets:read", rs.site_id)):
         raise NotFound("not found")
     if rs.recording_sha256 is None:
@@ -290,18 +301,13 @@ async def get_recording(request: web.Request) -> web.Response:
     except recording.RecordingError as exc:
         problem = str(exc)
     async with app[DB].begin() as session:
-        await auditlog.append(
+        await audit_session(
             session,
-            who.actor(),
-            Event(
-                "session.recording_read",
-                outcome="failure" if problem else "success",
-                target_type="session",
-                target_id=rs.id,
-                site_id=rs.site_id,
-                ticket_id=rs.ticket_id,
-                details={"problem": problem} if problem else {"sha256": rs.recording_sha256},
-            ),
+            who,
+            "session.recording_read",
+            rs,
+            {"problem": problem} if problem else {"sha256": rs.recording_sha256},
+            outcome="failure" if problem else "success",
         )
     if problem is not None:
         raise Conflict(f"recording integrity check failed: {problem}", code="recording_tampered")
