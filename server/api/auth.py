@@ -23,8 +23,9 @@ from server.web.account import (
     set_session_cookie,
     verify_code,
 )
+from server.web.act import answer, unit
 from server.web.authn import SESSION_COOKIE, principal, source_of
-from server.web.keys import CONFIG, DB
+from server.web.keys import CONFIG
 from server.web.routing import SELF, ApiRouter, body, json_response, query
 from shared.errors import Unauthorized
 
@@ -137,8 +138,7 @@ class MeResponse(BaseModel):
 )
 async def me(request: web.Request) -> web.Response:
     app = request.app
-    who = principal(request)
-    async with app[DB]() as session:
+    async with unit(request) as (session, who):
         user = await session.get(User, who.user_id)
         if user is None:
             raise Unauthorized("user no longer exists")
@@ -232,7 +232,7 @@ class TokenList(BaseModel):
 )
 async def create_token(request: web.Request) -> web.Response:
     made = await make_token(request.app, principal(request), body(request, TokenRequest))
-    return json_response(made, status=201)
+    return answer(request, made)
 
 
 class TokenQuery(BaseModel):
@@ -254,7 +254,7 @@ async def list_tokens(request: web.Request) -> web.Response:
     if q.user_id and q.user_id != who.user_id:
         who.require("users:admin", None)
         user_id = q.user_id
-    async with request.app[DB]() as session:
+    async with unit(request) as (session, _):
         rows = await people.list_tokens(session, user_id)
     return json_response(TokenList(items=[token_info(t) for t in rows]))
 
