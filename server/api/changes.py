@@ -18,6 +18,7 @@ from server.auth.principal import Principal
 from server.engine import paramcheck, runs
 from server.itsm.runs import TIER_PERMISSION, tier_of
 from server.ops import changes as ch
+from server.ops.jobs import narrow
 from server.store import people, tickets
 from server.store.models import Agent, Change, Site
 from server.views.changes import (
@@ -128,19 +129,7 @@ async def _resolve(
             ids.append(site.id)
         stmt = stmt.where(Agent.site_id.in_(ids))
     rows = (await session.execute(stmt.order_by(Site.name, Agent.hostname))).all()
-    if target.agent_ids is not None:
-        wanted = set(target.agent_ids)
-        rows = [r for r in rows if r.id in wanted]
-        missing = wanted - {r.id for r in rows}
-        if missing:
-            raise NotFound(
-                "agent not found", fields={"target.agent_ids": ", ".join(sorted(missing)[:10])}
-            )
-    if target.tags:
-        need = set(target.tags)
-        rows = [r for r in rows if need <= set(r.tags or [])]
-    if not rows:
-        raise Invalid("no agents match the target", fields={"target": "matches no agent"})
+    rows = narrow(rows, target.agent_ids, target.tags)
     return [(r.id, r.site_id, r.hostname, r.name) for r in rows]
 
 

@@ -80,19 +80,7 @@ async def _targets(session: Any, who: Principal, target: Target) -> list[_Target
             raise NotFound("site not found", fields={"target.site": "no such site"})
         stmt = stmt.where(Agent.site_id == site.id)
     rows = (await session.execute(stmt.order_by(Site.name, Agent.hostname))).all()
-    if target.agent_ids is not None:
-        wanted = set(target.agent_ids)
-        rows = [r for r in rows if r.id in wanted]
-        missing = wanted - {r.id for r in rows}
-        if missing:
-            raise NotFound(
-                "agent not found", fields={"target.agent_ids": ", ".join(sorted(missing)[:10])}
-            )
-    if target.tags:
-        need = set(target.tags)
-        rows = [r for r in rows if need <= set(r.tags or [])]
-    if not rows:
-        raise Invalid("no agents match the target", fields={"target": "matches no agent"})
+    rows = job_store.narrow(rows, target.agent_ids, target.tags)
     return [_Targeted(r.id, r.site_id) for r in rows]
 
 
