@@ -11,7 +11,7 @@ import asyncssh
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from server.api.terminal import audit_session
+from server.api.terminal import audit_session, own_active
 from server.auth.principal import Principal
 from server.itsm.tickets import number_text
 from server.store.models import RemoteSession, Ticket
@@ -36,12 +36,7 @@ class FileQuery(BaseModel):
 
 async def _files_session(request: web.Request, write: bool) -> RemoteSession:
     rs, who = await fetch(request, readable_session)
-    if rs.requested_by != who.user_id:
-        raise Forbidden("only the session's engineer moves files in it")
-    if rs.kind != "files":
-        raise Conflict(f"this is a {rs.kind} session, not a files session")
-    if rs.state != "active":
-        raise Conflict(f"the session is {rs.state}")
+    own_active(rs, who, "files", "moves files in it", "a files session")
     perm = "files:write" if write else "files:read"
     if not who.allowed(perm, rs.site_id):
         raise Forbidden(f"this needs {perm} on the machine's site")

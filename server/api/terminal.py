@@ -68,6 +68,17 @@ async def audit_session(
     )
 
 
+def own_active(rs: RemoteSession, who: Principal, kind: str, doing: str, what: str) -> None:
+    """The caller is the session's engineer (else 403: only it `doing`), and the
+    session is an active one of `kind` (else 409)."""
+    if rs.requested_by != who.user_id:
+        raise Forbidden(f"only the session's engineer {doing}")
+    if rs.kind != kind:
+        raise Conflict(f"this is a {rs.kind} session, not {what}")
+    if rs.state != "active":
+        raise Conflict(f"the session is {rs.state}")
+
+
 def _check_origin(request: web.Request, who: Principal) -> None:
     """Cookie-authenticated WebSockets must come from our own pages."""
     origin = request.headers.get("Origin")
@@ -104,12 +115,7 @@ async def terminal(request: web.Request) -> web.StreamResponse:
         ):
             raise Forbidden("watching needs sessions:consent or shell:open on this site")
         return await _watch(request, manager, rs)
-    if rs.requested_by != who.user_id:
-        raise Forbidden("only the session's engineer types in it; others can watch")
-    if rs.kind != "shell":
-        raise Conflict(f"this is a {rs.kind} session, not a shell")
-    if rs.state != "active":
-        raise Conflict(f"the session is {rs.state}")
+    own_active(rs, who, "shell", "types in it; others can watch", "a shell")
     shell = await manager.open_shell(rs, ticket.number, term=q.term, cols=q.cols, rows=q.rows)
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=1024 * 1024)
     await ws.prepare(request)
