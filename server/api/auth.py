@@ -7,10 +7,16 @@ from datetime import datetime
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from server.auth import rbac
 from server.store import people
 from server.store.models import User
-from server.views.accounts import BindingInfo, TokenInfo, binding_infos, token_info
+from server.views.accounts import (
+    BindingInfo,
+    TokenInfo,
+    own_bindings,
+    own_user,
+    rights_by_scope,
+    token_info,
+)
 from server.web.account import (
     NewToken,
     TokenRequest,
@@ -27,7 +33,6 @@ from server.web.act import answer, unit
 from server.web.authn import SESSION_COOKIE, principal, source_of
 from server.web.keys import CONFIG
 from server.web.routing import SELF, ApiRouter, body, json_response, query
-from shared.errors import Unauthorized
 
 routes = ApiRouter("auth")
 
@@ -137,29 +142,18 @@ class MeResponse(BaseModel):
     summary="The caller: user, bindings and effective permissions per site",
 )
 async def me(request: web.Request) -> web.Response:
-    app = request.app
     async with unit(request) as (session, who):
-        user = await session.get(User, who.user_id)
-        if user is None:
-            raise Unauthorized("user no longer exists")
-        bindings = await binding_infos(session, await people.bindings_of(session, [user.id]))
-        eff = rbac.effective(who.rights)
-        names = await people.site_names(session, {s for s in eff if s != "global"})
-    perms = {
-        ("global" if scope == "global" else f"site:{names.get(scope, scope)}"): sorted(p)
-        for scope, p in eff.items()
-    }
-    return json_response(
-        MeResponse(
+        user = await own_user(session, who)
+        out = MeResponse(
             user=user_info(user),
             via=who.via,
-            bindings=bindings,
-            permissions=perms,
+            bindings=await own_bindings(session, user),
+            permissions=await rights_by_scope(session, who),
             csrf_token=who.csrf,
             must_enroll_2fa=who.needs_2fa,
-            mfa_recent=who.mfa_within(app[CONFIG].settings.step_up_minutes),
+            mfa_recent=who.mfa_within(request.app[CONFIG].settings.step_up_minutes),
         )
-    )
+    return json_response(out)
 
 
 @routes.route(

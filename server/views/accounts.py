@@ -1,5 +1,6 @@
 """A user's role bindings and API tokens as the API answers them and the
-console's profile page lists them."""
+console's profile page lists them; the caller's own account and its
+effective permissions per scope."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server.auth import rbac
+from server.auth.principal import Principal
 from server.store import people
-from server.store.models import ApiToken, Binding
+from server.store.models import ApiToken, Binding, User
+from shared.errors import Unauthorized
 
 
 class BindingInfo(BaseModel):
@@ -56,3 +60,25 @@ def token_info(t: ApiToken) -> TokenInfo:
         revoked_at=t.revoked_at,
         last_used_at=t.last_used_at,
     )
+
+
+async def own_user(session: AsyncSession, who: Principal) -> User:
+    """The caller's own account; 401 if it was deleted meanwhile."""
+    user = await session.get(User, who.user_id)
+    if user is None:
+        raise Unauthorized("user no longer exists")
+    return user
+
+
+async def own_bindings(session: AsyncSession, user: User) -> list[BindingInfo]:
+    return await binding_infos(session, await people.bindings_of(session, [user.id]))
+
+
+async def rights_by_scope(session: AsyncSession, who: Principal) -> dict[str, list[str]]:
+    """The caller's effective permissions per scope: "global" or "site:<name>"."""
+    eff = rbac.effective(who.rights)
+    names = await people.site_names(session, {s for s in eff if s != "global"})
+    return {
+        ("global" if scope == "global" else f"site:{names.get(scope, scope)}"): sorted(p)
+        for scope, p in eff.items()
+    }
