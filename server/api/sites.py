@@ -13,10 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from server.auth.principal import Principal
 from server.store import people
 from server.store.models import Agent, Site, Ticket
-from server.views.admin import Calendar, SessionPolicyIn, SiteItem, site_item
+from server.views.admin import Calendar, SessionPolicyIn, SiteItem, administered_site, site_item
 from server.web.act import act, answer, audit, unit
 from server.web.routing import ApiRouter, body, json_response
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict
 
 routes = ApiRouter("administration")
 
@@ -112,14 +112,6 @@ async def create_site(request: web.Request) -> web.Response:
         return answer(request, site_item(site))
 
 
-async def _load_site(session: AsyncSession, who: Principal, site_id: str) -> Site:
-    site = await session.get(Site, site_id)
-    if site is None:
-        raise NotFound("not found")
-    who.require("users:admin", site.id)
-    return site
-
-
 @routes.route(
     "GET",
     "/api/v1/sites/{site_id}",
@@ -128,7 +120,7 @@ async def _load_site(session: AsyncSession, who: Principal, site_id: str) -> Sit
     summary="One site",
 )
 async def get_site(request: web.Request) -> web.Response:
-    async with act(request, _load_site) as (_, site, _):
+    async with act(request, administered_site) as (_, site, _):
         return answer(request, site_item(site))
 
 
@@ -143,7 +135,7 @@ async def get_site(request: web.Request) -> web.Response:
 )
 async def patch_site(request: web.Request) -> web.Response:
     req = body(request, SitePatch)
-    async with act(request, _load_site) as (session, site, who):
+    async with act(request, administered_site) as (session, site, who):
         if req.name is not None and req.name != site.name:
             if await people.site_by_name(session, req.name) is not None:
                 raise Conflict("site exists", fields={"name": "already taken"})
@@ -166,7 +158,7 @@ async def patch_site(request: web.Request) -> web.Response:
     summary="Delete a site that has no agents and no tickets",
 )
 async def delete_site(request: web.Request) -> web.Response:
-    async with act(request, _load_site) as (session, site, who):
+    async with act(request, administered_site) as (session, site, who):
         who.require("users:admin", None)  # a 404 like the load's: same answer either way
         # Tickets are records and stay; agents must be revoked and removed first.
         held = {

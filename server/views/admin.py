@@ -211,3 +211,12 @@ async def assignee(
     if not rbac.allowed(await people.rights_for(session, user.id), permission, site_id):
         raise Invalid(why, fields={"assignee": f"no {permission} on the {what}'s site"})
     return user
+
+
+async def administered_site(session: AsyncSession, who: Principal, site_id: str) -> Site:
+    """The site, if the caller holds users:admin on it; else 404."""
+    site = await session.get(Site, site_id)
+    if site is None:
+        raise NotFound("not found")
+    who.require("users:admin", site.id)
+    return site
