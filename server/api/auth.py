@@ -17,6 +17,7 @@ from server.views.accounts import (
     rights_by_scope,
     token_info,
 )
+from server.views.rows import from_row
 from server.web.account import (
     NewToken,
     TokenRequest,
@@ -60,13 +61,7 @@ class LoginResponse(BaseModel):
 
 
 def user_info(user: User) -> UserInfo:
-    return UserInfo(
-        id=user.id,
-        username=user.username,
-        display_name=user.display_name,
-        email=user.email,
-        totp_enabled=user.totp_enabled,
-    )
+    return from_row(UserInfo, user)
 
 
 @routes.route(

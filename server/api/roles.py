@@ -16,6 +16,7 @@ from server.store import people
 from server.store.models import Binding, Role, User
 from server.views.accounts import BindingInfo, binding_infos
 from server.views.admin import RoleItem, role_item, sees_user
+from server.views.rows import row_in_scope
 from server.web.act import act, answer, audit, unit
 from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Conflict, Invalid, NotFound
@@ -261,11 +262,7 @@ async def _binding(
 
 
 async def _binding_in_scope(session: AsyncSession, who: Principal, binding_id: str) -> Binding:
-    binding = await session.get(Binding, binding_id)
-    if binding is None:
-        raise NotFound("not found")
-    who.require("users:admin", binding.site_id)
-    return binding
+    return await row_in_scope(session, who, Binding, binding_id, "users:admin", lambda b: b.site_id)
 
 
 @routes.route(

@@ -14,6 +14,7 @@ from server.auth.crypto import seal
 from server.auth.principal import Principal
 from server.itsm import sla
 from server.store.models import OutboxItem, SlaPolicy, Webhook
+from server.views.rows import from_row
 from server.views.service_levels import KpiQuery, KpiReport, kpi_report
 from server.web.act import act, answer, audit, unit
 from server.web.authn import principal
@@ -191,15 +192,7 @@ async def _hook_out(session: Any, hook: Webhook) -> WebhookOut:
         .select_from(OutboxItem)
         .where(OutboxItem.webhook_id == hook.id, OutboxItem.failed_at.is_not(None))
     )
-    return WebhookOut(
-        id=hook.id,
-        url=hook.url,
-        events=hook.events,
-        enabled=hook.enabled,
-        created_at=hook.created_at,
-        pending=pending or 0,
-        failed=failed or 0,
-    )
+    return from_row(WebhookOut, hook, pending=pending or 0, failed=failed or 0)
 
 
 @routes.route(

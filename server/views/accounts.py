@@ -13,6 +13,7 @@ from server.auth import rbac
 from server.auth.principal import Principal
 from server.store import people
 from server.store.models import ApiToken, Binding, User
+from server.views.rows import from_row
 from shared.errors import Unauthorized
 
 
@@ -49,17 +50,7 @@ class TokenInfo(BaseModel):
 
 
 def token_info(t: ApiToken) -> TokenInfo:
-    return TokenInfo(
-        id=t.id,
-        name=t.name,
-        user_id=t.user_id,
-        permissions=t.permissions,
-        origin=t.origin,
-        created_at=t.created_at,
-        expires_at=t.expires_at,
-        revoked_at=t.revoked_at,
-        last_used_at=t.last_used_at,
-    )
+    return from_row(TokenInfo, t)
 
 
 async def own_user(session: AsyncSession, who: Principal) -> User:

@@ -17,6 +17,7 @@ from server.itsm.consent import SitePolicy
 from server.store import people
 from server.store.models import Role, Site, User
 from server.views.accounts import BindingInfo, binding_infos
+from server.views.rows import from_row, row_in_scope
 from shared.errors import Invalid, NotFound
 from shared.numbers import FiniteFloat
 
@@ -42,17 +43,7 @@ async def user_item(
     if scope is not None:
         rows = [b for b in rows if b.site_id in scope]
     bindings = await binding_infos(session, rows)
-    return UserItem(
-        id=user.id,
-        username=user.username,
-        display_name=user.display_name,
-        email=user.email,
-        disabled=user.disabled,
-        totp_enabled=user.totp_enabled,
-        created_at=user.created_at,
-        last_login_at=user.last_login_at,
-        bindings=bindings,
-    )
+    return from_row(UserItem, user, bindings=bindings)
 
 
 async def visible_users(session: AsyncSession, scope: frozenset[str] | None) -> list[User]:
@@ -215,8 +206,4 @@ async def assignee(
 
 async def administered_site(session: AsyncSession, who: Principal, site_id: str) -> Site:
     """The site, if the caller holds users:admin on it; else 404."""
-    site = await session.get(Site, site_id)
-    if site is None:
-        raise NotFound("not found")
-    who.require("users:admin", site.id)
-    return site
+    return await row_in_scope(session, who, Site, site_id, "users:admin", lambda s: s.id)

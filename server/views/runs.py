@@ -8,16 +8,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.principal import Principal
 from server.store.models import RunRecord
-from shared.errors import NotFound
+from server.views.rows import row_in_scope
 
 
 async def readable_result(session: AsyncSession, who: Principal, result_id: str) -> RunRecord:
     """A stored run result, if the caller holds diag:run on its site; else 404."""
-    record = await session.get(RunRecord, result_id)
-    if record is None:
-        raise NotFound("not found")
-    who.require("diag:run", record.site_id)
-    return record
+    return await row_in_scope(session, who, RunRecord, result_id, "diag:run", lambda r: r.site_id)
 
 
 def result_json(record: RunRecord) -> dict[str, Any]:
