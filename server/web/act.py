@@ -29,22 +29,27 @@ and the OpenAPI document; this module only shortens the handler's body.
 - `audit(session, who, action, ...)`: one entry in the audit trail, in
   the caller's transaction, the caller as actor.
 
-A state transition, declared in a few lines::
+A state transition, declared in a few lines (the route's declaration as
+ever; `writable_problem` 404s a problem out of scope, 403s one the caller
+may read but not work)::
 
-    @routes.route(
-        "POST",
-        "/api/v1/problems/{problem_id}/transition",
-        permission="problems:write",
-        body=TransitionRequest,
-        response=ProblemDetail,
-        errors=(409,),
-        summary="Move a problem to a status",
-    )
-    async def transition_problem(request: web.Request) -> web.Response:
-        req = body(request, TransitionRequest)
+    @routes.route("POST", "/api/v1/problems/{problem_id}/transition",
+                  permission="problems:write", body=Move, response=ProblemDetail,
+                  errors=(409,), summary="Move a problem to a status")
+    async def move_problem(request: web.Request) -> web.Response:
+        to = body(request, Move).status
         async with act(request, writable_problem) as (session, problem, who):
-            await problemstates.move(session, problem, req.status, who.actor())
+            await problemstates.move(session, problem, to, who.actor())
             return answer(request, await detail(session, problem, who))
+
+and one that needs no record, and audits what it did::
+
+    async with unit(request) as (session, who):
+        site = Site(name=req.name)
+        session.add(site)
+        await session.flush()
+        await audit(session, who, "site.create", ("site", site.id), site_id=site.id)
+        return answer(request, site_item(site))
 
 The answer is built inside the block (the detail reads the session) and
 sent once the block has committed; an error anywhere rolls the whole
