@@ -17,7 +17,7 @@ from server.console.changes import labels as change_labels
 from server.console.changes import upcoming_for
 from server.console.forms import fields_of
 from server.console.lists import site_names, words
-from server.console.render import fragment, page
+from server.console.render import page
 from server.itsm.runs import TIER_PERMISSION
 from server.views.agents import AgentItem, AgentListQuery, agent_with, visible_agents
 from server.views.sessions import ListQuery as SessionQuery
@@ -86,14 +86,13 @@ async def machines(request: web.Request) -> web.StreamResponse:
     summary="The machines table, live (server-sent events)",
 )
 async def machines_events(request: web.Request) -> web.StreamResponse:
-    app = request.app
     f = _filters(request)
-    await machine_rows(app, principal(request), f)  # a bad filter answers 422 before streaming
+    await machine_rows(request.app, principal(request), f)  # a bad filter: 422 before streaming
 
-    async def render(who: Principal) -> str:
-        return fragment(request, "machines_rows.html", {"rows": await machine_rows(app, who, f)})
+    async def rows(app: web.Application, who: Principal) -> list[AgentItem]:
+        return await machine_rows(app, who, f)
 
-    return await live.stream(request, render)
+    return await live.fragments(request, "machines_rows.html", "rows", rows)
 
 
 @routes.route("GET", "/machines/{agent_id}", permission="agents:read", summary="One machine's page")

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from server.auth.principal import Principal
 from server.console import i18n, live
-from server.console.render import fragment, page
+from server.console.render import page
 from server.itsm.consent import LIVE
 from server.views.sessions import ListQuery, find_sessions, readable_session, session_out
 from server.web.act import act, unit
@@ -84,9 +84,4 @@ async def consents(request: web.Request) -> web.StreamResponse:
     summary="Pending consents, live (server-sent events)",
 )
 async def consent_events(request: web.Request) -> web.StreamResponse:
-    app = request.app
-
-    async def render(who: Principal) -> str:
-        return fragment(request, "consents_list.html", {"rows": await pending(app, who)})
-
-    return await live.stream(request, render)
+    return await live.fragments(request, "consents_list.html", "rows", pending)
