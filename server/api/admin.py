@@ -16,17 +16,10 @@ from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.secrets import hash_password, new_password
-from server.base.audit import Event
 from server.ops import accounts
-from server.store import auditlog, people
-from server.store.models import User
-from server.views.admin import (
-    UserItem,
-    user_item,
-    visible_users,
-)
-from server.web.authn import principal
-from server.web.keys import DB
+from server.store import people
+from server.views.admin import UserItem, user_item, visible_user, visible_users
+from server.web.act import act, answer, audit, unit
 from server.web.routing import ApiRouter, body, json_response
 from shared.errors import Conflict, NotFound
 
@@ -73,18 +66,11 @@ class UserPatch(BaseModel):
     summary="Users, with their bindings",
 )
 async def list_users(request: web.Request) -> web.Response:
-    scope = principal(request).sites("users:admin")
-    async with request.app[DB]() as session:
+    async with unit(request) as (session, who):
+        scope = who.sites("users:admin")
         users = await visible_users(session, scope)
         items = [await user_item(session, u, scope) for u in users]
     return json_response(UserList(items=items))
-
-
-async def sees_user(session: AsyncSession, scope: frozenset[str] | None, user: User) -> bool:
-    if scope is None:
-        return True
-    held = {b.site_id for b in await people.bindings_of(session, [user.id])}
-    return not held or bool(held & scope)
 
 
 @routes.route(
@@ -98,13 +84,11 @@ async def sees_user(session: AsyncSession, scope: frozenset[str] | None, user: U
     summary="Create a user (no roles until bound)",
 )
 async def create_user(request: web.Request) -> web.Response:
-    app = request.app
-    who = principal(request)
     req = body(request, NewUser)
-    if who.via == "token" and not who.explicitly("users:admin"):
-        raise NotFound("not found")
-    generated = None if req.password is not None else new_password()
-    async with app[DB].begin() as session:
+    async with unit(request) as (session, who):
+        if who.via == "token" and not who.explicitly("users:admin"):
+            raise NotFound("not found")
+        generated = None if req.password is not None else new_password()
         user = await accounts.create_user(
             session,
             username=req.username,
@@ -114,17 +98,7 @@ async def create_user(request: web.Request) -> web.Response:
             email=req.email,
         )
         item = await user_item(session, user)
-    return json_response(CreatedUser(**item.model_dump(), password=generated), status=201)
-
-
-async def _load_user(session: AsyncSession, request: web.Request) -> User:
-    """The user in the path, if the caller may see it: a user bound only to
-    sites (or the global scope) beyond a site-scoped admin's answers 404, as
-    one that does not exist."""
-    user = await session.get(User, request.match_info["user_id"])
-    if user is None or not await sees_user(session, principal(request).sites("users:admin"), user):
-        raise NotFound("not found")
-    return user
+        return answer(request, CreatedUser(**item.model_dump(), password=generated))
 
 
 @routes.route(
@@ -135,10 +109,8 @@ async def _load_user(session: AsyncSession, request: web.Request) -> User:
     summary="One user",
 )
 async def get_user(request: web.Request) -> web.Response:
-    scope = principal(request).sites("users:admin")
-    async with request.app[DB]() as session:
-        item = await user_item(session, await _load_user(session, request), scope)
-    return json_response(item)
+    async with act(request, visible_user) as (session, user, who):
+        return answer(request, await user_item(session, user, who.sites("users:admin")))
 
 
 async def guard_last_admin(session: AsyncSession, user_id: str, field: str) -> None:
@@ -163,11 +135,8 @@ async def guard_last_admin(session: AsyncSession, user_id: str, field: str) -> N
     summary="Change a user: names, password, disabled, reset 2FA",
 )
 async def patch_user(request: web.Request) -> web.Response:
-    app = request.app
-    who = principal(request)
     req = body(request, UserPatch)
-    async with app[DB].begin() as session:
-        user = await _load_user(session, request)
+    async with act(request, visible_user) as (session, user, who):
         who.require("users:admin", None)
         changed: list[str] = []
         if req.display_name is not None:
@@ -192,18 +161,9 @@ async def patch_user(request: web.Request) -> web.Response:
             user.totp_secret_enc = None
             user.totp_last_step = None
             changed.append("totp_reset")
-        await auditlog.append(
-            session,
-            who.actor(),
-            Event(
-                "user.update",
-                target_type="user",
-                target_id=user.id,
-                details={"username": user.username, "changed": changed, "disabled": user.disabled},
-            ),
-        )
-        item = await user_item(session, user)
-    return json_response(item)
+        details = {"username": user.username, "changed": changed, "disabled": user.disabled}
+        await audit(session, who, "user.update", ("user", user.id), details=details)
+        return answer(request, await user_item(session, user))
 
 
 @routes.route(
@@ -215,24 +175,14 @@ async def patch_user(request: web.Request) -> web.Response:
     summary="Delete a user (their bindings, sessions and tokens go with them)",
 )
 async def delete_user(request: web.Request) -> web.Response:
-    app = request.app
-    who = principal(request)
-    async with app[DB].begin() as session:
-        user = await _load_user(session, request)
+    async with act(request, visible_user) as (session, user, who):
         who.require("users:admin", None)
         await guard_last_admin(session, user.id, "user_id")
         item = await user_item(session, user)
         for binding in await people.bindings_of(session, [user.id]):
             await session.delete(binding)
         await session.delete(user)
-        await auditlog.append(
-            session,
-            who.actor(),
-            Event(
-                "user.delete",
-                target_type="user",
-                target_id=user.id,
-                details={"username": user.username},
-            ),
+        await audit(
+            session, who, "user.delete", ("user", user.id), details={"username": user.username}
         )
-    return json_response(item)
+    return answer(request, item)

@@ -9,21 +9,13 @@ from typing import Any
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
-from server.base.audit import Event
 from server.ops import enrollment
-from server.store import auditlog, fleet
+from server.store import fleet
 from server.store.models import Agent
-from server.views.agents import (
-    AgentItem,
-    AgentListQuery,
-    agent_for,
-    item,
-    visible_agents,
-)
-from server.web.authn import principal
+from server.views.agents import AgentItem, AgentListQuery, agent_with, item, visible_agents
+from server.web.act import act, audit, fetch, unit
 from server.web.keys import DB, KEYS
 from server.web.routing import ApiRouter, body, json_response, query
-from shared.errors import NotFound
 
 routes = ApiRouter("agents")
 
@@ -50,16 +42,15 @@ class AgentDetail(AgentItem):
     summary="Agents visible to the caller, with a health summary",
 )
 async def list_agents(request: web.Request) -> web.Response:
-    async with request.app[DB]() as session:
-        items = await visible_agents(session, principal(request), query(request, AgentListQuery))
+    async with unit(request) as (session, who):
+        items = await visible_agents(session, who, query(request, AgentListQuery))
     return json_response(AgentList(items=items))
 
 
 async def load_agent(request: web.Request, permission: str) -> tuple[Agent, str]:
-    async with request.app[DB]() as session:
-        return await agent_for(
-            session, principal(request), request.match_info["agent_id"], permission
-        )
+    """The agent in the path and its site's name, where the caller holds `permission`."""
+    found, _ = await fetch(request, agent_with(permission))
+    return found
 
 
 @routes.route(
@@ -70,8 +61,7 @@ async def load_agent(request: web.Request, permission: str) -> tuple[Agent, str]
     summary="One agent: facts and latest full health report",
 )
 async def get_agent(request: web.Request) -> web.Response:
-    agent, site = await load_agent(request, "agents:read")
-    who = principal(request)
+    (agent, site), who = await fetch(request, agent_with("agents:read"))
     health = agent.latest_health if who.allowed("health:read", agent.site_id) else None
     return json_response(
         AgentDetail(
@@ -113,7 +103,7 @@ class HealthList(BaseModel):
     summary="Stored health reports, oldest first, each with seq and sampled_at",
 )
 async def health(request: web.Request) -> web.Response:
-    agent, _ = await load_agent(request, "health:read")
+    (agent, _), _ = await fetch(request, agent_with("health:read"))
     q = query(request, HealthQuery)
     async with request.app[DB]() as session:
         rows = await fleet.health_page(
@@ -136,14 +126,8 @@ async def health(request: web.Request) -> web.Response:
 )
 async def revoke(request: web.Request) -> web.Response:
     app = request.app
-    who = principal(request)
-    async with app[DB].begin() as session:
-        found = await fleet.get_agent(session, request.match_info["agent_id"])
-        if found is None:
-            raise NotFound("not found")
-        who.require("agents:revoke", found[0].site_id)
-        agent = await enrollment.revoke_agent(session, found[0].id, who.actor())
-        site = found[1]
+    async with act(request, agent_with("agents:revoke")) as (session, (found, site), who):
+        agent = await enrollment.revoke_agent(session, found.id, who.actor())
     app[KEYS].revoked(agent.id)
     return json_response(AgentItem(**item(agent, site)))
 
@@ -169,25 +153,15 @@ class TagsRequest(BaseModel):
     summary="Replace an agent's tags",
 )
 async def set_tags(request: web.Request) -> web.Response:
-    app = request.app
-    who = principal(request)
     req = body(request, TagsRequest)
-    async with app[DB].begin() as session:
-        found = await fleet.get_agent(session, request.match_info["agent_id"])
-        if found is None:
-            raise NotFound("not found")
-        agent, site = found
-        who.require("agents:enroll", agent.site_id)
+    async with act(request, agent_with("agents:enroll")) as (session, (agent, site), who):
         agent.tags = req.tags
-        await auditlog.append(
+        await audit(
             session,
-            who.actor(),
-            Event(
-                "agent.tags",
-                target_type="agent",
-                target_id=agent.id,
-                site_id=agent.site_id,
-                details={"tags": req.tags},
-            ),
+            who,
+            "agent.tags",
+            ("agent", agent.id),
+            site_id=agent.site_id,
+            details={"tags": req.tags},
         )
     return json_response(AgentItem(**item(agent, site)))

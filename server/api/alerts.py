@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.base.audit import Event
+from server.auth.principal import Principal
 from server.itsm import alerts as pure
-from server.store import auditlog, people
 from server.store.models import Alert, AlertRule
+from server.views.admin import site_named
 from server.views.alerts import (
     AlertOut,
     AlertQuery,
@@ -22,8 +22,8 @@ from server.views.alerts import (
     alert_items,
     visible_rules,
 )
-from server.web.authn import principal
-from server.web.keys import ALERTS, DB
+from server.web.act import act, answer, audit, unit
+from server.web.keys import ALERTS
 from server.web.routing import ApiRouter, PatchBody, body, json_response, query
 from shared.errors import NotFound
 from shared.numbers import FiniteFloat
@@ -96,8 +96,8 @@ class RuleList(BaseModel):
     summary="Alert rules you manage",
 )
 async def list_rules(request: web.Request) -> web.Response:
-    async with request.app[DB]() as session:
-        items = await visible_rules(session, principal(request))
+    async with unit(request) as (session, who):
+        items = await visible_rules(session, who)
     return json_response(RuleList(items=items))
 
 
@@ -112,40 +112,32 @@ async def list_rules(request: web.Request) -> web.Response:
     summary="Create an alert rule",
 )
 async def create_rule(request: web.Request) -> web.Response:
-    app = request.app
-    who = principal(request)
     req = body(request, RuleIn)
-    async with app[DB].begin() as session:
+    async with unit(request) as (session, who):
         site_id = None
         if req.site:
-            site = await people.site_by_name(session, req.site)
-            if site is None or not who.allowed("alerts:manage", site.id):
-                raise NotFound("site not found", fields={"site": "no such site"})
-            site_id = site.id
+            site_id = (await site_named(session, who, req.site, "alerts:manage")).id
         else:
             who.require("alerts:manage", None)
         rule = AlertRule(**req.model_dump(exclude={"site"}), site_id=site_id)
         session.add(rule)
         await session.flush()
-        await auditlog.append(
-            session,
-            who.actor(),
-            Event(
-                "alert_rule.create",
-                target_type="alert_rule",
-                target_id=rule.id,
-                site_id=site_id,
-                details=req.model_dump(),
-            ),
-        )
+        await _audit(session, who, "alert_rule.create", rule, req.model_dump())
         out = await _rule_out(session, rule)
-    await app[ALERTS].reload_rules()
-    return json_response(out, status=201)
+    await request.app[ALERTS].reload_rules()
+    return answer(request, out)
 
 
-async def _load_rule(session: AsyncSession, request: web.Request) -> AlertRule:
-    rule = await session.get(AlertRule, request.match_info["rule_id"])
-    if rule is None or not _visible(principal(request), rule):
+async def _audit(
+    session: AsyncSession, who: Principal, action: str, rule: AlertRule, details: dict[str, Any]
+) -> None:
+    target = ("alert_rule", rule.id)
+    await audit(session, who, action, target, site_id=rule.site_id, details=details)
+
+
+async def _load_rule(session: AsyncSession, who: Principal, rule_id: str) -> AlertRule:
+    rule = await session.get(AlertRule, rule_id)
+    if rule is None or not _visible(who, rule):
         raise NotFound("not found")
     return rule
 
@@ -158,9 +150,8 @@ async def _load_rule(session: AsyncSession, request: web.Request) -> AlertRule:
     summary="One alert rule",
 )
 async def get_rule(request: web.Request) -> web.Response:
-    async with request.app[DB]() as session:
-        out = await _rule_out(session, await _load_rule(session, request))
-    return json_response(out)
+    async with act(request, _load_rule) as (session, rule, _):
+        return answer(request, await _rule_out(session, rule))
 
 
 @routes.route(
@@ -172,27 +163,15 @@ async def get_rule(request: web.Request) -> web.Response:
     summary="Change an alert rule",
 )
 async def patch_rule(request: web.Request) -> web.Response:
-    app = request.app
     req = body(request, RulePatch)
-    async with app[DB].begin() as session:
-        rule = await _load_rule(session, request)
+    async with act(request, _load_rule) as (session, rule, who):
         changes = req.model_dump(exclude_unset=True)
         for key, value in changes.items():
             setattr(rule, key, value)
-        await auditlog.append(
-            session,
-            principal(request).actor(),
-            Event(
-                "alert_rule.update",
-                target_type="alert_rule",
-                target_id=rule.id,
-                site_id=rule.site_id,
-                details=changes,
-            ),
-        )
+        await _audit(session, who, "alert_rule.update", rule, changes)
         out = await _rule_out(session, rule)
-    await app[ALERTS].reload_rules()
-    return json_response(out)
+    await request.app[ALERTS].reload_rules()
+    return answer(request, out)
 
 
 @routes.route(
@@ -203,26 +182,14 @@ async def patch_rule(request: web.Request) -> web.Response:
     summary="Delete an alert rule (its alerts go with it)",
 )
 async def delete_rule(request: web.Request) -> web.Response:
-    app = request.app
-    async with app[DB].begin() as session:
-        rule = await _load_rule(session, request)
+    async with act(request, _load_rule) as (session, rule, who):
         out = await _rule_out(session, rule)
         for alert in (await session.scalars(select(Alert).where(Alert.rule_id == rule.id))).all():
             await session.delete(alert)
         await session.delete(rule)
-        await auditlog.append(
-            session,
-            principal(request).actor(),
-            Event(
-                "alert_rule.delete",
-                target_type="alert_rule",
-                target_id=rule.id,
-                site_id=rule.site_id,
-                details={"name": rule.name},
-            ),
-        )
-    await app[ALERTS].reload_rules()
-    return json_response(out)
+        await _audit(session, who, "alert_rule.delete", rule, {"name": rule.name})
+    await request.app[ALERTS].reload_rules()
+    return answer(request, out)
 
 
 class AlertList(BaseModel):
@@ -239,6 +206,6 @@ class AlertList(BaseModel):
     summary="Alert states per (rule, agent), firing first",
 )
 async def list_alerts(request: web.Request) -> web.Response:
-    async with request.app[DB]() as session:
-        items = await alert_items(session, principal(request), query(request, AlertQuery))
+    async with unit(request) as (session, who):
+        items = await alert_items(session, who, query(request, AlertQuery))
     return json_response(AlertList(items=items))

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from server.store import auditlog
 from server.views.audit import AuditItem, AuditQuery, audit_item, audit_page
+from server.web.act import unit
 from server.web.authn import principal
 from server.web.keys import DB
 from server.web.routing import ApiRouter, json_response, query
@@ -76,8 +77,8 @@ async def export_audit(request: web.Request) -> web.StreamResponse:
     summary="Walk the whole hash chain and report the first broken entry",
 )
 async def verify(request: web.Request) -> web.Response:
-    principal(request).require("audit:read", None)
-    async with request.app[DB]() as session:
+    async with unit(request) as (session, who):
+        who.require("audit:read", None)
         count, broken = await auditlog.verify_chain(session)
     return json_response(
         VerifyResult(

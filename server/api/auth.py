@@ -7,10 +7,17 @@ from datetime import datetime
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from server.auth import rbac
 from server.store import people
 from server.store.models import User
-from server.views.accounts import BindingInfo, TokenInfo, binding_infos, token_info
+from server.views.accounts import (
+    BindingInfo,
+    TokenInfo,
+    own_bindings,
+    own_user,
+    rights_by_scope,
+    token_info,
+)
+from server.views.rows import from_row
 from server.web.account import (
     NewToken,
     TokenRequest,
@@ -23,10 +30,10 @@ from server.web.account import (
     set_session_cookie,
     verify_code,
 )
+from server.web.act import answer, unit
 from server.web.authn import SESSION_COOKIE, principal, source_of
-from server.web.keys import CONFIG, DB
+from server.web.keys import CONFIG
 from server.web.routing import SELF, ApiRouter, body, json_response, query
-from shared.errors import Unauthorized
 
 routes = ApiRouter("auth")
 
@@ -54,13 +61,7 @@ class LoginResponse(BaseModel):
 
 
 def user_info(user: User) -> UserInfo:
-    return UserInfo(
-        id=user.id,
-        username=user.username,
-        display_name=user.display_name,
-        email=user.email,
-        totp_enabled=user.totp_enabled,
-    )
+    return from_row(UserInfo, user)
 
 
 @routes.route(
@@ -136,30 +137,18 @@ class MeResponse(BaseModel):
     summary="The caller: user, bindings and effective permissions per site",
 )
 async def me(request: web.Request) -> web.Response:
-    app = request.app
-    who = principal(request)
-    async with app[DB]() as session:
-        user = await session.get(User, who.user_id)
-        if user is None:
-            raise Unauthorized("user no longer exists")
-        bindings = await binding_infos(session, await people.bindings_of(session, [user.id]))
-        eff = rbac.effective(who.rights)
-        names = await people.site_names(session, {s for s in eff if s != "global"})
-    perms = {
-        ("global" if scope == "global" else f"site:{names.get(scope, scope)}"): sorted(p)
-        for scope, p in eff.items()
-    }
-    return json_response(
-        MeResponse(
+    async with unit(request) as (session, who):
+        user = await own_user(session, who)
+        out = MeResponse(
             user=user_info(user),
             via=who.via,
-            bindings=bindings,
-            permissions=perms,
+            bindings=await own_bindings(session, user),
+            permissions=await rights_by_scope(session, who),
             csrf_token=who.csrf,
             must_enroll_2fa=who.needs_2fa,
-            mfa_recent=who.mfa_within(app[CONFIG].settings.step_up_minutes),
+            mfa_recent=who.mfa_within(request.app[CONFIG].settings.step_up_minutes),
         )
-    )
+    return json_response(out)
 
 
 @routes.route(
@@ -232,7 +221,7 @@ class TokenList(BaseModel):
 )
 async def create_token(request: web.Request) -> web.Response:
     made = await make_token(request.app, principal(request), body(request, TokenRequest))
-    return json_response(made, status=201)
+    return answer(request, made)
 
 
 class TokenQuery(BaseModel):
@@ -254,7 +243,7 @@ async def list_tokens(request: web.Request) -> web.Response:
     if q.user_id and q.user_id != who.user_id:
         who.require("users:admin", None)
         user_id = q.user_id
-    async with request.app[DB]() as session:
+    async with unit(request) as (session, _):
         rows = await people.list_tokens(session, user_id)
     return json_response(TokenList(items=[token_info(t) for t in rows]))
 

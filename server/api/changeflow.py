@@ -12,17 +12,14 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.api.changes import answer, require_all, state_is
+from server.api.changes import change_answer, require_all, state_is
 from server.auth.principal import Principal
 from server.itsm.runs import TIER_PERMISSION
 from server.ops import changes as ch
 from server.store.models import Change, ChangeApproval, JobItem, utcnow
-from server.views.changes import (
-    ChangeOut,
-    _load,
-)
-from server.web.authn import principal
-from server.web.keys import CHANGES, DB, JOBS, LINKS
+from server.views.changes import ChangeOut, locked_change
+from server.web.act import act
+from server.web.keys import CHANGES, JOBS, LINKS
 from server.web.routing import ApiRouter, body
 from shared.errors import Conflict, Forbidden, Invalid
 
@@ -50,9 +47,8 @@ class Review(BaseModel):
 
 
 async def decide(
-    session: AsyncSession, who: Principal, ref: str, decision: str, comment: str
-) -> Change:
-    change = await _load(session, who, ref, lock=True)
+    session: AsyncSession, who: Principal, change: Change, decision: str, comment: str
+) -> None:
     require_all(who, "changes:approve", change, "deciding on a change")
     state_is(change, "requested", doing=f"to {decision} it")
     if change.requester_id == who.user_id:
@@ -88,7 +84,7 @@ async def decide(
         change.closed_at = now
         ch.add_event(session, change, who.username, "rejected", comment)
         await ch.audit(session, who.actor(), change, "change.reject", {"comment": comment})
-        return change
+        return
     approvals = len(
         (
             await session.scalars(
@@ -117,7 +113,6 @@ async def decide(
         "change.approve",
         {"comment": comment, "approvals": approvals, "required": change.approvals_required},
     )
-    return change
 
 
 @routes.route(
@@ -132,11 +127,9 @@ async def decide(
 )
 async def approve_change(request: web.Request) -> web.Response:
     req = body(request, Decision)
-    async with request.app[DB].begin() as session:
-        change = await decide(
-            session, principal(request), request.match_info["change_id"], "approve", req.comment
-        )
-    return await answer(request, change.id)
+    async with act(request, locked_change) as (session, change, who):
+        await decide(session, who, change, "approve", req.comment)
+    return await change_answer(request, change.id)
 
 
 @routes.route(
@@ -150,17 +143,12 @@ async def approve_change(request: web.Request) -> web.Response:
 )
 async def reject_change(request: web.Request) -> web.Response:
     req = body(request, Refusal)
-    async with request.app[DB].begin() as session:
-        change = await decide(
-            session, principal(request), request.match_info["change_id"], "reject", req.comment
-        )
-    return await answer(request, change.id)
+    async with act(request, locked_change) as (session, change, who):
+        await decide(session, who, change, "reject", req.comment)
+    return await change_answer(request, change.id)
 
 
-async def start(
-    session: AsyncSession, app: Any, who: Principal, ref: str
-) -> tuple[Change, list[int]]:
-    change = await _load(session, who, ref, lock=True)
+async def start(session: AsyncSession, app: Any, who: Principal, change: Change) -> list[int]:
     require_all(who, "changes:request", change, "starting a change")
     require_all(who, TIER_PERMISSION[change.tier], change, f"running this {change.tier}")
     state_is(change, "approved", doing="starting it")
@@ -179,8 +167,7 @@ async def start(
         )
     ch.add_event(session, change, who.username, "state", "started")
     await ch.audit(session, who.actor(), change, "change.start", {"pilot": [a for a, _ in pilot]})
-    item_ids = await ch.open_stage(session, change, "pilot", pilot)
-    return change, item_ids
+    return await ch.open_stage(session, change, "pilot", pilot)
 
 
 @routes.route(
@@ -194,19 +181,16 @@ async def start(
 )
 async def start_change(request: web.Request) -> web.Response:
     app = request.app
-    async with app[DB].begin() as session:
-        change, item_ids = await start(
-            session, app, principal(request), request.match_info["change_id"]
-        )
+    async with act(request, locked_change) as (session, change, who):
+        item_ids = await start(session, app, who, change)
     app[JOBS].start(item_ids)
     app[CHANGES].wake()
-    return await answer(request, change.id)
+    return await change_answer(request, change.id)
 
 
 async def cancel(
-    session: AsyncSession, app: Any, who: Principal, ref: str, reason: str
-) -> tuple[Change, Callable[[], None]]:
-    change = await _load(session, who, ref, lock=True)
+    session: AsyncSession, app: Any, who: Principal, change: Change, reason: str
+) -> Callable[[], None]:
     require_all(who, "changes:request", change, "cancelling a change")
     state_is(change, "requested", "approved", "in_progress", doing="cancelling it")
     announce: Callable[[], None] = lambda: None  # noqa: E731
@@ -223,7 +207,7 @@ async def cancel(
         change.closed_at = change.updated_at = utcnow()
         ch.add_event(session, change, who.username, "cancelled", reason)
     await ch.audit(session, who.actor(), change, "change.cancel", {"reason": reason})
-    return change, announce
+    return announce
 
 
 @routes.route(
@@ -237,20 +221,14 @@ async def cancel(
     "(queued items cancelled) and goes to review",
 )
 async def cancel_change(request: web.Request) -> web.Response:
-    app = request.app
     req = body(request, Cancel)
-    async with app[DB].begin() as session:
-        change, announce = await cancel(
-            session, app, principal(request), request.match_info["change_id"], req.reason
-        )
+    async with act(request, locked_change) as (session, change, who):
+        announce = await cancel(session, request.app, who, change, req.reason)
     announce()
-    return await answer(request, change.id)
+    return await change_answer(request, change.id)
 
 
-async def review(
-    session: AsyncSession, who: Principal, ref: str, req: Review
-) -> tuple[Change, list[int]]:
-    change = await _load(session, who, ref, lock=True)
+async def review(session: AsyncSession, who: Principal, change: Change, req: Review) -> list[int]:
     require_all(who, "changes:request", change, "reviewing a change")
     state_is(change, "review", doing="closing the review")
     if req.outcome == "successful" and change.halted:
@@ -300,7 +278,7 @@ async def review(
         "change.review",
         {"outcome": req.outcome, "comment": req.comment, "backout_items": len(item_ids)},
     )
-    return change, item_ids
+    return item_ids
 
 
 @routes.route(
@@ -314,11 +292,8 @@ async def review(
     "running the backout action where it ran)",
 )
 async def review_change(request: web.Request) -> web.Response:
-    app = request.app
     req = body(request, Review)
-    async with app[DB].begin() as session:
-        change, item_ids = await review(
-            session, principal(request), request.match_info["change_id"], req
-        )
-    app[JOBS].start(item_ids)
-    return await answer(request, change.id)
+    async with act(request, locked_change) as (session, change, who):
+        item_ids = await review(session, who, change, req)
+    request.app[JOBS].start(item_ids)
+    return await change_answer(request, change.id)

@@ -18,18 +18,18 @@ from server.auth.principal import Principal
 from server.engine import paramcheck, runs
 from server.itsm.runs import TIER_PERMISSION, tier_of
 from server.ops import changes as ch
+from server.ops.jobs import narrow
 from server.store import people, tickets
 from server.store.models import Agent, Change, Site
 from server.views.changes import (
     ChangeOut,
     ChangeQuery,
     ChangeSummary,
-    _load,
     change_out,
+    readable_change,
     visible_changes,
 )
-from server.web.authn import principal
-from server.web.keys import DB
+from server.web.act import act, answer, unit
 from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Conflict, Forbidden, Invalid, NotFound
 from shared.numbers import FiniteFloat
@@ -129,19 +129,7 @@ async def _resolve(
             ids.append(site.id)
         stmt = stmt.where(Agent.site_id.in_(ids))
     rows = (await session.execute(stmt.order_by(Site.name, Agent.hostname))).all()
-    if target.agent_ids is not None:
-        wanted = set(target.agent_ids)
-        rows = [r for r in rows if r.id in wanted]
-        missing = wanted - {r.id for r in rows}
-        if missing:
-            raise NotFound(
-                "agent not found", fields={"target.agent_ids": ", ".join(sorted(missing)[:10])}
-            )
-    if target.tags:
-        need = set(target.tags)
-        rows = [r for r in rows if need <= set(r.tags or [])]
-    if not rows:
-        raise Invalid("no agents match the target", fields={"target": "matches no agent"})
+    rows = narrow(rows, target.agent_ids, target.tags)
     return [(r.id, r.site_id, r.hostname, r.name) for r in rows]
 
 
@@ -189,13 +177,12 @@ async def _check_action(
     return tier
 
 
-async def answer(request: web.Request, change_id: str, status: int = 200) -> web.Response:
-    who = principal(request)
-    async with request.app[DB]() as session:
+async def change_answer(request: web.Request, change_id: str) -> web.Response:
+    """The change as it is once the step's transaction has committed."""
+    async with unit(request, write=False) as (session, who):
         change = await session.get(Change, change_id)
         assert change is not None
-        out = await change_out(session, who, change)
-    return json_response(out, status=status)
+        return answer(request, await change_out(session, who, change))
 
 
 # --- routes ---------------------------------------------------------------------------
@@ -285,11 +272,10 @@ async def create(session: AsyncSession, who: Principal, req: ChangeRequest) -> C
     summary="Request a change: what it runs, where, its plan and backout; it waits for approval",
 )
 async def create_change(request: web.Request) -> web.Response:
-    who = principal(request)
     req = body(request, ChangeRequest)
-    async with request.app[DB].begin() as session:
+    async with unit(request) as (session, who):
         change = await create(session, who, req)
-    return await answer(request, change.id, status=201)
+    return await change_answer(request, change.id)
 
 
 @routes.route(
@@ -305,8 +291,8 @@ async def list_changes(request: web.Request) -> web.Response:
     q = query(request, ChangeQuery)
     if q.state is not None and q.state not in ch.STATES:
         raise Invalid("unknown state", fields={"state": "one of " + ", ".join(ch.STATES)})
-    async with request.app[DB]() as session:
-        items = await visible_changes(session, principal(request), q)
+    async with unit(request) as (session, who):
+        items = await visible_changes(session, who, q)
     return json_response(ChangeList(items=items))
 
 
@@ -318,8 +304,5 @@ async def list_changes(request: web.Request) -> web.Response:
     summary="A change (by id or CHG-N): plan, approvals, stages with job progress, history",
 )
 async def get_change(request: web.Request) -> web.Response:
-    who = principal(request)
-    async with request.app[DB]() as session:
-        change = await _load(session, who, request.match_info["change_id"])
-        out = await change_out(session, who, change)
-    return json_response(out)
+    async with act(request, readable_change) as (session, change, who):
+        return answer(request, await change_out(session, who, change))

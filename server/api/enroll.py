@@ -12,9 +12,10 @@ from pydantic import BaseModel, Field, field_validator
 from server.base.audit import Actor, Event
 from server.ops import enrollment
 from server.store import auditlog, people
-from server.web.authn import principal, source_of
+from server.web.act import answer, unit
+from server.web.authn import source_of
 from server.web.keys import CONFIG, DB, KEYS
-from server.web.routing import ApiRouter, body, json_response
+from server.web.routing import ApiRouter, body
 from shared.durations import parse_duration
 from shared.errors import FieldlinkError, Invalid, NotFound
 
@@ -74,17 +75,15 @@ async def enroll(request: web.Request) -> web.Response:
     app[KEYS].enrolled(agent.key_fingerprint, agent.id)
     log.info("agent_enrolled", agent_id=agent.id, site=names[agent.site_id], source=source)
     ssh_host, ssh_port = app[CONFIG].public_ssh()
-    return json_response(
-        EnrollResponse(
-            agent_id=agent.id,
-            site=names[agent.site_id],
-            ssh_host=ssh_host,
-            ssh_port=ssh_port,
-            hq_public_key=app[CONFIG].hq_public_key,
-            interval=app[CONFIG].settings.report_interval,
-        ),
-        status=201,
+    out = EnrollResponse(
+        agent_id=agent.id,
+        site=names[agent.site_id],
+        ssh_host=ssh_host,
+        ssh_port=ssh_port,
+        hq_public_key=app[CONFIG].hq_public_key,
+        interval=app[CONFIG].settings.report_interval,
     )
+    return answer(request, out)
 
 
 class EnrollTokenRequest(BaseModel):
@@ -131,9 +130,8 @@ def public_url(request: web.Request) -> str:
 )
 async def create_enroll_token(request: web.Request) -> web.Response:
     app = request.app
-    who = principal(request)
     req = body(request, EnrollTokenRequest)
-    async with app[DB].begin() as session:
+    async with unit(request) as (session, who):
         site = await people.site_by_name(session, req.site)
         if site is not None:
             if not who.allowed("agents:enroll", site.id):
@@ -151,13 +149,11 @@ async def create_enroll_token(request: web.Request) -> web.Response:
             fingerprint=app[CONFIG].fingerprint,
             actor=who.actor(),
         )
-    return json_response(
-        EnrollTokenResponse(
-            token=made.token,
-            id=made.token_id,
-            site=made.site,
-            uses=made.uses,
-            expires_at=datetime.fromisoformat(made.expires_at),
-        ),
-        status=201,
+    out = EnrollTokenResponse(
+        token=made.token,
+        id=made.token_id,
+        site=made.site,
+        uses=made.uses,
+        expires_at=datetime.fromisoformat(made.expires_at),
     )
+    return answer(request, out)

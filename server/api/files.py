@@ -11,12 +11,12 @@ import asyncssh
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from server.api.sessions import load_session
+from server.api.terminal import audit_session, own_active
 from server.auth.principal import Principal
-from server.base.audit import Event
 from server.itsm.tickets import number_text
-from server.store import auditlog
 from server.store.models import RemoteSession, Ticket
+from server.views.sessions import readable_session
+from server.web.act import fetch
 from server.web.authn import principal
 from server.web.keys import DB, LINKS
 from server.web.routing import ApiRouter, json_response, query
@@ -35,15 +35,8 @@ class FileQuery(BaseModel):
 
 
 async def _files_session(request: web.Request, write: bool) -> RemoteSession:
-    who = principal(request)
-    async with request.app[DB]() as session:
-        rs = await load_session(session, request)
-    if rs.requested_by != who.user_id:
-        raise Forbidden("only the session's engineer moves files in it")
-    if rs.kind != "files":
-        raise Conflict(f"this is a {rs.kind} session, not a files session")
-    if rs.state != "active":
-        raise Conflict(f"the session is {rs.state}")
+    rs, who = await fetch(request, readable_session)
+    own_active(rs, who, "files", "moves files in it", "a files session")
     perm = "files:write" if write else "files:read"
     if not who.allowed(perm, rs.site_id):
         raise Forbidden(f"this needs {perm} on the machine's site")
@@ -87,20 +80,9 @@ async def _audit_file(
     digest: str,
     outcome: str = "success",
 ) -> None:
+    details = {"path": path, "bytes": size, "sha256": digest, "agent_id": rs.agent_id}
     async with app[DB].begin() as session:
-        await auditlog.append(
-            session,
-            who.actor(),
-            Event(
-                action,
-                outcome=outcome,
-                target_type="session",
-                target_id=rs.id,
-                site_id=rs.site_id,
-                ticket_id=rs.ticket_id,
-                details={"path": path, "bytes": size, "sha256": digest, "agent_id": rs.agent_id},
-            ),
-        )
+        await audit_session(session, who, action, rs, details, outcome)
 
 
 @routes.route(

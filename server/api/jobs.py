@@ -13,13 +13,13 @@ from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import select
 
 from server.auth.principal import Principal
-from server.base.audit import Event
 from server.engine import paramcheck, runs
 from server.itsm.runs import TIER_PERMISSION, ticket_requirement, tier_of
 from server.ops import jobs as job_store
-from server.store import auditlog, people
+from server.store import people
 from server.store.models import Agent, Site, utcnow
 from server.views.jobs import JobOut, JobSummary, job_out, recent_jobs
+from server.web.act import answer, audit, unit
 from server.web.authn import principal
 from server.web.keys import DB, JOBS
 from server.web.routing import ApiRouter, body, json_response, query
@@ -80,19 +80,7 @@ async def _targets(session: Any, who: Principal, target: Target) -> list[_Target
             raise NotFound("site not found", fields={"target.site": "no such site"})
         stmt = stmt.where(Agent.site_id == site.id)
     rows = (await session.execute(stmt.order_by(Site.name, Agent.hostname))).all()
-    if target.agent_ids is not None:
-        wanted = set(target.agent_ids)
-        rows = [r for r in rows if r.id in wanted]
-        missing = wanted - {r.id for r in rows}
-        if missing:
-            raise NotFound(
-                "agent not found", fields={"target.agent_ids": ", ".join(sorted(missing)[:10])}
-            )
-    if target.tags:
-        need = set(target.tags)
-        rows = [r for r in rows if need <= set(r.tags or [])]
-    if not rows:
-        raise Invalid("no agents match the target", fields={"target": "matches no agent"})
+    rows = job_store.narrow(rows, target.agent_ids, target.tags)
     return [_Targeted(r.id, r.site_id) for r in rows]
 
 
@@ -123,9 +111,8 @@ async def _advertised(session: Any, agents: list[_Targeted], name: str) -> list[
 )
 async def create_job(request: web.Request) -> web.Response:
     app = request.app
-    who = principal(request)
     req = body(request, JobRequest)
-    async with app[DB].begin() as session:
+    async with unit(request) as (session, who):
         agents = await _targets(session, who, req.target)
         advertised = await _advertised(session, agents, req.name)
         if advertised is None:
@@ -161,26 +148,23 @@ async def create_job(request: web.Request) -> web.Response:
             expires_at=utcnow() + timedelta(seconds=req.ttl),
             agents=[(a.id, a.site_id) for a in agents],
         )
-        await auditlog.append(
+        await audit(
             session,
-            who.actor(),
-            Event(
-                "job.create",
-                target_type="job",
-                target_id=job.id,
-                ticket_id=job.ticket_id,
-                site_id=agents[0].site_id if len({a.site_id for a in agents}) == 1 else None,
-                details={
-                    "name": req.name,
-                    "tier": tier,
-                    "params": req.params,
-                    "agents": len(agents),
-                    "ttl": req.ttl,
-                },
-            ),
+            who,
+            "job.create",
+            ("job", job.id),
+            ticket_id=job.ticket_id,
+            site_id=agents[0].site_id if len({a.site_id for a in agents}) == 1 else None,
+            details={
+                "name": req.name,
+                "tier": tier,
+                "params": req.params,
+                "agents": len(agents),
+                "ttl": req.ttl,
+            },
         )
     app[JOBS].start(item_ids)
-    return json_response(await job_out(request.app[DB], principal(request), job.id), status=201)
+    return answer(request, await job_out(app[DB], who, job.id))
 
 
 @routes.route(

@@ -19,14 +19,14 @@ from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.api.tickets import REPEAT_HEADER
+from server.api.tickets import repeat_answer
 from server.auth.principal import Principal
 from server.itsm import kb as rules
 from server.itsm.tickets import number_text as ticket_number
 from server.ops import helprequests
 from server.ops import kb as kb_ops
-from server.store import people
-from server.store.models import Agent, KbLink, KbVersion, Site
+from server.store.models import Agent, KbArticle, KbLink, KbVersion, Site, Ticket
+from server.views.admin import site_named
 from server.views.kb import (
     ArticleDetail,
     ArticleOut,
@@ -42,10 +42,10 @@ from server.views.kb import (
     writable,
 )
 from server.views.tickets import readable_ticket
-from server.web.authn import principal
-from server.web.keys import CONFIG, DB
+from server.web.act import act, answer, unit
+from server.web.keys import CONFIG
 from server.web.routing import ApiRouter, body, json_response, query
-from shared.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited
+from shared.errors import Conflict, Forbidden, Invalid, NotFound
 
 routes = ApiRouter("kb")
 
@@ -80,10 +80,7 @@ async def scope_site(
         return None
     if not site_name:
         raise Invalid("a site article names its site", fields={"site": "required for site"})
-    site = await people.site_by_name(session, site_name)
-    if site is None or not who.allowed("kb:write", site.id):
-        raise NotFound("site not found", fields={"site": "no such site"})
-    return site.id
+    return (await site_named(session, who, site_name, "kb:write")).id
 
 
 @routes.route(
@@ -95,9 +92,8 @@ async def scope_site(
     summary="Search or list the articles you can see (ranked, with snippets, when q is given)",
 )
 async def list_articles(request: web.Request) -> web.Response:
-    who = principal(request)
     q = query(request, ListQuery)
-    async with request.app[DB]() as session:
+    async with unit(request) as (session, who):
         hits = await find_articles(session, who, q)
         items = [await article_out(session, h.article, who, h) for h in hits]
     return json_response(ArticleList(items=items))
@@ -129,9 +125,8 @@ class NewArticle(BaseModel):
     errors=(404,),
 )
 async def create_article(request: web.Request) -> web.Response:
-    who = principal(request)
     req = body(request, NewArticle)
-    async with request.app[DB].begin() as session:
+    async with unit(request) as (session, who):
         site_id = await scope_site(session, who, req.visibility, req.site)
         article = await kb_ops.create(
             session,
@@ -147,8 +142,7 @@ async def create_article(request: web.Request) -> web.Response:
             who.actor(),
             author_id=who.user_id,
         )
-        out = await detail(session, article, who)
-    return json_response(out, status=201)
+        return answer(request, await detail(session, article, who))
 
 
 @routes.route(
@@ -159,12 +153,9 @@ async def create_article(request: web.Request) -> web.Response:
     summary="An article with its links and votes (counts a view)",
 )
 async def get_article(request: web.Request) -> web.Response:
-    who = principal(request)
-    async with request.app[DB].begin() as session:
-        article = await readable(session, who, request.match_info["article_id"])
+    async with act(request, readable, write=True) as (session, article, who):
         article.views += 1
-        out = await detail(session, article, who)
-    return json_response(out)
+        return answer(request, await detail(session, article, who))
 
 
 class ArticlePatch(BaseModel):
@@ -193,10 +184,8 @@ class ArticlePatch(BaseModel):
     errors=(409,),
 )
 async def patch_article(request: web.Request) -> web.Response:
-    who = principal(request)
     req = body(request, ArticlePatch)
-    async with request.app[DB].begin() as session:
-        article = await writable(session, who, request.match_info["article_id"])
+    async with act(request, writable) as (session, article, who):
         changes = req.model_dump(exclude_none=True, exclude={"site", "note"})
         if req.visibility is not None or req.site is not None:
             visibility = req.visibility or article.visibility
@@ -207,8 +196,7 @@ async def patch_article(request: web.Request) -> web.Response:
             changes["visibility"] = visibility
             changes["site_id"] = await scope_site(session, who, visibility, site_name)
         await kb_ops.edit(session, article, changes, who.actor(), req.note)
-        out = await detail(session, article, who)
-    return json_response(out)
+        return answer(request, await detail(session, article, who))
 
 
 class TransitionRequest(BaseModel):
@@ -227,16 +215,13 @@ class TransitionRequest(BaseModel):
     errors=(409,),
 )
 async def transition_article(request: web.Request) -> web.Response:
-    who = principal(request)
     req = body(request, TransitionRequest)
-    async with request.app[DB].begin() as session:
-        article = await writable(session, who, request.match_info["article_id"])
+    async with act(request, writable) as (session, article, who):
         needed = rules.ACTIONS[req.action][2]
         if not who.allowed(needed, article.site_id):
             raise Forbidden(f"{req.action} needs {needed}", fields={"action": f"needs {needed}"})
         await kb_ops.transition(session, article, req.action, who.actor(), req.note)
-        out = await detail(session, article, who)
-    return json_response(out)
+        return answer(request, await detail(session, article, who))
 
 
 @routes.route(
@@ -247,9 +232,7 @@ async def transition_article(request: web.Request) -> web.Response:
     summary="Every version of an article, newest first",
 )
 async def list_versions(request: web.Request) -> web.Response:
-    who = principal(request)
-    async with request.app[DB]() as session:
-        article = await writable(session, who, request.match_info["article_id"])
+    async with act(request, writable) as (session, article, _):
         rows = await session.scalars(
             select(KbVersion)
             .where(KbVersion.article_id == article.id)
@@ -267,10 +250,8 @@ async def list_versions(request: web.Request) -> web.Response:
     summary="One version of an article",
 )
 async def get_version(request: web.Request) -> web.Response:
-    who = principal(request)
     raw = request.match_info["version"]
-    async with request.app[DB]() as session:
-        article = await writable(session, who, request.match_info["article_id"])
+    async with act(request, writable) as (session, article, _):
         row = (
             await session.get(KbVersion, (article.id, int(raw)))
             if raw.isdigit() and len(raw) < 9
@@ -278,8 +259,7 @@ async def get_version(request: web.Request) -> web.Response:
         )
         if row is None:
             raise NotFound("no such version", fields={"version": f"1 to {article.version}"})
-        out = version_out(row, article.version)
-    return json_response(out)
+        return answer(request, version_out(row, article.version))
 
 
 class LinkRequest(BaseModel):
@@ -325,14 +305,11 @@ async def link_target(session: AsyncSession, who: Principal, req: LinkRequest) -
     summary="Link the article to a ticket, a problem or a machine (once)",
 )
 async def add_link(request: web.Request) -> web.Response:
-    who = principal(request)
     req = body(request, LinkRequest)
-    async with request.app[DB].begin() as session:
-        article = await writable(session, who, request.match_info["article_id"])
+    async with act(request, writable) as (session, article, who):
         target = await link_target(session, who, req)
         await kb_ops.link(session, article, req.kind, target, who.actor())
-        out = await detail(session, article, who)
-    return json_response(out, status=201)
+        return answer(request, await detail(session, article, who))
 
 
 @routes.route(
@@ -343,16 +320,13 @@ async def add_link(request: web.Request) -> web.Response:
     summary="Remove a link",
 )
 async def remove_link(request: web.Request) -> web.Response:
-    who = principal(request)
     raw = request.match_info["link_id"]
-    async with request.app[DB].begin() as session:
-        article = await writable(session, who, request.match_info["article_id"])
+    async with act(request, writable) as (session, article, who):
         link = await session.get(KbLink, int(raw)) if raw.isdigit() and len(raw) < 18 else None
         if link is None or link.article_id != article.id:
             raise NotFound("no such link", fields={"link_id": "not a link of this article"})
         await kb_ops.unlink(session, article, link, who.actor())
-        out = await detail(session, article, who)
-    return json_response(out)
+        return answer(request, await detail(session, article, who))
 
 
 class VoteRequest(BaseModel):
@@ -370,15 +344,12 @@ class VoteRequest(BaseModel):
     errors=(409,),
 )
 async def vote(request: web.Request) -> web.Response:
-    who = principal(request)
     req = body(request, VoteRequest)
-    async with request.app[DB].begin() as session:
-        article = await readable(session, who, request.match_info["article_id"])
+    async with act(request, readable) as (session, article, who):
         if article.state != "published":
             raise Conflict("only published articles take votes")
         await kb_ops.vote(session, article, voter_of(who), req.helped, who.actor())
-        out = await detail(session, article, who)
-    return json_response(out)
+        return answer(request, await detail(session, article, who))
 
 
 class SolvedRequest(BaseModel):
@@ -391,6 +362,14 @@ class SolvedOut(BaseModel):
     ticket_id: str
     ticket: str = Field(description="the self-served request's number (FL-N), already closed")
     article: str
+
+
+def _solved_out(ticket: Ticket, article: KbArticle) -> SolvedOut:
+    return SolvedOut(
+        ticket_id=ticket.id,
+        ticket=ticket_number(ticket.number),
+        article=rules.number_text(article.number),
+    )
 
 
 @routes.route(
@@ -407,13 +386,9 @@ class SolvedOut(BaseModel):
     errors=(409, 429),
 )
 async def solved(request: web.Request) -> web.Response:
-    who = principal(request)
     req = body(request, SolvedRequest)
-    async with request.app[DB].begin() as session:
-        article = await readable(session, who, request.match_info["article_id"])
-        site = await people.site_by_name(session, req.site)
-        if site is None or not who.allowed("tickets:write", site.id):
-            raise NotFound("site not found", fields={"site": "no such site"})
+    async with act(request, readable) as (session, article, who):
+        site = await site_named(session, who, req.site, "tickets:write")
         if article.state != "published":
             raise Conflict("only a published article solves a request")
         agent_ids: list[str] = []
@@ -428,23 +403,14 @@ async def solved(request: web.Request) -> web.Response:
             limits = helprequests.Limits.of(request.app[CONFIG].settings)
             limited = await helprequests.check_self_served(session, asker, limits)
             if limited is not None:
-                raise RateLimited(
-                    limited.message,
-                    headers={"Retry-After": str(int(limited.retry_after + 0.999))},
-                )
+                raise limited.error()
             repeat = await helprequests.self_served_repeat(
                 session, asker, article.id, req.text.strip(), limits
             )
             if repeat is not None:
                 await helprequests.fold_self_served(session, repeat, who.actor(), req.text.strip())
-                first = SolvedOut(
-                    ticket_id=repeat.id,
-                    ticket=ticket_number(repeat.number),
-                    article=rules.number_text(article.number),
-                )
-                answer = json_response(first, status=200)
-                answer.headers[REPEAT_HEADER] = first.ticket
-                return answer
+                first = _solved_out(repeat, article)
+                return repeat_answer(first, first.ticket)
         ticket = await kb_ops.self_served(
             session,
             article,
@@ -457,12 +423,7 @@ async def solved(request: web.Request) -> web.Response:
             requester_name=who.username,
             agent_ids=agent_ids,
         )
-        out = SolvedOut(
-            ticket_id=ticket.id,
-            ticket=ticket_number(ticket.number),
-            article=rules.number_text(article.number),
-        )
-    return json_response(out, status=201)
+        return answer(request, _solved_out(ticket, article))
 
 
 class FromTicketRequest(BaseModel):
@@ -486,10 +447,8 @@ class FromTicketRequest(BaseModel):
     errors=(409,),
 )
 async def ticket_to_article(request: web.Request) -> web.Response:
-    who = principal(request)
     req = body(request, FromTicketRequest)
-    async with request.app[DB].begin() as session:
-        ticket = await readable_ticket(session, who, request.match_info["ticket_id"])
+    async with act(request, readable_ticket) as (session, ticket, who):
         if not who.works_tickets(ticket.site_id) or not who.allowed("kb:write", ticket.site_id):
             raise Forbidden("this needs tickets:write, agents:read and kb:write on the site")
         visibility = req.visibility or ("internal" if who.allowed("kb:write", None) else "site")
@@ -511,5 +470,4 @@ async def ticket_to_article(request: web.Request) -> web.Response:
             site_id=site_id,
             title=req.title,
         )
-        out = await detail(session, article, who)
-    return json_response(out, status=201)
+        return answer(request, await detail(session, article, who))

@@ -19,20 +19,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from server.auth.principal import Principal
 from server.ops import problems as ops
 from server.ops import problemstates
-from server.store import people, tickets
-from server.store.models import Problem, Ticket, User
+from server.store import tickets
+from server.store.models import Ticket
+from server.views.admin import assignee, site_named
 from server.views.problems import (
     ListQuery,
     ProblemDetail,
     ProblemOut,
     detail,
     find_problems,
-    may_write,
     problem_out,
     readable_problem,
+    writable_problem,
 )
-from server.web.authn import principal
-from server.web.keys import DB
+from server.web.act import act, answer, unit
 from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Forbidden, Invalid, NotFound
 
@@ -46,19 +46,6 @@ class ProblemList(BaseModel):
     next: str | None = None
 
 
-async def writable_problem(
-    session: AsyncSession, request: web.Request
-) -> tuple[Problem, Principal]:
-    who = principal(request)
-    problem = await readable_problem(session, who, request.match_info["problem_id"])
-    if not may_write(who, problem):
-        raise Forbidden(
-            "working this problem needs problems:write on its site"
-            + (" (an HQ-wide problem: on every site)" if problem.site_id is None else "")
-        )
-    return problem, who
-
-
 @routes.route(
     "GET",
     "/api/v1/problems",
@@ -68,9 +55,8 @@ async def writable_problem(
     summary="Problems you can see, newest first; status=proposed lists HQ's proposals",
 )
 async def list_problems(request: web.Request) -> web.Response:
-    who = principal(request)
     q = query(request, ListQuery)
-    async with request.app[DB]() as session:
+    async with unit(request) as (session, who):
         rows = await find_problems(session, who, q)
         items = [await problem_out(session, p, who) for p in rows]
     nxt = str(rows[-1].number) if len(rows) == q.limit else None
@@ -80,28 +66,16 @@ async def list_problems(request: web.Request) -> web.Response:
 async def _assignee(session: AsyncSession, name: str | None, site_id: str | None) -> str | None:
     if not name:
         return None
-    user = await people.user_by_name(session, name) or await session.get(User, name)
-    if user is None or user.disabled:
-        raise Invalid("unknown user", fields={"assignee": "no such user"})
-    rights = await people.rights_for(session, user.id)
-    from server.auth import rbac
-
-    if not rbac.allowed(rights, "problems:write", site_id):
-        raise Invalid(
-            "that user cannot work this problem",
-            fields={"assignee": "no problems:write on the problem's site"},
-        )
-    return user.id
+    why = "that user cannot work this problem"
+    return (await assignee(session, name, "problems:write", site_id, "problem", why)).id
 
 
-async def _incidents(session: AsyncSession, who: Principal, refs: list[str]) -> list[Ticket]:
-    out: list[Ticket] = []
-    for ref in dict.fromkeys(refs):
-        ticket = await tickets.find(session, ref)
-        if ticket is None or not who.sees_all_tickets(ticket.site_id):
-            raise Invalid("unknown ticket", fields={"tickets": f"{ref}: no such ticket"})
-        out.append(ticket)
-    return out
+async def _incident(session: AsyncSession, who: Principal, ref: str, field: str) -> Ticket:
+    """An incident the caller sees all of its site's tickets for; else 422 naming `field`."""
+    ticket = await tickets.find(session, ref)
+    if ticket is None or not who.sees_all_tickets(ticket.site_id):
+        raise Invalid("unknown ticket", fields={field: f"{ref}: no such ticket"})
+    return ticket
 
 
 class NewProblem(BaseModel):
@@ -130,21 +104,19 @@ class NewProblem(BaseModel):
     summary="Open a problem record (on a site, or HQ-wide), optionally with incidents",
 )
 async def create_problem(request: web.Request) -> web.Response:
-    who = principal(request)
     req = body(request, NewProblem)
-    async with request.app[DB].begin() as session:
+    async with unit(request) as (session, who):
         site_id: str | None = None
         if req.site is not None:
-            site = await people.site_by_name(session, req.site)
-            if site is None or not who.allowed("problems:write", site.id):
-                raise NotFound("site not found", fields={"site": "no such site"})
-            site_id = site.id
+            site_id = (await site_named(session, who, req.site, "problems:write")).id
         elif not who.allowed("problems:write", None):
             raise Forbidden(
                 "an HQ-wide problem needs problems:write on every site",
                 fields={"site": "name your site"},
             )
-        incidents = await _incidents(session, who, req.tickets)
+        incidents = [
+            await _incident(session, who, t, "tickets") for t in dict.fromkeys(req.tickets)
+        ]
         problem = await ops.create(
             session,
             title=req.title,
@@ -158,8 +130,7 @@ async def create_problem(request: web.Request) -> web.Response:
             actor=who.actor(),
             incidents=incidents,
         )
-        out = await detail(session, problem, who)
-    return json_response(out, status=201)
+        return answer(request, await detail(session, problem, who))
 
 
 @routes.route(
@@ -170,11 +141,8 @@ async def create_problem(request: web.Request) -> web.Response:
     summary="A problem with its linked incidents and history",
 )
 async def get_problem(request: web.Request) -> web.Response:
-    who = principal(request)
-    async with request.app[DB]() as session:
-        problem = await readable_problem(session, who, request.match_info["problem_id"])
-        out = await detail(session, problem, who)
-    return json_response(out)
+    async with act(request, readable_problem) as (session, problem, who):
+        return answer(request, await detail(session, problem, who))
 
 
 class ProblemPatch(BaseModel):
@@ -200,8 +168,7 @@ class ProblemPatch(BaseModel):
 )
 async def patch_problem(request: web.Request) -> web.Response:
     req = body(request, ProblemPatch)
-    async with request.app[DB].begin() as session:
-        problem, who = await writable_problem(session, request)
+    async with act(request, writable_problem) as (session, problem, who):
         changes = req.model_dump(exclude_none=True)
         if "assignee" in changes:
             changes["assignee_id"] = await _assignee(
@@ -212,8 +179,7 @@ async def patch_problem(request: web.Request) -> web.Response:
         changes = {k: v for k, v in changes.items() if getattr(problem, k) != v}
         if changes:
             await ops.update(session, problem, changes, who.actor())
-        out = await detail(session, problem, who)
-    return json_response(out)
+        return answer(request, await detail(session, problem, who))
 
 
 class TransitionRequest(BaseModel):
@@ -245,8 +211,7 @@ class TransitionRequest(BaseModel):
 )
 async def transition_problem(request: web.Request) -> web.Response:
     req = body(request, TransitionRequest)
-    async with request.app[DB].begin() as session:
-        problem, who = await writable_problem(session, request)
+    async with act(request, writable_problem) as (session, problem, who):
         await problemstates.move(
             session,
             problem,
@@ -261,19 +226,11 @@ async def transition_problem(request: web.Request) -> web.Response:
             if req.resolve_incidents
             else None,
         )
-        out = await detail(session, problem, who)
-    return json_response(out)
+        return answer(request, await detail(session, problem, who))
 
 
 class LinkRequest(BaseModel):
     ticket: str = Field(min_length=1, max_length=100, description="FL-N or ticket id")
-
-
-async def _linkable(session: AsyncSession, who: Principal, ref: str) -> Ticket:
-    ticket = await tickets.find(session, ref)
-    if ticket is None or not who.sees_all_tickets(ticket.site_id):
-        raise Invalid("unknown ticket", fields={"ticket": f"{ref}: no such ticket"})
-    return ticket
 
 
 @routes.route(
@@ -287,12 +244,10 @@ async def _linkable(session: AsyncSession, who: Principal, ref: str) -> Ticket:
 )
 async def link_ticket(request: web.Request) -> web.Response:
     req = body(request, LinkRequest)
-    async with request.app[DB].begin() as session:
-        problem, who = await writable_problem(session, request)
-        ticket = await _linkable(session, who, req.ticket)
+    async with act(request, writable_problem) as (session, problem, who):
+        ticket = await _incident(session, who, req.ticket, "ticket")
         await ops.link(session, problem, ticket, who.actor())
-        out = await detail(session, problem, who)
-    return json_response(out)
+        return answer(request, await detail(session, problem, who))
 
 
 @routes.route(
@@ -303,14 +258,11 @@ async def link_ticket(request: web.Request) -> web.Response:
     summary="Unlink an incident from the problem",
 )
 async def unlink_ticket(request: web.Request) -> web.Response:
-    async with request.app[DB].begin() as session:
-        problem, who = await writable_problem(session, request)
-        ref = request.match_info["ticket_id"]
-        ticket = await tickets.find(session, ref)
+    async with act(request, writable_problem) as (session, problem, who):
+        ticket = await tickets.find(session, request.match_info["ticket_id"])
         if ticket is None or not await ops.unlink(session, problem, ticket, who.actor()):
             raise NotFound("that ticket is not linked to this problem")
-        out = await detail(session, problem, who)
-    return json_response(out)
+        return answer(request, await detail(session, problem, who))
 
 
 class NoteRequest(BaseModel):
@@ -328,10 +280,8 @@ class NoteRequest(BaseModel):
 )
 async def add_note(request: web.Request) -> web.Response:
     req = body(request, NoteRequest)
-    async with request.app[DB].begin() as session:
-        problem, who = await writable_problem(session, request)
+    async with act(request, writable_problem) as (session, problem, who):
         if not req.body.strip():
             raise Invalid("the note is empty", fields={"body": "write something"})
         await ops.note(session, problem, who.actor(), req.body)
-        out = await detail(session, problem, who)
-    return json_response(out, status=201)
+        return answer(request, await detail(session, problem, who))

@@ -25,8 +25,8 @@ from server.itsm.tickets import number_text as ticket_number
 from server.store import people
 from server.store.models import Change, Problem, ProblemTicket, Site, Ticket, utcnow
 from server.views.service_levels import fact_of
-from server.web.authn import principal
-from server.web.keys import CONFIG, DB, REPORT_DOCS
+from server.web.act import unit
+from server.web.keys import CONFIG, REPORT_DOCS
 from server.web.routing import ApiRouter, json_response, query
 from shared.errors import NotFound
 
@@ -337,9 +337,9 @@ async def build_report(
 async def _report(request: web.Request) -> tuple[ReportOut, str]:
     q = query(request, ReportQuery)
     app = request.app
-    async with app[DB]() as session:
+    async with unit(request) as (session, who):
         report = await build_report(
-            session, principal(request), q.site, q.period, app[CONFIG].settings.report_targets
+            session, who, q.site, q.period, app[CONFIG].settings.report_targets
         )
     lang = q.lang or app[REPORT_DOCS].language_of(request)
     return report, lang

@@ -8,20 +8,16 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.api.admin import guard_last_admin, sees_user
+from server.api.admin import guard_last_admin
 from server.auth import rbac
 from server.auth.principal import Principal
-from server.base.audit import Event
 from server.ops import accounts
-from server.store import auditlog, people
+from server.store import people
 from server.store.models import Binding, Role, User
 from server.views.accounts import BindingInfo, binding_infos
-from server.views.admin import (
-    RoleItem,
-    role_item,
-)
-from server.web.authn import principal
-from server.web.keys import DB
+from server.views.admin import RoleItem, role_item, sees_user
+from server.views.rows import row_in_scope
+from server.web.act import act, answer, audit, unit
 from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Conflict, Invalid, NotFound
 
@@ -84,7 +80,7 @@ async def list_permissions(request: web.Request) -> web.Response:
     summary="Built-in and custom roles",
 )
 async def list_roles(request: web.Request) -> web.Response:
-    async with request.app[DB]() as session:
+    async with unit(request) as (session, _):
         roles = await people.list_roles(session)
     return json_response(RoleList(items=[role_item(r) for r in roles]))
 
@@ -100,31 +96,22 @@ async def list_roles(request: web.Request) -> web.Response:
     summary="Create a custom role",
 )
 async def create_role(request: web.Request) -> web.Response:
-    app = request.app
-    who = principal(request)
-    who.require("users:admin", None)
     req = body(request, NewRole)
-    perms = _check_permissions(who, req.permissions)
-    async with app[DB].begin() as session:
+    async with unit(request) as (session, who):
+        who.require("users:admin", None)
+        perms = _check_permissions(who, req.permissions)
         if await session.get(Role, req.name) is not None:
             raise Conflict("role exists", fields={"name": "already taken"})
         role = Role(name=req.name, description=req.description, permissions=perms, builtin=False)
         session.add(role)
-        await auditlog.append(
-            session,
-            who.actor(),
-            Event(
-                "role.create",
-                target_type="role",
-                target_id=req.name,
-                details={"permissions": perms},
-            ),
-        )
-    return json_response(role_item(role), status=201)
+        await audit(session, who, "role.create", ("role", req.name), details={"permissions": perms})
+        return answer(request, role_item(role))
 
 
-async def _custom_role(session: AsyncSession, request: web.Request) -> Role:
-    role = await session.get(Role, request.match_info["name"])
+async def _custom_role(session: AsyncSession, who: Principal, name: str) -> Role:
+    """A custom role an admin with users:admin on the global scope may change."""
+    who.require("users:admin", None)
+    role = await session.get(Role, name)
     if role is None:
         raise NotFound("not found")
     if role.builtin:
@@ -142,27 +129,15 @@ async def _custom_role(session: AsyncSession, request: web.Request) -> Role:
     summary="Change a custom role",
 )
 async def patch_role(request: web.Request) -> web.Response:
-    app = request.app
-    who = principal(request)
-    who.require("users:admin", None)
     req = body(request, RolePatch)
-    async with app[DB].begin() as session:
-        role = await _custom_role(session, request)
+    async with act(request, _custom_role) as (session, role, who):
         if req.permissions is not None:
             role.permissions = _check_permissions(who, req.permissions)
         if req.description is not None:
             role.description = req.description
-        await auditlog.append(
-            session,
-            who.actor(),
-            Event(
-                "role.update",
-                target_type="role",
-                target_id=role.name,
-                details={"permissions": role.permissions},
-            ),
-        )
-    return json_response(role_item(role))
+        details = {"permissions": role.permissions}
+        await audit(session, who, "role.update", ("role", role.name), details=details)
+        return answer(request, role_item(role))
 
 
 @routes.route(
@@ -174,11 +149,7 @@ async def patch_role(request: web.Request) -> web.Response:
     summary="Delete a custom role that no binding uses",
 )
 async def delete_role(request: web.Request) -> web.Response:
-    app = request.app
-    who = principal(request)
-    who.require("users:admin", None)
-    async with app[DB].begin() as session:
-        role = await _custom_role(session, request)
+    async with act(request, _custom_role) as (session, role, who):
         used = await session.scalar(
             select(func.count()).select_from(Binding).where(Binding.role == role.name)
         )
@@ -186,10 +157,8 @@ async def delete_role(request: web.Request) -> web.Response:
             raise Conflict(f"role is used by {used} binding(s); remove them first")
         item = role_item(role)
         await session.delete(role)
-        await auditlog.append(
-            session, who.actor(), Event("role.delete", target_type="role", target_id=role.name)
-        )
-    return json_response(item)
+        await audit(session, who, "role.delete", ("role", role.name))
+    return answer(request, item)
 
 
 # --- bindings ---------------------------------------------------------------------------
@@ -223,10 +192,9 @@ class BindingItem(BindingInfo):
     summary="Bindings on the scopes you administer",
 )
 async def list_bindings(request: web.Request) -> web.Response:
-    who = principal(request)
     q = query(request, BindingQuery)
-    scope = who.sites("users:admin")
-    async with request.app[DB]() as session:
+    async with unit(request) as (session, who):
+        scope = who.sites("users:admin")
         rows = await people.bindings_of(session, [q.user_id] if q.user_id else None)
         if scope is not None:
             rows = [b for b in rows if b.site_id in scope]
@@ -254,10 +222,8 @@ async def _scope_site(session: AsyncSession, scope: str) -> str | None:
     summary="Give a user a role on a scope (only what you hold there yourself)",
 )
 async def create_binding(request: web.Request) -> web.Response:
-    app = request.app
-    who = principal(request)
     req = body(request, NewBinding)
-    async with app[DB].begin() as session:
+    async with unit(request) as (session, who):
         site_id = await _scope_site(session, req.scope)
         who.require("users:admin", site_id)
         user = await session.get(User, req.user_id)
@@ -271,29 +237,32 @@ async def create_binding(request: web.Request) -> web.Response:
                 "you cannot grant permissions you do not hold on that scope",
                 fields={"role": "beyond your own rights on this scope"},
             )
-        exists = await session.scalar(
-            select(Binding).where(
-                Binding.user_id == user.id,
-                Binding.role == role.name,
-                Binding.site_id.is_(None) if site_id is None else Binding.site_id == site_id,
-            )
-        )
-        if exists is not None:
+        if await _binding(session, user, role, site_id) is not None:
             raise Conflict("binding exists")
         site_name = req.scope.removeprefix("site:") if site_id else None
         await accounts.bind_role(
             session, user=user, role=role.name, site_name=site_name, actor=who.actor()
         )
-        binding = await session.scalar(
-            select(Binding).where(
-                Binding.user_id == user.id,
-                Binding.role == role.name,
-                Binding.site_id.is_(None) if site_id is None else Binding.site_id == site_id,
-            )
-        )
+        binding = await _binding(session, user, role, site_id)
         assert binding is not None
         info = (await binding_infos(session, [binding]))[0]
-    return json_response(BindingItem(**info.model_dump(), user_id=user.id), status=201)
+        return answer(request, BindingItem(**info.model_dump(), user_id=user.id))
+
+
+async def _binding(
+    session: AsyncSession, user: User, role: Role, site_id: str | None
+) -> Binding | None:
+    return await session.scalar(
+        select(Binding).where(
+            Binding.user_id == user.id,
+            Binding.role == role.name,
+            Binding.site_id.is_(None) if site_id is None else Binding.site_id == site_id,
+        )
+    )
+
+
+async def _binding_in_scope(session: AsyncSession, who: Principal, binding_id: str) -> Binding:
+    return await row_in_scope(session, who, Binding, binding_id, "users:admin", lambda b: b.site_id)
 
 
 @routes.route(
@@ -304,13 +273,7 @@ async def create_binding(request: web.Request) -> web.Response:
     summary="Remove a binding (not the last global admin's)",
 )
 async def delete_binding(request: web.Request) -> web.Response:
-    app = request.app
-    who = principal(request)
-    async with app[DB].begin() as session:
-        binding = await session.get(Binding, request.match_info["binding_id"])
-        if binding is None:
-            raise NotFound("not found")
-        who.require("users:admin", binding.site_id)
+    async with act(request, _binding_in_scope) as (session, binding, who):
         role = await session.get(Role, binding.role)
         if role is not None and not rbac.can_grant(who.rights, role.permissions, binding.site_id):
             raise Invalid(
@@ -321,15 +284,9 @@ async def delete_binding(request: web.Request) -> web.Response:
             await guard_last_admin(session, binding.user_id, "binding_id")
         info = (await binding_infos(session, [binding]))[0]
         await session.delete(binding)
-        await auditlog.append(
-            session,
-            who.actor(),
-            Event(
-                "binding.delete",
-                target_type="binding",
-                target_id=binding.id,
-                site_id=binding.site_id,
-                details={"user_id": binding.user_id, "role": binding.role, "scope": info.scope},
-            ),
+        details = {"user_id": binding.user_id, "role": binding.role, "scope": info.scope}
+        target = ("binding", binding.id)
+        await audit(
+            session, who, "binding.delete", target, site_id=binding.site_id, details=details
         )
-    return json_response(BindingItem(**info.model_dump(), user_id=binding.user_id))
+    return answer(request, BindingItem(**info.model_dump(), user_id=binding.user_id))

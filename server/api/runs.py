@@ -12,12 +12,12 @@ from pydantic import BaseModel, Field
 from server.api.agents import load_agent
 from server.engine import runs
 from server.store.models import RunRecord
-from server.views.runs import result_json
+from server.views.runs import readable_result, result_json
+from server.web.act import fetch
 from server.web.authn import principal
 from server.web.keys import DB, RUNS
 from server.web.routing import ApiRouter, body, json_response, query
 from shared import protocol as p
-from shared.errors import NotFound
 from shared.numbers import FiniteFloat
 
 routes = ApiRouter("runs")
@@ -130,15 +130,6 @@ async def run(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def load_result(request: web.Request) -> RunRecord:
-    async with request.app[DB]() as session:
-        record = await session.get(RunRecord, request.match_info["result_id"])
-    if record is None:
-        raise NotFound("not found")
-    principal(request).require("diag:run", record.site_id)
-    return record
-
-
 @routes.route(
     "GET",
     "/api/v1/results/{result_id}",
@@ -147,7 +138,8 @@ async def load_result(request: web.Request) -> RunRecord:
     summary="A stored run result",
 )
 async def get_result(request: web.Request) -> web.Response:
-    return json_response(RunResult(**result_json(await load_result(request))))
+    record, _ = await fetch(request, readable_result)
+    return json_response(RunResult(**result_json(record)))
 
 
 class ResultQuery(BaseModel):

@@ -8,15 +8,17 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.crypto import seal
-from server.base.audit import Event
+from server.auth.principal import Principal
 from server.itsm import sla
-from server.store import auditlog
 from server.store.models import OutboxItem, SlaPolicy, Webhook
+from server.views.rows import from_row
 from server.views.service_levels import KpiQuery, KpiReport, kpi_report
+from server.web.act import act, answer, audit, unit
 from server.web.authn import principal
-from server.web.keys import CONFIG, DB
+from server.web.keys import CONFIG
 from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Invalid, NotFound
 from shared.numbers import FiniteFloat
@@ -58,7 +60,7 @@ class PolicyIn(BaseModel):
     summary="SLA targets per priority (seconds of business or wall time)",
 )
 async def list_policies(request: web.Request) -> web.Response:
-    async with request.app[DB]() as session:
+    async with unit(request) as (session, _):
         rows = {r.priority: r for r in (await session.scalars(select(SlaPolicy))).all()}
     items = []
     for prio, default in sla.DEFAULT_TARGETS.items():
@@ -108,7 +110,7 @@ async def put_policy(request: web.Request) -> web.Response:
             "acknowledge must not be later than resolve",
             fields={"ack_seconds": "greater than resolve_seconds"},
         )
-    async with request.app[DB].begin() as session:
+    async with unit(request) as (session, _):
         row = await session.get(SlaPolicy, prio)
         if row is None:
             row = SlaPolicy(priority=prio, **req.model_dump())
@@ -116,15 +118,8 @@ async def put_policy(request: web.Request) -> web.Response:
         else:
             for key, value in req.model_dump().items():
                 setattr(row, key, value)
-        await auditlog.append(
-            session,
-            who.actor(),
-            Event(
-                "sla_policy.update",
-                target_type="sla_policy",
-                target_id=prio,
-                details=req.model_dump(),
-            ),
+        await audit(
+            session, who, "sla_policy.update", ("sla_policy", prio), details=req.model_dump()
         )
     return json_response(PolicyOut(priority=prio, default=False, **req.model_dump()))
 
@@ -141,8 +136,8 @@ async def put_policy(request: web.Request) -> web.Response:
     summary="Service KPIs per site, engineer, priority or week",
 )
 async def kpis(request: web.Request) -> web.Response:
-    async with request.app[DB]() as session:
-        report = await kpi_report(session, principal(request), query(request, KpiQuery))
+    async with unit(request) as (session, who):
+        report = await kpi_report(session, who, query(request, KpiQuery))
     return json_response(report)
 
 
@@ -197,15 +192,7 @@ async def _hook_out(session: Any, hook: Webhook) -> WebhookOut:
         .select_from(OutboxItem)
         .where(OutboxItem.webhook_id == hook.id, OutboxItem.failed_at.is_not(None))
     )
-    return WebhookOut(
-        id=hook.id,
-        url=hook.url,
-        events=hook.events,
-        enabled=hook.enabled,
-        created_at=hook.created_at,
-        pending=pending or 0,
-        failed=failed or 0,
-    )
+    return from_row(WebhookOut, hook, pending=pending or 0, failed=failed or 0)
 
 
 @routes.route(
@@ -216,8 +203,8 @@ async def _hook_out(session: Any, hook: Webhook) -> WebhookOut:
     summary="Outbound webhooks for ticket and problem events (secrets never shown)",
 )
 async def list_webhooks(request: web.Request) -> web.Response:
-    principal(request).require("users:admin", None)
-    async with request.app[DB]() as session:
+    async with unit(request) as (session, who):
+        who.require("users:admin", None)
         hooks = (await session.scalars(select(Webhook).order_by(Webhook.created_at))).all()
         items = [await _hook_out(session, h) for h in hooks]
     return json_response(WebhookList(items=items))
@@ -234,28 +221,26 @@ async def list_webhooks(request: web.Request) -> web.Response:
 )
 async def create_webhook(request: web.Request) -> web.Response:
     app = request.app
-    who = principal(request)
-    who.require("users:admin", None)
     req = body(request, WebhookIn)
-    async with app[DB].begin() as session:
+    async with unit(request) as (session, who):
+        who.require("users:admin", None)
         hook = Webhook(url=req.url, events=req.events, secret_enc=b"")
         session.add(hook)
         await session.flush()
         hook.secret_enc = seal(
             app[CONFIG].master_key, req.secret.encode(), f"webhook:{hook.id}".encode()
         )
-        await auditlog.append(
-            session,
-            who.actor(),
-            Event(
-                "webhook.create",
-                target_type="webhook",
-                target_id=hook.id,
-                details={"url": req.url, "events": req.events},
-            ),
-        )
-        out = await _hook_out(session, hook)
-    return json_response(out, status=201)
+        details = {"url": req.url, "events": req.events}
+        await audit(session, who, "webhook.create", ("webhook", hook.id), details=details)
+        return answer(request, await _hook_out(session, hook))
+
+
+async def _webhook(session: AsyncSession, who: Principal, webhook_id: str) -> Webhook:
+    who.require("users:admin", None)
+    hook = await session.get(Webhook, webhook_id)
+    if hook is None:
+        raise NotFound("not found")
+    return hook
 
 
 @routes.route(
@@ -266,22 +251,8 @@ async def create_webhook(request: web.Request) -> web.Response:
     summary="Remove a webhook and its pending deliveries",
 )
 async def delete_webhook(request: web.Request) -> web.Response:
-    who = principal(request)
-    who.require("users:admin", None)
-    async with request.app[DB].begin() as session:
-        hook = await session.get(Webhook, request.match_info["webhook_id"])
-        if hook is None:
-            raise NotFound("not found")
+    async with act(request, _webhook) as (session, hook, who):
         out = await _hook_out(session, hook)
         await session.delete(hook)
-        await auditlog.append(
-            session,
-            who.actor(),
-            Event(
-                "webhook.delete",
-                target_type="webhook",
-                target_id=hook.id,
-                details={"url": hook.url},
-            ),
-        )
-    return json_response(out)
+        await audit(session, who, "webhook.delete", ("webhook", hook.id), details={"url": hook.url})
+    return answer(request, out)

@@ -13,14 +13,13 @@ from typing import Literal
 
 from aiohttp import web
 from pydantic import BaseModel, Field
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.principal import Principal
 from server.engine.remote import KIND_PERMISSION, Sessions
 from server.itsm.consent import FINAL
 from server.itsm.tickets import OPEN, number_text
 from server.store import fleet, tickets
-from server.store.models import Agent, RemoteSession
+from server.store.models import Agent
 from server.views.sessions import (
     ListQuery,
     SessionOut,
@@ -29,8 +28,8 @@ from server.views.sessions import (
     readable_session,
     session_out,
 )
-from server.web.authn import principal
-from server.web.keys import CONFIG, DB, REMOTE
+from server.web.act import act, answer, fetch, unit
+from server.web.keys import CONFIG, REMOTE
 from server.web.routing import ApiRouter, body, json_response, query
 from shared.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from shared.numbers import FiniteFloat
@@ -100,9 +99,8 @@ def check_agent_policy(agent: Agent, kind: str) -> None:
 )
 async def create_session(request: web.Request) -> web.Response:
     app = request.app
-    who = principal(request)
     req = body(request, SessionRequest)
-    async with app[DB].begin() as session:
+    async with unit(request) as (session, who):
         found = await fleet.get_agent(session, req.agent_id)
         if found is None or not who.allowed("agents:read", found[0].site_id):
             raise NotFound("not found")
@@ -138,7 +136,7 @@ async def create_session(request: web.Request) -> web.Response:
         )
         out = await session_out(session, rs)
     await sessions_of(request).push(rs)
-    return json_response(out, status=201)
+    return answer(request, out)
 
 
 @routes.route(
@@ -151,13 +149,9 @@ async def create_session(request: web.Request) -> web.Response:
     "sites asking for help",
 )
 async def list_sessions(request: web.Request) -> web.Response:
-    async with request.app[DB]() as session:
-        items = await find_sessions(session, principal(request), query(request, ListQuery))
+    async with unit(request) as (session, who):
+        items = await find_sessions(session, who, query(request, ListQuery))
     return json_response(SessionList(items=items))
-
-
-async def load_session(session: AsyncSession, request: web.Request) -> RemoteSession:
-    return await readable_session(session, principal(request), request.match_info["session_id"])
 
 
 class GetQuery(BaseModel):
@@ -180,15 +174,11 @@ class GetQuery(BaseModel):
 )
 async def get_session(request: web.Request) -> web.Response:
     q = query(request, GetQuery)
-    app = request.app
-    async with app[DB]() as session:
-        rs = await load_session(session, request)
+    rs, _ = await fetch(request, readable_session)
     if q.wait and (q.state is None or q.state == rs.state) and rs.state not in FINAL:
         await sessions_of(request).wait_change(rs.id, q.wait)
-    async with app[DB]() as session:
-        rs = await load_session(session, request)
-        out = await session_out(session, rs)
-    return json_response(out)
+    async with act(request, readable_session) as (session, rs, _):
+        return answer(request, await session_out(session, rs))
 
 
 class ConsentRequest(BaseModel):
@@ -205,11 +195,8 @@ class ConsentRequest(BaseModel):
     summary="Approve or deny a session for your site",
 )
 async def consent(request: web.Request) -> web.Response:
-    app = request.app
-    who = principal(request)
     req = body(request, ConsentRequest)
-    async with app[DB].begin() as session:
-        rs = await load_session(session, request)
+    async with act(request, readable_session) as (session, rs, who):
         who.require("sessions:consent", rs.site_id)
         if rs.requested_by == who.user_id:
             raise Forbidden("you cannot consent to your own session")
@@ -218,7 +205,7 @@ async def consent(request: web.Request) -> web.Response:
         )
         out = await session_out(session, rs)
     await sessions_of(request).push(rs)
-    return json_response(out)
+    return answer(request, out)
 
 
 @routes.route(
@@ -230,21 +217,18 @@ async def consent(request: web.Request) -> web.Response:
     summary="Take a session a site asked for (same rights and step-up as a request)",
 )
 async def accept(request: web.Request) -> web.Response:
-    app = request.app
-    who = principal(request)
-    async with app[DB].begin() as session:
-        rs = await load_session(session, request)
+    async with act(request, readable_session) as (session, rs, who):
         require_kind(who, rs.kind, rs.site_id)
         agent = await session.get(Agent, rs.agent_id)
         if agent is not None:
             check_agent_policy(agent, rs.kind)
-        require_step_up(app, who)
+        require_step_up(request.app, who)
         await sessions_of(request).accept_offer(
             session, rs, user_id=who.user_id, username=who.username, actor=who.actor()
         )
         out = await session_out(session, rs)
     await sessions_of(request).push(rs)
-    return json_response(out)
+    return answer(request, out)
 
 
 class EndRequest(BaseModel):
@@ -261,11 +245,8 @@ class EndRequest(BaseModel):
     "or site technician of its site",
 )
 async def end_session(request: web.Request) -> web.Response:
-    app = request.app
-    who = principal(request)
     req = body(request, EndRequest)
-    async with app[DB]() as session:
-        rs = await load_session(session, request)
+    async with act(request, readable_session, write=False) as (session, rs, who):
         asked = rs.origin == "site" and await _asked_by(session, who, rs)
     if (
         rs.requested_by != who.user_id
@@ -279,6 +260,5 @@ async def end_session(request: web.Request) -> web.Response:
             "technician can end it"
         )
     await sessions_of(request).end(rs.id, req.reason, by=who.username, actor=who.actor())
-    async with app[DB]() as session:
-        out = await session_out(session, await load_session(session, request))
-    return json_response(out)
+    async with act(request, readable_session, write=False) as (session, rs, _):
+        return answer(request, await session_out(session, rs))

@@ -3,25 +3,20 @@ calendar, session policy) and deleting one."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.principal import Principal
-from server.base.audit import Event
-from server.store import auditlog, people
+from server.store import people
 from server.store.models import Agent, Site, Ticket
-from server.views.admin import (
-    Calendar,
-    SessionPolicyIn,
-    SiteItem,
-    site_item,
-)
-from server.web.authn import principal
-from server.web.keys import DB
+from server.views.admin import Calendar, SessionPolicyIn, SiteItem, administered_site, site_item
+from server.web.act import act, answer, audit, unit
 from server.web.routing import ApiRouter, body, json_response
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict
 
 routes = ApiRouter("administration")
 
@@ -60,6 +55,23 @@ def _apply(site: Site, calendar: Calendar | None, session_policy: SessionPolicyI
         site.session_policy = session_policy.model_dump()
 
 
+async def _audit(
+    session: AsyncSession,
+    who: Principal,
+    action: str,
+    site: Site,
+    more: dict[str, Any] | None = None,
+) -> None:
+    await audit(
+        session,
+        who,
+        action,
+        ("site", site.id),
+        site_id=site.id,
+        details={"name": site.name, **(more or {})},
+    )
+
+
 @routes.route(
     "GET",
     "/api/v1/sites",
@@ -68,8 +80,8 @@ def _apply(site: Site, calendar: Calendar | None, session_policy: SessionPolicyI
     summary="Sites you administer",
 )
 async def list_sites(request: web.Request) -> web.Response:
-    scope = principal(request).sites("users:admin")
-    async with request.app[DB]() as session:
+    async with unit(request) as (session, who):
+        scope = who.sites("users:admin")
         sites = await people.list_sites(session)
     return json_response(
         SiteList(items=[site_item(s) for s in sites if scope is None or s.id in scope])
@@ -87,37 +99,17 @@ async def list_sites(request: web.Request) -> web.Response:
     summary="Create a site",
 )
 async def create_site(request: web.Request) -> web.Response:
-    app = request.app
-    who = principal(request)
-    who.require("users:admin", None)
     req = body(request, NewSite)
-    async with app[DB].begin() as session:
+    async with unit(request) as (session, who):
+        who.require("users:admin", None)
         if await people.site_by_name(session, req.name) is not None:
             raise Conflict("site exists", fields={"name": "already taken"})
         site = Site(name=req.name, description=req.description)
         _apply(site, req.calendar or Calendar(), req.session_policy)
         session.add(site)
         await session.flush()
-        await auditlog.append(
-            session,
-            who.actor(),
-            Event(
-                "site.create",
-                target_type="site",
-                target_id=site.id,
-                site_id=site.id,
-                details={"name": site.name},
-            ),
-        )
-    return json_response(site_item(site), status=201)
-
-
-async def _load_site(session: AsyncSession, request: web.Request, who: Principal) -> Site:
-    site = await session.get(Site, request.match_info["site_id"])
-    if site is None:
-        raise NotFound("not found")
-    who.require("users:admin", site.id)
-    return site
+        await _audit(session, who, "site.create", site)
+        return answer(request, site_item(site))
 
 
 @routes.route(
@@ -128,9 +120,8 @@ async def _load_site(session: AsyncSession, request: web.Request, who: Principal
     summary="One site",
 )
 async def get_site(request: web.Request) -> web.Response:
-    async with request.app[DB]() as session:
-        site = await _load_site(session, request, principal(request))
-    return json_response(site_item(site))
+    async with act(request, administered_site) as (_, site, _):
+        return answer(request, site_item(site))
 
 
 @routes.route(
@@ -143,11 +134,8 @@ async def get_site(request: web.Request) -> web.Response:
     summary="Rename or describe a site",
 )
 async def patch_site(request: web.Request) -> web.Response:
-    app = request.app
-    who = principal(request)
     req = body(request, SitePatch)
-    async with app[DB].begin() as session:
-        site = await _load_site(session, request, who)
+    async with act(request, administered_site) as (session, site, who):
         if req.name is not None and req.name != site.name:
             if await people.site_by_name(session, req.name) is not None:
                 raise Conflict("site exists", fields={"name": "already taken"})
@@ -155,18 +143,10 @@ async def patch_site(request: web.Request) -> web.Response:
         if req.description is not None:
             site.description = req.description
         _apply(site, req.calendar, req.session_policy)
-        await auditlog.append(
-            session,
-            who.actor(),
-            Event(
-                "site.update",
-                target_type="site",
-                target_id=site.id,
-                site_id=site.id,
-                details={"name": site.name, **req.model_dump(mode="json", exclude_none=True)},
-            ),
+        await _audit(
+            session, who, "site.update", site, req.model_dump(mode="json", exclude_none=True)
         )
-    return json_response(site_item(site))
+        return answer(request, site_item(site))
 
 
 @routes.route(
@@ -178,11 +158,8 @@ async def patch_site(request: web.Request) -> web.Response:
     summary="Delete a site that has no agents and no tickets",
 )
 async def delete_site(request: web.Request) -> web.Response:
-    app = request.app
-    who = principal(request)
-    who.require("users:admin", None)
-    async with app[DB].begin() as session:
-        site = await _load_site(session, request, who)
+    async with act(request, administered_site) as (session, site, who):
+        who.require("users:admin", None)  # a 404 like the load's: same answer either way
         # Tickets are records and stay; agents must be revoked and removed first.
         held = {
             what: await session.scalar(
@@ -199,15 +176,5 @@ async def delete_site(request: web.Request) -> web.Response:
             )
         item = site_item(site)
         await session.delete(site)
-        await auditlog.append(
-            session,
-            who.actor(),
-            Event(
-                "site.delete",
-                target_type="site",
-                target_id=site.id,
-                site_id=site.id,
-                details={"name": site.name},
-            ),
-        )
-    return json_response(item)
+        await _audit(session, who, "site.delete", site)
+    return answer(request, item)

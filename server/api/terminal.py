@@ -7,21 +7,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncssh
 import structlog
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel, Field
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.api.sessions import load_session, sessions_of
+from server.api.sessions import sessions_of
 from server.auth.principal import Principal
-from server.base.audit import Event
 from server.engine.remote import Sessions
 from server.engine.shells import LiveShell
 from server.itsm.consent import FINAL
-from server.store import auditlog, recording
+from server.store import recording
 from server.store.models import RemoteSession, Ticket
+from server.views.sessions import readable_session
+from server.web.act import act, audit, fetch
 from server.web.authn import principal
 from server.web.keys import CONFIG, DB
 from server.web.routing import ApiRouter, query
@@ -41,6 +44,39 @@ class TerminalQuery(BaseModel):
     cols: int = Field(80, ge=10, le=1000)
     rows: int = Field(24, ge=5, le=1000)
     term: str = Field("xterm-256color", pattern=r"^[A-Za-z0-9._+-]{1,40}$")
+
+
+async def audit_session(
+    session: AsyncSession,
+    who: Principal,
+    action: str,
+    rs: RemoteSession,
+    details: dict[str, Any],
+    outcome: str = "success",
+) -> None:
+    """An audit entry on a remote session (its site and ticket), by the caller."""
+    target = ("session", rs.id)
+    await audit(
+        session,
+        who,
+        action,
+        target,
+        site_id=rs.site_id,
+        ticket_id=rs.ticket_id,
+        details=details,
+        outcome=outcome,
+    )
+
+
+def own_active(rs: RemoteSession, who: Principal, kind: str, doing: str, what: str) -> None:
+    """The caller is the session's engineer (else 403: only it `doing`), and the
+    session is an active one of `kind` (else 409)."""
+    if rs.requested_by != who.user_id:
+        raise Forbidden(f"only the session's engineer {doing}")
+    if rs.kind != kind:
+        raise Conflict(f"this is a {rs.kind} session, not {what}")
+    if rs.state != "active":
+        raise Conflict(f"the session is {rs.state}")
 
 
 def _check_origin(request: web.Request, who: Principal) -> None:
@@ -68,8 +104,7 @@ async def terminal(request: web.Request) -> web.StreamResponse:
     q = query(request, TerminalQuery)
     _check_origin(request, who)
     manager = sessions_of(request)
-    async with app[DB]() as session:
-        rs = await load_session(session, request)
+    async with act(request, readable_session) as (session, rs, _):
         ticket = await session.get(Ticket, rs.ticket_id)
         assert ticket is not None
     if q.watch:
@@ -80,30 +115,14 @@ async def terminal(request: web.Request) -> web.StreamResponse:
         ):
             raise Forbidden("watching needs sessions:consent or shell:open on this site")
         return await _watch(request, manager, rs)
-    if rs.requested_by != who.user_id:
-        raise Forbidden("only the session's engineer types in it; others can watch")
-    if rs.kind != "shell":
-        raise Conflict(f"this is a {rs.kind} session, not a shell")
-    if rs.state != "active":
-        raise Conflict(f"the session is {rs.state}")
+    own_active(rs, who, "shell", "types in it; others can watch", "a shell")
     shell = await manager.open_shell(rs, ticket.number, term=q.term, cols=q.cols, rows=q.rows)
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=1024 * 1024)
     await ws.prepare(request)
     async with app[DB].begin() as session:
         live = await session.get(RemoteSession, rs.id)
         assert live is not None
-        await auditlog.append(
-            session,
-            who.actor(),
-            Event(
-                "session.terminal_open",
-                target_type="session",
-                target_id=rs.id,
-                site_id=rs.site_id,
-                ticket_id=rs.ticket_id,
-                details={"term": q.term},
-            ),
-        )
+        await audit_session(session, who, "session.terminal_open", rs, {"term": q.term})
     await ws.send_str(json.dumps({"type": "status", "state": "active", "session": rs.id}))
     reason, state = await _bridge(ws, shell, manager)
     if manager.shells.get(rs.id) is shell:
@@ -274,9 +293,7 @@ async def _watch(request: web.Request, manager: Sessions, rs: RemoteSession) -> 
 )
 async def get_recording(request: web.Request) -> web.Response:
     app = request.app
-    who = principal(request)
-    async with app[DB]() as session:
-        rs = await load_session(session, request)
+    rs, who = await fetch(request, readable_session)
     if not (who.allowed("audit:read", rs.site_id) and who.allowed("tickets:read", rs.site_id)):
         raise NotFound("not found")
     if rs.recording_sha256 is None:
@@ -290,18 +307,13 @@ async def get_recording(request: web.Request) -> web.Response:
     except recording.RecordingError as exc:
         problem = str(exc)
     async with app[DB].begin() as session:
-        await auditlog.append(
+        await audit_session(
             session,
-            who.actor(),
-            Event(
-                "session.recording_read",
-                outcome="failure" if problem else "success",
-                target_type="session",
-                target_id=rs.id,
-                site_id=rs.site_id,
-                ticket_id=rs.ticket_id,
-                details={"problem": problem} if problem else {"sha256": rs.recording_sha256},
-            ),
+            who,
+            "session.recording_read",
+            rs,
+            {"problem": problem} if problem else {"sha256": rs.recording_sha256},
+            outcome="failure" if problem else "success",
         )
     if problem is not None:
         raise Conflict(f"recording integrity check failed: {problem}", code="recording_tampered")

@@ -12,12 +12,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.auth import rbac
 from server.auth.principal import Principal
 from server.itsm.tickets import number_text, priority_of
 from server.ops import helprequests, ticketing
-from server.store import fleet, people
-from server.store.models import Agent, RunRecord, Ticket, TicketEvent, User
+from server.store import fleet
+from server.store.models import Agent, RunRecord, Ticket, TicketEvent
+from server.views.admin import assignee, site_named
 from server.views.tickets import (
     ListQuery,
     Priority,
@@ -28,11 +28,12 @@ from server.views.tickets import (
     find_tickets,
     readable_ticket,
     ticket_out,
+    workable_ticket,
 )
-from server.web.authn import principal
-from server.web.keys import CONFIG, DB, REMOTE
+from server.web.act import act, answer, unit
+from server.web.keys import CONFIG, REMOTE
 from server.web.routing import ApiRouter, body, json_response, query
-from shared.errors import Forbidden, Invalid, NotFound, RateLimited
+from shared.errors import Forbidden, Invalid
 
 routes = ApiRouter("tickets")
 REPEAT_HEADER = "X-Fieldlink-Repeat-Of"  # a site request folded into this open one
@@ -43,8 +44,12 @@ class TicketList(BaseModel):
     next: str | None = None
 
 
-async def load_ticket(session: AsyncSession, request: web.Request) -> Ticket:
-    return await readable_ticket(session, principal(request), request.match_info["ticket_id"])
+def repeat_answer(out: BaseModel, number: str) -> web.Response:
+    """A repeat of the asker's open request: the first record, 200 (not 201),
+    its number in `X-Fieldlink-Repeat-Of`."""
+    resp = json_response(out, status=200)
+    resp.headers[REPEAT_HEADER] = number
+    return resp
 
 
 @routes.route(
@@ -56,9 +61,8 @@ async def load_ticket(session: AsyncSession, request: web.Request) -> Ticket:
     summary="Tickets you can see, newest first, with filters",
 )
 async def list_tickets(request: web.Request) -> web.Response:
-    who = principal(request)
     q = query(request, ListQuery)
-    async with request.app[DB]() as session:
+    async with unit(request) as (session, who):
         rows = await find_tickets(session, who, q)
         items = [await ticket_out(session, t, who) for t in rows]
     nxt = str(rows[-1].number) if len(rows) == q.limit else None
@@ -99,12 +103,9 @@ class NewTicket(BaseModel):
 )
 async def create_ticket(request: web.Request) -> web.Response:
     app = request.app
-    who = principal(request)
     req = body(request, NewTicket)
-    async with app[DB].begin() as session:
-        site = await people.site_by_name(session, req.site)
-        if site is None or not who.allowed("tickets:write", site.id):
-            raise NotFound("site not found", fields={"site": "no such site"})
+    async with unit(request) as (session, who):
+        site = await site_named(session, who, req.site, "tickets:write")
         staff = not who.sees_all_tickets(site.id)
         if req.assist:
             if not (staff or who.allowed("sessions:consent", site.id)):
@@ -132,10 +133,8 @@ async def create_ticket(request: web.Request) -> web.Response:
         if staff:
             repeat = await _site_request(session, app, who, site.id, req)
             if repeat is not None:
-                # a repeat of the asker's open request: that ticket, 200 not 201
-                answer = json_response(await detail(session, repeat, who), status=200)
-                answer.headers[REPEAT_HEADER] = number_text(repeat.number)
-                return answer
+                out = await detail(session, repeat, who)
+                return repeat_answer(out, number_text(repeat.number))
         hq_side = who.allowed("tickets:write", None)
         ticket = await ticketing.create(
             session,
@@ -166,7 +165,7 @@ async def create_ticket(request: web.Request) -> web.Response:
         out = await detail(session, ticket, who)
     if offer is not None:
         await app[REMOTE].push(offer)
-    return json_response(out, status=201)
+    return answer(request, out)
 
 
 async def _site_request(
@@ -179,10 +178,7 @@ async def _site_request(
     )
     limited = await helprequests.check(session, asker, helprequests.Limits.of(app[CONFIG].settings))
     if limited is not None:
-        raise RateLimited(
-            limited.message,
-            headers={"Retry-After": str(int(limited.retry_after + 0.999))},
-        )
+        raise limited.error()
     if req.assist:
         return None
     text = f"{req.title}\n{req.description}".strip()
@@ -200,10 +196,8 @@ async def _site_request(
     summary="A ticket with its timeline and SLA clocks",
 )
 async def get_ticket(request: web.Request) -> web.Response:
-    async with request.app[DB]() as session:
-        ticket = await load_ticket(session, request)
-        out = await detail(session, ticket, principal(request))
-    return json_response(out)
+    async with act(request, readable_ticket) as (session, ticket, who):
+        return answer(request, await detail(session, ticket, who))
 
 
 class TicketPatch(BaseModel):
@@ -213,14 +207,6 @@ class TicketPatch(BaseModel):
     impact: int | None = Field(None, ge=1, le=3)
     urgency: int | None = Field(None, ge=1, le=3)
     priority: Priority | None = None
-
-
-async def _workable(session: AsyncSession, request: web.Request) -> tuple[Ticket, Principal]:
-    who = principal(request)
-    ticket = await load_ticket(session, request)
-    if not who.works_tickets(ticket.site_id):
-        raise Forbidden("working this ticket needs tickets:write with agents:read on its site")
-    return ticket, who
 
 
 @routes.route(
@@ -233,8 +219,7 @@ async def _workable(session: AsyncSession, request: web.Request) -> tuple[Ticket
 )
 async def patch_ticket(request: web.Request) -> web.Response:
     req = body(request, TicketPatch)
-    async with request.app[DB].begin() as session:
-        ticket, who = await _workable(session, request)
+    async with act(request, workable_ticket) as (session, ticket, who):
         changed = req.model_dump(exclude_none=True)
         for key, value in changed.items():
             setattr(ticket, key, value)
@@ -249,8 +234,7 @@ async def patch_ticket(request: web.Request) -> web.Response:
             "update",
             data={"changed": sorted(changed), "priority": ticket.priority},
         )
-        out = await detail(session, ticket, who)
-    return json_response(out)
+        return answer(request, await detail(session, ticket, who))
 
 
 class TransitionRequest(BaseModel):
@@ -274,8 +258,7 @@ class TransitionRequest(BaseModel):
 )
 async def transition_ticket(request: web.Request) -> web.Response:
     req = body(request, TransitionRequest)
-    async with request.app[DB].begin() as session:
-        ticket, who = await _workable(session, request)
+    async with act(request, workable_ticket) as (session, ticket, who):
         await ticketing.act(
             session,
             ticket,
@@ -286,8 +269,7 @@ async def transition_ticket(request: web.Request) -> web.Response:
             resolution_code=req.resolution_code,
             resolution_text=req.resolution_text,
         )
-        out = await detail(session, ticket, who)
-    return json_response(out)
+        return answer(request, await detail(session, ticket, who))
 
 
 class CommentRequest(BaseModel):
@@ -306,9 +288,7 @@ class CommentRequest(BaseModel):
 )
 async def comment(request: web.Request) -> web.Response:
     req = body(request, CommentRequest)
-    async with request.app[DB].begin() as session:
-        who = principal(request)
-        ticket = await load_ticket(session, request)
+    async with act(request, readable_ticket) as (session, ticket, who):
         if not who.allowed("tickets:write", ticket.site_id):
             raise Forbidden("commenting needs tickets:write on this site")
         staff = not who.sees_all_tickets(ticket.site_id)
@@ -322,8 +302,7 @@ async def comment(request: web.Request) -> web.Response:
             internal=req.internal,
             by_requester=ticket.requester_id == who.user_id,
         )
-        out = await detail(session, ticket, who)
-    return json_response(out, status=201)
+        return answer(request, await detail(session, ticket, who))
 
 
 class AssignRequest(BaseModel):
@@ -340,26 +319,17 @@ class AssignRequest(BaseModel):
 )
 async def assign(request: web.Request) -> web.Response:
     req = body(request, AssignRequest)
-    async with request.app[DB].begin() as session:
-        ticket, who = await _workable(session, request)
+    async with act(request, workable_ticket) as (session, ticket, who):
         if not who.allowed("tickets:assign", ticket.site_id):
             raise Forbidden("assigning needs tickets:assign on this site")
-        user = None
-        if req.assignee:
-            user = await people.user_by_name(session, req.assignee) or await session.get(
-                User, req.assignee
-            )
-            if user is None or user.disabled:
-                raise Invalid("unknown user", fields={"assignee": "no such user"})
-            rights = await people.rights_for(session, user.id)
-            if not rbac.allowed(rights, "tickets:write", ticket.site_id):
-                raise Invalid(
-                    "that user cannot work tickets on this site",
-                    fields={"assignee": "no tickets:write on the ticket's site"},
-                )
+        why = "that user cannot work tickets on this site"
+        user = (
+            await assignee(session, req.assignee, "tickets:write", ticket.site_id, "ticket", why)
+            if req.assignee
+            else None
+        )
         await ticketing.assign(session, ticket, user, who.actor())
-        out = await detail(session, ticket, who)
-    return json_response(out)
+        return answer(request, await detail(session, ticket, who))
 
 
 class EscalateRequest(BaseModel):
@@ -377,13 +347,11 @@ class EscalateRequest(BaseModel):
 )
 async def escalate(request: web.Request) -> web.Response:
     req = body(request, EscalateRequest)
-    async with request.app[DB].begin() as session:
-        ticket, who = await _workable(session, request)
+    async with act(request, workable_ticket) as (session, ticket, who):
         if not who.allowed("tickets:assign", ticket.site_id):
             raise Forbidden("escalating needs tickets:assign on this site")
         await ticketing.escalate(session, ticket, req.reason, who.actor())
-        out = await detail(session, ticket, who)
-    return json_response(out)
+        return answer(request, await detail(session, ticket, who))
 
 
 class LinkRequest(BaseModel):
@@ -400,14 +368,12 @@ class LinkRequest(BaseModel):
 )
 async def link_agent(request: web.Request) -> web.Response:
     req = body(request, LinkRequest)
-    async with request.app[DB].begin() as session:
-        ticket, who = await _workable(session, request)
+    async with act(request, workable_ticket) as (session, ticket, who):
         agent = await session.get(Agent, req.agent_id)
         if agent is None or agent.site_id != ticket.site_id:
             raise Invalid("unknown agent", fields={"agent_id": "not on the ticket's site"})
         await ticketing.link_agent(session, ticket, agent.id, who.actor())
-        out = await detail(session, ticket, who)
-    return json_response(out)
+        return answer(request, await detail(session, ticket, who))
 
 
 class AttachRequest(BaseModel):
@@ -424,8 +390,7 @@ class AttachRequest(BaseModel):
 )
 async def attach_result(request: web.Request) -> web.Response:
     req = body(request, AttachRequest)
-    async with request.app[DB].begin() as session:
-        ticket, who = await _workable(session, request)
+    async with act(request, workable_ticket) as (session, ticket, who):
         record = await session.get(RunRecord, req.result_id)
         if (
             record is None
@@ -448,8 +413,7 @@ async def attach_result(request: web.Request) -> web.Response:
                 "status": record.status,
             },
         )
-        out = await detail(session, ticket, who)
-    return json_response(out)
+        return answer(request, await detail(session, ticket, who))
 
 
 class RatingRequest(BaseModel):
@@ -468,9 +432,7 @@ class RatingRequest(BaseModel):
 )
 async def rate(request: web.Request) -> web.Response:
     req = body(request, RatingRequest)
-    async with request.app[DB].begin() as session:
-        who = principal(request)
-        ticket = await load_ticket(session, request)
+    async with act(request, readable_ticket) as (session, ticket, who):
         if ticket.requester_id != who.user_id:
             raise Forbidden("only the requester rates a ticket")
         worked = await session.scalar(
@@ -485,5 +447,4 @@ async def rate(request: web.Request) -> web.Response:
         if worked is not None or ticket.assignee_id == who.user_id:
             raise Forbidden("nobody rates a ticket they worked")
         await ticketing.rate(session, ticket, req.score, req.comment, who.actor())
-        out = await detail(session, ticket, who)
-    return json_response(out)
+        return answer(request, await detail(session, ticket, who))

@@ -1,11 +1,17 @@
 """argparse helpers shared by every engineer command: help text filling, the
-parser that lets key=value words and options mix, and argument types."""
+parser that lets key=value words and options mix, argument types, and the
+numbers of tickets, problems, changes and articles as typed."""
 
 from __future__ import annotations
 
 import argparse
 import textwrap
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from server.client.errors import UsageError
+
+N = TypeVar("N", int, float)
 
 
 class IntermixedParser(argparse.ArgumentParser):
@@ -35,14 +41,27 @@ def duration(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError("between 0 and 3600 seconds")
-    return value
+def number(
+    kind: Callable[[str], N], fits: Callable[[N], bool], what: str, bounds: str
+) -> Callable[[str], N]:
+    """An argument type: the text as `kind` (else "not WHAT: 'text'"), where
+    `fits` holds (else `bounds`, which says where it must lie)."""
+
+    def parse(text: str) -> N:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not fits(value):
+            raise argparse.ArgumentTypeError(bounds)
+        return value
+
+    return parse
+
+
+seconds = number(
+    float, lambda v: 0 < v <= 3600, "a number of seconds", "between 0 and 3600 seconds"
+)
 
 
 def priority(text: str) -> str:
@@ -60,15 +79,21 @@ def level(text: str) -> int:
     return int(text)
 
 
-def count(text: str) -> int:
-    """A list's --limit: 1 to 10,000."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 1 <= value <= 10_000:
-        raise argparse.ArgumentTypeError("between 1 and 10000")
-    return value
+# a list's --limit: 1 to 10,000
+count = number(int, lambda v: 1 <= v <= 10_000, "a number", "between 1 and 10000")
+
+
+def numbered(ref: str, prefix: str, needed: str) -> str:
+    """`prb-7`, `7` -> `PRB-7` (for `prefix` PRB); ids pass through; a blank
+    one is a usage error: `needed` ("a problem number (PRB-7)") is needed. Pure."""
+    text = ref.strip()
+    if text.isdigit():
+        return f"{prefix}-{text}"
+    if text.lower().startswith(prefix.lower() + "-"):
+        return f"{prefix}-" + text[len(prefix) + 1 :]
+    if not text:
+        raise UsageError(f"{needed} is needed")
+    return text
 
 
 def wrap(text: str) -> str:

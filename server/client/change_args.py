@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from server.client.argparsing import add_command
+from server.client.argparsing import add_command, number
 from server.client.config import Login
 
 COMMANDS = frozenset({"change"})
@@ -49,24 +49,10 @@ def gate(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{exc} (e.g. 0, 90s, 15m, 1h)") from None
 
 
-def percent(text: str) -> float:
-    try:
-        value = float(text.rstrip("%"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a percentage: {text!r}") from None
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError("between 0 and 100")
-    return value
-
-
-def count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("at least 1")
-    return value
+percent = number(
+    lambda t: float(t.rstrip("%")), lambda v: 0 <= v <= 100, "a percentage", "between 0 and 100"
+)
+count = number(int, lambda v: v >= 1, "a number", "at least 1")
 
 
 def register(sub: Any) -> None:

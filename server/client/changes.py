@@ -20,6 +20,7 @@ from rich.text import Text
 
 from server.client import params as kv
 from server.client import render
+from server.client.argparsing import numbered
 from server.client.config import Login
 from server.client.errors import UsageError
 from server.client.http import Api
@@ -42,14 +43,7 @@ RISK_STYLE = {"high": "bold red", "medium": "yellow", "low": ""}
 
 def change_ref(ref: str) -> str:
     """`chg-7`, `7` -> `CHG-7`; ids pass through. Pure."""
-    text = ref.strip()
-    if text.isdigit():
-        return f"CHG-{text}"
-    if text.lower().startswith("chg-"):
-        return "CHG-" + text[4:]
-    if not text:
-        raise UsageError("a change number (CHG-7) is needed")
-    return text
+    return numbered(ref, "CHG", "a change number (CHG-7)")
 
 
 def _path(ref: str, suffix: str = "") -> str:

@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from server.client import render
+from server.client.argparsing import numbered
 from server.client.config import Login
 from server.client.errors import UsageError
 from server.client.http import Api
@@ -35,14 +36,7 @@ _FIELD = re.compile(r"^(title|tags|visibility)\s*:\s*(.*)$", re.IGNORECASE)
 
 def article_ref(ref: str) -> str:
     """`kb-7`, `7` -> `KB-7`; ids pass through. Pure."""
-    text = ref.strip()
-    if text.isdigit():
-        return f"KB-{text}"
-    if text.lower().startswith("kb-"):
-        return "KB-" + text[3:]
-    if not text:
-        raise UsageError("an article number (KB-7) is needed")
-    return text
+    return numbered(ref, "KB", "an article number (KB-7)")
 
 
 def parse_article(text: str) -> dict[str, Any]:

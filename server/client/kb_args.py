@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from server.client.argparsing import add_command
+from server.client.argparsing import add_command, number
 from server.client.config import Login
 
 COMMANDS = frozenset({"kb"})
@@ -34,14 +34,7 @@ FILE_HELP = (
 )
 
 
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 1 <= value <= 200:
-        raise argparse.ArgumentTypeError("between 1 and 200")
-    return value
+_limit = number(int, lambda v: 1 <= v <= 200, "a number", "between 1 and 200")
 
 
 def register(sub: Any) -> None:

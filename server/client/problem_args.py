@@ -198,6 +198,14 @@ def register(sub: Any) -> None:
     dismiss.add_argument("--reason", required=True, metavar="WHY", help="why it is no problem")
 
 
+TEXTS = ("root_cause", "workaround", "resolution")
+
+
+def _given(args: argparse.Namespace, *keys: str) -> dict[str, Any]:
+    """The options among `keys` given on the command line, for the API's body."""
+    return {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
+
+
 def dispatch(args: argparse.Namespace, login: Login) -> int:
     import asyncio
 
@@ -212,26 +220,12 @@ def dispatch(args: argparse.Namespace, login: Login) -> int:
         return asyncio.run(problems.show(login, args.ref, args.json))
     if cmd == "new":
         body: dict[str, Any] = {"title": args.title, "description": args.description}
-        for key in ("site", "priority", "impact", "urgency", "assignee"):
-            if getattr(args, key) is not None:
-                body[key] = getattr(args, key)
+        body |= _given(args, "site", "priority", "impact", "urgency", "assignee")
         if args.ticket:
             body["tickets"] = [problems.ticket_ref(t) for t in args.ticket]
         return asyncio.run(problems.new(login, body, args.json))
     if cmd == "edit":
-        changes = {
-            key: getattr(args, key)
-            for key in (
-                "title",
-                "description",
-                "priority",
-                "assignee",
-                "root_cause",
-                "workaround",
-                "resolution",
-            )
-            if getattr(args, key) is not None
-        }
+        changes = _given(args, "title", "description", "priority", "assignee", *TEXTS)
         return asyncio.run(problems.edit(login, args.ref, changes))
     if cmd == "link":
         return asyncio.run(problems.link(login, args.ref, list(args.tickets)))
@@ -245,10 +239,7 @@ def dispatch(args: argparse.Namespace, login: Login) -> int:
         return asyncio.run(
             problems.move(login, args.ref, {"status": "dismissed", "reason": args.reason})
         )
-    move: dict[str, Any] = {"status": args.status}
-    for key in ("root_cause", "workaround", "resolution", "note"):
-        if getattr(args, key) is not None:
-            move[key] = getattr(args, key)
+    move: dict[str, Any] = {"status": args.status, **_given(args, *TEXTS, "note")}
     if args.resolve_incidents:
         move["resolve_incidents"] = True
     if args.status == "dismissed" and "note" in move:

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from server.client import problemview, render
+from server.client.argparsing import numbered
 from server.client.config import Login
 from server.client.errors import UsageError
 from server.client.http import Api
@@ -27,14 +28,7 @@ __all__ = ["ticket_ref"]
 
 def problem_ref(ref: str) -> str:
     """`prb-7`, `7` -> `PRB-7`; ids pass through. Pure."""
-    text = ref.strip()
-    if text.isdigit():
-        return f"PRB-{text}"
-    if text.lower().startswith("prb-"):
-        return "PRB-" + text[4:]
-    if not text:
-        raise UsageError("a problem number (PRB-7) is needed")
-    return text
+    return numbered(ref, "PRB", "a problem number (PRB-7)")
 
 
 def status_filter(text: str) -> str:

@@ -17,7 +17,7 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
-from server.client.argparsing import add_command
+from server.client.argparsing import add_command, number
 from server.client.config import Login
 from server.client.errors import UsageError
 
@@ -34,34 +34,9 @@ CONSENT = (
 )
 
 
-def _speed(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= 1000:
-        raise argparse.ArgumentTypeError("more than 0, at most 1000")
-    return value
-
-
-def _idle(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= value <= 3600:
-        raise argparse.ArgumentTypeError("between 0 and 3600 seconds")
-    return value
-
-
-def _minutes(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of minutes: {text!r}") from None
-    if not 1 <= value <= 480:
-        raise argparse.ArgumentTypeError("between 1 and 480 minutes")
-    return value
+_speed = number(float, lambda v: 0 < v <= 1000, "a number", "more than 0, at most 1000")
+_idle = number(float, lambda v: 0 <= v <= 3600, "a number of seconds", "between 0 and 3600 seconds")
+_minutes = number(int, lambda v: 1 <= v <= 480, "a number of minutes", "between 1 and 480 minutes")
 
 
 def _asking(parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from server.client import render, ticketview
+from server.client.argparsing import numbered
 from server.client.config import Login
 from server.client.errors import UsageError
 from server.client.http import Api
@@ -285,11 +286,4 @@ def kpi_heading(params: dict[str, str]) -> str:
 
 def ticket_ref(ref: str) -> str:
     """`fl-12`, `12` -> `FL-12`; ids pass through. Pure."""
-    text = ref.strip()
-    if text.isdigit():
-        return f"FL-{text}"
-    if text.lower().startswith("fl-"):
-        return "FL-" + text[3:]
-    if not text:
-        raise UsageError("a ticket number (FL-12) is needed")
-    return text
+    return numbered(ref, "FL", "a ticket number (FL-12)")

@@ -23,11 +23,11 @@ from server.console import i18n
 from server.console.render import page
 from server.ops.login import totp_secret
 from server.store import people
-from server.store.models import User
 from server.views import accounts
 from server.web import account as web_account
+from server.web.act import unit
 from server.web.authn import SESSION_COOKIE, authenticate, principal, source_of
-from server.web.keys import CONFIG, DB
+from server.web.keys import CONFIG
 from server.web.middleware import see_other
 from server.web.routing import SELF, ApiRouter
 from shared.errors import FieldlinkError, NotFound, Unauthorized
@@ -140,11 +140,8 @@ def qr_svg(uri: str) -> Markup:
 )
 async def totp_page(request: web.Request) -> web.StreamResponse:
     app = request.app
-    who = principal(request)
-    async with app[DB]() as session:
-        user = await session.get(User, who.user_id)
-    if user is None:
-        raise Unauthorized("user no longer exists")
+    async with unit(request) as (session, who):
+        user = await accounts.own_user(session, who)
     pending = None if user.totp_enabled else totp_secret(app[CONFIG].master_key, user)
     ctx: dict[str, Any] = {
         "enabled": user.totp_enabled,
@@ -183,22 +180,11 @@ async def totp_confirm(request: web.Request) -> web.StreamResponse:
 async def _profile(
     request: web.Request, new_token: web_account.NewToken | None = None
 ) -> web.Response:
-    app = request.app
-    who = principal(request)
-    async with app[DB]() as session:
-        user = await session.get(User, who.user_id)
-        if user is None:
-            raise Unauthorized("user no longer exists")
-        bindings = await accounts.binding_infos(
-            session, await people.bindings_of(session, [user.id])
-        )
+    async with unit(request) as (session, who):
+        user = await accounts.own_user(session, who)
+        bindings = await accounts.own_bindings(session, user)
         tokens = [accounts.token_info(t) for t in await people.list_tokens(session, user.id)]
-        eff = rbac.effective(who.rights)
-        names = await people.site_names(session, {s for s in eff if s != "global"})
-    rights = {
-        ("global" if scope == "global" else f"site:{names.get(scope, scope)}"): sorted(p)
-        for scope, p in eff.items()
-    }
+        rights = await accounts.rights_by_scope(session, who)
     ctx = {
         "user": user,
         "bindings": bindings,

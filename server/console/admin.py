@@ -10,14 +10,13 @@ from aiohttp import web
 from server.auth import rbac
 from server.console import i18n
 from server.console.i18n import N_
+from server.console.lists import site_names
 from server.console.render import page
 from server.store import people
-from server.store.models import Site
-from server.views.admin import role_item, site_item, user_item, visible_users
+from server.views.admin import administered_site, role_item, site_item, user_item, visible_users
+from server.web.act import fetch, unit
 from server.web.authn import principal
-from server.web.keys import DB
 from server.web.routing import ApiRouter
-from shared.errors import NotFound
 
 routes = ApiRouter("console", console=True)
 WEEKDAYS = (N_("Mon"), N_("Tue"), N_("Wed"), N_("Thu"), N_("Fri"), N_("Sat"), N_("Sun"))
@@ -25,9 +24,8 @@ WEEKDAYS = (N_("Mon"), N_("Tue"), N_("Wed"), N_("Thu"), N_("Fri"), N_("Sat"), N_
 
 @routes.route("GET", "/admin", permission="users:admin", summary="Users, roles and sites")
 async def admin(request: web.Request) -> web.StreamResponse:
-    who = principal(request)
-    scope = who.sites("users:admin")
-    async with request.app[DB]() as session:
+    async with unit(request) as (session, who):
+        scope = who.sites("users:admin")
         users = [await user_item(session, u, scope) for u in await visible_users(session, scope)]
         roles = [role_item(r) for r in await people.list_roles(session)]
         sites = [
@@ -50,12 +48,7 @@ async def admin(request: web.Request) -> web.StreamResponse:
     "GET", "/admin/sites/{site_id}", permission="users:admin", summary="One site's settings"
 )
 async def site(request: web.Request) -> web.StreamResponse:
-    who = principal(request)
-    async with request.app[DB]() as session:
-        row = await session.get(Site, request.match_info["site_id"])
-    if row is None:
-        raise NotFound("not found")
-    who.require("users:admin", row.id)
+    row, _ = await fetch(request, administered_site)
     ctx = {"site": site_item(row), "weekdays": WEEKDAYS}
     return page(request, "site.html", ctx, title=row.name)
 
@@ -64,9 +57,5 @@ async def site(request: web.Request) -> web.StreamResponse:
     "GET", "/enroll", permission="agents:enroll", summary="Make enrollment tokens for a site"
 )
 async def enroll(request: web.Request) -> web.StreamResponse:
-    who = principal(request)
-    async with request.app[DB]() as session:
-        sites = [
-            s.name for s in await people.list_sites(session) if who.allowed("agents:enroll", s.id)
-        ]
+    sites = await site_names(request, principal(request), "agents:enroll")
     return page(request, "enroll.html", {"sites": sites}, title=i18n.gettext("Enrollment"))

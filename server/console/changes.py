@@ -12,19 +12,23 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.principal import Principal
 from server.console import i18n
 from server.console.i18n import N_
+from server.console.lists import parsed
 from server.console.render import page
 from server.ops import changes as ch
 from server.store import fleet, people
-from server.views.changes import ChangeQuery, ChangeSummary, change_out, visible_changes
-from server.views.changes import _load as load_change
-from server.web.authn import principal
-from server.web.keys import DB
+from server.views.changes import (
+    ChangeQuery,
+    ChangeSummary,
+    change_out,
+    readable_change,
+    visible_changes,
+)
+from server.web.act import act, unit
 from server.web.routing import ApiRouter
 from shared.errors import Invalid
 
@@ -72,16 +76,11 @@ async def upcoming_for(
     "GET", "/changes", permission="changes:read", summary="Changes; the form to request one"
 )
 async def changes_page(request: web.Request) -> web.StreamResponse:
-    who = principal(request)
     raw = {k: request.query[k] for k in ("state", "upcoming") if request.query.get(k)}
-    try:
-        q = ChangeQuery.model_validate({**raw, "limit": 200})
-    except ValidationError as exc:
-        fields = {".".join(map(str, e["loc"])): e["msg"] for e in exc.errors()}
-        raise Invalid("invalid filter", fields=fields) from None
+    q = parsed(ChangeQuery, {**raw, "limit": 200})
     if q.state is not None and q.state not in ch.STATES:
         raise Invalid("unknown state", fields={"state": "one of " + ", ".join(ch.STATES)})
-    async with request.app[DB]() as session:
+    async with unit(request) as (session, who):
         rows = await visible_changes(session, who, q)
         may_request = who.holds("changes:request")
         sites: list[str] = []
@@ -116,9 +115,7 @@ async def changes_page(request: web.Request) -> web.StreamResponse:
 
 @routes.route("GET", "/changes/{change_id}", permission="changes:read", summary="One change")
 async def change_page(request: web.Request) -> web.StreamResponse:
-    who = principal(request)
-    async with request.app[DB]() as session:
-        row = await load_change(session, who, request.match_info["change_id"])
+    async with act(request, readable_change) as (session, row, who):
         c = await change_out(session, who, row)
         sites = row.site_ids
 

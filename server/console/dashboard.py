@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.principal import Principal
 from server.console import i18n, live
-from server.console.render import fragment, page
+from server.console.render import page
 from server.console.sessions import pending
 from server.itsm.tickets import number_text
 from server.ops import ticketing
@@ -126,9 +126,4 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
     summary="The dashboard's panels, live (server-sent events)",
 )
 async def dashboard_events(request: web.Request) -> web.StreamResponse:
-    app = request.app
-
-    async def render(who: Principal) -> str:
-        return fragment(request, "dashboard_panels.html", {"d": await summary(app, who)})
-
-    return await live.stream(request, render)
+    return await live.fragments(request, "dashboard_panels.html", "d", summary)

@@ -9,19 +9,18 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
 from sqlalchemy import select
 
 from server.console import i18n
+from server.console.lists import parsed, site_names, words
 from server.console.render import page
 from server.itsm import kb as rules
-from server.store import people
 from server.store.models import KbVersion, Site
 from server.views import kb as kb_api
+from server.web.act import act, unit
 from server.web.authn import principal
-from server.web.keys import DB
 from server.web.routing import ApiRouter
-from shared.errors import Invalid, NotFound
+from shared.errors import NotFound
 
 routes = ApiRouter("console", console=True)
 
@@ -30,14 +29,9 @@ FILTERS = ("q", "match", "state", "visibility", "site", "tag")
 
 @routes.route("GET", "/kb", permission="kb:read", summary="Knowledge base: search and list")
 async def kb_list(request: web.Request) -> web.StreamResponse:
-    who = principal(request)
-    raw = {k: request.query[k].strip() for k in FILTERS if request.query.get(k, "").strip()}
-    try:
-        q = kb_api.ListQuery.model_validate({**raw, "limit": 100})
-    except ValidationError as exc:
-        fields = {".".join(map(str, e["loc"])): e["msg"] for e in exc.errors()}
-        raise Invalid("invalid filter", fields=fields) from None
-    async with request.app[DB]() as session:
+    raw = words(request, FILTERS)
+    q = parsed(kb_api.ListQuery, {**raw, "limit": 100})
+    async with unit(request) as (session, who):
         hits = await kb_api.find_articles(session, who, q)
         rows = [await kb_api.article_out(session, h.article, who, h) for h in hits]
     ctx = {
@@ -51,10 +45,7 @@ async def kb_list(request: web.Request) -> web.StreamResponse:
 
 
 async def _writable_sites(request: web.Request) -> list[str]:
-    who = principal(request)
-    async with request.app[DB]() as session:
-        sites = await people.list_sites(session)
-    return [s.name for s in sites if who.allowed("kb:write", s.id)]
+    return await site_names(request, principal(request), "kb:write")
 
 
 @routes.route("GET", "/kb/new", permission="kb:write", summary="Write a knowledge-base article")
@@ -71,10 +62,8 @@ async def kb_new(request: web.Request) -> web.StreamResponse:
 
 @routes.route("GET", "/kb/{article_id}", permission="kb:read", summary="One article's page")
 async def kb_article(request: web.Request) -> web.StreamResponse:
-    who = principal(request)
     raw_version = request.query.get("version", "").strip()
-    async with request.app[DB].begin() as session:
-        row = await kb_api.readable(session, who, request.match_info["article_id"])
+    async with act(request, kb_api.readable, write=True) as (session, row, who):
         may_edit = who.allowed("kb:write", row.site_id)
         shown: Any = None
         if raw_version:
@@ -110,9 +99,7 @@ async def kb_article(request: web.Request) -> web.StreamResponse:
     "GET", "/kb/{article_id}/edit", permission="kb:write", summary="Edit a knowledge-base article"
 )
 async def kb_edit(request: web.Request) -> web.StreamResponse:
-    who = principal(request)
-    async with request.app[DB]() as session:
-        row = await kb_api.writable(session, who, request.match_info["article_id"])
+    async with act(request, kb_api.writable) as (session, row, who):
         a = await kb_api.detail(session, row, who)
         site = await session.get(Site, row.site_id) if row.site_id else None
     ctx = {

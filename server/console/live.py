@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from server.auth.principal import Principal
+from server.console.render import fragment
 from server.web.authn import PRINCIPAL_KEY, authenticate
 from shared.errors import FieldlinkError
 
@@ -33,6 +35,22 @@ def install(app: web.Application) -> None:
 def sse(event: str, data: str) -> bytes:
     lines = "".join(f"data: {line}\n" for line in data.splitlines() or [""])
     return f"event: {event}\n{lines}\n".encode()
+
+
+async def fragments(
+    request: web.Request,
+    template: str,
+    name: str,
+    load: Callable[[web.Application, Principal], Awaitable[Any]],
+) -> web.StreamResponse:
+    """`stream` of the fragment `template`, rendered with `name` bound to what
+    `load(app, caller)` gives at each tick."""
+    app = request.app
+
+    async def render(who: Principal) -> str:
+        return fragment(request, template, {name: await load(app, who)})
+
+    return await stream(request, render)
 
 
 async def stream(

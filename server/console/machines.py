@@ -16,14 +16,15 @@ from server.console import i18n, live
 from server.console.changes import labels as change_labels
 from server.console.changes import upcoming_for
 from server.console.forms import fields_of
-from server.console.render import fragment, page
+from server.console.lists import site_names, words
+from server.console.render import page
 from server.itsm.runs import TIER_PERMISSION
-from server.store import people
-from server.views.agents import AgentItem, AgentListQuery, agent_for, visible_agents
+from server.views.agents import AgentItem, AgentListQuery, agent_with, visible_agents
 from server.views.sessions import ListQuery as SessionQuery
 from server.views.sessions import find_sessions
 from server.views.tickets import ListQuery as TicketQuery
 from server.views.tickets import find_tickets, ticket_out
+from server.web.act import act
 from server.web.authn import principal
 from server.web.keys import DB
 from server.web.routing import ApiRouter
@@ -43,8 +44,7 @@ SORTS = {
 
 
 def _filters(request: web.Request) -> dict[str, str]:
-    keys = ("q", "site", "status", "tag", "sort", "dir")
-    return {k: request.query[k].strip() for k in keys if request.query.get(k, "").strip()}
+    return words(request, ("q", "site", "status", "tag", "sort", "dir"))
 
 
 async def machine_rows(app: web.Application, who: Principal, f: dict[str, str]) -> list[AgentItem]:
@@ -73,9 +73,7 @@ async def machines(request: web.Request) -> web.StreamResponse:
     who = principal(request)
     f = _filters(request)
     rows = await machine_rows(app, who, f)
-    async with app[DB]() as session:
-        scope = who.sites("agents:read")
-        sites = [s.name for s in await people.list_sites(session) if scope is None or s.id in scope]
+    sites = await site_names(request, who, "agents:read")
     tags = sorted({t for a in await machine_rows(app, who, {}) for t in a.tags})
     ctx = {"rows": rows, "f": f, "sites": sites, "tags": tags, "query": request.query_string}
     return page(request, "machines.html", ctx, title=i18n.gettext("Machines"))
@@ -88,22 +86,18 @@ async def machines(request: web.Request) -> web.StreamResponse:
     summary="The machines table, live (server-sent events)",
 )
 async def machines_events(request: web.Request) -> web.StreamResponse:
-    app = request.app
     f = _filters(request)
-    await machine_rows(app, principal(request), f)  # a bad filter answers 422 before streaming
+    await machine_rows(request.app, principal(request), f)  # a bad filter: 422 before streaming
 
-    async def render(who: Principal) -> str:
-        return fragment(request, "machines_rows.html", {"rows": await machine_rows(app, who, f)})
+    async def rows(app: web.Application, who: Principal) -> list[AgentItem]:
+        return await machine_rows(app, who, f)
 
-    return await live.stream(request, render)
+    return await live.fragments(request, "machines_rows.html", "rows", rows)
 
 
 @routes.route("GET", "/machines/{agent_id}", permission="agents:read", summary="One machine's page")
 async def machine(request: web.Request) -> web.StreamResponse:
-    app = request.app
-    who = principal(request)
-    async with app[DB]() as session:
-        agent, site = await agent_for(session, who, request.match_info["agent_id"], "agents:read")
+    async with act(request, agent_with("agents:read")) as (session, (agent, site), who):
         tickets: list[Any] = []
         if who.holds("tickets:read"):
             rows = await find_tickets(session, who, TicketQuery(agent_id=agent.id, limit=20))

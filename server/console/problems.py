@@ -9,17 +9,21 @@ the API from the page (the same checks answer there).
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import ValidationError
 
 from server.console import i18n
+from server.console.lists import parsed, words
 from server.console.render import page
 from server.store import people
-from server.views.problems import ListQuery, detail, find_problems, may_write, problem_out
-from server.views.problems import readable_problem as load_problem
-from server.web.authn import principal
-from server.web.keys import DB
+from server.views.problems import (
+    ListQuery,
+    detail,
+    find_problems,
+    may_write,
+    problem_out,
+    readable_problem,
+)
+from server.web.act import act, unit
 from server.web.routing import ApiRouter
-from shared.errors import Invalid
 
 routes = ApiRouter("console", console=True)
 
@@ -27,20 +31,11 @@ FILTERS = ("status", "site", "assignee", "origin", "q", "after")
 PAGE = 100
 
 
-def parse_filters(request: web.Request) -> tuple[ListQuery, dict[str, str]]:
-    raw = {k: request.query[k].strip() for k in FILTERS if request.query.get(k, "").strip()}
-    try:
-        return ListQuery.model_validate({**raw, "limit": PAGE}), raw
-    except ValidationError as exc:
-        fields = {".".join(map(str, e["loc"])): e["msg"] for e in exc.errors()}
-        raise Invalid("invalid filter", fields=fields) from None
-
-
 @routes.route("GET", "/problems", permission="problems:read", summary="Problems and proposals")
 async def problems(request: web.Request) -> web.StreamResponse:
-    who = principal(request)
-    q, f = parse_filters(request)
-    async with request.app[DB]() as session:
+    f = words(request, FILTERS)
+    q = parsed(ListQuery, {**f, "limit": PAGE})
+    async with unit(request) as (session, who):
         rows = [await problem_out(session, p, who) for p in await find_problems(session, who, q)]
         sites = list(await people.list_sites(session))
     older = rows[-1].number.removeprefix("PRB-") if len(rows) == PAGE else None
@@ -59,9 +54,7 @@ async def problems(request: web.Request) -> web.StreamResponse:
     "GET", "/problems/{problem_id}", permission="problems:read", summary="One problem's page"
 )
 async def problem(request: web.Request) -> web.StreamResponse:
-    who = principal(request)
-    async with request.app[DB]() as session:
-        row = await load_problem(session, who, request.match_info["problem_id"])
+    async with act(request, readable_problem) as (session, row, who):
         p = await detail(session, row, who)
     ctx = {"p": p, "works": may_write(who, row)}
     return page(request, "problem.html", ctx, title=f"{p.number} {p.title}")

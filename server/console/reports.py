@@ -8,34 +8,21 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
 from sqlalchemy import select
 
 from server.console import i18n
+from server.console.lists import parsed, site_names, words
 from server.console.render import page
-from server.store import people
 from server.store.models import Site
 from server.views.alerts import AlertQuery, alert_items, visible_rules
 from server.views.audit import AuditQuery, audit_item, audit_page
 from server.views.service_levels import KpiQuery, kpi_report
+from server.web.act import unit
 from server.web.authn import principal
 from server.web.keys import DB
 from server.web.routing import ApiRouter
-from shared.errors import Invalid
 
 routes = ApiRouter("console", console=True)
-
-
-def _query(model: type[Any], raw: dict[str, str]) -> Any:
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        fields = {".".join(map(str, e["loc"])): e["msg"] for e in exc.errors()}
-        raise Invalid("invalid filter", fields=fields) from None
-
-
-def _raw(request: web.Request, keys: tuple[str, ...]) -> dict[str, str]:
-    return {k: request.query[k].strip() for k in keys if request.query.get(k, "").strip()}
 
 
 def _utc(value: str | None, *, next_day: bool = False) -> str | None:
@@ -57,13 +44,10 @@ def _utc(value: str | None, *, next_day: bool = False) -> str | None:
     "GET", "/alert-rules", permission="alerts:manage", summary="Alert rules and firing alerts"
 )
 async def alert_rules(request: web.Request) -> web.StreamResponse:
-    who = principal(request)
-    async with request.app[DB]() as session:
+    async with unit(request) as (session, who):
         rules = await visible_rules(session, who)
         alerts = await alert_items(session, who, AlertQuery(status="firing"))
-        sites = [
-            s.name for s in await people.list_sites(session) if who.allowed("alerts:manage", s.id)
-        ]
+    sites = await site_names(request, who, "alerts:manage")
     ctx = {
         "rules": rules,
         "alerts": alerts,
@@ -87,12 +71,12 @@ TIMES = ("time_to_acknowledge", "time_to_first_response", "time_to_resolve")
 
 @routes.route("GET", "/kpis", permission="kpi:read", summary="KPI reports")
 async def kpis(request: web.Request) -> web.StreamResponse:
-    raw = _raw(request, ("site", "engineer", "from", "to", "group_by"))
+    raw = words(request, ("site", "engineer", "from", "to", "group_by"))
     params: dict[str, Any] = {"group_by": "site", **raw}
     params["from"], params["to"] = _utc(raw.get("from")), _utc(raw.get("to"), next_day=True)
-    q = _query(KpiQuery, {k: v for k, v in params.items() if v is not None})
-    async with request.app[DB]() as session:
-        report = await kpi_report(session, principal(request), q)
+    q = parsed(KpiQuery, {k: v for k, v in params.items() if v is not None})
+    async with unit(request) as (session, who):
+        report = await kpi_report(session, who, q)
     ctx = {"report": report, "f": raw, "rates": RATES, "times": TIMES}
     return page(request, "kpis.html", ctx, title=i18n.gettext("KPIs"))
 
@@ -117,9 +101,8 @@ def recent_periods(today: date, months: int = 12, weeks: int = 8) -> list[str]:
 async def reports(request: web.Request) -> web.StreamResponse:
     """Choose a site (or HQ) and a period; the buttons fetch the report from
     `GET /api/v1/reports/html|pdf` in the console's language."""
-    who = principal(request)
-    allowed = who.sites("kpi:read")
-    async with request.app[DB]() as session:
+    async with unit(request) as (session, who):
+        allowed = who.sites("kpi:read")
         stmt = select(Site.name).order_by(Site.name)
         if allowed is not None:
             stmt = stmt.where(Site.id.in_(sorted(allowed)))
@@ -137,11 +120,11 @@ async def reports(request: web.Request) -> web.StreamResponse:
 @routes.route("GET", "/audit", permission="audit:read", summary="The audit trail")
 async def audit(request: web.Request) -> web.StreamResponse:
     who = principal(request)
-    raw = _raw(request, ("actor", "action", "site", "ticket", "since", "until", "after"))
+    raw = words(request, ("actor", "action", "site", "ticket", "since", "until", "after"))
     params: dict[str, Any] = {**raw, "limit": 100}
     params["since"], params["until"] = _utc(raw.get("since")), _utc(raw.get("until"))
-    q = _query(AuditQuery, {k: v for k, v in params.items() if v is not None})
-    rows = [audit_item(e) for e in await audit_page(request.app[DB], principal(request), q, 100)]
+    q = parsed(AuditQuery, {k: v for k, v in params.items() if v is not None})
+    rows = [audit_item(e) for e in await audit_page(request.app[DB], who, q, 100)]
     ctx = {
         "rows": rows,
         "f": raw,

@@ -10,9 +10,10 @@ from aiohttp import web
 
 from server.auth.principal import Principal
 from server.console import i18n, live
-from server.console.render import fragment, page
+from server.console.render import page
 from server.itsm.consent import LIVE
 from server.views.sessions import ListQuery, find_sessions, readable_session, session_out
+from server.web.act import act, unit
 from server.web.authn import principal
 from server.web.keys import DB
 from server.web.routing import ApiRouter
@@ -30,8 +31,8 @@ async def sessions(request: web.Request) -> web.StreamResponse:
         origin=origin if origin in ("hq", "site") else None,
         limit=200,
     )
-    async with request.app[DB]() as session:
-        rows = await find_sessions(session, principal(request), q)
+    async with unit(request) as (session, who):
+        rows = await find_sessions(session, who, q)
     ctx = {"rows": rows, "state": q.state or "", "origin": q.origin or "", "states": STATES}
     return page(request, "sessions.html", ctx, title=i18n.gettext("Sessions"))
 
@@ -40,9 +41,7 @@ async def sessions(request: web.Request) -> web.StreamResponse:
     "GET", "/sessions/{session_id}", permission="tickets:read", summary="One remote session"
 )
 async def session_page(request: web.Request) -> web.StreamResponse:
-    who = principal(request)
-    async with request.app[DB]() as session:
-        rs = await readable_session(session, who, request.match_info["session_id"])
+    async with act(request, readable_session) as (session, rs, who):
         out = await session_out(session, rs)
     site = rs.site_id
     mine = rs.requested_by == who.user_id
@@ -85,9 +84,4 @@ async def consents(request: web.Request) -> web.StreamResponse:
     summary="Pending consents, live (server-sent events)",
 )
 async def consent_events(request: web.Request) -> web.StreamResponse:
-    app = request.app
-
-    async def render(who: Principal) -> str:
-        return fragment(request, "consents_list.html", {"rows": await pending(app, who)})
-
-    return await live.stream(request, render)
+    return await live.fragments(request, "consents_list.html", "rows", pending)

@@ -11,18 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.principal import Principal
 from server.console import i18n, labels
 from server.console.changes import labels as change_labels
 from server.console.changes import upcoming_for
+from server.console.lists import parsed, site_names, words
 from server.console.render import page
 from server.engine.remote import KIND_PERMISSION
 from server.itsm.kb import number_text
 from server.itsm.tickets import OPEN
-from server.store import fleet, people
+from server.store import fleet
 from server.store import kb as kb_store
 from server.views.kb import viewer as kb_viewer
 from server.views.problems import ListQuery as ProblemListQuery
@@ -37,10 +37,8 @@ from server.views.tickets import (
     readable_ticket,
     ticket_out,
 )
-from server.web.authn import principal
-from server.web.keys import DB
+from server.web.act import act, unit
 from server.web.routing import ApiRouter
-from shared.errors import Invalid
 
 routes = ApiRouter("console", console=True)
 
@@ -48,26 +46,15 @@ FILTERS = ("site", "status", "priority", "assignee", "q", "type", "tier", "sourc
 PAGE = 100
 
 
-def parse_filters(request: web.Request) -> tuple[ListQuery, dict[str, str]]:
-    raw = {k: request.query[k].strip() for k in FILTERS if request.query.get(k, "").strip()}
-    try:
-        return ListQuery.model_validate({**raw, "limit": PAGE}), raw
-    except ValidationError as exc:
-        fields = {".".join(map(str, e["loc"])): e["msg"] for e in exc.errors()}
-        raise Invalid("invalid filter", fields=fields) from None
-
-
 async def writable_sites(request: web.Request, who: Principal) -> list[str]:
-    async with request.app[DB]() as session:
-        sites = await people.list_sites(session)
-    return [s.name for s in sites if who.allowed("tickets:write", s.id)]
+    return await site_names(request, who, "tickets:write")
 
 
 @routes.route("GET", "/tickets", permission="tickets:read", summary="Tickets, filtered")
 async def tickets(request: web.Request) -> web.StreamResponse:
-    who = principal(request)
-    q, f = parse_filters(request)
-    async with request.app[DB]() as session:
+    f = words(request, FILTERS)
+    q = parsed(ListQuery, {**f, "limit": PAGE})
+    async with unit(request) as (session, who):
         rows = [await ticket_out(session, t, who) for t in await find_tickets(session, who, q)]
     older = rows[-1].number.removeprefix("FL-") if len(rows) == PAGE else None
     ctx = {"rows": rows, "f": f, "older": older, "sites": await writable_sites(request, who)}
@@ -78,8 +65,7 @@ async def tickets(request: web.Request) -> web.StreamResponse:
 async def help_page(request: web.Request) -> web.StreamResponse:
     """Asking first shows the best published knowledge-base articles (help.js);
     "This solved it" records a self-served request instead of a ticket."""
-    who = principal(request)
-    async with request.app[DB]() as session:
+    async with unit(request) as (session, who):
         mine = await find_tickets(session, who, ListQuery(mine=True, limit=100))
         rows = [await ticket_out(session, t, who) for t in mine]
         upcoming = await upcoming_for(session, who)
@@ -112,10 +98,7 @@ async def problems_to_link(
 
 @routes.route("GET", "/tickets/{ticket_id}", permission="tickets:read", summary="One ticket's page")
 async def ticket(request: web.Request) -> web.StreamResponse:
-    app = request.app
-    who = principal(request)
-    async with app[DB]() as session:
-        row = await readable_ticket(session, who, request.match_info["ticket_id"])
+    async with act(request, readable_ticket) as (session, row, who):
         t = await detail(session, row, who)
         sessions = await find_sessions(session, who, SessionQuery(ticket=row.id, limit=50))
         site_agents: list[dict[str, Any]] = []

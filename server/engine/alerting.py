@@ -240,31 +240,24 @@ class AlertEngine:
         )
         ticket = await session.get(Ticket, alert.ticket_id) if alert.ticket_id else None
         new_ticket = False
-        if ticket is not None and ticket.status in OPEN:
-            await ticketing.record_event(
-                session,
-                ticket,
-                SYSTEM,
-                "alert_fired",
-                "alert_fired",
-                what,
-                data={"rule_id": rule.id, "value": value, "count": alert.count},
-            )
-        elif (
+        # a resolved ticket is reopened within the rule's window (resolved is not OPEN)
+        reopen = bool(
             ticket is not None
             and ticket.status == "resolved"
             and ticket.resolved_at
             and now - ticket.resolved_at <= timedelta(seconds=rule.reopen_window_seconds)
-        ):
-            await ticketing.act(
-                session,
-                ticket,
-                "reopen",
-                SYSTEM,
-                note=f"alert fired again: {what}",
-                human=False,
-                reopen_window_seconds=rule.reopen_window_seconds,
-            )
+        )
+        if ticket is not None and (ticket.status in OPEN or reopen):
+            if reopen:
+                await ticketing.act(
+                    session,
+                    ticket,
+                    "reopen",
+                    SYSTEM,
+                    note=f"alert fired again: {what}",
+                    human=False,
+                    reopen_window_seconds=rule.reopen_window_seconds,
+                )
             await ticketing.record_event(
                 session,
                 ticket,

@@ -29,10 +29,11 @@ from __future__ import annotations
 import asyncio
 import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import ColumnElement, Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.base.audit import Actor
@@ -42,6 +43,7 @@ from server.itsm.tickets import OPEN, number_text
 from server.ops import ticketing
 from server.store.models import KbLink, Ticket, TicketAgent, TicketEvent, utcnow
 from shared import protocol as p
+from shared.errors import RateLimited
 
 REPEAT_KIND = "help_repeat"
 SELF_SERVED_REPEAT_KIND = "self_served_repeat"
@@ -82,6 +84,12 @@ class Asker:
 class Limited:
     message: str
     retry_after: float  # seconds
+
+    def error(self) -> RateLimited:
+        """The 429 for the API, with Retry-After in whole seconds (rounded up)."""
+        return RateLimited(
+            self.message, headers={"Retry-After": str(int(self.retry_after + 0.999))}
+        )
 
 
 def normal(text: str) -> str:
@@ -243,18 +251,9 @@ async def self_served_repeat(
             Ticket.created_at >= since,
         )
     )
-    if asker.user_id is not None:
-        stmt = stmt.where(Ticket.requester_id == asker.user_id)
-    else:
-        stmt = stmt.where(
-            Ticket.requester_agent_id == asker.agent_id, Ticket.requester_name == asker.name
-        )
-    found = list(await session.scalars(stmt.order_by(Ticket.number.desc()).limit(10)))
-    if not found:
-        return None
-    said = [(t.description, t.description) for t in found]
-    hit = await asyncio.to_thread(_first_similar, text, said)
-    return None if hit is None else found[hit]
+    return await _first_repeat(
+        session, stmt.where(_requested_by(asker)), text, lambda t: t.description
+    )
 
 
 async def fold_self_served(session: AsyncSession, ticket: Ticket, actor: Actor, text: str) -> None:
@@ -278,25 +277,46 @@ def _human(seconds: float) -> str:
 
 async def open_repeat(session: AsyncSession, asker: Asker, text: str) -> Ticket | None:
     """The asker's open request from the same machine that `text` repeats, if any."""
-    stmt = select(Ticket).where(Ticket.status.in_(sorted(OPEN)), Ticket.site_id == asker.site_id)
-    if asker.user_id is not None:
-        stmt = stmt.where(Ticket.requester_id == asker.user_id)
-        if asker.agent_id is not None:
-            stmt = stmt.where(
-                Ticket.id.in_(
-                    select(TicketAgent.ticket_id).where(TicketAgent.agent_id == asker.agent_id)
-                )
-            )
-    else:
+    stmt = select(Ticket).where(
+        Ticket.status.in_(sorted(OPEN)), Ticket.site_id == asker.site_id, _requested_by(asker)
+    )
+    if asker.user_id is not None and asker.agent_id is not None:
         stmt = stmt.where(
-            Ticket.requester_agent_id == asker.agent_id, Ticket.requester_name == asker.name
+            Ticket.id.in_(
+                select(TicketAgent.ticket_id).where(TicketAgent.agent_id == asker.agent_id)
+            )
         )
+    return await _first_repeat(
+        session,
+        stmt,
+        text,
+        lambda t: t.description or t.title,
+        lambda t: f"{t.title}\n{t.description}",
+    )
+
+
+def _requested_by(asker: Asker) -> ColumnElement[bool]:
+    """Tickets the asker opened: a user's, or those asked for at its machine by that name."""
+    if asker.user_id is not None:
+        return Ticket.requester_id == asker.user_id
+    return (Ticket.requester_agent_id == asker.agent_id) & (Ticket.requester_name == asker.name)
+
+
+async def _first_repeat(
+    session: AsyncSession,
+    stmt: Select[Ticket],
+    text: str,
+    said: Callable[[Ticket], str],
+    said_too: Callable[[Ticket], str] | None = None,
+) -> Ticket | None:
+    """The newest of the (ten newest) tickets `stmt` finds whose words `text`
+    repeats: `said(ticket)` or `said_too(ticket)` (default: the same)."""
     found = list(await session.scalars(stmt.order_by(Ticket.number.desc()).limit(10)))
     if not found:
         return None
-    said = [(t.description or t.title, f"{t.title}\n{t.description}") for t in found]
+    also = said_too or said
     # the comparison is quadratic in the (bounded) text: off the event loop
-    hit = await asyncio.to_thread(_first_similar, text, said)
+    hit = await asyncio.to_thread(_first_similar, text, [(said(t), also(t)) for t in found])
     return None if hit is None else found[hit]
 
 

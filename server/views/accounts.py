@@ -1,5 +1,6 @@
 """A user's role bindings and API tokens as the API answers them and the
-console's profile page lists them."""
+console's profile page lists them; the caller's own account and its
+effective permissions per scope."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server.auth import rbac
+from server.auth.principal import Principal
 from server.store import people
-from server.store.models import ApiToken, Binding
+from server.store.models import ApiToken, Binding, User
+from server.views.rows import from_row
+from shared.errors import Unauthorized
 
 
 class BindingInfo(BaseModel):
@@ -45,14 +50,26 @@ class TokenInfo(BaseModel):
 
 
 def token_info(t: ApiToken) -> TokenInfo:
-    return TokenInfo(
-        id=t.id,
-        name=t.name,
-        user_id=t.user_id,
-        permissions=t.permissions,
-        origin=t.origin,
-        created_at=t.created_at,
-        expires_at=t.expires_at,
-        revoked_at=t.revoked_at,
-        last_used_at=t.last_used_at,
-    )
+    return from_row(TokenInfo, t)
+
+
+async def own_user(session: AsyncSession, who: Principal) -> User:
+    """The caller's own account; 401 if it was deleted meanwhile."""
+    user = await session.get(User, who.user_id)
+    if user is None:
+        raise Unauthorized("user no longer exists")
+    return user
+
+
+async def own_bindings(session: AsyncSession, user: User) -> list[BindingInfo]:
+    return await binding_infos(session, await people.bindings_of(session, [user.id]))
+
+
+async def rights_by_scope(session: AsyncSession, who: Principal) -> dict[str, list[str]]:
+    """The caller's effective permissions per scope: "global" or "site:<name>"."""
+    eff = rbac.effective(who.rights)
+    names = await people.site_names(session, {s for s in eff if s != "global"})
+    return {
+        ("global" if scope == "global" else f"site:{names.get(scope, scope)}"): sorted(p)
+        for scope, p in eff.items()
+    }

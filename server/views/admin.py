@@ -1,5 +1,6 @@
 """Users, roles and sites as administrators see them (`UserItem`, `RoleItem`,
-`SiteItem` with its session policy and business-hours calendar)."""
+`SiteItem` with its session policy and business-hours calendar); a site by
+name within a permission, and a user who may be assigned work on a site."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server.auth import rbac
+from server.auth.principal import Principal
 from server.itsm.consent import SitePolicy
 from server.store import people
 from server.store.models import Role, Site, User
 from server.views.accounts import BindingInfo, binding_infos
+from server.views.rows import from_row, row_in_scope
+from shared.errors import Invalid, NotFound
 from shared.numbers import FiniteFloat
 
 
@@ -38,17 +43,7 @@ async def user_item(
     if scope is not None:
         rows = [b for b in rows if b.site_id in scope]
     bindings = await binding_infos(session, rows)
-    return UserItem(
-        id=user.id,
-        username=user.username,
-        display_name=user.display_name,
-        email=user.email,
-        disabled=user.disabled,
-        totp_enabled=user.totp_enabled,
-        created_at=user.created_at,
-        last_login_at=user.last_login_at,
-        bindings=bindings,
-    )
+    return from_row(UserItem, user, bindings=bindings)
 
 
 async def visible_users(session: AsyncSession, scope: frozenset[str] | None) -> list[User]:
@@ -62,6 +57,23 @@ async def visible_users(session: AsyncSession, scope: frozenset[str] | None) -> 
     for b in await people.bindings_of(session, [u.id for u in users]):
         sites.setdefault(b.user_id, set()).add(b.site_id)
     return [u for u in users if u.id not in sites or sites[u.id] & scope]
+
+
+async def sees_user(session: AsyncSession, scope: frozenset[str] | None, user: User) -> bool:
+    if scope is None:
+        return True
+    held = {b.site_id for b in await people.bindings_of(session, [user.id])}
+    return not held or bool(held & scope)
+
+
+async def visible_user(session: AsyncSession, who: Principal, user_id: str) -> User:
+    """The user, if the caller may see it: a user bound only to sites (or the
+    global scope) beyond a site-scoped admin's answers 404, as one that does
+    not exist."""
+    user = await session.get(User, user_id)
+    if user is None or not await sees_user(session, who.sites("users:admin"), user):
+        raise NotFound("not found")
+    return user
 
 
 class RoleItem(BaseModel):
@@ -168,3 +180,30 @@ def site_item(site: Site) -> SiteItem:
         ),
         session_policy=SessionPolicyIn(**SitePolicy.from_json(site.session_policy).to_json()),
     )
+
+
+async def site_named(session: AsyncSession, who: Principal, name: str, permission: str) -> Site:
+    """The site called `name` where the caller holds `permission`; any other
+    answers 404 naming `site`, as one that does not exist."""
+    site = await people.site_by_name(session, name)
+    if site is None or not who.allowed(permission, site.id):
+        raise NotFound("site not found", fields={"site": "no such site"})
+    return site
+
+
+async def assignee(
+    session: AsyncSession, name: str, permission: str, site_id: str | None, what: str, why: str
+) -> User:
+    """The enabled user called `name` (or with that id) who holds `permission`
+    on the `what`'s site; else 422 naming `assignee` (`why` says it)."""
+    user = await people.user_by_name(session, name) or await session.get(User, name)
+    if user is None or user.disabled:
+        raise Invalid("unknown user", fields={"assignee": "no such user"})
+    if not rbac.allowed(await people.rights_for(session, user.id), permission, site_id):
+        raise Invalid(why, fields={"assignee": f"no {permission} on the {what}'s site"})
+    return user
+
+
+async def administered_site(session: AsyncSession, who: Principal, site_id: str) -> Site:
+    """The site, if the caller holds users:admin on it; else 404."""
+    return await row_in_scope(session, who, Site, site_id, "users:admin", lambda s: s.id)

@@ -3,6 +3,7 @@ machine, filtered by site, tag and status, and one machine within a permission."
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -95,3 +96,14 @@ async def agent_for(
         raise NotFound("not found")
     who.require(permission, found[0].site_id)
     return found
+
+
+def agent_with(
+    permission: str,
+) -> Callable[[AsyncSession, Principal, str], Awaitable[tuple[Agent, str]]]:
+    """A loader (`server.web.act`): `agent_for` with `permission`."""
+
+    async def load(session: AsyncSession, who: Principal, agent_id: str) -> tuple[Agent, str]:
+        return await agent_for(session, who, agent_id, permission)
+
+    return load

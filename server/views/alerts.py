@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from server.auth.principal import Principal
 from server.itsm.tickets import number_text
 from server.store.models import Agent, Alert, AlertRule, Site, Ticket
+from server.views.rows import from_row
 
 
 class RuleOut(BaseModel):
@@ -34,23 +35,7 @@ class RuleOut(BaseModel):
 
 async def _rule_out(session: AsyncSession, rule: AlertRule) -> RuleOut:
     site = await session.get(Site, rule.site_id) if rule.site_id else None
-    return RuleOut(
-        id=rule.id,
-        name=rule.name,
-        metric=rule.metric,
-        op=rule.op,
-        threshold=rule.threshold,
-        for_seconds=rule.for_seconds,
-        clear_threshold=rule.clear_threshold,
-        priority=rule.priority,
-        diagnostics=rule.diagnostics,
-        site=site.name if site else None,
-        tags=rule.tags or [],
-        enabled=rule.enabled,
-        auto_resolve=rule.auto_resolve,
-        reopen_window_seconds=rule.reopen_window_seconds,
-        created_at=rule.created_at,
-    )
+    return from_row(RuleOut, rule, site=site.name if site else None, tags=rule.tags or [])
 
 
 def _visible(who: Principal, rule: AlertRule) -> bool:
@@ -109,20 +94,11 @@ async def alert_items(session: AsyncSession, who: Principal, q: AlertQuery) -> l
     order = {"firing": 0, "pending": 1, "ok": 2}
     return sorted(
         (
-            AlertOut(
-                id=a.id,
-                rule_id=a.rule_id,
+            from_row(
+                AlertOut,
+                a,
                 rule=name,
-                agent_id=a.agent_id,
                 hostname=host,
-                site_id=a.site_id,
-                status=a.status,
-                count=a.count,
-                last_value=a.last_value,
-                first_seen=a.first_seen,
-                last_seen=a.last_seen,
-                fired_at=a.fired_at,
-                resolved_at=a.resolved_at,
                 ticket=number_text(number) if number is not None else None,
             )
             for a, name, host, number in rows

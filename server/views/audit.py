@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from server.auth.principal import Principal
 from server.store import auditlog, people, tickets
 from server.store.models import AuditEntry
+from server.views.rows import from_row
 
 
 class AuditQuery(BaseModel):
@@ -44,23 +45,7 @@ class AuditItem(BaseModel):
 
 
 def audit_item(e: AuditEntry) -> AuditItem:
-    return AuditItem(
-        seq=e.seq,
-        at=e.at,
-        actor_type=e.actor_type,
-        actor_id=e.actor_id,
-        actor_name=e.actor_name,
-        source=e.source,
-        action=e.action,
-        target_type=e.target_type,
-        target_id=e.target_id,
-        site_id=e.site_id,
-        ticket_id=e.ticket_id,
-        outcome=e.outcome,
-        details=e.details,
-        prev_hash=e.prev_hash,
-        hash=e.hash,
-    )
+    return from_row(AuditItem, e)
 
 
 async def audit_page(

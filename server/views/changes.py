@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from server.auth.principal import Principal
 from server.ops import changes as ch
 from server.store.models import Change, ChangeApproval, ChangeEvent, Site, utcnow
+from server.views.rows import from_row
 from shared.errors import NotFound
 
 
@@ -115,7 +116,9 @@ def _visible(who: Principal, change: Change) -> bool:
     return scope is None or bool(scope & set(change.site_ids))
 
 
-async def _load(session: AsyncSession, who: Principal, ref: str, lock: bool = False) -> Change:
+async def readable_change(
+    session: AsyncSession, who: Principal, ref: str, lock: bool = False
+) -> Change:
     """The change, 404 if not visible. With `lock`, the row is claimed for this
     transaction before its state is read: a no-op UPDATE takes PostgreSQL's row
     lock and SQLite's write lock, so a concurrent decision (approve and reject at
@@ -141,6 +144,11 @@ async def _load(session: AsyncSession, who: Principal, ref: str, lock: bool = Fa
     return found
 
 
+async def locked_change(session: AsyncSession, who: Principal, ref: str) -> Change:
+    """`readable_change`, claimed for this transaction: for deciding and working it."""
+    return await readable_change(session, who, ref, lock=True)
+
+
 async def change_out(session: AsyncSession, who: Principal, change: Change) -> ChangeOut:
     scope = who.sites("changes:read")
     names = {
@@ -162,25 +170,18 @@ async def change_out(session: AsyncSession, who: Principal, change: Change) -> C
     job_ids = [s["job_id"] for s in change.jobs]
     counts = await ch.stage_counts(session, job_ids)
     pilot = set(change.pilot_agent_ids)
-    return ChangeOut(
-        id=change.id,
+    return from_row(
+        ChangeOut,
+        change,
         number=ch.label(change),
-        title=change.title,
-        description=change.description,
-        risk=change.risk,
-        plan=change.plan,
-        backout_plan=change.backout_plan,
         action={"name": change.action, "params": change.params, "tier": change.tier},
-        backout_action=(
-            {
-                "name": change.backout_action,
-                "params": change.backout_params or {},
-                "tier": change.backout_tier,
-            }
-            if change.backout_action
-            else None
-        ),
-        target=change.target,
+        backout_action={
+            "name": change.backout_action,
+            "params": change.backout_params or {},
+            "tier": change.backout_tier,
+        }
+        if change.backout_action
+        else None,
         sites=sorted(names.get(s, s) for s in change.site_ids),
         agents=[
             AgentRef(
@@ -193,18 +194,10 @@ async def change_out(session: AsyncSession, who: Principal, change: Change) -> C
             if scope is None or a.get("site_id") in scope
         ],
         agent_count=len(change.agents),
-        pilot_size=change.pilot_size,
-        gate_seconds=change.gate_seconds,
-        failure_threshold=change.failure_threshold,
-        batch_size=change.batch_size,
-        approvals_required=change.approvals_required,
         approvals=[
             ApprovalOut(approver=a.approver_name, decision=a.decision, comment=a.comment, at=a.at)
             for a in approvals
         ],
-        planned_start=change.planned_start,
-        state=change.state,
-        stage=change.stage,
         requester=change.requester_name,
         started_by=change.started_by_name,
         stages=[
@@ -222,16 +215,6 @@ async def change_out(session: AsyncSession, who: Principal, change: Change) -> C
             )
             for s in change.jobs
         ],
-        halted=change.halted,
-        halt_reason=change.halt_reason,
-        outcome=change.outcome,
-        review_comment=change.review_comment,
-        created_at=change.created_at,
-        updated_at=change.updated_at,
-        approved_at=change.approved_at,
-        started_at=change.started_at,
-        finished_at=change.finished_at,
-        closed_at=change.closed_at,
         history=[
             EventOut(at=e.at, actor=e.actor_name, kind=e.kind, body=e.body, data=e.data)
             for e in events
@@ -265,18 +248,13 @@ async def visible_changes(
         found.sort(key=lambda c: (c.planned_start or far, c.number))
     names = {s.id: s.name for s in (await session.scalars(select(Site))).all()}
     return [
-        ChangeSummary(
-            id=c.id,
+        from_row(
+            ChangeSummary,
+            c,
             number=ch.label(c),
-            title=c.title,
-            risk=c.risk,
-            state=c.state,
-            stage=c.stage,
             requester=c.requester_name,
             sites=sorted(names.get(s, s) for s in c.site_ids if scope is None or s in scope),
             agent_count=len(c.agents),
-            planned_start=c.planned_start,
-            created_at=c.created_at,
         )
         for c in found[: q.limit]
     ]

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from server.auth.principal import Principal
 from server.store.models import Agent, Job, JobItem, RunRecord
+from server.views.rows import from_row
 from server.views.runs import result_json
 from shared.errors import NotFound
 
@@ -86,17 +87,10 @@ async def job_out(
             }
     counts = Counter(i.status for i in visible)
     done = all(i.status not in ("queued", "running") for i in items)
-    return JobOut(
-        id=job.id,
-        name=job.name,
-        tier=job.tier,
-        params=job.params,
-        target=job.target,
-        ticket_id=job.ticket_id,
+    return from_row(
+        JobOut,
+        job,
         created_by=job.created_by_name,
-        created_at=job.created_at,
-        expires_at=job.expires_at,
-        finished_at=job.finished_at,
         status="done" if done else "running",
         counts=dict(counts),
         items=[

@@ -16,6 +16,7 @@ from server.itsm.tickets import number_text as ticket_number
 from server.store import kb as store
 from server.store import people
 from server.store.models import Agent, KbArticle, KbLink, KbVersion, KbVote, Site, Ticket
+from server.views.rows import from_row
 from shared.errors import Forbidden, NotFound
 
 Visibility = Literal["internal", "site", "public"]
@@ -101,25 +102,13 @@ async def article_out(
 ) -> ArticleOut:
     site = await session.get(Site, a.site_id) if a.site_id else None
     helped, not_helped = await store.vote_counts(session, a.id)
-    return ArticleOut(
-        id=a.id,
+    return from_row(
+        ArticleOut,
+        a,
         number=rules.number_text(a.number),
-        title=a.title,
-        symptom=a.symptom,
-        cause=a.cause,
-        resolution=a.resolution,
         tags=rules.tags_list(a.tags),
-        visibility=a.visibility,
         site=site.name if site else None,
-        site_id=a.site_id,
-        state=a.state,
-        version=a.version,
         author=a.author_name,
-        created_at=a.created_at,
-        updated_at=a.updated_at,
-        published_at=a.published_at,
-        archived_at=a.archived_at,
-        views=a.views,
         helped=helped,
         not_helped=not_helped,
         allowed_actions=allowed_for(who, a),
@@ -144,14 +133,7 @@ async def link_out(session: AsyncSession, who: Principal, link: KbLink) -> LinkO
         label = agent.hostname or agent.id
     elif not who.allowed("kb:read", None):  # problems are HQ records
         return None
-    return LinkOut(
-        id=link.id,
-        kind=link.kind,
-        target=link.target,
-        label=label,
-        created_by=link.created_by,
-        created_at=link.created_at,
-    )
+    return from_row(LinkOut, link, label=label)
 
 
 def voter_of(who: Principal) -> str:
@@ -230,17 +212,10 @@ async def find_articles(session: AsyncSession, who: Principal, q: ListQuery) -> 
 
 
 def version_out(v: KbVersion, current: int) -> VersionOut:
-    return VersionOut(
-        version=v.version,
-        title=v.title,
-        symptom=v.symptom,
-        cause=v.cause,
-        resolution=v.resolution,
+    return from_row(
+        VersionOut,
+        v,
         tags=rules.tags_list(v.tags),
-        visibility=v.visibility,
-        site_id=v.site_id,
         editor=v.editor_name,
-        note=v.note,
-        created_at=v.created_at,
         current=v.version == current,
     )

@@ -16,7 +16,8 @@ from server.itsm import problems as pure
 from server.itsm.tickets import number_text as ticket_number
 from server.store import people, problems, tickets
 from server.store.models import AlertRule, Problem, ProblemTicket, Site, Ticket, User
-from shared.errors import Invalid, NotFound
+from server.views.rows import from_row
+from shared.errors import Forbidden, Invalid, NotFound
 
 
 class ProblemOut(BaseModel):
@@ -89,34 +90,14 @@ async def problem_out(session: AsyncSession, p: Problem, who: Principal) -> Prob
     elif p.origin == "reopened" and p.origin_ref:
         ticket = await session.get(Ticket, p.origin_ref)
         label = ticket_number(ticket.number) if ticket else None
-    return ProblemOut(
-        id=p.id,
+    return from_row(
+        ProblemOut,
+        p,
         number=pure.number_text(p.number),
-        title=p.title,
-        description=p.description,
-        status=p.status,
-        impact=p.impact,
-        urgency=p.urgency,
-        priority=p.priority,
         site=site.name if site else None,
-        site_id=p.site_id,
         assignee=assignee.username if assignee else None,
-        assignee_id=p.assignee_id,
-        root_cause=p.root_cause,
-        workaround=p.workaround,
-        resolution=p.resolution,
-        origin=p.origin,
-        origin_ref=p.origin_ref,
         origin_label=label,
-        proposed_reason=p.proposed_reason,
         created_by=p.created_by_name,
-        created_at=p.created_at,
-        updated_at=p.updated_at,
-        accepted_at=p.accepted_at,
-        known_error_at=p.known_error_at,
-        resolved_at=p.resolved_at,
-        closed_at=p.closed_at,
-        dismissed_at=p.dismissed_at,
         ticket_count=await problems.link_count(session, p.id),
         allowed_statuses=pure.allowed_statuses(p.status) if may_write(who, p) else [],
     )
@@ -125,28 +106,12 @@ async def problem_out(session: AsyncSession, p: Problem, who: Principal) -> Prob
 async def detail(session: AsyncSession, p: Problem, who: Principal) -> ProblemDetail:
     base = await problem_out(session, p, who)
     linked = [
-        LinkedTicket(
-            id=t.id,
-            number=ticket_number(t.number),
-            title=t.title,
-            status=t.status,
-            priority=t.priority,
-            site_id=t.site_id,
-        )
+        from_row(LinkedTicket, t, number=ticket_number(t.number))
         for t in await problems.linked_tickets(session, p.id)
         if who.can_read_ticket(t.site_id, t.requester_id)
     ]
     history = [
-        HistoryOut(
-            id=e.id,
-            at=e.at,
-            kind=e.kind,
-            actor=e.actor_name,
-            actor_type=e.actor_type,
-            body=e.body,
-            data=e.data,
-        )
-        for e in await problems.events(session, p.id)
+        from_row(HistoryOut, e, actor=e.actor_name) for e in await problems.events(session, p.id)
     ]
     return ProblemDetail(**base.model_dump(), tickets=linked, history=history)
 
@@ -175,6 +140,17 @@ async def readable_problem(session: AsyncSession, who: Principal, ref: str) -> P
     if visible is None:
         raise NotFound("not found")
     return found
+
+
+async def writable_problem(session: AsyncSession, who: Principal, ref: str) -> Problem:
+    """A problem the caller sees (else 404) and may work (else 403)."""
+    problem = await readable_problem(session, who, ref)
+    if not may_write(who, problem):
+        raise Forbidden(
+            "working this problem needs problems:write on its site"
+            + (" (an HQ-wide problem: on every site)" if problem.site_id is None else "")
+        )
+    return problem
 
 
 class ListQuery(BaseModel):

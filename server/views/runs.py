@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server.auth.principal import Principal
 from server.store.models import RunRecord
+from server.views.rows import row_in_scope
+
+
+async def readable_result(session: AsyncSession, who: Principal, result_id: str) -> RunRecord:
+    """A stored run result, if the caller holds diag:run on its site; else 404."""
+    return await row_in_scope(session, who, RunRecord, result_id, "diag:run", lambda r: r.site_id)
 
 
 def result_json(record: RunRecord) -> dict[str, Any]:

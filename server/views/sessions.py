@@ -15,6 +15,7 @@ from server.itsm.consent import LIVE
 from server.itsm.tickets import number_text
 from server.store import tickets
 from server.store.models import Agent, RemoteSession, Ticket
+from server.views.rows import from_row
 from shared.errors import NotFound
 
 
@@ -49,32 +50,13 @@ class SessionOut(BaseModel):
 async def session_out(session: AsyncSession, rs: RemoteSession) -> SessionOut:
     ticket = await session.get(Ticket, rs.ticket_id)
     agent = await session.get(Agent, rs.agent_id)
-    return SessionOut(
-        id=rs.id,
-        agent_id=rs.agent_id,
+    return from_row(
+        SessionOut,
+        rs,
         hostname=agent.hostname if agent else None,
-        site_id=rs.site_id,
-        ticket_id=rs.ticket_id,
         ticket=number_text(ticket.number) if ticket else "?",
-        kind=rs.kind,
-        state=rs.state,
-        origin=rs.origin,
-        reason=rs.reason,
-        max_minutes=rs.max_minutes,
         requested_by=rs.requested_by_name,
-        consent_required=rs.consent_required,
-        consent_by=rs.consent_by,
-        consent_via=rs.consent_via,
-        consent_at=rs.consent_at,
-        expires_at=rs.expires_at,
-        started_at=rs.started_at,
-        ends_at=rs.ends_at,
-        ended_at=rs.ended_at,
-        end_reason=rs.end_reason,
-        ended_by=rs.ended_by,
         recording=rs.recording_sha256 is not None,
-        recording_sha256=rs.recording_sha256,
-        created_at=rs.created_at,
     )
 
 

@@ -18,7 +18,8 @@ from server.ops import ticketing
 from server.store import people, tickets
 from server.store import problems as problem_store
 from server.store.models import Agent, Site, Ticket, TicketAgent, TicketEvent, User
-from shared.errors import NotFound
+from server.views.rows import from_row
+from shared.errors import Forbidden, NotFound
 
 TicketType = Literal["incident", "service_request", "problem", "change"]
 
@@ -110,39 +111,14 @@ async def ticket_out(session: AsyncSession, t: Ticket, who: Principal) -> Ticket
     site = await session.get(Site, t.site_id)
     assignee = await session.get(User, t.assignee_id) if t.assignee_id else None
     clocks = await ticketing.clocks(session, t)
-    return TicketOut(
-        id=t.id,
+    return from_row(
+        TicketOut,
+        t,
         number=number_text(t.number),
-        title=t.title,
-        description=t.description,
-        type=t.type,
-        impact=t.impact,
-        urgency=t.urgency,
-        priority=t.priority,
-        status=t.status,
-        waiting_reason=t.waiting_reason,
         site=site.name if site else "?",
-        site_id=t.site_id,
         requester=t.requester_name,
-        requester_id=t.requester_id,
         assignee=assignee.username if assignee else None,
-        assignee_id=t.assignee_id,
-        tier=t.tier,
-        source=t.source,
         agents=await ticketing.agents_of(session, t.id),
-        created_at=t.created_at,
-        updated_at=t.updated_at,
-        acknowledged_at=t.acknowledged_at,
-        first_response_at=t.first_response_at,
-        resolved_at=t.resolved_at,
-        closed_at=t.closed_at,
-        paused_seconds=t.paused_seconds,
-        reopen_count=t.reopen_count,
-        escalation_count=t.escalation_count,
-        resolution_code=t.resolution_code,
-        resolution_text=t.resolution_text,
-        rating=t.rating,
-        rating_comment=t.rating_comment,
         sla={
             k: ClockOut(
                 state=c.state,
@@ -161,6 +137,15 @@ async def readable_ticket(session: AsyncSession, who: Principal, ref: str) -> Ti
     ticket = await tickets.find(session, ref)
     if ticket is None or not who.can_read_ticket(ticket.site_id, ticket.requester_id):
         raise NotFound("not found")
+    return ticket
+
+
+async def workable_ticket(session: AsyncSession, who: Principal, ref: str) -> Ticket:
+    """A ticket the caller reads (else 404) and works: tickets:write with
+    agents:read on its site (else 403)."""
+    ticket = await readable_ticket(session, who, ref)
+    if not who.works_tickets(ticket.site_id):
+        raise Forbidden("working this ticket needs tickets:write with agents:read on its site")
     return ticket
 
 
@@ -259,17 +244,5 @@ async def detail(session: AsyncSession, ticket: Ticket, who: Principal) -> Ticke
             )
             for p in linked
         ],
-        timeline=[
-            EventOut(
-                id=e.id,
-                at=e.at,
-                kind=e.kind,
-                actor=e.actor_name,
-                actor_type=e.actor_type,
-                internal=e.internal,
-                body=e.body,
-                data=e.data,
-            )
-            for e in events
-        ],
+        timeline=[from_row(EventOut, e, actor=e.actor_name) for e in events],
     )
